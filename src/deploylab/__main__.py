@@ -1,0 +1,5 @@
+"""Allow `python -m deploylab`."""
+
+from deploylab.cli import main
+
+main()

@@ -1,0 +1,75 @@
+"""The `deploylab` command: one Typer app with a sub-command group per part.
+
+Each part's commands live in `cli/<part>.py` and import their heavy dependencies (torch,
+transformers, aiohttp) inside the command body, so `deploylab --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+
+from deploylab import __version__
+from deploylab.cli import models
+from deploylab.errors import DeploylabError
+
+app = typer.Typer(
+    name="deploylab",
+    help="Deploy ML models fast and measure them honestly.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models.app, name="models", help="List the known models and where their files are.")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"deploylab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_version_callback,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
+    debug: bool = typer.Option(
+        False, "--debug", help="Debug logging, and full tracebacks on errors."
+    ),
+) -> None:
+    """Deploy ML models fast and measure them honestly."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors print their message and exit 2 (usage) or 1 (run time)."""
+    args = sys.argv[1:] if argv is None else argv
+    err = Console(stderr=True)
+    try:
+        app(args=args, prog_name="deploylab")
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except DeploylabError as exc:
+        if "--debug" in args:
+            err.print_exception()
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        err.print("Interrupted.")
+        code = 130
+    else:
+        code = 0
+    if argv is None:
+        sys.exit(code)
+    return code
