@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from deploylab import __version__
+from deploylab.cli import dataloader as dataloader_cli
 from deploylab.cli import models
 from deploylab.errors import DeploylabError
 
@@ -24,6 +25,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models.app, name="models", help="List the known models and where their files are.")
+app.add_typer(
+    dataloader_cli.app,
+    name="dataloader",
+    help="Find what slows a training input pipeline, by ablation.",
+)
 
 
 def _version_callback(value: bool) -> None:

@@ -1,0 +1,190 @@
+"""Timing a DataLoader (with an optional training step) and always cleaning up its workers."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from deploylab.dataloader.monitor import ProcessMonitor
+from deploylab.dataloader.report import Measurement
+from deploylab.dataloader.usercode import user_code
+from deploylab.errors import UsageError
+
+Step = Callable[[Any], Any]
+
+# Seconds a worker gets to exit after the loader is shut down, before it is killed.
+_REAP_TIMEOUT_S = 3.0
+
+
+class CyclingSampler(Sampler[int]):
+    """`total` indices: passes over `base` (or over `range(length)`, shuffled or not) repeated."""
+
+    def __init__(
+        self, length: int, total: int, shuffle: bool, base: Sampler[Any] | None = None
+    ) -> None:
+        self.length, self.total, self.shuffle, self.base = length, total, shuffle, base
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __iter__(self) -> Iterator[Any]:
+        rng = np.random.default_rng()
+        produced = 0
+        while produced < self.total:
+            if self.base is not None:
+                epoch: Any = iter(self.base)
+            else:
+                epoch = rng.permutation(self.length) if self.shuffle else range(self.length)
+            empty = True
+            for index in epoch:
+                empty = False
+                yield int(index) if isinstance(index, int | np.integer) else index
+                produced += 1
+                if produced >= self.total:
+                    return
+            if empty:
+                raise UsageError("The DataLoader's sampler yields no indices: nothing to time.")
+
+
+def loader_batch_size(kwargs: Mapping[str, Any]) -> int | None:
+    """The batch size the DataLoader will use (None: no batching, or set by a batch_sampler)."""
+    if "batch_sampler" in kwargs and kwargs["batch_sampler"] is not None:
+        return None
+    return kwargs.get("batch_size", 1)
+
+
+def build_loader(
+    dataset: Dataset[Any], loader_kwargs: Mapping[str, Any], batches: int
+) -> DataLoader[Any]:
+    """The user's DataLoader, with a sampler that lasts for `batches` batches."""
+    kwargs = dict(loader_kwargs)
+    length = len(dataset)  # type: ignore[arg-type]
+    batch_sampler = kwargs.pop("batch_sampler", None)
+    if batch_sampler is not None:
+        kwargs["batch_sampler"] = CyclingSampler(length, batches, False, batch_sampler)
+    else:
+        shuffle = bool(kwargs.pop("shuffle", False))
+        per_batch = kwargs.get("batch_size", 1) or 1
+        kwargs["sampler"] = CyclingSampler(
+            length, batches * per_batch, shuffle, kwargs.pop("sampler", None)
+        )
+        kwargs["drop_last"] = False
+    try:
+        return DataLoader(dataset, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(
+            f"torch's DataLoader rejected the loader settings {sorted(loader_kwargs)}: {exc}. "
+            "Pass only DataLoader keyword arguments with valid values."
+        ) from exc
+
+
+def _batch_len(batch: Any, default: int) -> int:
+    """Samples in a batch: the first dimension of its first tensor, else `default`."""
+    if isinstance(batch, torch.Tensor | np.ndarray) and batch.ndim > 0:
+        return int(batch.shape[0])
+    if isinstance(batch, Mapping):
+        for value in batch.values():
+            return _batch_len(value, default)
+    if isinstance(batch, tuple | list) and batch:
+        return _batch_len(batch[0], default)
+    return default
+
+
+def shutdown_workers(iterator: Any, before: set[int]) -> None:
+    """Stop the loader's workers and kill any child process it left behind."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    try:
+        left = [p for p in psutil.Process().children() if p.pid not in before]
+    except psutil.Error:  # pragma: no cover
+        return
+    for proc in left:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(left, timeout=_REAP_TIMEOUT_S)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=_REAP_TIMEOUT_S)
+
+
+def measure(
+    dataset: Dataset[Any],
+    loader_kwargs: Mapping[str, Any],
+    step: Step | None,
+    steps: int,
+    warmup: int,
+    what: str = "your dataset",
+) -> Measurement:
+    """Run `warmup` then `steps` steps (next batch + `step(batch)`) and measure the latter."""
+    batch_size = loader_batch_size(loader_kwargs)
+    workers = int(loader_kwargs.get("num_workers", 0) or 0)
+    depth = workers * int(loader_kwargs.get("prefetch_factor", 2) or 2) + 1
+    loader = build_loader(dataset, loader_kwargs, warmup + steps + depth)
+    before = {p.pid for p in psutil.Process().children()}
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else None
+    waits: list[float] = []
+    totals: list[float] = []
+    samples = 0
+    iterator: Any = None
+    monitor = ProcessMonitor(exclude=before)
+    try:
+        with user_code(f"{what} (or its DataLoader settings)"):
+            iterator = iter(loader)
+        for index in range(warmup + steps):
+            if index == warmup:
+                monitor.start()
+                start = time.perf_counter()
+            t0 = time.perf_counter()
+            with user_code(what):
+                batch = next(iterator)
+            t1 = time.perf_counter()
+            if step is not None:
+                with user_code("your training step"):
+                    step(batch)
+                    if sync is not None:
+                        sync()
+            t2 = time.perf_counter()
+            if index >= warmup:
+                waits.append(t1 - t0)
+                totals.append(t2 - t0)
+                samples += _batch_len(batch, 1) if batch_size is None else batch_size
+        elapsed = time.perf_counter() - start
+        usage = monitor.stop()
+    finally:
+        monitor.close()
+        shutdown_workers(iterator, before)
+    return Measurement(
+        steps=steps,
+        warmup_steps=warmup,
+        samples=samples,
+        elapsed_s=elapsed,
+        samples_per_s=samples / elapsed if elapsed > 0 else math.inf,
+        step_time_ms=1000 * float(np.mean(totals)),
+        step_time_p90_ms=1000 * float(np.percentile(totals, 90)),
+        data_wait_share=float(sum(waits) / elapsed) if elapsed > 0 else 0.0,
+        main_cpu_percent=100 * usage.main_cpu_s / elapsed,
+        workers_cpu_percent=100 * usage.workers_cpu_s / elapsed,
+        workers_seen=usage.workers_seen,
+        disk_read_bytes=usage.disk_read_bytes,
+        read_call_bytes=usage.read_call_bytes,
+    )
+
+
+def default_warmup(loader_kwargs: Mapping[str, Any]) -> int:
+    """Enough warm-up steps to start the workers and fill their prefetch queue."""
+    workers = int(loader_kwargs.get("num_workers", 0) or 0)
+    prefetch = int(loader_kwargs.get("prefetch_factor", 2) or 2)
+    return max(3, workers * prefetch + 1)

@@ -1,0 +1,121 @@
+"""CPU time and bytes read by the main process and its DataLoader workers (psutil).
+
+Workers may start and end during a measurement (non-persistent workers restart each epoch),
+so a background thread polls the children and keeps the last counters seen for each.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import psutil
+
+
+@dataclass
+class Counters:
+    """Cumulative CPU seconds and bytes read of one process."""
+
+    cpu_s: float
+    disk_read: int | None
+    read_chars: int | None
+
+
+def _counters(proc: psutil.Process) -> Counters:
+    with proc.oneshot():
+        times = proc.cpu_times()
+        try:
+            io = proc.io_counters()
+            disk, chars = int(io.read_bytes), int(getattr(io, "read_chars", -1))
+        except (psutil.AccessDenied, AttributeError, NotImplementedError):
+            disk, chars = None, None
+    return Counters(times.user + times.system, disk, None if chars == -1 else chars)
+
+
+def io_counters_note() -> str | None:
+    """None when per-process read bytes are available here, else why they are not."""
+    try:
+        psutil.Process().io_counters()
+    except (psutil.AccessDenied, AttributeError, NotImplementedError) as exc:
+        return f"per-process read bytes are not reported on this system ({type(exc).__name__})"
+    return None
+
+
+@dataclass
+class Usage:
+    """What the processes used between `ProcessMonitor.start` and `ProcessMonitor.stop`."""
+
+    main_cpu_s: float
+    workers_cpu_s: float
+    workers_seen: int
+    disk_read_bytes: int | None
+    read_call_bytes: int | None
+
+
+@dataclass
+class ProcessMonitor:
+    """Polls the main process's children every `interval_s` while running."""
+
+    exclude: set[int] = field(default_factory=set)
+    interval_s: float = 0.05
+    _main: psutil.Process = field(default_factory=psutil.Process)
+    _first: dict[int, Counters] = field(default_factory=dict)
+    _last: dict[int, Counters] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _main_start: Counters | None = None
+
+    def start(self) -> None:
+        """Take the starting counters and begin polling."""
+        self._main_start = _counters(self._main)
+        self._poll()
+        self._thread = threading.Thread(target=self._run, name="deploylab-monitor", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._poll()
+
+    def _poll(self) -> None:
+        try:
+            children = self._main.children(recursive=True)
+        except psutil.Error:
+            return
+        for child in children:
+            if child.pid in self.exclude:
+                continue
+            try:
+                now = _counters(child)
+            except psutil.Error:
+                continue  # ended between listing and reading
+            self._first.setdefault(child.pid, now)
+            self._last[child.pid] = now
+
+    def close(self) -> None:
+        """Stop polling without computing usage (safe to call more than once)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def stop(self) -> Usage:
+        """Stop polling and return the usage since `start`."""
+        self._poll()
+        self.close()
+        assert self._main_start is not None, "stop() before start()"
+        main_end = _counters(self._main)
+        start, workers = self._main_start, list(self._first)
+        workers_cpu = sum(self._last[p].cpu_s - self._first[p].cpu_s for p in workers)
+        disk = _delta(start.disk_read, main_end.disk_read)
+        chars = _delta(start.read_chars, main_end.read_chars)
+        for pid in workers:
+            disk = _add(disk, _delta(self._first[pid].disk_read, self._last[pid].disk_read))
+            chars = _add(chars, _delta(self._first[pid].read_chars, self._last[pid].read_chars))
+        return Usage(main_end.cpu_s - start.cpu_s, workers_cpu, len(workers), disk, chars)
+
+
+def _delta(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else b - a
+
+
+def _add(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else a + b
