@@ -15,6 +15,7 @@ from rich.console import Console
 from deploylab import __version__
 from deploylab.cli import dataloader as dataloader_cli
 from deploylab.cli import models
+from deploylab.cli import sim as sim_cli
 from deploylab.errors import DeploylabError
 
 app = typer.Typer(
@@ -30,6 +31,10 @@ app.add_typer(
     name="dataloader",
     help="Find what slows a training input pipeline, by ablation.",
 )
+app.command(
+    "sim",
+    help="Run a simulated OpenAI-compatible LLM server with a configurable performance model.",
+)(sim_cli.run_sim)
 
 
 def _version_callback(value: bool) -> None:
