@@ -1,0 +1,62 @@
+"""`deploylab serve`: the OpenAI-compatible server on the embedded engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from deploylab.catalog import DEFAULT_MODEL, resolve_model
+from deploylab.errors import UsageError
+
+
+def serve(
+    model: str = typer.Option(DEFAULT_MODEL, help="A known model name or a local path."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback unless told)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    dtype: str = typer.Option("auto", help="auto, float32, bfloat16 or float16."),
+    max_num_seqs: int = typer.Option(64, help="Most requests in one batch."),
+    max_model_len: int | None = typer.Option(None, help="Context length (default: the model's)."),
+    served_model_name: str | None = typer.Option(
+        None, help="Model name in the API (default: --model)."
+    ),
+    max_waiting: int = typer.Option(256, help="Waiting-queue bound; past it requests get 429."),
+    kv_cache_gib: float = typer.Option(1.0, help="KV-cache size on the CPU, GiB."),
+    drain_seconds: float = typer.Option(
+        30.0, help="On SIGTERM, how long in-flight requests may finish."
+    ),
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API."""
+    from deploylab.engine.async_engine import AsyncEngine
+    from deploylab.engine.config import EngineConfig
+    from deploylab.server.launcher import serve as run_server
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda, got '{device}'.")
+    if not 0 < port < 65536:
+        raise UsageError(f"--port must be in 1..65535, got {port}.")
+    resolve_model(model)  # fail fast, before binding, on a model that is not here
+    config = EngineConfig(
+        model=model,
+        device=device,
+        dtype=dtype,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max(2048, max_num_seqs),
+        max_model_len=max_model_len,
+        max_waiting=max_waiting,
+        kv_cache_gib=kv_cache_gib,
+    )
+
+    def load() -> Any:
+        return AsyncEngine(config)
+
+    typer.echo(f"deploylab serve: loading {model} ...", err=True)
+    run_server(
+        load,
+        served_model_name or model,
+        host=host,
+        port=port,
+        drain_seconds=drain_seconds,
+        on_ready=lambda url: typer.echo(f"deploylab serve: ready at {url}", err=True),
+    )

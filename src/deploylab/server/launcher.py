@@ -1,0 +1,66 @@
+"""Run the server: uvicorn on loopback by default, engine loaded in the background,
+graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+
+from deploylab.errors import ModelLoadError
+from deploylab.server.app import ServerState, create_app
+
+
+def serve(
+    load_engine: Callable[[], Any],
+    served_model_name: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    drain_seconds: float = 30.0,
+    max_body_bytes: int = 4 * 1024 * 1024,
+    on_ready: Callable[[str], None] | None = None,
+    log_level: str = "warning",
+) -> None:
+    """Serve until SIGTERM/SIGINT; in-flight requests get `drain_seconds` to finish."""
+    state = ServerState(served_model_name=served_model_name, max_body_bytes=max_body_bytes)
+    app = create_app(state, load_engine)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=int(drain_seconds),
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    if on_ready is None:
+        on_ready = _ignore
+    url_host = f"[{host}]" if ":" in host else host
+    threading.Thread(
+        target=_announce,
+        args=(server, state, f"http://{url_host}:{port}", on_ready),
+        daemon=True,
+    ).start()
+    server.run()
+    if state.load_error is not None:
+        raise ModelLoadError(state.load_error)
+
+
+def _announce(
+    server: uvicorn.Server, state: ServerState, url: str, on_ready: Callable[[str], None]
+) -> None:
+    while not server.should_exit:
+        if state.load_error is not None:
+            server.should_exit = True  # nothing to serve: stop, serve() raises the error
+            return
+        if server.started and state.ready.is_set():
+            on_ready(url)
+            return
+        time.sleep(0.05)
+
+
+def _ignore(_: str) -> None:
+    pass

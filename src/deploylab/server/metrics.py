@@ -1,0 +1,113 @@
+"""Prometheus metrics of the server, under vLLM's metric names so vLLM dashboards work."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+                2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)  # fmt: skip
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+               5.0, 7.5, 10.0, 20.0, 40.0, 80.0)  # fmt: skip
+E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
+               60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)  # fmt: skip
+
+
+class _EngineCollector(Collector):
+    """Reads the engine's live state at scrape time (gauges and the engine's own counters)."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]], model_name: str) -> None:
+        self._stats = stats
+        self._model = model_name
+
+    def collect(self) -> Iterator[Any]:
+        s = self._stats()
+        labels = ["model_name"]
+        value = [self._model]
+
+        def gauge(name: str, doc: str, v: float) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(name, doc, labels=labels)
+            g.add_metric(value, v)
+            return g
+
+        def counter(name: str, doc: str, v: float) -> CounterMetricFamily:
+            c = CounterMetricFamily(name, doc, labels=labels)
+            c.add_metric(value, v)
+            return c
+
+        yield gauge("vllm:num_requests_running", "Requests in the running batch.", s["running"])
+        yield gauge("vllm:num_requests_waiting", "Requests waiting to run.", s["waiting"])
+        yield gauge("vllm:kv_cache_usage_perc", "KV-cache usage (1 = full).", s["kv_usage"])
+        yield gauge("vllm:gpu_cache_usage_perc", "KV-cache usage (old name).", s["kv_usage"])
+        yield counter(
+            "vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+            s["prefix_queries"],
+        )  # fmt: skip
+        yield counter(
+            "vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache.", s["prefix_hits"]
+        )
+        yield counter("vllm:prompt_tokens", "Prompt tokens processed.", s["prompt_tokens"])
+        yield counter(
+            "vllm:generation_tokens", "Generation tokens produced.", s["generation_tokens"]
+        )
+        yield counter("vllm:num_preemptions", "Preempted requests.", s.get("preemptions", 0))
+
+
+class ServerMetrics:
+    """The metric registry of one server: engine state plus per-request latency histograms."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]], model_name: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_EngineCollector(stats, model_name))
+        self.model_name = model_name
+        lbl = ["model_name"]
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds", "Time to first token.", lbl,
+            buckets=TTFT_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.itl = Histogram(
+            "vllm:inter_token_latency_seconds", "Time between output tokens.", lbl,
+            buckets=ITL_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.tpot = Histogram(
+            "vllm:time_per_output_token_seconds", "Mean time per output token of a request.",
+            lbl, buckets=ITL_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.e2e = Histogram(
+            "vllm:e2e_request_latency_seconds", "End-to-end request latency.", lbl,
+            buckets=E2E_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.success = Counter(
+            "vllm:request_success", "Finished requests by reason.",
+            ["model_name", "finished_reason"], registry=self.registry,
+        )  # fmt: skip
+        self.http_errors = Counter(
+            "deploylab:request_errors", "Rejected requests by HTTP status.",
+            ["model_name", "status"], registry=self.registry,
+        )  # fmt: skip
+
+    def observe_finished(
+        self, ttft: float | None, itls: list[float], e2e: float, finish_reason: str, n_out: int
+    ) -> None:
+        """Record one finished request's latencies."""
+        m = self.model_name
+        if ttft is not None:
+            self.ttft.labels(m).observe(ttft)
+        for gap in itls:
+            self.itl.labels(m).observe(gap)
+        if n_out > 1 and ttft is not None:
+            self.tpot.labels(m).observe((e2e - ttft) / (n_out - 1))
+        self.e2e.labels(m).observe(e2e)
+        self.success.labels(m, finish_reason).inc()
+
+    def observe_error(self, status: int) -> None:
+        """Count a request rejected with an HTTP error status."""
+        self.http_errors.labels(self.model_name, str(status)).inc()
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
