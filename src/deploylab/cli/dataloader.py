@@ -85,7 +85,9 @@ def _print_diagnosis(report: DiagnoseReport, console: Console) -> None:
         f"step: {report.step or 'none (loader timed alone)'}, "
         f"{report.environment.cpu_count} CPU cores"
     )
-    table = Table(title="Variants (CPU: 100% = one core)")
+    table = Table(
+        title=f"Variants: fastest of {report.rounds} round(s) each (CPU: 100% = one core)"
+    )
     table.add_column("variant")
     _measure_columns(table)
     for result in report.variants:
@@ -124,7 +126,10 @@ def _write_json(model: Any, path: Path | None, console: Console) -> None:
 @app.command("diagnose")
 def diagnose_command(
     script: Path = typer.Argument(..., help=_SCRIPT_HELP),
-    steps: int = typer.Option(50, "--steps", help="Measured steps per variant."),
+    steps: int = typer.Option(30, "--steps", help="Measured steps per variant and round."),
+    rounds: int = typer.Option(
+        2, "--rounds", help="Rounds per variant, in alternating order; the fastest is kept."
+    ),
     warmup: int | None = typer.Option(
         None, "--warmup", help="Warm-up steps per variant (default: workers x prefetch + 1)."
     ),
@@ -151,6 +156,7 @@ def diagnose_command(
             pipeline.loader_kwargs,
             pipeline.step,
             steps=steps,
+            rounds=rounds,
             warmup=warmup,
             chart_path=None if no_chart else chart,
         )
@@ -178,7 +184,10 @@ def _parse_counts(text: str | None) -> list[int] | None:
 
 
 def _print_sweep(report: SweepReport, console: Console) -> None:
-    table = Table(title=f"{report.dataset_type}: samples/s vs num_workers (CPU: 100% = one core)")
+    table = Table(
+        title=f"{report.dataset_type}: samples/s vs num_workers, fastest of {report.rounds} "
+        "round(s) (CPU: 100% = one core)"
+    )
     table.add_column("num_workers", justify="right")
     _measure_columns(table)
     for point in report.points:
@@ -194,7 +203,10 @@ def sweep_command(
     workers: str | None = typer.Option(
         None, "--workers", help="Comma-separated num_workers values (default 0,1,2,4.. 2x cores)."
     ),
-    steps: int = typer.Option(50, "--steps", help="Measured steps per point."),
+    steps: int = typer.Option(30, "--steps", help="Measured steps per point and round."),
+    rounds: int = typer.Option(
+        2, "--rounds", help="Rounds per point, in alternating order; the fastest is kept."
+    ),
     warmup: int | None = typer.Option(None, "--warmup", help="Warm-up steps per point."),
     batch_size: int | None = typer.Option(
         None, "--batch-size", help="Override the script's batch_size."
@@ -218,6 +230,7 @@ def sweep_command(
             pipeline.step,
             workers=counts,
             steps=steps,
+            rounds=rounds,
             warmup=warmup,
             chart_path=None if no_chart else chart,
         )

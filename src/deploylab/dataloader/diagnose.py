@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,9 @@ from deploylab.dataloader.report import (
     VariantName,
     VariantResult,
 )
-from deploylab.dataloader.variants import cache_indices
+from deploylab.dataloader.variants import VariantPlan, cache_indices
 from deploylab.dataloader.verdict import decide, facts_from
 from deploylab.errors import UsageError
-
-log = logging.getLogger(__name__)
 
 
 def cpu_count() -> int:
@@ -90,12 +87,44 @@ def settings_of(kwargs: Mapping[str, Any]) -> LoaderSettings:
     )
 
 
+def check_counts(steps: int, rounds: int, warmup: int | None) -> None:
+    """Refuse step, round and warm-up counts that can't give a measurement."""
+    if steps < 1:
+        raise UsageError(f"steps must be at least 1 (got {steps}).")
+    if rounds < 1:
+        raise UsageError(f"rounds must be at least 1 (got {rounds}).")
+    if warmup is not None and warmup < 0:
+        raise UsageError(f"warmup must be 0 or more (got {warmup}).")
+
+
+def best_of_rounds(
+    runs: Sequence[Callable[[], Measurement]], rounds: int
+) -> list[tuple[Measurement, list[float]]]:
+    """Run each of `runs` `rounds` times, in alternating order (ABCD, DCBA, ...), and keep each
+    one's fastest round with the rates of all rounds.
+
+    Other load on the machine only ever slows a run down, so the fastest round is the best
+    estimate of the undisturbed rate; alternating the order cancels slow drifts.
+    """
+    done: list[list[Measurement]] = [[] for _ in runs]
+    for r in range(rounds):
+        order = range(len(runs)) if r % 2 == 0 else reversed(range(len(runs)))
+        for i in order:
+            done[i].append(runs[i]())
+    out = []
+    for measured in done:
+        best = max(measured, key=lambda m: m.samples_per_s)
+        out.append((best, [m.samples_per_s for m in measured]))
+    return out
+
+
 def diagnose(
     dataset: Dataset[Any],
     loader_kwargs: Mapping[str, Any] | None = None,
     step: Step | None = None,
     *,
-    steps: int = 50,
+    steps: int = 30,
+    rounds: int = 2,
     warmup: int | None = None,
     cache_size: int = 16,
     chart_path: str | Path | None = None,
@@ -105,44 +134,55 @@ def diagnose(
     `dataset` is a map-style dataset (a `StagedDataset`, one with a `transform` attribute, or
     any other); `loader_kwargs` are the DataLoader keyword arguments; `step(batch)` is one
     training step (it must block until done; None times the loader alone). Each variant runs
-    `warmup` steps (default: enough to start the workers and fill their queues) and then
-    `steps` measured steps. `cache_size` samples are cached for the synthetic variants.
-    With `chart_path`, a bar chart of the variants is written there as PNG.
+    `rounds` times (in alternating order; its fastest round is kept), each time `warmup`
+    steps (default: enough to start the workers and fill their queues) and then `steps`
+    measured steps. `cache_size` samples are cached for the synthetic variants. With
+    `chart_path`, a bar chart of the variants is written there as PNG.
     """
     length = check_dataset(dataset)
     kwargs = check_loader_kwargs(loader_kwargs)
-    if steps < 1:
-        raise UsageError(f"steps must be at least 1 (got {steps}).")
+    check_counts(steps, rounds, warmup)
     warm = default_warmup(kwargs) if warmup is None else warmup
-    if warm < 0:
-        raise UsageError(f"warmup must be 0 or more (got {warm}).")
     ablation = plan_ablation(dataset, cache_indices(length, max(1, cache_size)))
+    measurable = [plan for plan in ablation.plans if plan.dataset is not None]
+
+    def runner(plan: VariantPlan) -> Callable[[], Measurement]:
+        what = "your dataset"
+        if plan.name is not VariantName.BASELINE:
+            what += f" ({plan.name.value} variant)"
+        assert plan.dataset is not None
+        data = plan.dataset
+        return lambda: measure(data, kwargs, step, steps, warm, what)
+
+    measured = dict(
+        zip(
+            [plan.name for plan in measurable],
+            best_of_rounds([runner(plan) for plan in measurable], rounds),
+            strict=True,
+        )
+    )
     results: list[VariantResult] = []
     runs: dict[VariantName, Measurement | None] = {}
     for plan in ablation.plans:
-        result = VariantResult(
-            name=plan.name,
-            description=VARIANT_TITLES[plan.name],
-            status="skipped" if plan.dataset is None else "measured",
-            skipped_reason=plan.skipped_reason,
-            note=plan.note,
-        )
-        if plan.dataset is not None:
-            log.info("measuring variant %s", plan.name.value)
-            what = (
-                "your dataset"
-                if plan.name is VariantName.BASELINE
-                else f"your dataset ({plan.name.value} variant)"
+        best, rates = measured.get(plan.name, (None, []))
+        results.append(
+            VariantResult(
+                name=plan.name,
+                description=VARIANT_TITLES[plan.name],
+                status="skipped" if best is None else "measured",
+                skipped_reason=plan.skipped_reason,
+                note=plan.note,
+                measurement=best,
+                round_rates=rates,
             )
-            result.measurement = measure(plan.dataset, kwargs, step, steps, warm, what)
-        runs[plan.name] = result.measurement
-        results.append(result)
+        )
+        runs[plan.name] = best
     env = environment()
     verdict, costs = decide(runs, facts_from(kwargs, env.cpu_count, step is not None))
     chart = BarChart(
         title=f"{type(dataset).__name__}: samples/s per variant",
         x_label="variant",
-        y_label="samples/s",
+        y_label="samples/s (best round)",
         x=[r.name.value for r in results],
         y=[r.measurement.samples_per_s if r.measurement else None for r in results],
     )
@@ -155,6 +195,7 @@ def diagnose(
         loader=settings_of(kwargs),
         step=None if step is None else getattr(step, "__qualname__", type(step).__name__),
         environment=env,
+        rounds=rounds,
         variants=results,
         stage_costs=costs,
         verdict=verdict,

@@ -56,7 +56,10 @@ class VariantResult(BaseModel):
     status: Literal["measured", "skipped"]
     skipped_reason: str | None = None
     note: str | None = Field(default=None, description="how the variant was formed, if special")
-    measurement: Measurement | None = None
+    measurement: Measurement | None = Field(default=None, description="the fastest round")
+    round_rates: list[float] = Field(
+        default_factory=list, description="samples/s of every round, in the order run"
+    )
 
 
 class StageCosts(BaseModel):
@@ -135,6 +138,7 @@ class DiagnoseReport(BaseModel):
     loader: LoaderSettings
     step: str | None = Field(description="the training step's name, None = loader timed alone")
     environment: Environment
+    rounds: int = Field(description="rounds per variant; each variant reports its fastest")
     variants: list[VariantResult]
     stage_costs: StageCosts | None
     verdict: Verdict
@@ -152,7 +156,8 @@ class SweepPoint(BaseModel):
     """One `num_workers` value of a sweep."""
 
     num_workers: int
-    measurement: Measurement
+    measurement: Measurement = Field(description="the fastest round")
+    round_rates: list[float] = Field(default_factory=list, description="samples/s per round")
 
 
 class SweepReport(BaseModel):
@@ -161,6 +166,7 @@ class SweepReport(BaseModel):
     dataset_type: str
     loader: LoaderSettings
     environment: Environment
+    rounds: int
     points: list[SweepPoint]
     best_num_workers: int
     knee_num_workers: int

@@ -108,12 +108,11 @@ def image_folder(
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder of images")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    classes = sorted({p.parent.relative_to(root).as_posix() for p in files} - {"."})
-    labels = [classes.index(p.parent.relative_to(root).as_posix()) for p in files]
-    return StagedDataset(
-        [str(p) for p in files],
-        read_bytes,
-        DecodeImage(mode),
-        augment,
-        labels if classes else None,
-    )
+    folders = [p.parent.relative_to(root).as_posix() for p in files]
+    classes = sorted(set(folders))
+    if classes == ["."]:
+        return StagedDataset([str(p) for p in files], read_bytes, DecodeImage(mode), augment)
+    if "." in classes:
+        raise ValueError(f"{root} mixes images and class sub-folders: keep one layout")
+    labels = [classes.index(folder) for folder in folders]
+    return StagedDataset([str(p) for p in files], read_bytes, DecodeImage(mode), augment, labels)

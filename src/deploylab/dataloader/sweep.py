@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +10,15 @@ from torch.utils.data import Dataset
 
 from deploylab.dataloader.chart import write_sweep_chart
 from deploylab.dataloader.diagnose import (
+    best_of_rounds,
+    check_counts,
     check_dataset,
     check_loader_kwargs,
     environment,
     settings_of,
 )
 from deploylab.dataloader.measure import Step, default_warmup, measure
-from deploylab.dataloader.report import BarChart, SweepPoint, SweepReport
+from deploylab.dataloader.report import BarChart, Measurement, SweepPoint, SweepReport
 from deploylab.errors import UsageError
 
 KNEE_FRACTION = 0.9
@@ -43,13 +45,15 @@ def sweep_workers(
     step: Step | None = None,
     *,
     workers: Sequence[int] | None = None,
-    steps: int = 50,
+    steps: int = 30,
+    rounds: int = 2,
     warmup: int | None = None,
     chart_path: str | Path | None = None,
 ) -> SweepReport:
     """Measure the pipeline as is at each `num_workers` in `workers` and find the knee.
 
-    The knee is the fewest workers reaching 90% of the best rate: more buy little.
+    Each count runs `rounds` times in alternating order and keeps its fastest round (see
+    `best_of_rounds`). The knee is the fewest workers reaching 90% of the best rate.
     """
     check_dataset(dataset)
     base = check_loader_kwargs(loader_kwargs)
@@ -57,21 +61,22 @@ def sweep_workers(
     counts = sorted(set(workers if workers is not None else default_worker_counts(env.cpu_count)))
     if not counts or counts[0] < 0:
         raise UsageError(f"num_workers values must be 0 or more (got {list(workers or [])}).")
-    if steps < 1:
-        raise UsageError(f"steps must be at least 1 (got {steps}).")
-    points = []
-    for count in counts:
+    check_counts(steps, rounds, warmup)
+
+    def runner(count: int) -> Callable[[], Measurement]:
         kwargs = {**base, "num_workers": count}
         if count == 0:  # these are refused by DataLoader without workers
             for key in ("prefetch_factor", "persistent_workers"):
                 kwargs.pop(key, None)
         warm = default_warmup(kwargs) if warmup is None else warmup
         what = f"your dataset (num_workers={count})"
-        points.append(
-            SweepPoint(
-                num_workers=count, measurement=measure(dataset, kwargs, step, steps, warm, what)
-            )
-        )
+        return lambda: measure(dataset, kwargs, step, steps, warm, what)
+
+    measured = best_of_rounds([runner(c) for c in counts], rounds)
+    points = [
+        SweepPoint(num_workers=c, measurement=m, round_rates=rates)
+        for c, (m, rates) in zip(counts, measured, strict=True)
+    ]
     rates = [p.measurement.samples_per_s for p in points]
     best = points[rates.index(max(rates))].num_workers
     at_knee = points[knee(rates)]
@@ -95,6 +100,7 @@ def sweep_workers(
         dataset_type=type(dataset).__name__,
         loader=settings_of(base),
         environment=env,
+        rounds=rounds,
         points=points,
         best_num_workers=best,
         knee_num_workers=at_knee.num_workers,

@@ -93,7 +93,7 @@ def decide(
         f"{100 * base.data_wait_share:.0f}% of the time waiting for data.",
         _rate_line("Replaying cached samples (nothing read, decoded or transformed)", base, replay),
     ]
-    share = costs.pipeline_ms / costs.baseline_ms
+    share = _clamp(costs.pipeline_ms / costs.baseline_ms)
     if share < SIGNIFICANT:
         kind: Bottleneck = "not_dataloader" if facts.has_step else "loader_overhead"
         return _verdict(kind, evidence, runs, facts, share), costs
@@ -125,7 +125,12 @@ def decide(
             evidence=evidence,
             suggestions=[],
         ), costs
-    return _verdict(kind, evidence, runs, facts, cost / costs.baseline_ms), costs
+    return _verdict(kind, evidence, runs, facts, _clamp(cost / costs.baseline_ms)), costs
+
+
+def _clamp(share: float) -> float:
+    """A share of the time per sample kept within [0, 1] (rates are measured with noise)."""
+    return min(1.0, max(0.0, share))
 
 
 def _cpu_line(m: Measurement, facts: LoaderFacts) -> str:
@@ -166,7 +171,8 @@ def _verdict(
     if kind == "not_dataloader":
         headline = (
             "The DataLoader is not what slows training: replaying cached samples is barely "
-            f"faster ({100 * share:.0f}% of the time per sample), so look at the training step."
+            f"faster (the dataset's work is {100 * share:.0f}% of the time per sample), so look "
+            "at the training step."
         )
     elif kind == "loader_overhead":
         headline = (
