@@ -16,7 +16,7 @@ M = TypeVar("M", bound=BaseModel)
 
 def _to_python(node: yaml.Node, lines: dict[Loc, int], loc: Loc) -> Any:
     """Convert a composed YAML node to Python data, recording the 1-based line of every path."""
-    lines[loc] = node.start_mark.line + 1
+    lines.setdefault(loc, node.start_mark.line + 1)  # a mapping value keeps its key's line
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
