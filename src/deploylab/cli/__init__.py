@@ -14,6 +14,7 @@ from rich.console import Console
 
 from deploylab import __version__
 from deploylab.cli import dataloader as dataloader_cli
+from deploylab.cli import loadtest as loadtest_cli
 from deploylab.cli import models
 from deploylab.cli import sim as sim_cli
 from deploylab.errors import DeploylabError
@@ -26,6 +27,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models.app, name="models", help="List the known models and where their files are.")
+app.add_typer(
+    loadtest_cli.app,
+    name="loadtest",
+    help="Load-test an OpenAI-compatible endpoint with a business scenario.",
+)
 app.add_typer(
     dataloader_cli.app,
     name="dataloader",

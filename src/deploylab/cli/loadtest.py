@@ -1,0 +1,231 @@
+"""`deploylab loadtest`: load-test an OpenAI-compatible endpoint with a business scenario."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from deploylab.errors import DeploylabError, UsageError
+
+app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+
+
+@app.callback()
+def loadtest(
+    ctx: typer.Context,
+    scenario: str | None = typer.Option(
+        None, "--scenario", "-s", help="A built-in scenario name or a scenario YAML file."
+    ),
+    url: str | None = typer.Option(
+        None, help="Target base URL, e.g. http://127.0.0.1:8000. Default: start `deploylab serve`."
+    ),
+    model: str | None = typer.Option(None, help="Served model for requests naming no model."),
+    tokenizer: str | None = typer.Option(
+        None, help="Target's tokenizer (folder, .gguf or model name) for exact prompt lengths."
+    ),
+    duration: float | None = typer.Option(None, help="Run for this many seconds."),
+    requests: int | None = typer.Option(None, help="Or: send this many requests."),
+    concurrency: int | None = typer.Option(None, help="Closed loop: requests in flight."),
+    rate: float | None = typer.Option(None, help="Open loop: requests (or sessions) per second."),
+    arrival: str | None = typer.Option(None, help="Open-loop arrivals: poisson|constant|gamma."),
+    gamma_shape: float | None = typer.Option(
+        None, help="Shape of gamma arrivals (<1 burstier than Poisson)."
+    ),
+    ramp_up: float | None = typer.Option(None, help="Seconds to ramp the load up from zero."),
+    warmup: float | None = typer.Option(None, help="Seconds excluded from the results at start."),
+    cooldown: float | None = typer.Option(None, help="Seconds excluded at the end."),
+    workers: int = typer.Option(1, help="Worker processes sharing the load."),
+    seed: int = typer.Option(0, help="Random seed (prompts, lengths, arrivals)."),
+    out: Path | None = typer.Option(None, help="Folder for results.json."),
+    model_map: list[str] = typer.Option(
+        [], "--model-map", help="FROM=TO: send scenario model FROM (a glob) to served model TO."
+    ),
+    trace: Path | None = typer.Option(None, help="Trace file for the replay scenario."),
+    api: str | None = typer.Option(None, help="chat or completions (default: the scenario's)."),
+    timeout: float = typer.Option(600.0, help="Per-request timeout in seconds."),
+    progress: bool = typer.Option(True, help="Show live progress."),
+    serve_timeout: float = typer.Option(
+        300.0, help="Seconds to wait for the local `deploylab serve` to become healthy."
+    ),
+) -> None:
+    """Load-test an OpenAI-compatible endpoint with a business scenario.
+
+    Writes OUT/results.json (see docs/loadtest.md). Without --url, starts `deploylab serve` on
+    the default model, runs, and stops it. `deploylab loadtest scenarios` lists the scenarios.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from deploylab.loadtest.library import builtin_names
+
+    if scenario is None:
+        raise UsageError(
+            "Choose a scenario with --scenario NAME|FILE; built-in: "
+            f"{', '.join(builtin_names())} (see `deploylab loadtest scenarios`)."
+        )
+    if out is None:
+        raise UsageError("Give --out DIR: the folder where results.json is written.")
+    if arrival is not None and arrival not in ("poisson", "constant", "gamma"):
+        raise UsageError(f"--arrival '{arrival}' is not one of poisson, constant, gamma.")
+    if api is not None and api not in ("chat", "completions"):
+        raise UsageError(f"--api '{api}' is not one of chat, completions.")
+    overrides = {
+        "concurrency": concurrency,
+        "rate": rate,
+        "arrival": arrival,
+        "gamma_shape": gamma_shape,
+        "duration_s": duration,
+        "requests": requests,
+        "ramp_up_s": ramp_up,
+        "warmup_s": warmup,
+        "cooldown_s": cooldown,
+        "workers": workers,
+        "seed": seed,
+        "timeout_s": timeout,
+    }
+    _run(
+        scenario,
+        url,
+        out,
+        overrides,
+        prepare={
+            "model": model,
+            "model_map": model_map,
+            "tokenizer": tokenizer,
+            "trace": trace,
+            "api": api,
+        },
+        show_progress=progress,
+        serve_timeout=serve_timeout,
+    )
+
+
+def _run(
+    scenario: str,
+    url: str | None,
+    out: Path,
+    overrides: dict[str, Any],
+    prepare: dict[str, Any],
+    show_progress: bool,
+    serve_timeout: float,
+) -> None:
+    from deploylab.catalog import DEFAULT_MODEL
+    from deploylab.loadtest.config import resolve_load
+    from deploylab.loadtest.library import load_scenario
+    from deploylab.loadtest.local_server import LocalServer
+    from deploylab.loadtest.progress import LiveProgress
+    from deploylab.loadtest.runner import execute, prepare_run
+
+    console = Console(stderr=True)
+    loaded = load_scenario(scenario)
+    load = resolve_load(loaded.scenario.load, **overrides)
+    server = None
+    try:
+        if url is None:
+            server = LocalServer(out / "server.log", startup_timeout_s=serve_timeout)
+            console.print(f"Starting `deploylab serve` on {server.base_url} (log: {server.log_path})")
+            url = server.start()
+            prepare["tokenizer"] = prepare["tokenizer"] or DEFAULT_MODEL
+            prepare["started_locally"] = True
+            prepare["server_command"] = server.command
+        if prepare["tokenizer"]:
+            console.print(f"Loading tokenizer {prepare['tokenizer']} ...")
+        prepared = prepare_run(loaded, url, **prepare)
+        console.print(
+            f"Scenario [bold]{loaded.scenario.name}[/]: {loaded.scenario.bottleneck}",
+            highlight=False,
+        )
+        console.print(f"Target {prepared.base_url}, load: {_describe_load(load)}", highlight=False)
+        if show_progress:
+            with LiveProgress(console, load.duration_s, load.requests) as live:
+                results = execute(prepared, load, live.update)
+        else:
+            results = execute(prepared, load)
+    finally:
+        if server is not None:
+            server.stop()
+    path = results.save(out)
+    print_summary(results, path)
+    if results.interrupted:
+        raise typer.Exit(130)
+    if results.summary.requests_completed == 0 and results.summary.requests_failed > 0:
+        kinds = ", ".join(f"{k}: {n}" for k, n in results.summary.errors_by_kind.items())
+        raise DeploylabError(f"Every request failed ({kinds}); results are in {path}.")
+
+
+def _describe_load(load: Any) -> str:
+    if load.mode == "closed":
+        shape = f"closed loop, concurrency {load.concurrency}"
+    elif load.mode == "open":
+        shape = f"open loop, {load.rate:g} req/s {load.arrival}"
+    else:
+        shape = "trace times"
+    bound = f"{load.duration_s:g} s" if load.duration_s else f"{load.requests} requests"
+    if load.duration_s is None and load.requests is None:
+        bound = "the whole trace"
+    return f"{shape}, {bound}, {load.workers} worker(s)"
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_summary(results: Any, path: Path) -> None:
+    """Print the run's summary table and where the results are."""
+    console = Console()
+    s = results.summary
+    title = f"{results.scenario.name}: {s.requests_completed} completed, {s.requests_failed} failed"
+    if results.interrupted:
+        title += " (interrupted: partial results)"
+    table = Table(title=title)
+    for column in ("metric (ms)", "mean", "p50", "p90", "p95", "p99", "max"):
+        table.add_column(column, justify="right")
+    rows = (
+        ("TTFT (service)", s.ttft_ms),
+        ("TTFT (response)", s.ttft_response_ms),
+        ("ITL", s.itl_ms),
+        ("TPOT", s.tpot_ms),
+        ("E2E (service)", s.e2e_ms),
+        ("E2E (response)", s.e2e_response_ms),
+        ("schedule lateness", s.schedule_lateness_ms),
+    )
+    for name, st in rows:
+        table.add_row(name, *(_fmt(getattr(st, k)) for k in ("mean", "p50", "p90", "p95", "p99", "max")))
+    console.print(table)
+    console.print(
+        f"throughput: {_fmt(s.output_tokens_per_s)} output tok/s, {_fmt(s.requests_per_s, 2)} "
+        f"req/s, goodput {_fmt(s.goodput_rps, 2)} req/s; error rate "
+        f"{_fmt(None if s.error_rate is None else 100 * s.error_rate, 2)} %",
+        highlight=False,
+    )
+    if s.errors_by_kind:
+        console.print("errors: " + ", ".join(f"{k} {n}" for k, n in s.errors_by_kind.items()))
+    for check in s.slo:
+        mark = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[yellow]n/a[/]"}[check.passed]
+        label = check.metric if check.percentile is None else f"{check.metric} p{check.percentile:g}"
+        console.print(f"SLO {label} <= {check.limit:g}: measured {_fmt(check.measured, 3)} {mark}")
+    verdict = {True: "[green]met[/]", False: "[red]missed[/]", None: "[yellow]unknown[/]"}
+    console.print(f"SLO verdict: {verdict[s.slo_passed]}")
+    console.print(f"results: {path}", highlight=False)
+
+
+@app.command("scenarios")
+def list_scenarios() -> None:
+    """List the built-in scenarios: what each exposes and its default load and SLOs."""
+    from deploylab.loadtest.library import builtin_names, load_scenario
+
+    table = Table(title="Built-in scenarios")
+    for column in ("name", "kind", "exposes", "default load", "SLOs"):
+        table.add_column(column)
+    for name in builtin_names():
+        sc = load_scenario(name).scenario
+        load = sc.load
+        shape = f"concurrency {load.concurrency}" if load.concurrency else (
+            f"{load.rate:g} req/s {load.arrival}" if load.rate else "trace times"
+        )
+        slos = ", ".join(f"{m} {b.label}<={b.max_ms:g}" for m, b in sc.slo.bounds().items())
+        table.add_row(name, sc.workload.kind, sc.bottleneck, shape, slos)
+    Console(width=200).print(table)

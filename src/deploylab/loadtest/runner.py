@@ -1,0 +1,230 @@
+"""Run a load test from Python: `prepare_run` once (tokenizer, trace, target checks), then
+`execute` one load as many times as needed (a capacity sweep calls it per step); `run_load`
+does both.
+
+`execute` runs worker 0 in this process when `workers == 1`, else one spawned process per
+worker, each with its own event loop (uvloop when installed); all start at one shared
+perf_counter_ns instant and their records are merged. Ctrl-C (SIGINT) stops sending, cancels
+requests in flight and returns the partial results with `interrupted: true`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from deploylab import __version__
+from deploylab.errors import UsageError
+from deploylab.loadtest.client import RawRecord
+from deploylab.loadtest.config import LoadConfig
+from deploylab.loadtest.library import LoadedScenario
+from deploylab.loadtest.plan import body_options, make_generator, worker_tasks
+from deploylab.loadtest.procs import new_runner, run_processes
+from deploylab.loadtest.records import (
+    mark_first_requests,
+    measurement_window,
+    output_token_counts,
+    to_record,
+)
+from deploylab.loadtest.results import Results, RunConfig, ScenarioInfo, TargetInfo
+from deploylab.loadtest.stats import summarize
+from deploylab.loadtest.target import (
+    endpoint_url,
+    normalize_base_url,
+    parse_model_map,
+    plan_models,
+    served_models,
+)
+from deploylab.loadtest.text import WordSet, approximate_words, load_tokenizer, words_for_tokenizer
+from deploylab.loadtest.traces import TraceEntry, read_trace
+from deploylab.loadtest.worker import ProgressFn, WorkerTask, run_worker
+
+
+@dataclass
+class PreparedRun:
+    """Everything that does not change between loads of one scenario against one target."""
+
+    loaded: LoadedScenario
+    base_url: str
+    api: str
+    words: WordSet
+    tokenizer: Any | None
+    tokenizer_name: str | None
+    trace: list[TraceEntry] | None
+    trace_path: str | None
+    target: TargetInfo
+
+
+def _trace_for(loaded: LoadedScenario, trace: Path | None) -> tuple[list[TraceEntry], str] | None:
+    spec = loaded.scenario.workload
+    if spec.kind != "replay":
+        if trace is not None:
+            raise UsageError(
+                f"--trace applies to replay scenarios; '{loaded.scenario.name}' is "
+                f"{spec.kind}. Use --scenario replay --trace FILE."
+            )
+        return None
+    if trace is None:
+        if spec.trace is None:
+            raise UsageError("This replay scenario names no trace: give one with --trace FILE.")
+        trace = loaded.folder / spec.trace
+    entries, _ = read_trace(trace, spec.format)
+    return entries, str(trace)
+
+
+def prepare_run(
+    loaded: LoadedScenario,
+    url: str,
+    *,
+    model: str | None = None,
+    model_map: Sequence[str] = (),
+    tokenizer: str | None = None,
+    trace: Path | None = None,
+    api: str | None = None,
+    started_locally: bool = False,
+    server_command: list[str] | None = None,
+) -> PreparedRun:
+    """Validate inputs, load the tokenizer and trace, and check the target serves the models
+    the scenario needs. Raises UsageError / ConfigError / TargetUnreachableError."""
+    base_url = normalize_base_url(url)
+    pairs = parse_model_map(model_map)
+    tok, tok_name = load_tokenizer(tokenizer) if tokenizer else (None, None)
+    words = words_for_tokenizer(tok, tokenizer or "") if tok is not None else approximate_words()
+    traced = _trace_for(loaded, trace)
+    entries = traced[0] if traced else None
+    probe = make_generator(loaded.scenario, words, 0, entries)
+    served = served_models(base_url)
+    models = plan_models(
+        probe.model_names(), probe.needs_default_model(), served, model, pairs
+    )
+    target = TargetInfo(
+        url=base_url,
+        models_served=served,
+        default_model=models.default_model,
+        model_map=models.mapping,
+        started_locally=started_locally,
+        server_command=server_command,
+    )
+    return PreparedRun(
+        loaded=loaded,
+        base_url=base_url,
+        api=api or loaded.scenario.request.api,
+        words=words,
+        tokenizer=tok,
+        tokenizer_name=tok_name,
+        trace=entries,
+        trace_path=traced[1] if traced else None,
+        target=target,
+    )
+
+
+def _run_in_process(
+    task: WorkerTask, progress: ProgressFn | None
+) -> tuple[list[RawRecord], int, bool]:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError(
+            "execute()/run_load() are synchronous: call them from a thread without a running "
+            "event loop (e.g. through asyncio.to_thread)."
+        )
+    state: dict[str, Any] = {}
+
+    async def main() -> list[RawRecord]:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        on_main = threading.current_thread() is threading.main_thread()
+        if on_main:
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+
+        async def start() -> int:
+            state["start_ns"] = time.perf_counter_ns()
+            return int(state["start_ns"])
+
+        try:
+            return await run_worker(task, start, stop, progress)
+        finally:
+            state["interrupted"] = stop.is_set()
+            if on_main:
+                loop.remove_signal_handler(signal.SIGINT)
+
+    with new_runner() as runner:
+        raws = runner.run(main())
+    return raws, int(state["start_ns"]), bool(state["interrupted"])
+
+
+def execute(prepared: PreparedRun, load: LoadConfig, progress: ProgressFn | None = None) -> Results:
+    """Run one load against the prepared target and return the results (not saved)."""
+    scenario = prepared.loaded.scenario
+    generator = make_generator(scenario, prepared.words, load.seed, prepared.trace)
+    tasks = worker_tasks(
+        load,
+        generator,
+        url=endpoint_url(prepared.base_url, prepared.api),
+        api=prepared.api,
+        default_model=prepared.target.default_model,
+        model_map=prepared.target.model_map,
+        options=body_options(scenario.request),
+        keep_text=prepared.tokenizer is not None,
+        turn_classes="turn" in scenario.class_keys(),
+    )
+    started_at = datetime.now(UTC)
+    if len(tasks) == 1:
+        raws, start_ns, interrupted = _run_in_process(tasks[0], progress)
+    else:
+        raws, start_ns, interrupted = run_processes(tasks, progress)
+    finished_at = datetime.now(UTC)
+    raws.sort(key=lambda r: (r.scheduled_ns, r.index, r.turn))
+    window = measurement_window(raws, start_ns, load)
+    outputs = output_token_counts(raws, prepared.tokenizer)
+    records = [to_record(r, start_ns, out, window) for r, out in zip(raws, outputs, strict=True)]
+    keys = scenario.class_keys()
+    if "model_first_request" in keys:
+        mark_first_requests(records)
+    summary = summarize(records, window, scenario.slo, keys)
+    return Results(
+        scenario=ScenarioInfo(
+            name=scenario.name,
+            source=prepared.loaded.source,
+            description=scenario.description,
+            bottleneck=scenario.bottleneck,
+            workload_kind=scenario.workload.kind,
+            definition=scenario.model_dump(mode="json", by_alias=True),
+        ),
+        target=prepared.target,
+        config=RunConfig(
+            load=load,
+            mode=load.mode,
+            api=prepared.api,
+            tokenizer=prepared.tokenizer_name,
+            exact_token_counts=prepared.words.exact,
+            trace=prepared.trace_path,
+            deploylab_version=__version__,
+        ),
+        started_at=started_at,
+        finished_at=finished_at,
+        interrupted=interrupted,
+        summary=summary,
+        requests=records,
+    )
+
+
+def run_load(
+    loaded: LoadedScenario,
+    url: str,
+    load: LoadConfig,
+    *,
+    progress: ProgressFn | None = None,
+    **prepare_options: Any,
+) -> Results:
+    """Prepare and execute one load (see `prepare_run` for the options)."""
+    return execute(prepare_run(loaded, url, **prepare_options), load, progress)

@@ -1,0 +1,138 @@
+"""The target server: URL handling, reachability, the models it serves, and model mapping.
+
+Before any load is sent we ask `/v1/models` what the target serves and fail fast, naming every
+model the scenario needs that it lacks (or map scenario names with `--model-map FROM=TO`, where
+FROM may be a glob such as `model-*`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from deploylab.errors import TargetUnreachableError, UsageError
+
+_CHECK_TIMEOUT_S = 10.0
+
+
+def normalize_base_url(url: str) -> str:
+    """`http://host:port` from a URL given with or without a trailing `/v1`."""
+    parsed = urlparse(url.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise UsageError(
+            f"--url '{url}' is not an http(s) URL; give e.g. http://127.0.0.1:8000 "
+            "(the server's base URL, with or without /v1)."
+        )
+    path = parsed.path.rstrip("/")
+    path = path.removesuffix("/v1")
+    return f"{parsed.scheme}://{parsed.netloc}{path}"
+
+
+def endpoint_url(base_url: str, api: str) -> str:
+    """The streaming endpoint for the API kind."""
+    route = "/v1/chat/completions" if api == "chat" else "/v1/completions"
+    return base_url + route
+
+
+def http_get(url: str, timeout_s: float = _CHECK_TIMEOUT_S) -> tuple[int, bytes]:
+    """GET a URL; returns (status, body). Raises TargetUnreachableError if nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (http only)
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read() or b""
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TargetUnreachableError(
+            f"Cannot reach the target at {url}: {reason}. Is the server running and is --url "
+            "right? (Without --url, deploylab starts its own server.)"
+        ) from exc
+
+
+def served_models(base_url: str) -> list[str] | None:
+    """Model ids from `/v1/models`; None when the target has no such route."""
+    status, body = http_get(base_url + "/v1/models")
+    if status in (404, 405):
+        return None
+    if status != 200:
+        raise TargetUnreachableError(
+            f"The target at {base_url} answered HTTP {status} to GET /v1/models: "
+            f"{body[:300].decode(errors='replace')}"
+        )
+    try:
+        data = json.loads(body)
+        return [str(m["id"]) for m in data["data"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TargetUnreachableError(
+            f"The target at {base_url} answered /v1/models with something that is not an "
+            "OpenAI model list; is --url an OpenAI-compatible server?"
+        ) from exc
+
+
+def parse_model_map(items: Sequence[str]) -> list[tuple[str, str]]:
+    """`FROM=TO` pairs (FROM may be a glob); UsageError for anything else."""
+    pairs = []
+    for item in items:
+        source, sep, target = item.partition("=")
+        if not sep or not source.strip() or not target.strip():
+            raise UsageError(
+                f"--model-map '{item}' is not FROM=TO; e.g. --model-map 'model-*=my-model' "
+                "sends every scenario model named model-... to my-model."
+            )
+        pairs.append((source.strip(), target.strip()))
+    return pairs
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """Which served model each request goes to."""
+
+    default_model: str  # for requests that name no model
+    mapping: dict[str, str]  # scenario model name -> served model name
+
+
+def plan_models(
+    needed: Sequence[str],
+    needs_default: bool,
+    served: list[str] | None,
+    model: str | None,
+    model_map: Sequence[tuple[str, str]],
+) -> ModelPlan:
+    """Resolve names, or raise UsageError naming what the target lacks."""
+    mapping = {}
+    for name in needed:
+        target = name
+        for pattern, mapped in model_map:
+            if fnmatch.fnmatchcase(name, pattern):
+                target = mapped
+                break
+        mapping[name] = target
+    default = model or ""
+    if needs_default and not default:
+        if served is None:
+            raise UsageError(
+                "The target has no /v1/models route, so deploylab cannot tell which model it "
+                "serves: name it with --model."
+            )
+        if len(served) != 1:
+            listed = ", ".join(served) or "none"
+            raise UsageError(
+                f"The target serves {len(served)} models ({listed}); choose one with --model."
+            )
+        default = served[0]
+    if served is not None:
+        wanted = ([default] if needs_default else []) + sorted(set(mapping.values()))
+        missing = [m for m in dict.fromkeys(wanted) if m not in served]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise UsageError(
+                f"The scenario needs model(s) the target does not serve: {shown}. The target "
+                f"serves: {', '.join(served) or 'nothing'}. Serve them, or map scenario names "
+                "with --model-map FROM=TO (FROM may be a glob, e.g. 'model-*=" + (served[0] if served else "NAME") + "')."
+            )
+    return ModelPlan(default, mapping)
