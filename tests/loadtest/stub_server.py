@@ -100,7 +100,9 @@ class Stub:
             if delay > 0:
                 await asyncio.sleep(delay)
             piece = f" tok{i}"
-            choice = {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
+            choice = (
+                {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
+            )
             await resp.write(f"data: {json.dumps({'choices': [choice]})}\n\n".encode())
             if i == 0 and cfg["drop_every"] and number % cfg["drop_every"] == 0:
                 request.transport.close()  # type: ignore[union-attr]

@@ -126,7 +126,9 @@ def _run(
     try:
         if url is None:
             server = LocalServer(out / "server.log", startup_timeout_s=serve_timeout)
-            console.print(f"Starting `deploylab serve` on {server.base_url} (log: {server.log_path})")
+            console.print(
+                f"Starting `deploylab serve` on {server.base_url} (log: {server.log_path})"
+            )
             url = server.start()
             prepare["tokenizer"] = prepare["tokenizer"] or DEFAULT_MODEL
             prepare["started_locally"] = True
@@ -193,7 +195,9 @@ def print_summary(results: Any, path: Path) -> None:
         ("schedule lateness", s.schedule_lateness_ms),
     )
     for name, st in rows:
-        table.add_row(name, *(_fmt(getattr(st, k)) for k in ("mean", "p50", "p90", "p95", "p99", "max")))
+        table.add_row(
+            name, *(_fmt(getattr(st, k)) for k in ("mean", "p50", "p90", "p95", "p99", "max"))
+        )
     console.print(table)
     console.print(
         f"throughput: {_fmt(s.output_tokens_per_s)} output tok/s, {_fmt(s.requests_per_s, 2)} "
@@ -205,7 +209,9 @@ def print_summary(results: Any, path: Path) -> None:
         console.print("errors: " + ", ".join(f"{k} {n}" for k, n in s.errors_by_kind.items()))
     for check in s.slo:
         mark = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[yellow]n/a[/]"}[check.passed]
-        label = check.metric if check.percentile is None else f"{check.metric} p{check.percentile:g}"
+        label = (
+            check.metric if check.percentile is None else f"{check.metric} p{check.percentile:g}"
+        )
         console.print(f"SLO {label} <= {check.limit:g}: measured {_fmt(check.measured, 3)} {mark}")
     verdict = {True: "[green]met[/]", False: "[red]missed[/]", None: "[yellow]unknown[/]"}
     console.print(f"SLO verdict: {verdict[s.slo_passed]}")
@@ -223,8 +229,10 @@ def list_scenarios() -> None:
     for name in builtin_names():
         sc = load_scenario(name).scenario
         load = sc.load
-        shape = f"concurrency {load.concurrency}" if load.concurrency else (
-            f"{load.rate:g} req/s {load.arrival}" if load.rate else "trace times"
+        shape = (
+            f"concurrency {load.concurrency}"
+            if load.concurrency
+            else (f"{load.rate:g} req/s {load.arrival}" if load.rate else "trace times")
         )
         slos = ", ".join(f"{m} {b.label}<={b.max_ms:g}" for m, b in sc.slo.bounds().items())
         table.add_row(name, sc.workload.kind, sc.bottleneck, shape, slos)

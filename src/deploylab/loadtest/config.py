@@ -18,18 +18,18 @@ class LoadConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    concurrency: int | None = Field(None, ge=1)
-    rate: float | None = Field(None, gt=0)
+    concurrency: int | None = Field(default=None, ge=1)
+    rate: float | None = Field(default=None, gt=0)
     arrival: Literal["poisson", "constant", "gamma"] = "poisson"
-    gamma_shape: float = Field(1.0, gt=0)
-    duration_s: float | None = Field(None, gt=0)
-    requests: int | None = Field(None, ge=1)
-    ramp_up_s: float = Field(0.0, ge=0)
-    warmup_s: float = Field(0.0, ge=0)
-    cooldown_s: float = Field(0.0, ge=0)
-    workers: int = Field(1, ge=1)
-    seed: int = Field(0, ge=0)
-    timeout_s: float = Field(600.0, gt=0, description="per request")
+    gamma_shape: float = Field(default=1.0, gt=0)
+    duration_s: float | None = Field(default=None, gt=0)
+    requests: int | None = Field(default=None, ge=1)
+    ramp_up_s: float = Field(default=0.0, ge=0)
+    warmup_s: float = Field(default=0.0, ge=0)
+    cooldown_s: float = Field(default=0.0, ge=0)
+    workers: int = Field(default=1, ge=1)
+    seed: int = Field(default=0, ge=0)
+    timeout_s: float = Field(default=600.0, gt=0, description="per request")
 
     @model_validator(mode="after")
     def _consistent(self) -> LoadConfig:

@@ -16,8 +16,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 class _Dist(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    min: float | None = Field(None, description="clip samples below this")
-    max: float | None = Field(None, description="clip samples above this")
+    min: float | None = Field(default=None, description="clip samples below this")
+    max: float | None = Field(default=None, description="clip samples above this")
 
     def _raw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         raise NotImplementedError

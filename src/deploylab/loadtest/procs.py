@@ -38,7 +38,9 @@ def new_runner() -> asyncio.Runner:
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
-def _process_main(task: WorkerTask, start_q: Queue[int], result_q: Queue[Any], stop_evt: Event) -> None:
+def _process_main(
+    task: WorkerTask, start_q: Queue[int], result_q: Queue[Any], stop_evt: Event
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     try:
 

@@ -101,9 +101,7 @@ def prepare_run(
     entries = traced[0] if traced else None
     probe = make_generator(loaded.scenario, words, 0, entries)
     served = served_models(base_url)
-    models = plan_models(
-        probe.model_names(), probe.needs_default_model(), served, model, pairs
-    )
+    models = plan_models(probe.model_names(), probe.needs_default_model(), served, model, pairs)
     target = TargetInfo(
         url=base_url,
         models_served=served,

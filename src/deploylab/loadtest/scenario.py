@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from deploylab.loadtest.distributions import Distribution
+from deploylab.loadtest.distributions import Distribution, Fixed
 
 SCENARIO_SCHEMA_VERSION = 1
 _PERCENTILE_KEY = re.compile(r"^p(\d+(?:\.\d+)?)$")
@@ -22,7 +22,7 @@ class _Strict(BaseModel):
 def _percentile_shorthand(value: Any) -> Any:
     """`{p99: 500}` means: the 99th percentile must be at most 500 ms."""
     if isinstance(value, dict) and len(value) == 1:
-        (key, limit), = value.items()
+        ((key, limit),) = value.items()
         match = _PERCENTILE_KEY.match(str(key))
         if match:
             return {"percentile": float(match.group(1)), "max_ms": limit}
@@ -51,7 +51,7 @@ class SLO(_Strict):
     itl_ms: PercentileBound | None = None
     tpot_ms: PercentileBound | None = None
     e2e_ms: PercentileBound | None = None
-    error_rate: float | None = Field(None, ge=0, le=1, description="largest failed fraction")
+    error_rate: float | None = Field(default=None, ge=0, le=1, description="max failed share")
 
     def bounds(self) -> dict[str, _PercentileBound]:
         """The latency bounds that are set, by metric name."""
@@ -67,15 +67,15 @@ class SLO(_Strict):
 class LoadDefaults(_Strict):
     """The scenario's default load; every field can be overridden on the command line."""
 
-    concurrency: int | None = Field(None, ge=1, description="closed loop: requests in flight")
-    rate: float | None = Field(None, gt=0, description="open loop: requests (or sessions) /s")
+    concurrency: int | None = Field(default=None, ge=1, description="closed loop: in flight")
+    rate: float | None = Field(default=None, gt=0, description="open loop: arrivals per s")
     arrival: Literal["poisson", "constant", "gamma"] = "poisson"
-    gamma_shape: float = Field(1.0, gt=0, description="gamma arrivals: <1 burstier than Poisson")
-    duration_s: float | None = Field(None, gt=0)
-    requests: int | None = Field(None, ge=1)
-    ramp_up_s: float = Field(0.0, ge=0)
-    warmup_s: float = Field(0.0, ge=0)
-    cooldown_s: float = Field(0.0, ge=0)
+    gamma_shape: float = Field(default=1.0, gt=0, description="<1: burstier than Poisson")
+    duration_s: float | None = Field(default=None, gt=0)
+    requests: int | None = Field(default=None, ge=1)
+    ramp_up_s: float = Field(default=0.0, ge=0)
+    warmup_s: float = Field(default=0.0, ge=0)
+    cooldown_s: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _one_mode(self) -> LoadDefaults:
@@ -88,8 +88,8 @@ class RequestOptions(_Strict):
     """How each request is shaped on the wire."""
 
     api: Literal["chat", "completions"] = "chat"
-    temperature: float = Field(0.0, ge=0)
-    ignore_eos: bool = Field(True, description="ask for exactly max_tokens (vLLM-style extension)")
+    temperature: float = Field(default=0.0, ge=0)
+    ignore_eos: bool = Field(default=True, description="ask for exactly max_tokens (vLLM)")
     extra_body: dict[str, Any] = Field(default_factory=dict, description="merged into each body")
 
 
@@ -99,7 +99,7 @@ class SyntheticWorkload(_Strict):
     kind: Literal["synthetic"]
     input_tokens: Distribution
     output_tokens: Distribution
-    system_prompt_tokens: int = Field(0, ge=0, description="a system prompt shared by all")
+    system_prompt_tokens: int = Field(default=0, ge=0, description="a system prompt shared by all")
 
 
 class DocumentSize(_Strict):
@@ -108,9 +108,9 @@ class DocumentSize(_Strict):
 
 
 class Corpus(_Strict):
-    documents: int = Field(200, ge=1)
+    documents: int = Field(default=200, ge=1)
     sizes: list[DocumentSize] = Field(min_length=1)
-    zipf_exponent: float = Field(1.0, ge=0, description="document popularity; 0 = uniform")
+    zipf_exponent: float = Field(default=1.0, ge=0, description="document popularity; 0 = uniform")
 
 
 class RagWorkload(_Strict):
@@ -118,8 +118,8 @@ class RagWorkload(_Strict):
     question; short answers."""
 
     kind: Literal["rag"]
-    system_prompt_tokens: int = Field(256, ge=0)
-    documents_per_request: int = Field(3, ge=1)
+    system_prompt_tokens: int = Field(default=256, ge=0)
+    documents_per_request: int = Field(default=3, ge=1)
     corpus: Corpus
     question_tokens: Distribution
     output_tokens: Distribution
@@ -138,7 +138,7 @@ class SessionsWorkload(_Strict):
     """Multi-turn sessions: each turn resends the whole history after a think time."""
 
     kind: Literal["sessions"]
-    system_prompt_tokens: int = Field(0, ge=0)
+    system_prompt_tokens: int = Field(default=0, ge=0)
     turns: Distribution
     first_turn_tokens: Distribution
     turn_tokens: Distribution
@@ -147,8 +147,8 @@ class SessionsWorkload(_Strict):
 
 
 class _ModelNames(_Strict):
-    names: list[str] | None = Field(None, min_length=1, description="explicit names")
-    count: int | None = Field(None, ge=1, description="or: this many from name_template")
+    names: list[str] | None = Field(default=None, min_length=1, description="explicit names")
+    count: int | None = Field(default=None, ge=1, description="or: this many from name_template")
     name_template: str = "model-{i}"
 
     @model_validator(mode="after")
@@ -172,8 +172,10 @@ class MultiModelWorkload(_Strict):
 
     kind: Literal["multi-model"]
     models: _ModelNames
-    zipf_exponent: float = Field(1.0, ge=0)
-    burst_length: Distribution = Field(default=1, description="consecutive requests per model")
+    zipf_exponent: float = Field(default=1.0, ge=0)
+    burst_length: Distribution = Field(
+        default_factory=lambda: Fixed(value=1), description="consecutive requests per model"
+    )
     input_tokens: Distribution
     output_tokens: Distribution
 
@@ -183,8 +185,8 @@ class MultiLoraWorkload(_Strict):
 
     kind: Literal["multi-lora"]
     adapters: _ModelNames
-    zipf_exponent: float = Field(1.0, ge=0)
-    base_fraction: float = Field(0.0, ge=0, le=1, description="share of requests to the base")
+    zipf_exponent: float = Field(default=1.0, ge=0)
+    base_fraction: float = Field(default=0.0, ge=0, le=1, description="share sent to the base")
     input_tokens: Distribution
     output_tokens: Distribution
 
@@ -193,13 +195,13 @@ class ReplayWorkload(_Strict):
     """Replay a trace file (our JSONL, Azure CSV, BurstGPT CSV or Mooncake JSONL)."""
 
     kind: Literal["replay"]
-    trace: str | None = Field(None, description="path, relative to the scenario file")
+    trace: str | None = Field(default=None, description="path, relative to the scenario file")
     format: Literal["auto", "deploylab", "azure", "burstgpt", "mooncake"] = "auto"
-    time_scale: float = Field(1.0, gt=0, description="divide trace times by this (2 = 2x faster)")
-    block_size: int = Field(512, ge=1, description="tokens per Mooncake hash block")
-    default_output_tokens: int = Field(128, ge=1, description="when the trace has none")
-    max_input_tokens: int | None = Field(None, ge=1, description="clip longer prompts")
-    max_output_tokens: int | None = Field(None, ge=1, description="clip longer outputs")
+    time_scale: float = Field(default=1.0, gt=0, description="trace times are divided by this")
+    block_size: int = Field(default=512, ge=1, description="tokens per Mooncake hash block")
+    default_output_tokens: int = Field(default=128, ge=1, description="when the trace has none")
+    max_input_tokens: int | None = Field(default=None, ge=1, description="clip longer prompts")
+    max_output_tokens: int | None = Field(default=None, ge=1, description="clip longer outputs")
 
 
 Workload = Annotated[
@@ -216,13 +218,13 @@ Workload = Annotated[
 class Scenario(_Strict):
     """A business scenario: its workload, default load, and SLOs."""
 
-    schema_version: Literal[1] = SCENARIO_SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     name: str = Field(min_length=1)
     description: str
     bottleneck: str = Field(description="what this scenario exposes")
-    request: RequestOptions = Field(default_factory=RequestOptions)
-    load: LoadDefaults = Field(default_factory=LoadDefaults)
-    slo: SLO = Field(default_factory=SLO)
+    request: RequestOptions = Field(default_factory=lambda: RequestOptions())
+    load: LoadDefaults = Field(default_factory=lambda: LoadDefaults())
+    slo: SLO = Field(default_factory=lambda: SLO())
     workload: Workload
 
     def class_keys(self) -> list[str]:

@@ -78,7 +78,9 @@ def _latencies(ok: Sequence[RequestRecord]) -> dict[str, LatencyStats]:
     }
 
 
-def _slo_checks(stats: dict[str, LatencyStats], error_rate: float | None, slo: SLO) -> list[SLOCheck]:
+def _slo_checks(
+    stats: dict[str, LatencyStats], error_rate: float | None, slo: SLO
+) -> list[SLOCheck]:
     checks = []
     source = {"ttft_ms": "ttft_response_ms", "e2e_ms": "e2e_response_ms"}
     for name, bound in slo.bounds().items():

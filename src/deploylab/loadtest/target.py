@@ -129,10 +129,14 @@ def plan_models(
         wanted = ([default] if needs_default else []) + sorted(set(mapping.values()))
         missing = [m for m in dict.fromkeys(wanted) if m not in served]
         if missing:
-            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            shown = ", ".join(missing[:10]) + (
+                f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            )
             raise UsageError(
                 f"The scenario needs model(s) the target does not serve: {shown}. The target "
                 f"serves: {', '.join(served) or 'nothing'}. Serve them, or map scenario names "
-                "with --model-map FROM=TO (FROM may be a glob, e.g. 'model-*=" + (served[0] if served else "NAME") + "')."
+                "with --model-map FROM=TO (FROM may be a glob, e.g. 'model-*="
+                + (served[0] if served else "NAME")
+                + "')."
             )
     return ModelPlan(default, mapping)

@@ -54,9 +54,9 @@ class TraceLine(BaseModel):
     timestamp: float = Field(description="seconds; any origin (the first request becomes 0)")
     session: str | int | None = None
     model: str | None = None
-    input_tokens: int | None = Field(None, ge=1)
-    input_text: str | None = Field(None, min_length=1)
-    output_tokens: int | None = Field(None, ge=1)
+    input_tokens: int | None = Field(default=None, ge=1)
+    input_text: str | None = Field(default=None, min_length=1)
+    output_tokens: int | None = Field(default=None, ge=1)
     output_text: str | None = None
     hash_ids: list[int] | None = None
 
@@ -149,7 +149,9 @@ def _int(path: Path, line: int, row: dict[str, str], column: str) -> int:
     try:
         return int(float(row[column]))
     except (KeyError, ValueError) as exc:
-        raise _bad(path, line, f"column '{column}' must be a number, got {row.get(column)!r}.") from exc
+        raise _bad(
+            path, line, f"column '{column}' must be a number, got {row.get(column)!r}."
+        ) from exc
 
 
 def _read_azure(path: Path) -> Iterator[TraceEntry]:

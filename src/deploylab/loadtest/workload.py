@@ -133,9 +133,7 @@ class SessionsGenerator:
             # only the first turn needs a unique opening: later ones follow a unique history
             text = self.words.words(rng, n_in, unique=index if k == 0 else None)
             turns.append(Turn(text, n_in, n_out, think))
-        return WorkItem(
-            index, turns, self.system, spec.system_prompt_tokens, session=f"s{index}"
-        )
+        return WorkItem(index, turns, self.system, spec.system_prompt_tokens, session=f"s{index}")
 
     def model_names(self) -> list[str]:
         return []

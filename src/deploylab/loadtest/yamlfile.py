@@ -77,7 +77,9 @@ def parse_yaml(text: str, source: str) -> tuple[Any, LineMap]:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: invalid YAML: {problem}. Fix the syntax at that line.") from exc
+        raise ConfigError(
+            f"{where}: invalid YAML: {problem}. Fix the syntax at that line."
+        ) from exc
     lines = LineMap()
     if node is not None:
         _walk(node, (), lines)
