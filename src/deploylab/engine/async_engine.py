@@ -1,0 +1,263 @@
+"""`AsyncEngine`: the engine for asyncio servers, with its step loop in one background thread.
+
+Callers (any number of asyncio tasks) call `add_request`, which validates and tokenizes on the
+caller's thread (so bad input raises at once) and returns a `RequestStream` of deltas. The
+engine thread applies queued adds/aborts between steps, runs `LLMEngine.step()`, and hands
+each event loop its deltas in one `call_soon_threadsafe` per step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+from deploylab.engine.config import EngineConfig
+from deploylab.engine.llm_engine import LLMEngine, Prompt
+from deploylab.engine.outputs import EngineStats, RequestDelta
+from deploylab.engine.sampling_params import SamplingParams
+from deploylab.engine.sequence import Sequence
+from deploylab.errors import DeploylabError, EngineOverloadedError, InvalidRequestError
+
+logger = logging.getLogger(__name__)
+
+
+class EngineDeadError(DeploylabError):
+    """The engine's step loop failed or was shut down; the server must be restarted."""
+
+
+class RequestStream:
+    """Async iterator over one request's `RequestDelta`s; ends after the finished one."""
+
+    def __init__(self, request_id: str, engine: AsyncEngine) -> None:
+        self.request_id = request_id
+        self._engine = engine
+        self._queue: asyncio.Queue[RequestDelta | BaseException] = asyncio.Queue()
+        self.finished = False
+
+    def _put(self, item: RequestDelta | BaseException) -> None:
+        self._queue.put_nowait(item)
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> RequestDelta:
+        if self.finished:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            self.finished = True
+            raise item
+        if item.finished:
+            self.finished = True
+        return item
+
+    def abort(self) -> None:
+        """Abort the request (the stream then yields a final delta with reason "abort")."""
+        if not self.finished:
+            self._engine.abort(self.request_id)
+
+
+class AsyncEngine:
+    """Thread-backed engine for asyncio callers. Keyword arguments are `EngineConfig` fields."""
+
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        *,
+        engine: LLMEngine | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.engine = engine or LLMEngine(config, **overrides)
+        self._commands: deque[tuple[Any, ...]] = deque()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._pending_adds = 0
+        self._streams: dict[str, RequestStream] = {}
+        self._loops: dict[str, asyncio.AbstractEventLoop] = {}
+        self._stats = self.engine.stats()
+        self._stopping = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="deploylab-engine", daemon=True)
+        self._thread.start()
+
+    # ---- read-only views ---------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (None for random weights)."""
+        return self.engine.tokenizer
+
+    @property
+    def config(self) -> EngineConfig:
+        """The engine's settings."""
+        return self.engine.config
+
+    @property
+    def max_model_len(self) -> int:
+        """Context length in tokens (prompt plus output)."""
+        return self.engine.max_model_len
+
+    @property
+    def is_running(self) -> bool:
+        """True while the step loop is alive."""
+        return self._thread.is_alive() and self._error is None
+
+    def stats(self) -> EngineStats:
+        """The latest snapshot (updated after every step), waiting count included."""
+        snap = self._stats
+        return replace(snap, num_waiting=snap.num_waiting + self._pending_adds)
+
+    # ---- requests ----------------------------------------------------------------------
+    def add_request(
+        self, request_id: str, prompt: Prompt, params: SamplingParams | None = None
+    ) -> RequestStream:
+        """Queue a request; call from inside a running event loop.
+
+        Raises InvalidRequestError/PromptTooLongError for bad input, EngineOverloadedError
+        when `max_waiting` requests already wait, EngineDeadError when the loop has died.
+        """
+        loop = asyncio.get_running_loop()
+        self._check_alive()
+        if request_id in self._streams:
+            raise InvalidRequestError(
+                f"Request id '{request_id}' is already in use.", param="request_id"
+            )
+        waiting = self.engine.scheduler.num_waiting + self._pending_adds
+        if waiting >= self.engine.config.max_waiting:
+            raise EngineOverloadedError(
+                f"The engine has {waiting} requests waiting (max_waiting="
+                f"{self.engine.config.max_waiting}); retry later."
+            )
+        seq = self.engine.make_sequence(request_id, prompt, params)
+        stream = RequestStream(request_id, self)
+        self._streams[request_id] = stream
+        with self._lock:
+            self._pending_adds += 1
+        self._commands.append(("add", seq, loop))
+        self._wake.set()
+        return stream
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request; its blocks are freed before the next step."""
+        self._commands.append(("abort", request_id))
+        self._wake.set()
+
+    async def generate(
+        self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None
+    ) -> AsyncIterator[RequestDelta]:
+        """Convenience wrapper: yields deltas; aborts the request if the caller stops early."""
+        import uuid
+
+        stream = self.add_request(request_id or uuid.uuid4().hex, prompt, params)
+        try:
+            async for delta in stream:
+                yield delta
+        finally:
+            stream.abort()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the step loop; pending streams get EngineDeadError."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _check_alive(self) -> None:
+        if self._error is not None:
+            raise EngineDeadError(f"The engine loop failed: {self._error!r}") from self._error
+        if self._stopping or not self._thread.is_alive():
+            raise EngineDeadError("The engine has been shut down.")
+
+    # ---- engine thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        engine = self.engine
+        try:
+            while not self._stopping:
+                if not self._commands and not engine.has_unfinished_requests():
+                    self._stats = engine.stats()
+                    self._wake.wait()
+                    self._wake.clear()
+                    continue
+                deltas = self._apply_commands()
+                if engine.has_unfinished_requests():
+                    deltas += engine.step()
+                self._stats = engine.stats()
+                self._deliver(deltas)
+        except BaseException as exc:  # noqa: BLE001 - hand any failure to every caller
+            logger.exception("engine loop failed")
+            self._error = exc
+        self._fail_all(self._error or EngineDeadError("The engine has been shut down."))
+
+    def _apply_commands(self) -> list[RequestDelta]:
+        deltas: list[RequestDelta] = []
+        while self._commands:
+            cmd = self._commands.popleft()
+            if cmd[0] == "add":
+                seq: Sequence = cmd[1]
+                with self._lock:
+                    self._pending_adds -= 1
+                loop = cmd[2]
+                try:
+                    self.engine.add_sequence(seq)
+                except DeploylabError as exc:
+                    self._send(loop, [(seq.request_id, exc)])
+                    continue
+                self._loops[seq.request_id] = loop
+            else:
+                delta = self.engine.abort_request(cmd[1])
+                if delta is not None:
+                    deltas.append(delta)
+        return deltas
+
+    def _deliver(self, deltas: list[RequestDelta]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[RequestDelta]] = {}
+        for delta in deltas:
+            loop = self._loops.get(delta.request_id)
+            if delta.finished:
+                self._loops.pop(delta.request_id, None)
+            if loop is not None:
+                by_loop.setdefault(loop, []).append(delta)
+        for loop, batch in by_loop.items():
+            if not self._send(loop, [(d.request_id, d) for d in batch]):
+                for delta in batch:  # the caller's loop is closed: nobody listens any more
+                    if not delta.finished:
+                        self.abort(delta.request_id)
+
+    def _send(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        items: list[tuple[str, RequestDelta | BaseException]],
+    ) -> bool:
+        try:
+            loop.call_soon_threadsafe(self._dispatch, items)
+            return True
+        except RuntimeError:
+            return False
+
+    def _dispatch(self, items: list[tuple[str, RequestDelta | BaseException]]) -> None:
+        """Runs on the caller's event loop."""
+        for request_id, item in items:
+            stream = self._streams.get(request_id)
+            if stream is None:
+                continue
+            if isinstance(item, BaseException) or item.finished:
+                del self._streams[request_id]
+            stream._put(item)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        error = exc if isinstance(exc, DeploylabError) else EngineDeadError(repr(exc))
+        loops = set(self._loops.values())
+        loops.update(cmd[2] for cmd in list(self._commands) if cmd[0] == "add")
+        for loop in loops:
+            try:
+                loop.call_soon_threadsafe(self._fail_streams, error)
+            except RuntimeError:
+                pass
+
+    def _fail_streams(self, error: BaseException) -> None:
+        for stream in list(self._streams.values()):
+            stream._put(error)
+        self._streams.clear()

@@ -1,0 +1,106 @@
+"""`EngineConfig`: what model to serve and how big the engine's batches and caches are."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from deploylab.catalog import DEFAULT_MODEL
+from deploylab.errors import ConfigError
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+@dataclass
+class EngineConfig:
+    """Engine settings (vLLM names where vLLM has one).
+
+    `kv_cache_gib` sizes the KV cache on the CPU; on CUDA the cache takes
+    `gpu_memory_utilization` of the device memory minus what the weights and a working reserve
+    use. `max_waiting` bounds the waiting queue of `AsyncEngine` (admission control).
+    `random_weights` names a shape preset (e.g. "llama-3.2-1b") to serve random weights
+    instead of loading `model` (benchmarks; token-id prompts only).
+    """
+
+    model: str = DEFAULT_MODEL
+    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
+    device: str = "auto"  # auto: cuda when available, else cpu
+    block_size: int = 16
+    max_num_seqs: int = 128
+    max_num_batched_tokens: int = 2048
+    max_model_len: int | None = None  # default: the model's context, capped by the KV cache
+    kv_cache_gib: float = 2.0
+    gpu_memory_utilization: float = 0.9
+    enable_prefix_caching: bool = True
+    max_waiting: int = 1024
+    seed: int = 0
+    random_weights: str | None = None
+    num_threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid field."""
+
+        def positive_int(name: str) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"EngineConfig.{name} must be a positive integer, got {value!r}.")
+
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_waiting"):
+            positive_int(name)
+        if self.block_size & (self.block_size - 1) or self.block_size > 1024:
+            raise ConfigError(
+                f"EngineConfig.block_size must be a power of two up to 1024, got {self.block_size}."
+            )
+        if self.max_model_len is not None:
+            positive_int("max_model_len")
+        if self.num_threads is not None:
+            positive_int("num_threads")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ConfigError(
+                f"EngineConfig.max_num_batched_tokens ({self.max_num_batched_tokens}) must be at "
+                f"least max_num_seqs ({self.max_num_seqs}) so every running request can decode."
+            )
+        if not self.kv_cache_gib > 0:
+            raise ConfigError(f"EngineConfig.kv_cache_gib must be > 0, got {self.kv_cache_gib}.")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(
+                "EngineConfig.gpu_memory_utilization must be in (0, 1], got "
+                f"{self.gpu_memory_utilization}."
+            )
+        if self.dtype != "auto" and self.dtype not in _DTYPES:
+            raise ConfigError(
+                f"EngineConfig.dtype '{self.dtype}' is not one of auto, {', '.join(_DTYPES)}."
+            )
+        dev = self.device
+        if dev not in ("auto", "cpu") and not (dev == "cuda" or dev.startswith("cuda:")):
+            raise ConfigError(f"EngineConfig.device '{dev}' is not one of auto, cpu, cuda[:N].")
+
+    def torch_device(self) -> torch.device:
+        """The resolved device (CUDA must exist when asked for)."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"EngineConfig.device is '{self.device}' but CUDA is not available.")
+        return torch.device(self.device)
+
+    def torch_dtype(self, device: torch.device) -> torch.dtype:
+        """The resolved dtype for `device`."""
+        if self.dtype == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return _DTYPES[self.dtype]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the settings."""
+        return asdict(self)

@@ -1,0 +1,89 @@
+"""`LLM`: offline batched generation, `LLM(model=...).generate(prompts, params)`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as Seq
+from typing import Any
+
+from deploylab.engine.config import EngineConfig
+from deploylab.engine.llm_engine import LLMEngine, Prompt
+from deploylab.engine.outputs import RequestOutput
+from deploylab.engine.sampling_params import SamplingParams
+from deploylab.errors import InvalidRequestError
+
+
+class LLM:
+    """Runs a list of prompts through the engine to completion and returns the results in
+    input order. Keyword arguments are `EngineConfig` fields."""
+
+    def __init__(self, model: str | None = None, **engine_kwargs: Any) -> None:
+        if model is not None:
+            engine_kwargs["model"] = model
+        llm_engine = engine_kwargs.pop("llm_engine", None)
+        self.llm_engine: LLMEngine = llm_engine or LLMEngine(EngineConfig(**engine_kwargs))
+        self._counter = 0
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (None for random weights or a directory without one)."""
+        return self.llm_engine.tokenizer
+
+    def generate(
+        self,
+        prompts: Prompt | Seq[Prompt],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """Generate for one prompt or a list of prompts (text or token-id lists)."""
+        if isinstance(prompts, str) or (
+            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
+        ):
+            prompt_list: list[Prompt] = [prompts]  # type: ignore[list-item]
+        else:
+            prompt_list = list(prompts)  # type: ignore[arg-type]
+        if sampling_params is None or isinstance(sampling_params, SamplingParams):
+            params_list = [sampling_params or SamplingParams()] * len(prompt_list)
+        else:
+            params_list = list(sampling_params)
+            if len(params_list) != len(prompt_list):
+                raise InvalidRequestError(
+                    f"Got {len(params_list)} SamplingParams for {len(prompt_list)} prompts.",
+                    param="sampling_params",
+                )
+        engine = self.llm_engine
+        # Validate everything first, so a bad prompt leaves nothing queued.
+        seqs = []
+        for prompt, params in zip(prompt_list, params_list, strict=True):
+            self._counter += 1
+            seqs.append(engine.make_sequence(f"llm-{self._counter}", prompt, params))
+        results = {
+            s.request_id: RequestOutput(s.request_id, s.prompt, s.prompt_token_ids) for s in seqs
+        }
+        for seq in seqs:
+            engine.add_sequence(seq)
+        try:
+            while engine.has_unfinished_requests():
+                for delta in engine.step():
+                    results[delta.request_id].add(delta)
+        finally:
+            for rid, result in results.items():
+                if not result.finished:
+                    engine.abort_request(rid)
+        return [results[s.request_id] for s in seqs]
+
+    def chat(
+        self,
+        messages: list[dict[str, str]] | Seq[list[dict[str, str]]],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """Apply the model's chat template to one conversation or a list, then generate."""
+        tok = self.tokenizer
+        if tok is None or not getattr(tok, "chat_template", None):
+            raise InvalidRequestError("This model has no chat template.", param="messages")
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts: list[Prompt] = []
+        for conversation in conversations:
+            ids = tok.apply_chat_template(
+                list(conversation), tokenize=True, add_generation_prompt=True
+            )
+            prompts.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
+        return self.generate(prompts, sampling_params)

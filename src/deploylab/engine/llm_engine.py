@@ -1,0 +1,312 @@
+"""`LLMEngine`: requests in, one batched step at a time, deltas out (single-threaded core)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from deploylab.catalog import resolve_model
+from deploylab.engine.block_manager import BlockManager
+from deploylab.engine.config import EngineConfig
+from deploylab.engine.detokenizer import IncrementalDetokenizer
+from deploylab.engine.kv_cache import KVCache, num_blocks_for
+from deploylab.engine.model_runner import ModelRunner
+from deploylab.engine.models.config import LlamaConfig
+from deploylab.engine.models.llama import LlamaForCausalLM
+from deploylab.engine.outputs import EngineStats, RequestDelta, TokenLogprobs
+from deploylab.engine.sampler import Sampler
+from deploylab.engine.sampling_params import SamplingParams
+from deploylab.engine.scheduler import Scheduler
+from deploylab.engine.sequence import Sequence
+from deploylab.engine.stop import find_stop_string, holdback
+from deploylab.engine.tokenizer import eos_token_ids
+from deploylab.errors import ConfigError, InvalidRequestError, PromptTooLongError
+
+logger = logging.getLogger(__name__)
+
+Prompt = str | list[int]
+
+
+class LLMEngine:
+    """The engine core: validation, scheduling, the forward pass, sampling, stop checks.
+
+    Not thread-safe: one thread calls `add_request`/`step`/`abort_request` (`AsyncEngine`
+    wraps it in a background thread). `make_sequence` (validation and tokenisation only) may
+    run on another thread.
+    """
+
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        *,
+        model: LlamaForCausalLM | None = None,
+        tokenizer: Any | None = None,
+        **overrides: Any,
+    ) -> None:
+        config = config or EngineConfig()
+        if overrides:
+            config = replace(config, **overrides)
+        self.config = config
+        self.device = config.torch_device()
+        self.dtype = config.torch_dtype(self.device)
+        if config.num_threads and self.device.type == "cpu":
+            torch.set_num_threads(config.num_threads)
+        if model is None:
+            model, tokenizer = self._load(config)
+        self.model = model.to(self.device)
+        self.model_config: LlamaConfig = model.config
+        self.tokenizer = tokenizer
+        self.tokenizer_lock = threading.Lock()
+        self.eos_token_ids = list(
+            dict.fromkeys([*self.model_config.eos_token_ids, *eos_token_ids(tokenizer)])
+        )
+        bs = config.block_size
+        num_blocks = num_blocks_for(
+            self.model_config,
+            bs,
+            self.dtype,
+            self.device,
+            config.kv_cache_gib,
+            config.gpu_memory_utilization,
+        )
+        self.max_model_len = self._max_model_len(config, num_blocks * bs)
+        self.kv_cache = KVCache(self.model_config, num_blocks, bs, self.dtype, self.device)
+        self.block_manager = BlockManager(num_blocks, bs, config.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
+        )
+        self.runner = ModelRunner(self.model, self.kv_cache, self.device)
+        self.sampler = Sampler(self.device, config.seed, self.eos_token_ids)
+        self._seqs: dict[str, Sequence] = {}
+        self._arrivals = itertools.count()
+        self._prompt_tokens = 0
+        self._generation_tokens = 0
+        self._finished = 0
+        self._steps = 0
+
+    @staticmethod
+    def _load(config: EngineConfig) -> tuple[LlamaForCausalLM, Any | None]:
+        device = config.torch_device()
+        dtype = config.torch_dtype(device)
+        if config.random_weights:
+            from deploylab.engine.models.loader import init_random_model
+            from deploylab.engine.models.presets import get_preset
+
+            return init_random_model(get_preset(config.random_weights), dtype, device), None
+        from deploylab.engine.models.loader import load_model
+        from deploylab.engine.tokenizer import load_tokenizer
+
+        path = resolve_model(config.model)
+        model, _ = load_model(path, dtype, device)
+        return model, load_tokenizer(path)
+
+    def _max_model_len(self, config: EngineConfig, cache_tokens: int) -> int:
+        model_max = self.model_config.max_position_embeddings
+        if config.max_model_len is None:
+            if cache_tokens < model_max:
+                logger.info("max_model_len capped to the KV cache: %d tokens", cache_tokens)
+            return min(model_max, cache_tokens)
+        if config.max_model_len > cache_tokens:
+            raise ConfigError(
+                f"max_model_len ({config.max_model_len}) exceeds the KV cache ({cache_tokens} "
+                "tokens); raise kv_cache_gib / gpu_memory_utilization or lower max_model_len."
+            )
+        if config.max_model_len > model_max:
+            raise ConfigError(
+                f"max_model_len ({config.max_model_len}) exceeds the model's context "
+                f"({model_max} tokens)."
+            )
+        return config.max_model_len
+
+    # ---- requests ----------------------------------------------------------------------
+    def tokenize(self, prompt: str) -> list[int]:
+        """Token ids of a text prompt (special tokens added as the tokenizer is set up)."""
+        if self.tokenizer is None:
+            raise InvalidRequestError(
+                "This model has no tokenizer: pass the prompt as a list of token ids.",
+                param="prompt",
+            )
+        with self.tokenizer_lock:
+            ids: list[int] = self.tokenizer.encode(prompt)
+        return ids
+
+    def make_sequence(
+        self, request_id: str, prompt: Prompt, params: SamplingParams | None = None
+    ) -> Sequence:
+        """Validate and tokenize a request (no engine state is touched)."""
+        params = params or SamplingParams()
+        if isinstance(params, SamplingParams):
+            params.validate()
+        else:
+            raise InvalidRequestError("sampling params must be a SamplingParams", param="params")
+        text: str | None = None
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidRequestError("The prompt is empty.", param="prompt")
+            text = prompt
+            ids = self.tokenize(prompt)
+        else:
+            ids = list(prompt)
+            vocab = self.model_config.vocab_size
+            bad = [
+                t
+                for t in ids
+                if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab
+            ]
+            if bad:
+                raise InvalidRequestError(
+                    f"Prompt token ids must be integers in [0, {vocab}); got {bad[:3]}.",
+                    param="prompt",
+                )
+        if not ids:
+            raise InvalidRequestError("The prompt is empty (no tokens).", param="prompt")
+        if len(ids) >= self.max_model_len:
+            raise PromptTooLongError(
+                f"The prompt has {len(ids)} tokens; this engine's context is "
+                f"{self.max_model_len} tokens, which must also hold at least one generated "
+                "token. Shorten the prompt.",
+                param="prompt",
+            )
+        seq = Sequence(request_id, ids, params, next(self._arrivals), prompt=text)
+        if self.tokenizer is not None:
+            seq.detokenizer = IncrementalDetokenizer(
+                self.tokenizer, ids, params.skip_special_tokens
+            )
+        return seq
+
+    def add_sequence(self, seq: Sequence) -> None:
+        """Queue a sequence made by `make_sequence`."""
+        if seq.request_id in self._seqs:
+            raise InvalidRequestError(
+                f"Request id '{seq.request_id}' is already in use.", param="request_id"
+            )
+        self._seqs[seq.request_id] = seq
+        self._prompt_tokens += seq.num_prompt_tokens
+        self.scheduler.add(seq)
+
+    def add_request(
+        self, request_id: str, prompt: Prompt, params: SamplingParams | None = None
+    ) -> Sequence:
+        """Validate, tokenize and queue a request; bad input raises InvalidRequestError."""
+        seq = self.make_sequence(request_id, prompt, params)
+        self.add_sequence(seq)
+        return seq
+
+    def abort_request(self, request_id: str) -> RequestDelta | None:
+        """Stop a request now and free its blocks; its final delta (None if unknown)."""
+        seq = self._seqs.get(request_id)
+        if seq is None:
+            return None
+        self.scheduler.finish(seq, "abort")
+        return self._finish_delta(seq)
+
+    def has_unfinished_requests(self) -> bool:
+        """True while a request is waiting or running."""
+        return self.scheduler.has_unfinished()
+
+    # ---- the step ----------------------------------------------------------------------
+    def step(self) -> list[RequestDelta]:
+        """Run one batch; deltas of the requests that produced a token or finished."""
+        out = self.scheduler.schedule()
+        if out.is_empty:
+            return []
+        self._steps += 1
+        seqs, logits = self.runner.execute(out)
+        self.scheduler.update_after_step(out)
+        if logits is None:
+            return []
+        with torch.inference_mode():
+            tokens, logprobs = self.sampler(logits, seqs)
+        self._generation_tokens += len(tokens)
+        deltas = []
+        with self.tokenizer_lock:
+            for seq, token, lp in zip(seqs, tokens, logprobs, strict=True):
+                self._append_token(seq, token, lp)
+                deltas.append(self._delta(seq))
+        return deltas
+
+    def _append_token(self, seq: Sequence, token: int, lp: TokenLogprobs | None) -> None:
+        params = seq.params
+        seq.token_ids.append(token)
+        if lp is not None:
+            seq.logprobs.append(lp)
+        n_out = seq.num_output_tokens
+        may_stop = n_out >= params.min_tokens
+        reason: str | None = None
+        stop_reason: int | str | None = None
+        if may_stop and (
+            token in params.stop_token_ids
+            or (not params.ignore_eos and token in self.eos_token_ids)
+        ):
+            reason = "stop"
+            stop_reason = token if token in params.stop_token_ids else None
+        elif seq.detokenizer is not None:
+            new = seq.detokenizer.add(token)
+            seq.text += new
+            found = find_stop_string(seq.text, len(new), params.stop) if may_stop else None
+            if found is not None:
+                stop, at = found
+                seq.text = seq.text[: at + len(stop) if params.include_stop_str_in_output else at]
+                reason, stop_reason = "stop", stop
+        if reason is None and (
+            (params.max_tokens is not None and n_out >= params.max_tokens)
+            or seq.num_tokens >= self.max_model_len
+        ):
+            reason = "length"
+        if reason is not None:
+            if seq.detokenizer is not None and not isinstance(stop_reason, str):
+                seq.text += seq.detokenizer.flush()
+            self.scheduler.finish(seq, reason, stop_reason)
+
+    def _delta(self, seq: Sequence) -> RequestDelta:
+        if seq.is_finished:
+            return self._finish_delta(seq)
+        visible = len(seq.text) - holdback(seq.params.stop) if seq.params.stop else len(seq.text)
+        return self._make_delta(seq, max(visible, seq.num_emitted_chars))
+
+    def _finish_delta(self, seq: Sequence) -> RequestDelta:
+        self._seqs.pop(seq.request_id, None)
+        self._finished += 1
+        return self._make_delta(seq, len(seq.text))
+
+    def _make_delta(self, seq: Sequence, visible_chars: int) -> RequestDelta:
+        first_tok = seq.num_prompt_tokens + seq.num_emitted_tokens
+        new_ids = seq.token_ids[first_tok:]
+        logprobs = None
+        if seq.params.logprobs is not None:
+            logprobs = seq.logprobs[seq.num_emitted_tokens :]
+        new_text = seq.text[seq.num_emitted_chars : visible_chars]
+        seq.num_emitted_tokens += len(new_ids)
+        seq.num_emitted_chars = max(seq.num_emitted_chars, visible_chars)
+        return RequestDelta(
+            request_id=seq.request_id,
+            new_token_ids=new_ids,
+            new_text=new_text,
+            finish_reason=seq.finish_reason,
+            stop_reason=seq.stop_reason,
+            logprobs=logprobs,
+            num_prompt_tokens=seq.num_prompt_tokens,
+            num_cached_tokens=seq.num_cached_tokens,
+        )
+
+    def stats(self) -> EngineStats:
+        """A snapshot of queue sizes, KV usage and token counters."""
+        bm = self.block_manager
+        return EngineStats(
+            num_running=self.scheduler.num_running,
+            num_waiting=self.scheduler.num_waiting,
+            kv_cache_usage=bm.usage,
+            num_kv_blocks=bm.num_blocks,
+            prefix_cache_queries=bm.prefix_queries,
+            prefix_cache_hits=bm.prefix_hits,
+            prompt_tokens_total=self._prompt_tokens,
+            generation_tokens_total=self._generation_tokens,
+            num_preemptions_total=self.scheduler.num_preemptions,
+            num_requests_finished_total=self._finished,
+            num_steps_total=self._steps,
+        )

@@ -1,0 +1,120 @@
+"""`ModelRunner`: turns a scheduled batch into tensors, runs the model, returns logits."""
+
+from __future__ import annotations
+
+import torch
+
+from deploylab.engine.attention import AttentionMetadata, PrefillChunk, Workspace
+from deploylab.engine.kv_cache import KVCache
+from deploylab.engine.models.llama import LlamaForCausalLM
+from deploylab.engine.scheduler import ScheduledSeq, SchedulerOutput
+from deploylab.engine.sequence import Sequence
+
+
+class ModelRunner:
+    """Runs one forward pass per step over the paged KV cache."""
+
+    def __init__(self, model: LlamaForCausalLM, kv_cache: KVCache, device: torch.device):
+        self.model = model
+        self.kv_cache = kv_cache
+        self.device = device
+        config = model.config
+        self.block_size = kv_cache.block_size
+        nb = kv_cache.num_blocks
+        kvh = config.num_key_value_heads
+        # Row offsets of each KV head in the flat cache views (see attention.py).
+        self._head_rows = torch.arange(kvh, dtype=torch.int64) * nb
+        self._head_slots = torch.arange(kvh, dtype=torch.int64) * nb * self.block_size
+        dtype = next(model.parameters()).dtype
+        self.workspace = Workspace(device, dtype)
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cpu":
+            return t
+        return t.to(self.device, non_blocking=True)
+
+    def prepare(
+        self, scheduled: list[ScheduledSeq]
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int], list[Sequence]]:
+        """input ids, positions, attention metadata, rows to sample from and their seqs.
+
+        Token order: single-token items (decodes) first, then multi-token prefill chunks.
+        """
+        bs = self.block_size
+        decodes = [s for s in scheduled if s.num_new_tokens == 1]
+        chunks = [s for s in scheduled if s.num_new_tokens > 1]
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        sample_rows: list[int] = []
+        sample_seqs: list[Sequence] = []
+        ctx_lens: list[int] = []
+        tables: list[list[int]] = []
+        for row, item in enumerate(decodes):
+            seq = item.seq
+            p = seq.num_computed_tokens
+            table = seq.block_table
+            ids.append(seq.token_ids[p])
+            pos.append(p)
+            slots.append(table[p // bs] * bs + p % bs)
+            ctx_lens.append(p + 1)
+            tables.append(table)
+            if item.samples:
+                sample_rows.append(row)
+                sample_seqs.append(seq)
+        slot_parts = [torch.tensor(slots, dtype=torch.int64)]
+        prefills: list[PrefillChunk] = []
+        start = len(decodes)
+        for item in chunks:
+            seq, n = item.seq, item.num_new_tokens
+            p0 = seq.num_computed_tokens
+            ids.extend(seq.token_ids[p0 : p0 + n])
+            pos.extend(range(p0, p0 + n))
+            num_blocks = -(-(p0 + n) // bs)
+            table_t = torch.tensor(seq.block_table[:num_blocks], dtype=torch.int64)
+            chunk_pos = torch.arange(p0, p0 + n, dtype=torch.int64)
+            slot_parts.append(table_t[chunk_pos // bs] * bs + chunk_pos % bs)
+            chunk = PrefillChunk(query_start=start, query_len=n, context_len=p0 + n)
+            if p0 > 0:
+                index = (self._head_rows[:, None] + table_t[None, :]).flatten()
+                keys = torch.arange(num_blocks * bs, dtype=torch.int64)
+                chunk.gather_index = self._to_device(index)
+                chunk.mask = self._to_device(keys[None, :] <= chunk_pos[:, None])
+            prefills.append(chunk)
+            if item.samples:
+                sample_rows.append(start + n - 1)
+                sample_seqs.append(seq)
+            start += n
+        slot_t = torch.cat(slot_parts)
+        write_index = (self._head_slots[:, None] + slot_t[None, :]).flatten()
+        meta = AttentionMetadata(
+            num_tokens=len(ids),
+            write_index=self._to_device(write_index),
+            num_decodes=len(decodes),
+            prefills=prefills,
+            workspace=self.workspace,
+        )
+        if decodes:
+            max_blocks = -(-max(ctx_lens) // bs)
+            padded = [t[:max_blocks] + [0] * (max_blocks - len(t)) for t in tables]
+            table_t = torch.tensor(padded, dtype=torch.int64)
+            index = (table_t[:, None, :] + self._head_rows[None, :, None]).flatten()
+            keys = torch.arange(max_blocks * bs, dtype=torch.int64)
+            lens = torch.tensor(ctx_lens, dtype=torch.int64)
+            mask = (keys[None, :] < lens[:, None])[:, None, None, :]
+            meta.decode_gather_index = self._to_device(index)
+            meta.decode_mask = self._to_device(mask)
+        input_ids = self._to_device(torch.tensor(ids, dtype=torch.int64))
+        positions = self._to_device(torch.tensor(pos, dtype=torch.int64))
+        return input_ids, positions, meta, sample_rows, sample_seqs
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput) -> tuple[list[Sequence], torch.Tensor | None]:
+        """Run the step; returns the sequences that sample and their float32 logits."""
+        self.kv_cache.copy_blocks(out.block_copies)
+        input_ids, positions, meta, rows, seqs = self.prepare(out.scheduled)
+        hidden = self.model(input_ids, positions, meta, self.kv_cache.layers)
+        if not rows:
+            return seqs, None
+        index = self._to_device(torch.tensor(rows, dtype=torch.int64))
+        return seqs, self.model.compute_logits(hidden.index_select(0, index))

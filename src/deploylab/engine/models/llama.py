@@ -1,0 +1,214 @@
+"""A Llama-family decoder in plain PyTorch, usable on the paged KV cache or densely.
+
+Parameter names match Hugging Face (`model.layers.0.self_attn.q_proj.weight`, ...), so HF
+safetensors load by name. Two ways to run a layer:
+
+- paged (the engine): hidden states `[T, hidden]` for a step's flattened tokens, positions
+  `[T]`, plus an `AttentionMetadata` and the layer's `(k_cache, v_cache)`;
+- dense (tests, ARMT): hidden states `[B, S, hidden]`, positions `[B, S]`, causal SDPA over
+  the given tokens only (or an explicit `attention_mask`), no cache.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deploylab.engine.attention import AttentionMetadata, paged_attention
+from deploylab.engine.models.config import LlamaConfig
+from deploylab.engine.models.rope import RotaryEmbedding, apply_rotary
+
+KVPair = tuple[torch.Tensor, torch.Tensor]
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm, computed in float32 like the reference implementation."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.to(torch.float32)
+        variance = h.pow(2).mean(-1, keepdim=True)
+        h = h * torch.rsqrt(variance + self.eps)
+        return self.weight * h.to(dtype)
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        h, i, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(h, i, bias=bias)
+        self.up_proj = nn.Linear(h, i, bias=bias)
+        self.down_proj = nn.Linear(i, h, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaAttention(nn.Module):
+    """Multi-head attention with GQA, RoPE, optional q/k/v bias and q/k RMSNorm (Qwen3)."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = d = config.head_dim
+        self.scale = d**-0.5
+        hidden = config.hidden_size
+        self.q_proj = nn.Linear(hidden, self.num_heads * d, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * d, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * d, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(self.num_heads * d, hidden, bias=config.o_bias)
+        self.q_norm: RMSNorm | None = None
+        self.k_norm: RMSNorm | None = None
+        if config.qk_norm:
+            self.q_norm = RMSNorm(d, config.rms_norm_eps)
+            self.k_norm = RMSNorm(d, config.rms_norm_eps)
+
+    def project_qkv(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q `[..., H, d]`, k and v `[..., kv_heads, d]`, with norms and RoPE applied."""
+        lead = x.shape[:-1]
+        q = self.q_proj(x).view(*lead, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(*lead, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(*lead, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q = self.q_norm(q)
+            k = self.k_norm(k)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attn: AttentionMetadata | None = None,
+        kv_cache: KVPair | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        q, k, v = self.project_qkv(x, cos, sin)
+        if attn is not None:
+            if kv_cache is None:
+                raise ValueError("paged attention needs the layer's kv_cache")
+            o = paged_attention(q, k, v, kv_cache[0], kv_cache[1], attn, self.scale)
+        else:
+            o = self.dense_attention(q, k, v, attention_mask)
+        return self.o_proj(o.reshape(*x.shape[:-1], self.num_heads * self.head_dim))
+
+    def dense_attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """SDPA over `[B, S, heads, d]` tensors; causal unless `attention_mask` is given
+        (bool, True = attend, or additive float; broadcastable to `[B, H, S, S]`)."""
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=attention_mask,
+            is_causal=attention_mask is None,
+            scale=self.scale,
+            enable_gqa=True,
+        )
+        return o.transpose(1, 2)
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(config)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attn: AttentionMetadata | None = None,
+        kv_cache: KVPair | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, attn, kv_cache, attention_mask)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaModel(nn.Module):
+    """Embeddings, decoder layers and the final norm."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config) for _ in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        attn: AttentionMetadata | None = None,
+        kv_caches: list[KVPair] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids or inputs_embeds")
+            inputs_embeds = self.embed_tokens(input_ids)
+        h = inputs_embeds
+        cos, sin = self.rotary_emb(positions, h.dtype)
+        for i, layer in enumerate(self.layers):
+            cache = kv_caches[i] if kv_caches is not None else None
+            h = layer(h, cos, sin, attn, cache, attention_mask)
+        return self.norm(h)
+
+
+class LlamaForCausalLM(nn.Module):
+    """The decoder plus the LM head (tied to the embeddings when the config says so)."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        attn: AttentionMetadata | None = None,
+        kv_caches: list[KVPair] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states (call `compute_logits` on the rows you need)."""
+        return self.model(input_ids, positions, attn, kv_caches, attention_mask, inputs_embeds)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float32 logits for hidden states `[..., hidden]`."""
+        return self.lm_head(hidden).float()
+
+    def tie_weights(self) -> None:
+        """Re-point the LM head at the embeddings (after weights were replaced)."""
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight

@@ -1,0 +1,104 @@
+"""`SamplingParams`: how to pick tokens and when to stop, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from deploylab.errors import InvalidRequestError
+
+MAX_LOGPROBS = 20
+
+
+@dataclass
+class SamplingParams:
+    """Per-request decoding settings (vLLM semantics).
+
+    temperature 0 means greedy. `top_k` -1 (or 0) disables top-k. `max_tokens` None means
+    "until the context is full". `logprobs` N returns, for every generated token, its logprob
+    and the N most likely alternatives (0 = the sampled token only), taken from the model's
+    raw distribution (before penalties and temperature). `seed` makes sampling reproducible
+    whatever the other requests in the batch are.
+    """
+
+    max_tokens: int | None = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    logprobs: int | None = None
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        elif self.stop is None:
+            self.stop = []
+        if self.stop_token_ids is None:
+            self.stop_token_ids = []
+        if self.top_k == 0:
+            self.top_k = -1
+        self.validate()
+
+    @property
+    def greedy(self) -> bool:
+        """True when decoding is argmax (temperature 0)."""
+        return self.temperature == 0.0
+
+    def validate(self) -> None:
+        """Raise InvalidRequestError (with `param`) for the first invalid field."""
+
+        def bad(param: str, message: str) -> InvalidRequestError:
+            return InvalidRequestError(message, param=param)
+
+        def is_int(v: object) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if self.max_tokens is not None and (not is_int(self.max_tokens) or self.max_tokens < 1):
+            raise bad("max_tokens", f"max_tokens must be at least 1, got {self.max_tokens!r}.")
+        if not self.temperature >= 0.0:
+            raise bad("temperature", f"temperature must be >= 0, got {self.temperature!r}.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise bad("top_p", f"top_p must be in (0, 1], got {self.top_p!r}.")
+        if not is_int(self.top_k) or (self.top_k < 1 and self.top_k != -1):
+            raise bad("top_k", f"top_k must be -1 (disabled) or >= 1, got {self.top_k!r}.")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise bad("min_p", f"min_p must be in [0, 1], got {self.min_p!r}.")
+        if not self.repetition_penalty > 0.0:
+            raise bad(
+                "repetition_penalty",
+                f"repetition_penalty must be > 0, got {self.repetition_penalty!r}.",
+            )
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not -2.0 <= value <= 2.0:
+                raise bad(name, f"{name} must be in [-2, 2], got {value!r}.")
+        if self.seed is not None and not is_int(self.seed):
+            raise bad("seed", f"seed must be an integer, got {self.seed!r}.")
+        if not is_int(self.min_tokens) or self.min_tokens < 0:
+            raise bad("min_tokens", f"min_tokens must be >= 0, got {self.min_tokens!r}.")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise bad(
+                "min_tokens",
+                f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens}).",
+            )
+        if self.logprobs is not None and (
+            not is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS
+        ):
+            raise bad(
+                "logprobs", f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs!r}."
+            )
+        for s in self.stop:
+            if not isinstance(s, str) or not s:
+                raise bad("stop", f"stop strings must be non-empty strings, got {s!r}.")
+        for t in self.stop_token_ids:
+            if not is_int(t) or t < 0:
+                raise bad("stop_token_ids", f"stop_token_ids must be token ids >= 0, got {t!r}.")

@@ -1,0 +1,164 @@
+"""`Scheduler`: continuous batching with chunked prefill and preemption by recompute.
+
+Every step builds a batch under a token budget (`max_num_batched_tokens`):
+
+1. running sequences that decode (one token each) come first, in arrival order, so a long
+   prompt never stalls them; then running sequences in the middle of a chunked prefill;
+2. if nothing had to be preempted, waiting sequences are admitted in FIFO order while the
+   budget, `max_num_seqs` and free blocks allow; a prompt whose prefix is in the prefix cache
+   starts after the cached part; a prompt larger than the remaining budget gets a chunk.
+
+When a running sequence needs a block and none is free, the lowest-priority unscheduled
+running sequence is preempted: its blocks are freed and it goes back to the front of the
+waiting queue, keeping its generated tokens, which are recomputed when it is readmitted.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from deploylab.engine.block_manager import BlockManager
+from deploylab.engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledSeq:
+    """A sequence in this step's batch and how many of its tokens are computed now."""
+
+    seq: Sequence
+    num_new_tokens: int
+
+    @property
+    def samples(self) -> bool:
+        """True when this chunk reaches the end of the sequence, so a token is sampled."""
+        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    """One step's batch."""
+
+    scheduled: list[ScheduledSeq] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+    block_copies: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens computed in this step."""
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+    @property
+    def is_empty(self) -> bool:
+        """True when there is nothing to run."""
+        return not self.scheduled
+
+
+class Scheduler:
+    """Owns the waiting and running queues and decides each step's batch."""
+
+    def __init__(
+        self,
+        block_manager: BlockManager,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+    ) -> None:
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    @property
+    def num_waiting(self) -> int:
+        """Sequences not yet (or no longer) running."""
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        """Sequences holding KV blocks."""
+        return len(self.running)
+
+    def has_unfinished(self) -> bool:
+        """True while any sequence is waiting or running."""
+        return bool(self.waiting or self.running)
+
+    def add(self, seq: Sequence) -> None:
+        """Queue a new sequence."""
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
+        self.running.remove(seq)
+        self.block_manager.free(seq)
+        seq.num_computed_tokens = 0
+        seq.status = SequenceStatus.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+        out.preempted.append(seq)
+
+    def schedule(self) -> SchedulerOutput:
+        """Pick this step's batch and allocate its KV slots."""
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        decodes = [s for s in self.running if s.num_tokens - s.num_computed_tokens == 1]
+        chunks = [s for s in self.running if s.num_tokens - s.num_computed_tokens > 1]
+        pending = deque(decodes + chunks)
+        while pending and budget > 0:
+            seq = pending.popleft()
+            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            while not self.block_manager.allocate(seq, n):
+                victim = pending.pop() if pending else seq
+                self._preempt(victim, out)
+                if victim is seq:
+                    break
+            else:
+                out.scheduled.append(ScheduledSeq(seq, n))
+                budget -= n
+        if not out.preempted:
+            budget = self._admit(out, budget)
+        out.block_copies = self.block_manager.pending_copies
+        self.block_manager.pending_copies = []
+        return out
+
+    def _admit(self, out: SchedulerOutput, budget: int) -> int:
+        bm = self.block_manager
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            cached = bm.lookup_prefix(seq)
+            num_cached = len(cached) * bm.block_size
+            n = min(seq.num_tokens - num_cached, budget)
+            if not bm.allocate(seq, n, cached):
+                break
+            bm.record_lookup(seq.num_tokens, num_cached)
+            self.waiting.popleft()
+            seq.num_computed_tokens = num_cached
+            if not seq.admitted:
+                seq.num_cached_tokens = num_cached
+                seq.admitted = True
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            out.scheduled.append(ScheduledSeq(seq, n))
+            budget -= n
+        return budget
+
+    def update_after_step(self, out: SchedulerOutput) -> None:
+        """Mark the step's tokens computed and offer full blocks to the prefix cache."""
+        for item in out.scheduled:
+            item.seq.num_computed_tokens += item.num_new_tokens
+            self.block_manager.cache_full_blocks(item.seq)
+
+    def finish(self, seq: Sequence, reason: str, stop_reason: int | str | None = None) -> None:
+        """End `seq` (stop, length or abort) and free its blocks at once."""
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is SequenceStatus.WAITING:
+            try:
+                self.waiting.remove(seq)
+            except ValueError:
+                pass
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        seq.stop_reason = stop_reason

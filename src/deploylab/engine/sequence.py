@@ -1,0 +1,95 @@
+"""`Sequence`: one request's tokens, progress, KV blocks and output state."""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Any
+
+from deploylab.engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    import torch
+
+    from deploylab.engine.detokenizer import IncrementalDetokenizer
+    from deploylab.engine.outputs import TokenLogprobs
+
+
+class SequenceStatus(enum.Enum):
+    """Where a sequence is in its life."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    """A request inside the engine.
+
+    `token_ids` is prompt + generated tokens; `num_computed_tokens` of them have their keys
+    and values in the KV cache (blocks listed in `block_table`). Preemption resets
+    `num_computed_tokens` to 0 but keeps the generated tokens, so the sequence resumes by
+    recomputing them.
+    """
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        arrival: int,
+        prompt: str | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.prompt = prompt
+        self.params = params
+        self.arrival = arrival
+        self.token_ids: list[int] = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.num_computed_tokens = 0
+        self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at admission
+        self.admitted = False
+        self.block_table: list[int] = []
+        self.block_hashes: list[int] = []  # chained hashes of the full blocks of token_ids
+        self.num_hashed_blocks = 0  # leading blocks of block_table offered to the prefix cache
+        self.status = SequenceStatus.WAITING
+        self.finish_reason: str | None = None
+        self.stop_reason: int | str | None = None
+        self.generator: torch.Generator | None = None
+        self.logprobs: list[TokenLogprobs] = []
+        self.detokenizer: IncrementalDetokenizer | None = None
+        self.text = ""
+        self.num_emitted_tokens = 0  # tokens already reported in a delta
+        self.num_emitted_chars = 0
+        self.user_data: Any = None
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt plus generated tokens."""
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        """Generated tokens so far."""
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        """The generated tokens (a copy)."""
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def prompt_token_ids(self) -> list[int]:
+        """The prompt tokens (a copy)."""
+        return self.token_ids[: self.num_prompt_tokens]
+
+    @property
+    def is_finished(self) -> bool:
+        """True once stopped, cut at its length limit or aborted."""
+        return self.status is SequenceStatus.FINISHED
+
+    def __repr__(self) -> str:
+        return (
+            f"Sequence({self.request_id!r}, tokens={self.num_tokens}, "
+            f"computed={self.num_computed_tokens}, blocks={len(self.block_table)}, "
+            f"{self.status.value})"
+        )
