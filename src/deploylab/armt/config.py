@@ -48,9 +48,7 @@ class ARMTConfig:
         if not self.init_std > 0:
             raise UsageError(f"ARMT init_std must be > 0, got {self.init_std!r}.")
         if self.w_mv_init not in ("zero", "normal"):
-            raise UsageError(
-                f"ARMT w_mv_init must be 'zero' or 'normal', got {self.w_mv_init!r}."
-            )
+            raise UsageError(f"ARMT w_mv_init must be 'zero' or 'normal', got {self.w_mv_init!r}.")
 
     @property
     def d_key(self) -> int:

@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import torch
 
-from deploylab.armt.grouped import GroupedBackend, check_backend, grouped_decoder_layers
-from deploylab.armt.grouped import grouped_linear
+from deploylab.armt.grouped import (
+    GroupedBackend,
+    check_backend,
+    grouped_decoder_layers,
+    grouped_linear,
+)
 from deploylab.armt.memory import MemoryState
 from deploylab.armt.memory_io import read_memory, write_memory
 from deploylab.armt.model import ARMTModel
@@ -102,8 +106,9 @@ def _memory_rows(
     out: torch.Tensor, step: DiagonalStep, seg_lens: list[int], m_tok: int
 ) -> torch.Tensor:
     """The memory-token rows `[G, B, M, D]` of each pair's output (right after its tokens)."""
-    offsets = [seg_lens[step.segment_of(layer)] for layer in range(step.first_layer,
-                                                                   step.last_layer + 1)]
+    offsets = [
+        seg_lens[step.segment_of(layer)] for layer in range(step.first_layer, step.last_layer + 1)
+    ]
     if all(o == offsets[0] for o in offsets):
         return out[:, :, offsets[0] : offsets[0] + m_tok]
     return torch.stack([out[i, :, o : o + m_tok] for i, o in enumerate(offsets)])

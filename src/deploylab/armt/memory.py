@@ -49,9 +49,7 @@ class MemoryState:
         )
 
 
-def memory_read(
-    q: torch.Tensor, w_mem: torch.Tensor, z: torch.Tensor, eps: float
-) -> torch.Tensor:
+def memory_read(q: torch.Tensor, w_mem: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
     """(q W_mem) / (z·q + ε) for features q `[..., T, d_key]`, W_mem `[..., d_key, D]`,
     z `[..., d_key]`; returns `[..., T, D]` in float32."""
     num = torch.matmul(q, w_mem)

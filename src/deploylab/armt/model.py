@@ -29,16 +29,23 @@ class MemoryParams(nn.Module):
     """
 
     def __init__(
-        self, num_layers: int, d_model: int, config: ARMTConfig, dtype: torch.dtype,
+        self,
+        num_layers: int,
+        d_model: int,
+        config: ARMTConfig,
+        dtype: torch.dtype,
         device: torch.device,
     ) -> None:
         super().__init__()
         rows = -(-(config.d_mem + d_model + 1) // 8) * 8
-        kw = {"dtype": dtype, "device": device}
-        self.w_mq = nn.Parameter(torch.empty(num_layers, config.d_mem, d_model, **kw), False)
-        self.w_write = nn.Parameter(torch.empty(num_layers, rows, d_model, **kw), False)
-        self.b_write = nn.Parameter(torch.zeros(num_layers, rows, **kw), False)
-        self.mem_tokens = nn.Parameter(torch.empty(config.num_mem_tokens, d_model, **kw), False)
+
+        def param(*shape: int) -> nn.Parameter:
+            return nn.Parameter(torch.zeros(*shape, dtype=dtype, device=device), False)
+
+        self.w_mq = param(num_layers, config.d_mem, d_model)
+        self.w_write = param(num_layers, rows, d_model)
+        self.b_write = param(num_layers, rows)
+        self.mem_tokens = param(config.num_mem_tokens, d_model)
 
     @torch.no_grad()
     def initialise(self, config: ARMTConfig, embed_std: float) -> None:

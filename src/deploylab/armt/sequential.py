@@ -54,4 +54,3 @@ def run_sequential(
         num_steps=len(segments) * len(layers),
         hidden=torch.cat(outputs, dim=1) if keep_hidden else None,
     )
-

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from deploylab import __version__
+from deploylab.cli import armt as armt_cli
 from deploylab.cli import dataloader as dataloader_cli
 from deploylab.cli import loadtest as loadtest_cli
 from deploylab.cli import models
@@ -27,6 +28,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models.app, name="models", help="List the known models and where their files are.")
+app.add_typer(
+    armt_cli.app,
+    name="armt",
+    help="Long-context recurrent memory transformer: run and benchmark.",
+)
 app.add_typer(
     loadtest_cli.app,
     name="loadtest",
