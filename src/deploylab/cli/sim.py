@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from deploylab.errors import UsageError
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (faster socket writes), else asyncio's default loop."""
+    if os.environ.get("DEPLOYLAB_SIM_LOOP") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def run_sim(
@@ -46,6 +59,7 @@ def run_sim(
         )
 
     try:
-        asyncio.run(serve_forever(cfg, host, port, ready))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve_forever(cfg, host, port, ready))
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}.") from exc
