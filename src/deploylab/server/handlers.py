@@ -100,8 +100,8 @@ class GenerationHandler:
         stream = self.engine.add_request(p.request_id, p.prompt_ids, p.params)
         try:
             async for delta in stream:
-                n_out += len(delta.token_ids)
-                timing.tokens(len(delta.token_ids))
+                n_out += len(delta.new_token_ids)
+                timing.tokens(len(delta.new_token_ids))
                 if delta.finish_reason is not None:
                     finish = delta.finish_reason
                 yield delta
@@ -120,8 +120,8 @@ class GenerationHandler:
         n_out = 0
         finish = "stop"
         async for delta in self._run(p):
-            text.append(delta.text)
-            n_out += len(delta.token_ids)
+            text.append(delta.new_text)
+            n_out += len(delta.new_token_ids)
             logprobs.extend(delta.logprobs or [])
             if delta.finish_reason is not None:
                 finish = delta.finish_reason
@@ -162,11 +162,11 @@ class GenerationHandler:
         if first_delta is not None:
             deltas = _chain(first_delta, runner)
             async for delta in deltas:
-                n_out += len(delta.token_ids)
-                if not delta.text and not delta.finish_reason and not delta.logprobs:
+                n_out += len(delta.new_token_ids)
+                if not delta.new_text and not delta.finish_reason and not delta.logprobs:
                     continue
                 yield frame(
-                    [self._choice(p, delta.text, delta.logprobs or [], delta.finish_reason)]
+                    [self._choice(p, delta.new_text, delta.logprobs or [], delta.finish_reason)]
                 )
         if p.include_usage:
             yield frame([], _usage(len(p.prompt_ids), n_out))
@@ -194,8 +194,12 @@ class GenerationHandler:
                 ]
                 tok = decode([e.token_id])
                 content.append(
-                    {"token": tok, "logprob": e.logprob, "bytes": list(tok.encode()),
-                     "top_logprobs": tops}  # fmt: skip
+                    {
+                        "token": tok,
+                        "logprob": e.logprob,
+                        "bytes": list(tok.encode()),
+                        "top_logprobs": tops,
+                    }  # fmt: skip
                 )
             return {"content": content}
         return {

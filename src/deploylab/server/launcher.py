@@ -3,6 +3,7 @@ graceful drain on SIGTERM."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -44,7 +45,13 @@ def serve(
         args=(server, state, f"http://{url_host}:{port}", on_ready),
         daemon=True,
     ).start()
-    server.run()
+    # uvicorn re-raises the signal it caught once it has drained; a no-op handler lets that
+    # re-raise return, so a SIGTERM shutdown exits 0 instead of dying by the signal.
+    previous = signal.signal(signal.SIGTERM, _ignore_signal)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if state.load_error is not None:
         raise ModelLoadError(state.load_error)
 
@@ -63,4 +70,8 @@ def _announce(
 
 
 def _ignore(_: str) -> None:
+    pass
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
     pass

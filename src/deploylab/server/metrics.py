@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from deploylab.engine.outputs import EngineStats
+
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
                 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)  # fmt: skip
 ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
@@ -20,7 +22,7 @@ E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 4
 class _EngineCollector(Collector):
     """Reads the engine's live state at scrape time (gauges and the engine's own counters)."""
 
-    def __init__(self, stats: Callable[[], dict[str, Any]], model_name: str) -> None:
+    def __init__(self, stats: Callable[[], EngineStats], model_name: str) -> None:
         self._stats = stats
         self._model = model_name
 
@@ -39,28 +41,30 @@ class _EngineCollector(Collector):
             c.add_metric(value, v)
             return c
 
-        yield gauge("vllm:num_requests_running", "Requests in the running batch.", s["running"])
-        yield gauge("vllm:num_requests_waiting", "Requests waiting to run.", s["waiting"])
-        yield gauge("vllm:kv_cache_usage_perc", "KV-cache usage (1 = full).", s["kv_usage"])
-        yield gauge("vllm:gpu_cache_usage_perc", "KV-cache usage (old name).", s["kv_usage"])
+        yield gauge("vllm:num_requests_running", "Requests in the running batch.", s.num_running)
+        yield gauge("vllm:num_requests_waiting", "Requests waiting to run.", s.num_waiting)
+        yield gauge("vllm:kv_cache_usage_perc", "KV-cache usage (1 = full).", s.kv_cache_usage)
+        yield gauge("vllm:gpu_cache_usage_perc", "KV-cache usage (old name).", s.kv_cache_usage)
         yield counter(
             "vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
-            s["prefix_queries"],
+            s.prefix_cache_queries,
         )  # fmt: skip
         yield counter(
-            "vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache.", s["prefix_hits"]
+            "vllm:prefix_cache_hits",
+            "Prompt tokens found in the prefix cache.",
+            s.prefix_cache_hits,
         )
-        yield counter("vllm:prompt_tokens", "Prompt tokens processed.", s["prompt_tokens"])
+        yield counter("vllm:prompt_tokens", "Prompt tokens processed.", s.prompt_tokens_total)
         yield counter(
-            "vllm:generation_tokens", "Generation tokens produced.", s["generation_tokens"]
+            "vllm:generation_tokens", "Generation tokens produced.", s.generation_tokens_total
         )
-        yield counter("vllm:num_preemptions", "Preempted requests.", s.get("preemptions", 0))
+        yield counter("vllm:num_preemptions", "Preempted requests.", s.num_preemptions_total)
 
 
 class ServerMetrics:
     """The metric registry of one server: engine state plus per-request latency histograms."""
 
-    def __init__(self, stats: Callable[[], dict[str, Any]], model_name: str) -> None:
+    def __init__(self, stats: Callable[[], EngineStats], model_name: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_EngineCollector(stats, model_name))
         self.model_name = model_name

@@ -1,0 +1,96 @@
+"""Real `deploylab serve` processes on loopback ports, shared per test session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+MODEL = "smollm2-135m-instruct"
+
+
+def free_port() -> int:
+    """A TCP port that is free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProc:
+    """A running server subprocess and its address."""
+
+    proc: subprocess.Popen[str]
+    url: str
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_server(tmp: Path, *args: str, timeout: float = 240) -> ServerProc:
+    """Start `deploylab serve` and wait until /health answers 200."""
+    port = free_port()
+    log = tmp / f"serve-{port}.log"
+    exe = Path(sys.executable).with_name("deploylab")
+    cmd = [str(exe), "serve", "--model", MODEL, "--port", str(port), *args]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    saw_503 = False
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            r = httpx.get(f"{url}/health", timeout=2)
+            if r.status_code == 503:
+                saw_503 = True
+            if r.status_code == 200:
+                server = ServerProc(proc, url, log)
+                server.saw_loading = saw_503  # type: ignore[attr-defined]
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"server not healthy after {timeout}s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    """One real server with the real model for the whole session."""
+    srv = start_server(tmp_path_factory.mktemp("serve"), "--max-num-seqs", "32")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Start extra servers with their own flags; all are stopped at the end."""
+    started: list[ServerProc] = []
+
+    def start(*args: str) -> ServerProc:
+        srv = start_server(tmp_path_factory.mktemp("serve-extra"), *args)
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop(signal.SIGKILL)
