@@ -17,6 +17,7 @@ from deploylab.cli import armt as armt_cli
 from deploylab.cli import dataloader as dataloader_cli
 from deploylab.cli import loadtest as loadtest_cli
 from deploylab.cli import models
+from deploylab.cli import serve as serve_cli
 from deploylab.cli import sim as sim_cli
 from deploylab.errors import DeploylabError
 
@@ -38,6 +39,7 @@ app.add_typer(
     name="loadtest",
     help="Load-test an OpenAI-compatible endpoint with a business scenario.",
 )
+app.command("serve", help="Serve a model over an OpenAI-compatible HTTP API.")(serve_cli.serve)
 app.add_typer(
     dataloader_cli.app,
     name="dataloader",
