@@ -23,6 +23,7 @@ class Streamed:
     events: list[bytes] = field(default_factory=list)
     error: str | None = None
     body: Any = None
+    started: float = 0.0  # perf_counter() when the request was sent
 
     @property
     def ttft_s(self) -> float:
@@ -52,7 +53,7 @@ async def send(
     start = time.perf_counter()
     try:
         async with session.post(url + path, json=body) as resp:
-            result = Streamed(resp.status, time.perf_counter() - start)
+            result = Streamed(resp.status, time.perf_counter() - start, started=start)
             if not body.get("stream") or resp.status != 200:
                 result.body = await resp.json()
                 return result
@@ -74,5 +75,6 @@ def ids(n: int, start: int = 1000) -> list[int]:
 
 def near(measured_s: float, expected_s: float) -> bool:
     """Within timing tolerance: the sim never runs early, and noise on a busy shared 2-core
-    machine only makes the client later; the laws under test differ by far more than this."""
-    return expected_s - 0.002 <= measured_s <= expected_s + 0.012
+    machine only makes the client later; the laws under test differ by far more than this.
+    Tests pass the best (smallest) of a few repeated measurements where they can."""
+    return expected_s - 0.002 <= measured_s <= expected_s + 0.015

@@ -26,8 +26,8 @@ async def test_ttft_follows_prompt_length_and_itl_is_constant() -> None:
             long = [
                 await send(s, sim.url, stream_body(ids(2000, 10**5 * (i + 1)), 2)) for i in range(3)
             ]
-    assert near(statistics.median(r.ttft_s for r in short), 0.030 + 0.05e-3 * 100)
-    assert near(statistics.median(r.ttft_s for r in long), 0.030 + 0.05e-3 * 2000)
+    assert near(min(r.ttft_s for r in short), 0.030 + 0.05e-3 * 100)
+    assert near(min(r.ttft_s for r in long), 0.030 + 0.05e-3 * 2000)
     gaps = [g for r in short for g in r.gaps_s]
     assert len(gaps) == 15
     assert near(statistics.median(gaps), 0.015)
@@ -46,9 +46,9 @@ async def test_cached_prefix_costs_only_the_cached_rate() -> None:
             body = {"prompt": ids(1600, 0), "max_tokens": 1, "stream": True}
             body["stream_options"] = {"include_usage": True}
             usage = await send(s, sim.url, body)
-    assert near(statistics.median(r.ttft_s for r in cold), cold_ms / 1e3)
-    assert near(statistics.median(r.ttft_s for r in warm), warm_ms / 1e3)
-    assert near(statistics.median(r.ttft_s for r in again), cold_ms / 1e3)
+    assert near(min(r.ttft_s for r in cold), cold_ms / 1e3)
+    assert near(min(r.ttft_s for r in warm), warm_ms / 1e3)
+    assert near(min(r.ttft_s for r in again), cold_ms / 1e3)
     assert b'"prompt_tokens":1600,' in usage.events[-2]
     assert b'"cached_tokens":1599' in usage.events[-2]
 
@@ -61,13 +61,18 @@ itl: {base_ms: 10, per_running_request_ms: 6}
     with run_sim(yaml) as sim:
         async with aiohttp.ClientSession() as s:
             alone = await send(s, sim.url, stream_body(ids(10), 8))
-            batch = await asyncio.gather(
-                *(send(s, sim.url, stream_body(ids(10, 100 * i), 30)) for i in range(4))
-            )
+            rounds = [
+                await asyncio.gather(
+                    *(send(s, sim.url, stream_body(ids(10, 100 * i), 30)) for i in range(4))
+                )
+                for _ in range(2)
+            ]
+    batch = rounds[0] + rounds[1]
+    ranked = zip(*(sorted(r.ttft_s for r in round_) for round_ in rounds), strict=True)
     assert near(statistics.median(alone.gaps_s), 0.010)
     # The k-th admitted request finds k others running: 20 + 25k ms.
-    for k, ttft in enumerate(sorted(r.ttft_s for r in batch)):
-        assert near(ttft, 0.020 + 0.025 * k)
+    for k, ttfts in enumerate(ranked):
+        assert near(min(ttfts), 0.020 + 0.025 * k)
     # Once all four decode, each gap is 10 + 6 * 3 others = 28 ms.
     steady = [g for r in batch for g in r.gaps_s[10:20]]
     assert near(statistics.median(steady), 0.028)
