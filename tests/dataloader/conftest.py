@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import psutil
 import pytest
-from dataloader_planted import write_arrays, write_big_pngs, write_pngs
+
+# The planted datasets live next to this file; make them importable under any import mode.
+sys.path.insert(0, str(Path(__file__).parent))
+
+from dataloader_planted import write_arrays, write_big_pngs, write_pngs  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +24,7 @@ def small_pngs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def big_pngs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """8 large (1024x1024) noise PNG images."""
+    """8 large (512x512) noise PNG images."""
     root = tmp_path_factory.mktemp("big_pngs")
     write_big_pngs(root, 8)
     return root

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from dataloader_planted import (
+    SLOW_READ_S,
     SlowDiskImages,
     SmallArrays,
     big_png_dataset,
@@ -15,7 +16,7 @@ from dataloader_planted import (
 
 from deploylab.dataloader import VariantName, diagnose
 
-LOADER = {"batch_size": 4, "num_workers": 2}
+LOADER = {"batch_size": 2, "num_workers": 2}
 
 
 @pytest.mark.usefixtures("no_leftover_children")
@@ -29,7 +30,8 @@ def test_slow_reads_that_wait_without_cpu_are_data_access(small_pngs: Path) -> N
     assert base is not None and decode_only is not None
     # The evidence behind it: skipping the reads is much faster, and the workers were idle.
     assert decode_only.samples_per_s > 3 * base.samples_per_s
-    assert base.workers_cpu_percent < 60
+    # CPU time per sample, unlike CPU %, does not depend on other load on the machine.
+    assert base.cpu_ms_per_sample < 1000 * SLOW_READ_S / 2
     assert base.workers_seen == 2
     assert base.read_call_bytes is None or base.read_call_bytes > 0
     assert any("skipping the reads" in line for line in report.verdict.evidence)
@@ -47,7 +49,7 @@ def test_cpu_heavy_augmentation_is_augmentation(arrays: Path) -> None:
     assert base is not None and no_aug is not None
     assert no_aug.samples_per_s > 2 * base.samples_per_s
     # The workers were computing, not waiting.
-    assert base.workers_cpu_percent > 60
+    assert base.cpu_ms_per_sample > 5
     assert any("GPU" in s for s in report.verdict.suggestions)
     assert report.stage_costs is not None and report.stage_costs.augment_ms is not None
     assert report.stage_costs.augment_ms > 0.5 * report.stage_costs.baseline_ms
@@ -55,7 +57,7 @@ def test_cpu_heavy_augmentation_is_augmentation(arrays: Path) -> None:
 
 @pytest.mark.usefixtures("no_leftover_children")
 def test_expensive_decoding_is_decoding(big_pngs: Path) -> None:
-    report = diagnose(big_png_dataset(big_pngs), LOADER, steps=20)
+    report = diagnose(big_png_dataset(big_pngs), LOADER, steps=16)
     assert report.verdict.bottleneck == "decoding", report.verdict
     decode_only = report.variant(VariantName.SYNTHETIC_DECODE).measurement
     replay = report.variant(VariantName.SYNTHETIC_READ).measurement

@@ -47,6 +47,10 @@ def _report_user_error(exc: UserCodeError) -> None:
     err.print(exc.user_traceback, markup=False, end="")
 
 
+def _report_interrupt() -> None:
+    Console(stderr=True).print("Interrupted: the DataLoader workers were stopped.")
+
+
 def _size(n: int | None) -> str:
     if n is None:
         return "n/a"
@@ -62,6 +66,7 @@ def _row(m: Measurement) -> list[str]:
         f"{100 * m.data_wait_share:.0f}%",
         f"{m.main_cpu_percent:.0f}%",
         f"{m.workers_cpu_percent:.0f}% ({m.workers_seen})",
+        f"{m.cpu_ms_per_sample:.2f}",
         _size(m.disk_read_bytes),
         _size(m.read_call_bytes),
     ]
@@ -70,9 +75,10 @@ def _row(m: Measurement) -> list[str]:
 def _measure_columns(table: Table) -> None:
     table.add_column("samples/s", justify="right")
     table.add_column("step ms", justify="right")
-    table.add_column("waiting for data", justify="right")
+    table.add_column("waiting for data", justify="right", no_wrap=True)
     table.add_column("main CPU", justify="right")
-    table.add_column("workers CPU (n)", justify="right")
+    table.add_column("workers CPU (n)", justify="right", no_wrap=True)
+    table.add_column("CPU ms/sample", justify="right", no_wrap=True)
     table.add_column("disk read", justify="right")
     table.add_column("read calls", justify="right")
 
@@ -88,13 +94,13 @@ def _print_diagnosis(report: DiagnoseReport, console: Console) -> None:
     table = Table(
         title=f"Variants: fastest of {report.rounds} round(s) each (CPU: 100% = one core)"
     )
-    table.add_column("variant")
+    table.add_column("variant", no_wrap=True)
     _measure_columns(table)
     for result in report.variants:
         if result.measurement is not None:
             table.add_row(result.name.value, *_row(result.measurement))
         else:
-            table.add_row(result.name.value, "skipped", "", "", "", "", "", "")
+            table.add_row(result.name.value, "skipped", *[""] * 7)
     console.print(table)
     for result in report.variants:
         if result.skipped_reason:
@@ -148,7 +154,7 @@ def diagnose_command(
     """Time the pipeline in four variants and say what slows it, with evidence."""
     from deploylab.dataloader.diagnose import diagnose
 
-    console = Console(width=max(120, Console().width), highlight=False)
+    console = Console(width=max(140, Console().width), highlight=False)
     try:
         pipeline = _load(script, num_workers, batch_size)
         report = diagnose(
@@ -162,6 +168,9 @@ def diagnose_command(
         )
     except UserCodeError as exc:
         _report_user_error(exc)
+        raise
+    except KeyboardInterrupt:
+        _report_interrupt()
         raise
     _print_diagnosis(report, console)
     if report.chart.png:
@@ -188,7 +197,7 @@ def _print_sweep(report: SweepReport, console: Console) -> None:
         title=f"{report.dataset_type}: samples/s vs num_workers, fastest of {report.rounds} "
         "round(s) (CPU: 100% = one core)"
     )
-    table.add_column("num_workers", justify="right")
+    table.add_column("num_workers", justify="right", no_wrap=True)
     _measure_columns(table)
     for point in report.points:
         mark = " <- knee" if point.num_workers == report.knee_num_workers else ""
@@ -221,7 +230,7 @@ def sweep_command(
     from deploylab.dataloader.sweep import sweep_workers
 
     counts = _parse_counts(workers)
-    console = Console(width=max(120, Console().width), highlight=False)
+    console = Console(width=max(140, Console().width), highlight=False)
     try:
         pipeline = _load(script, None, batch_size)
         report = sweep_workers(
@@ -236,6 +245,9 @@ def sweep_command(
         )
     except UserCodeError as exc:
         _report_user_error(exc)
+        raise
+    except KeyboardInterrupt:
+        _report_interrupt()
         raise
     _print_sweep(report, console)
     if report.chart.png:

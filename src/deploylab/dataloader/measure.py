@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -77,12 +79,22 @@ def build_loader(
         )
         kwargs["drop_last"] = False
     try:
-        return DataLoader(dataset, **kwargs)
+        with _more_workers_than_cores_is_fine():
+            return DataLoader(dataset, **kwargs)
     except (TypeError, ValueError) as exc:
         raise UsageError(
             f"torch's DataLoader rejected the loader settings {sorted(loader_kwargs)}: {exc}. "
             "Pass only DataLoader keyword arguments with valid values."
         ) from exc
+
+
+@contextmanager
+def _more_workers_than_cores_is_fine() -> Iterator[None]:
+    """Silence torch's warning about more workers than cores: deliberate for I/O-bound
+    loaders and in worker sweeps."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*worker processes in total.*")
+        yield
 
 
 def _batch_len(batch: Any, default: int) -> int:
@@ -141,7 +153,7 @@ def measure(
     iterator: Any = None
     monitor = ProcessMonitor(exclude=before)
     try:
-        with user_code(f"{what} (or its DataLoader settings)"):
+        with user_code(f"{what} (or its DataLoader settings)"), _more_workers_than_cores_is_fine():
             iterator = iter(loader)
         for index in range(warmup + steps):
             if index == warmup:
@@ -177,6 +189,10 @@ def measure(
         data_wait_share=float(sum(waits) / elapsed) if elapsed > 0 else 0.0,
         main_cpu_percent=100 * usage.main_cpu_s / elapsed,
         workers_cpu_percent=100 * usage.workers_cpu_s / elapsed,
+        workers_cpu_wait_percent=(
+            None if usage.workers_run_wait_s is None else 100 * usage.workers_run_wait_s / elapsed
+        ),
+        cpu_ms_per_sample=1000 * (usage.main_cpu_s + usage.workers_cpu_s) / max(samples, 1),
         workers_seen=usage.workers_seen,
         disk_read_bytes=usage.disk_read_bytes,
         read_call_bytes=usage.read_call_bytes,

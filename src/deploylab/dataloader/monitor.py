@@ -14,11 +14,21 @@ import psutil
 
 @dataclass
 class Counters:
-    """Cumulative CPU seconds and bytes read of one process."""
+    """Cumulative CPU seconds, seconds spent waiting for a free core, and bytes read."""
 
     cpu_s: float
     disk_read: int | None
     read_chars: int | None
+    run_wait_s: float | None = None
+
+
+def _run_wait_s(pid: int) -> float | None:
+    """Seconds the process spent runnable but waiting for a core (Linux schedstat)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _counters(proc: psutil.Process) -> Counters:
@@ -29,7 +39,8 @@ def _counters(proc: psutil.Process) -> Counters:
             disk, chars = int(io.read_bytes), int(getattr(io, "read_chars", -1))
         except (psutil.AccessDenied, AttributeError, NotImplementedError):
             disk, chars = None, None
-    return Counters(times.user + times.system, disk, None if chars == -1 else chars)
+    chars_or_none = None if chars == -1 else chars
+    return Counters(times.user + times.system, disk, chars_or_none, _run_wait_s(proc.pid))
 
 
 def io_counters_note() -> str | None:
@@ -47,6 +58,7 @@ class Usage:
 
     main_cpu_s: float
     workers_cpu_s: float
+    workers_run_wait_s: float | None
     workers_seen: int
     disk_read_bytes: int | None
     read_call_bytes: int | None
@@ -107,14 +119,22 @@ class ProcessMonitor:
         workers_cpu = sum(self._last[p].cpu_s - self._first[p].cpu_s for p in workers)
         disk = _delta(start.disk_read, main_end.disk_read)
         chars = _delta(start.read_chars, main_end.read_chars)
+        run_wait: float | None = 0.0
         for pid in workers:
-            disk = _add(disk, _delta(self._first[pid].disk_read, self._last[pid].disk_read))
-            chars = _add(chars, _delta(self._first[pid].read_chars, self._last[pid].read_chars))
-        return Usage(main_end.cpu_s - start.cpu_s, workers_cpu, len(workers), disk, chars)
+            first, last = self._first[pid], self._last[pid]
+            disk = _add(disk, _delta(first.disk_read, last.disk_read))
+            chars = _add(chars, _delta(first.read_chars, last.read_chars))
+            wait = None if first.run_wait_s is None else _delta_f(first.run_wait_s, last.run_wait_s)
+            run_wait = None if run_wait is None or wait is None else run_wait + wait
+        return Usage(main_end.cpu_s - start.cpu_s, workers_cpu, run_wait, len(workers), disk, chars)
 
 
 def _delta(a: int | None, b: int | None) -> int | None:
     return None if a is None or b is None else b - a
+
+
+def _delta_f(a: float, b: float | None) -> float | None:
+    return None if b is None else b - a
 
 
 def _add(a: int | None, b: int | None) -> int | None:

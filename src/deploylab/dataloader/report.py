@@ -38,6 +38,15 @@ class Measurement(BaseModel):
     data_wait_share: float = Field(description="share of the wall time spent waiting for data")
     main_cpu_percent: float = Field(description="CPU of the main process, 100 = one core")
     workers_cpu_percent: float = Field(description="CPU of all worker processes, 100 = one core")
+    workers_cpu_wait_percent: float | None = Field(
+        default=None,
+        description="time the workers were ready to run but waited for a free core "
+        "(100 = one process-second per second); None where the OS does not report it",
+    )
+    cpu_ms_per_sample: float = Field(
+        description="CPU time of the main process and workers per sample delivered (ms); "
+        "unlike CPU %, it does not shrink when other programs compete for the cores"
+    )
     workers_seen: int = Field(description="worker processes alive during the measured steps")
     disk_read_bytes: int | None = Field(
         description="bytes the processes read from storage (page-cache hits excluded); "

@@ -133,17 +133,47 @@ def _clamp(share: float) -> float:
     return min(1.0, max(0.0, share))
 
 
+@dataclass
+class WorkerTime:
+    """How the workers spent their time: computing, waiting for a core, or blocked."""
+
+    busy: float
+    starved: float | None
+    blocked: float | None
+
+
+def worker_time(m: Measurement, num_workers: int) -> WorkerTime | None:
+    """Shares of the workers' wall time (None with num_workers=0: the main process loads)."""
+    if num_workers == 0:
+        return None
+    capacity = 100.0 * num_workers
+    busy = min(1.0, m.workers_cpu_percent / capacity)
+    if m.workers_cpu_wait_percent is None:
+        return WorkerTime(busy, None, None)
+    starved = min(1.0 - busy, m.workers_cpu_wait_percent / capacity)
+    return WorkerTime(busy, starved, max(0.0, 1.0 - busy - starved))
+
+
 def _cpu_line(m: Measurement, facts: LoaderFacts) -> str:
     if facts.num_workers == 0:
         return (
             f"With num_workers=0 the main process does all the loading; it used "
-            f"{m.main_cpu_percent:.0f}% of a core ({facts.cpu_count} cores here)."
+            f"{m.main_cpu_percent:.0f}% of a core ({facts.cpu_count} cores here), "
+            f"{m.cpu_ms_per_sample:.1f} ms of CPU per sample."
         )
-    return (
+    line = (
         f"The {facts.num_workers} workers used {m.workers_cpu_percent:.0f}% CPU together "
         f"(100% = one core; {facts.cpu_count} cores here), the main process "
-        f"{m.main_cpu_percent:.0f}%."
+        f"{m.main_cpu_percent:.0f}%; {m.cpu_ms_per_sample:.1f} ms of CPU per sample."
     )
+    share = worker_time(m, facts.num_workers)
+    if share is not None and share.starved is not None and share.blocked is not None:
+        line += (
+            f" The workers spent {100 * share.busy:.0f}% of their time computing, "
+            f"{100 * share.starved:.0f}% waiting for a free core and {100 * share.blocked:.0f}% "
+            "blocked (on I/O, sleeps or a full queue)."
+        )
+    return line
 
 
 def _io_line(m: Measurement) -> str | None:
@@ -196,16 +226,23 @@ def suggestions(kind: Bottleneck, base: Measurement, facts: LoaderFacts) -> list
     """Concrete changes worth trying for the bottleneck found."""
     out: list[str] = []
     workers, cores = facts.num_workers, facts.cpu_count
-    per_worker = base.workers_cpu_percent / workers if workers else base.main_cpu_percent
-    cpu_bound = per_worker >= 60
+    share = worker_time(base, workers)
+    busy_share = base.main_cpu_percent / 100 if share is None else share.busy
+    io_bound = busy_share < 0.3 if share is None or share.blocked is None else share.blocked > 0.5
+    if share is not None and share.starved is not None and share.starved > 0.3:
+        out.append(
+            f"The workers waited {100 * share.starved:.0f}% of their time for a free core: "
+            f"other programs compete for the {cores} cores, or there are more busy workers "
+            "than cores. Rates measured on a quieter machine will be higher."
+        )
     if kind == "data_access":
         if workers == 0:
             out.append(f"Set num_workers (try {max(2, cores)}) so reads overlap with training.")
-        elif not cpu_bound:
+        elif io_bound:
             out.append(
-                f"Raise num_workers (now {workers}) past the core count ({cores}): each worker "
-                f"used only {per_worker:.0f}% of a core, so they wait on I/O and more of them "
-                "overlap more reads."
+                f"Raise num_workers (now {workers}) past the core count ({cores}): the workers "
+                f"computed only {100 * busy_share:.0f}% of the time and mostly waited on I/O, "
+                "so more of them overlap more reads."
             )
         prefetch = facts.prefetch_factor or 2
         if workers:

@@ -1,0 +1,136 @@
+"""Reading an ablation: stage costs, verdicts and suggestions from given variant rates."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploylab.dataloader.report import Measurement, VariantName
+from deploylab.dataloader.sweep import default_worker_counts, knee
+from deploylab.dataloader.verdict import LoaderFacts, decide, stage_costs
+
+B, N, R, D = (
+    VariantName.BASELINE,
+    VariantName.NO_AUGMENTATION,
+    VariantName.SYNTHETIC_READ,
+    VariantName.SYNTHETIC_DECODE,
+)
+
+
+def m(
+    rate: float,
+    workers_cpu: float = 50.0,
+    main_cpu: float = 20.0,
+    wait: float = 0.5,
+    cpu_wait: float | None = None,
+) -> Measurement:
+    return Measurement(
+        steps=10,
+        warmup_steps=3,
+        samples=40,
+        elapsed_s=40 / rate,
+        samples_per_s=rate,
+        step_time_ms=4000 / rate,
+        step_time_p90_ms=4400 / rate,
+        data_wait_share=wait,
+        main_cpu_percent=main_cpu,
+        workers_cpu_percent=workers_cpu,
+        workers_cpu_wait_percent=cpu_wait,
+        cpu_ms_per_sample=(main_cpu + workers_cpu) * 10 / rate,
+        workers_seen=2,
+        disk_read_bytes=5_000_000,
+        read_call_bytes=9_000_000,
+    )
+
+
+FACTS = LoaderFacts(
+    num_workers=2,
+    cpu_count=8,
+    prefetch_factor=None,
+    persistent_workers=False,
+    pin_memory=False,
+    has_step=True,
+)
+
+
+def test_stage_costs_are_differences_of_time_per_sample() -> None:
+    costs = stage_costs({B: m(100), N: m(200), D: m(400), R: m(1000)})
+    assert costs is not None
+    assert costs.baseline_ms == pytest.approx(10)
+    assert costs.augment_ms == pytest.approx(5)
+    assert costs.read_ms == pytest.approx(2.5)
+    assert costs.decode_ms == pytest.approx(1.5)
+    assert costs.rest_ms == pytest.approx(1)
+    assert costs.pipeline_ms == pytest.approx(9)
+    partial = stage_costs({B: m(100), N: m(200), D: None, R: m(1000)})
+    assert partial is not None and partial.read_ms is None
+    assert partial.read_and_decode_ms == pytest.approx(4)
+
+
+def test_largest_stage_wins_with_its_evidence() -> None:
+    verdict, _ = decide({B: m(100), N: m(110), D: m(900), R: m(1000)}, FACTS)
+    assert verdict.bottleneck == "data_access"
+    assert "Turning augmentation off: 100.0 -> 110.0 samples/s (+10%)." in verdict.evidence
+    assert any("skipping the reads" in line and "+718%" in line for line in verdict.evidence)
+    assert any("5.0 MB from storage" in line for line in verdict.evidence)
+
+    verdict, _ = decide({B: m(100), N: m(105), D: m(120), R: m(1000)}, FACTS)
+    assert verdict.bottleneck == "decoding"
+    assert "Decoding is the bottleneck" in verdict.headline
+
+
+def test_io_bound_reads_suggest_more_workers_than_cores() -> None:
+    idle = {B: m(100, workers_cpu=10), N: m(100), D: m(1000), R: m(1000)}
+    verdict, _ = decide(idle, FACTS)
+    assert any(
+        "past the core count (8)" in s and "only 5% of the time" in s for s in verdict.suggestions
+    )
+    assert any("prefetch_factor (now 2)" in s for s in verdict.suggestions)
+    busy = {B: m(100, workers_cpu=190), N: m(100), D: m(1000), R: m(1000)}
+    verdict, _ = decide(busy, FACTS)
+    assert not any("past the core count" in s for s in verdict.suggestions)
+    # Workers starved of CPU by other programs are not mistaken for workers waiting on I/O.
+    starved = {B: m(100, workers_cpu=40, cpu_wait=150), N: m(100), D: m(1000), R: m(1000)}
+    verdict, _ = decide(starved, FACTS)
+    assert not any("past the core count" in s for s in verdict.suggestions)
+    assert any("waited 75% of their time for a free core" in s for s in verdict.suggestions)
+    assert any("20% of their time computing, 75% waiting" in e for e in verdict.evidence)
+
+
+def test_cpu_bound_stage_suggests_workers_up_to_the_cores_only() -> None:
+    runs = {B: m(100, workers_cpu=190), N: m(500), D: m(520), R: m(540)}
+    verdict, _ = decide(runs, FACTS)
+    assert verdict.bottleneck == "augmentation"
+    assert any("Raise num_workers to the core count (8; now 2)" in s for s in verdict.suggestions)
+    saturated = LoaderFacts(**{**FACTS.__dict__, "num_workers": 8})
+    verdict, _ = decide(runs, saturated)
+    assert any("More workers won't help" in s for s in verdict.suggestions)
+    assert any("persistent_workers=True" in s for s in verdict.suggestions)
+
+
+def test_no_speed_up_means_not_the_dataloader_or_its_overhead() -> None:
+    runs = {B: m(100, wait=0.02), N: m(101), D: m(99), R: m(104)}
+    verdict, _ = decide(runs, FACTS)
+    assert verdict.bottleneck == "not_dataloader"
+    assert "look at the training step" in verdict.headline
+    assert any("pin_memory=True" in s for s in verdict.suggestions)
+    verdict, _ = decide(runs, LoaderFacts(**{**FACTS.__dict__, "has_step": False}))
+    assert verdict.bottleneck == "loader_overhead"
+
+
+def test_missing_variants_narrow_the_verdict() -> None:
+    verdict, _ = decide({B: m(100), N: None, D: None, R: m(1000)}, FACTS)
+    assert verdict.bottleneck == "dataset"
+    assert any("StagedDataset" in s for s in verdict.suggestions)
+    verdict, _ = decide({B: m(100), N: m(110), D: None, R: m(1000)}, FACTS)
+    assert verdict.bottleneck == "data_access"
+    assert "includes decoding" in verdict.headline
+    verdict, _ = decide({B: m(100), N: None, D: None, R: None}, FACTS)
+    assert verdict.bottleneck == "inconclusive"
+
+
+def test_knee_is_the_first_count_near_the_best() -> None:
+    assert knee([10.0, 50.0, 95.0, 100.0, 99.0]) == 2
+    assert knee([100.0, 50.0]) == 0
+    assert knee([10.0, 20.0, 40.0]) == 2
+    assert default_worker_counts(2) == [0, 1, 2, 4]
+    assert default_worker_counts(8) == [0, 1, 2, 4, 8, 16]
