@@ -94,7 +94,7 @@ def _grouped_step(
     sl = slice(step.first_layer, step.last_layer + 1)
     g, b, t, d = x.shape
     q_proj = grouped_linear(x.reshape(g, b * t, d), mem.w_mq[sl], None, gemm)
-    x = x + read_memory(q_proj.view(g, b, t, -1), state, sl, model)
+    x = read_memory(x, q_proj.view(g, b, t, -1), state, sl, model)
     out = grouped_decoder_layers(model, x, sl, cos, sin, gemm)
     m_rows = _memory_rows(out, step, seg_lens, model.config.num_mem_tokens)
     proj = grouped_linear(m_rows.reshape(g, -1, d), mem.w_write[sl], mem.b_write[sl], gemm)

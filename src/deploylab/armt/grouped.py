@@ -4,7 +4,7 @@ All segments of a step have the same padded length, so a group is a dense `[G, N
 and every projection is a batched GEMM against a contiguous slice of the weight stacks.
 Two GEMM backends: `bmm` (cuBLAS strided-batched) and `grouped_mm` (`torch._grouped_mm`,
 CUTLASS grouped GEMM on Hopper). The rest — RMSNorm, RoPE, SDPA — uses the engine's own
-functions or its exact arithmetic, broadcast over the group.
+functions or its arithmetic, broadcast over the group.
 """
 
 from __future__ import annotations
@@ -38,24 +38,30 @@ def grouped_linear(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     backend: GroupedBackend,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """y[g] = x[g] @ weight[g]ᵀ + bias[g] for x `[G, N, K]`, weight `[G, O, K]`."""
+    """y[g] = residual[g] + x[g] @ weight[g]ᵀ + bias[g] for x `[G, N, K]`, weight `[G, O, K]`
+    (residual `[G, N, O]` and bias `[G, O]` optional). With `bmm`, the residual is added by
+    the GEMM itself (`baddbmm`)."""
     if backend == "grouped_mm":
         y = torch._grouped_mm(x, weight.transpose(-2, -1))
-        return y if bias is None else y + bias.unsqueeze(1)
-    if bias is None:
+        if bias is not None:
+            y = y + bias.unsqueeze(1)
+        return y if residual is None else residual + y
+    if residual is None and bias is None:
         return torch.bmm(x, weight.transpose(-2, -1))
-    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(-2, -1))
+    if residual is not None and bias is not None:
+        residual = residual + bias.unsqueeze(1)
+    base = residual if residual is not None else bias.unsqueeze(1)  # type: ignore[union-attr]
+    return torch.baddbmm(base, x, weight.transpose(-2, -1))
 
 
 def grouped_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """The engine's RMSNorm (float32 statistics) with a per-group weight `[G, D]` for
-    x `[G, ..., D]`."""
-    dtype = x.dtype
-    h = x.to(torch.float32)
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    """RMSNorm with a per-group weight `[G, D]` for x `[G, ..., D]` (the engine's RMSNorm,
+    through PyTorch's fused kernel: statistics in float32, result in x's dtype, times w)."""
+    h = F.rms_norm(x, (x.shape[-1],), eps=eps)
     w = weight.view(weight.shape[0], *([1] * (x.dim() - 2)), weight.shape[-1])
-    return w * h.to(dtype)
+    return w * h
 
 
 def _bias(stack: torch.Tensor | None, sl: slice) -> torch.Tensor | None:
@@ -92,10 +98,11 @@ def grouped_decoder_layers(
     v = v.reshape(g * b, t, kv_heads, hd)
     o = model.layers[0].self_attn.dense_attention(q, k, v)  # causal SDPA, GQA
     o = o.reshape(g, b * t, heads * hd)
-    flat = flat + grouped_linear(o, p.o[sl], _bias(p.o_bias, sl), backend)
+    flat = grouped_linear(o, p.o[sl], _bias(p.o_bias, sl), backend, residual=flat)
 
     a = grouped_rms_norm(flat, p.ln2[sl], eps)
     gu = grouped_linear(a, p.gate_up[sl], _bias(p.gate_up_bias, sl), backend)
     gate, up = gu.chunk(2, dim=-1)
-    flat = flat + grouped_linear(F.silu(gate) * up, p.down[sl], _bias(p.down_bias, sl), backend)
+    act = F.silu(gate) * up
+    flat = grouped_linear(act, p.down[sl], _bias(p.down_bias, sl), backend, residual=flat)
     return flat.view(g, b, t, d)

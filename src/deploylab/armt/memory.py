@@ -57,6 +57,21 @@ def memory_read(q: torch.Tensor, w_mem: torch.Tensor, z: torch.Tensor, eps: floa
     return num / den
 
 
+def memory_read_add(
+    x: torch.Tensor, q: torch.Tensor, w_mem: torch.Tensor, z: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """x + (q W_mem) / (z·q + ε) in x's dtype, as one batched GEMM with the residual fused:
+    the per-row denominator is folded into q first, ((q / (z·q + ε)) W_mem). x `[..., T, D]`,
+    q `[..., T, d_key]` float32; W_mem and z as in `memory_read`."""
+    den = torch.matmul(q, z.unsqueeze(-1)) + eps
+    q_scaled = (q / den).to(x.dtype)
+    lead = x.shape[:-2]
+    x3 = x.reshape(-1, *x.shape[-2:])
+    w3 = w_mem.to(x.dtype).reshape(-1, *w_mem.shape[-2:])
+    out = torch.baddbmm(x3, q_scaled.reshape(-1, *q.shape[-2:]), w3)
+    return out.view(*lead, *x.shape[-2:])
+
+
 def memory_write(
     k: torch.Tensor,
     v: torch.Tensor,

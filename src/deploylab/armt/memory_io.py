@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import torch
 
-from deploylab.armt.memory import MemoryState, feature_map, memory_read, memory_write
+from deploylab.armt.memory import MemoryState, feature_map, memory_read_add, memory_write
 from deploylab.armt.model import ARMTModel
 
 
 def read_memory(
-    q_proj: torch.Tensor, state: MemoryState, layers: int | slice, model: ARMTModel
+    x: torch.Tensor,
+    q_proj: torch.Tensor,
+    state: MemoryState,
+    layers: int | slice,
+    model: ARMTModel,
 ) -> torch.Tensor:
-    """(φ(q) W_mem) / (z·φ(q) + ε) for the query projection `q_proj` `[..., T, d_mem]`
-    (W_mq h), in the model dtype, ready to add to h."""
+    """h + (φ(q) W_mem) / (z·φ(q) + ε) for hidden states x `[..., T, D]` and their query
+    projection `q_proj` `[..., T, d_mem]` (W_mq h), in x's dtype."""
     cfg = model.config
     q = feature_map(q_proj, cfg.nu, cfg.normalize_features)
-    return memory_read(q, state.w_mem[layers], state.z[layers], cfg.eps).to(q_proj.dtype)
+    return memory_read_add(x, q, state.w_mem[layers], state.z[layers], cfg.eps)
 
 
 def write_memory(

@@ -39,7 +39,7 @@ def run_sequential(
         cos, sin = cos_all[:length], sin_all[:length]
         for lay, layer in enumerate(layers):
             if seg_idx > 0:  # the first segment has nothing to read
-                x = x + read_memory(F.linear(x, mem.w_mq[lay]), state, lay, model)
+                x = read_memory(x, F.linear(x, mem.w_mq[lay]), state, lay, model)
             x = layer(x, cos, sin)
             proj = F.linear(x[:, -m_tok:], mem.w_write[lay], mem.b_write[lay])
             write_memory(proj, state, lay, model)
