@@ -62,9 +62,15 @@ ProgressFn = Callable[[ProgressUpdate], None]
 
 
 async def sleep_until(deadline_ns: int) -> None:
-    """Sleep until a perf_counter_ns deadline (returns at once if it has passed)."""
-    delay = (deadline_ns - time.perf_counter_ns()) / 1e9
-    if delay > 0:
+    """Sleep until a perf_counter_ns deadline (returns at once if it has passed).
+
+    Loops because event-loop timers may fire early: uvloop's timers have millisecond
+    granularity and can round a delay down.
+    """
+    while True:
+        delay = (deadline_ns - time.perf_counter_ns()) / 1e9
+        if delay <= 0:
+            return
         await asyncio.sleep(delay)
 
 
