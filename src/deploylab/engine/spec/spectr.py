@@ -20,7 +20,7 @@ from deploylab.engine.spec.multi_common import draft_dists
 from deploylab.engine.spec.sampling import DraftChoice, gather_last, sample_categorical, uniform
 from deploylab.errors import InvalidRequestError
 
-_BISECT_STEPS = 60
+_BISECT_STEPS = 40  # rho to within K * 2^-40
 
 
 def _beta(p: torch.Tensor, q: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
@@ -57,8 +57,13 @@ def spectr_kseq(
     q: torch.Tensor,
     drafts: torch.Tensor,
     generator: torch.Generator | None = None,
+    rho: torch.Tensor | None = None,
 ) -> DraftChoice:
-    """Verify K i.i.d. drafts (q: (B, V)) with K-SEQ; exact: the emitted token follows p."""
+    """Verify K i.i.d. drafts (q: (B, V)) with K-SEQ; exact: the emitted token follows p.
+
+    `rho` (B,) may be passed when already known (e.g. from `spectr_rho` on shared rows); any
+    rho in [1, K] with c(rho) <= rho keeps the rule exact.
+    """
     if q.dim() != 2:
         raise InvalidRequestError(
             "SpecTr K-SEQ needs K i.i.d. drafts from one drafter: pass q as (B, V). For one "
@@ -68,7 +73,8 @@ def spectr_kseq(
     draft_dists(p, q, drafts)
     b, k = drafts.shape
     d = drafts.to(torch.long)
-    rho = spectr_rho(p, q, k)
+    if rho is None:
+        rho = spectr_rho(p, q, k)
     low = torch.minimum(q, p / rho.unsqueeze(-1))
     beta = low.sum(-1)
     u = uniform((b, k), p, generator)
