@@ -142,6 +142,7 @@ def measure(
 ) -> Measurement:
     """Run `warmup` then `steps` steps (next batch + `step(batch)`) and measure the latter."""
     batch_size = loader_batch_size(loader_kwargs)
+    by_sampler = loader_kwargs.get("batch_sampler") is not None
     workers = int(loader_kwargs.get("num_workers", 0) or 0)
     depth = workers * int(loader_kwargs.get("prefetch_factor", 2) or 2) + 1
     loader = build_loader(dataset, loader_kwargs, warmup + steps + depth)
@@ -172,7 +173,8 @@ def measure(
             if index >= warmup:
                 waits.append(t1 - t0)
                 totals.append(t2 - t0)
-                samples += _batch_len(batch, 1) if batch_size is None else batch_size
+                # batch_size=None turns batching off: each step is one sample.
+                samples += _batch_len(batch, 1) if by_sampler else (batch_size or 1)
         elapsed = time.perf_counter() - start
         usage = monitor.stop()
     finally:

@@ -80,12 +80,16 @@ def sweep_workers(
     rates = [p.measurement.samples_per_s for p in points]
     best = points[rates.index(max(rates))].num_workers
     at_knee = points[knee(rates)]
+    share = at_knee.measurement.samples_per_s / max(rates)
     summary = (
         f"Best: {max(rates):.1f} samples/s at num_workers={best}. Knee: num_workers="
-        f"{at_knee.num_workers} already reaches {at_knee.measurement.samples_per_s:.1f} samples/s "
-        f"({100 * at_knee.measurement.samples_per_s / max(rates):.0f}% of the best); "
-        "more workers buy little beyond it."
+        f"{at_knee.num_workers} ({at_knee.measurement.samples_per_s:.1f} samples/s, "
+        f"{100 * share:.0f}% of the best)"
     )
+    if at_knee.num_workers == counts[-1]:
+        summary += "; the rate still rises at the most workers tried: try more."
+    else:
+        summary += "; more workers buy little beyond it."
     chart = BarChart(
         title=f"{type(dataset).__name__}: samples/s vs num_workers",
         x_label="num_workers",
