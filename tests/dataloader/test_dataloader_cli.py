@@ -196,7 +196,7 @@ def test_sweep_workers_marks_the_knee(
     out = capsys.readouterr().out
     assert code == 0
     assert "<- knee" in out and "Knee: num_workers=" in out
-    assert "still rises at the most workers tried" in out
+    assert "still rises at the most workers tried" in " ".join(out.split())
     report = SweepReport.model_validate_json(out_json.read_text())
     rates = {p.num_workers: p.measurement.samples_per_s for p in report.points}
     assert list(rates) == [0, 1, 4]
