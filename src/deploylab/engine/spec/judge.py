@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -101,14 +102,12 @@ class JudgeHead(nn.Module):
         if not p.is_file():
             raise ModelLoadError(f"no judge file at {p}; train one and save it with save().")
         try:
-            from safetensors import safe_open
-
             with safe_open(str(p), framework="pt") as fh:
                 meta = fh.metadata() or {}
             tensors = load_file(str(p), device=str(map_location))
             head = cls(int(meta["hidden_size"]), float(meta["delta"]))
             head.load_state_dict(tensors)
-        except (KeyError, ValueError, RuntimeError, OSError) as exc:
+        except (KeyError, ValueError, RuntimeError, OSError, SafetensorError) as exc:
             raise ModelLoadError(
                 f"{p} is not a judge head saved by JudgeHead.save ({exc}); retrain and save it."
             ) from exc

@@ -33,16 +33,17 @@ def optimal_acceptance_iid(p: torch.Tensor, q: torch.Tensor, k: int) -> torch.Te
 
 
 def subset_min_gap(p: torch.Tensor, q: torch.Tensor, k: int = 2) -> float:
-    """min over all non-empty token sets S of p(S) - q(S)^K, by enumeration (small V only).
+    """min over proper non-empty token sets S of p(S) - q(S)^K, by enumeration (small V only).
 
-    P*(acc) = 1 exactly when this is >= 0 (Khisti et al.'s condition for K = 2).
+    (The full and empty sets give exactly 0.) P*(acc) = 1 exactly when this is >= 0: Khisti
+    et al.'s necessary-and-sufficient condition for K = 2 identical drafts.
     """
     v = p.shape[-1]
     if p.dim() != 1 or v > 20:
         raise InvalidRequestError("subset enumeration needs one p of at most 20 tokens.")
     best = float("inf")
     pl, ql = p.tolist(), q.tolist()
-    for size in range(1, v + 1):
+    for size in range(1, v):
         for subset in itertools.combinations(range(v), size):
             gap = sum(pl[i] for i in subset) - sum(ql[i] for i in subset) ** k
             best = min(best, gap)
