@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +87,20 @@ def bench_table(rows: list[BenchRow], settings: BenchSettings) -> Table:
     return table
 
 
+def _bench_command(settings: BenchSettings, output: Path) -> str:
+    """The command line that reproduces `settings` (every option spelled out)."""
+    cfg = settings.armt
+    contexts = ",".join(str(c) for c in settings.contexts)
+    return (
+        f"deploylab armt bench --model-shape {settings.shape} --context {contexts} "
+        f"--segment {cfg.segment_size} --memory-tokens {cfg.num_mem_tokens} "
+        f"--d-mem {cfg.d_mem} --device {settings.device} "
+        f"--dtype {str(settings.dtype).replace('torch.', '')} "
+        f"--methods {','.join(settings.methods)} --grouped-backend {settings.backend} "
+        f"--repeats {settings.repeats} --warmup {settings.warmup} --output {output}"
+    )
+
+
 @app.command("bench")
 def bench(
     model_shape: str = typer.Option(
@@ -139,7 +152,7 @@ def bench(
         import torch
 
         record = {
-            "command": "deploylab " + " ".join(sys.argv[1:]),
+            "command": _bench_command(settings, output),
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "device": _device_name(dev),
             "torch": torch.__version__,
