@@ -1,0 +1,68 @@
+"""The loop that makes deploylab one product: `deploylab loadtest` without --url starts
+`deploylab serve` on the real default model, runs a scenario against it, and stops it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+EXE = str(Path(sys.executable).with_name("deploylab"))
+
+TINY = """\
+name: tiny-chat
+description: a few short chat requests
+bottleneck: decode speed
+slo: {ttft_ms: {p99: 60000}}
+workload:
+  kind: synthetic
+  input_tokens: 24
+  output_tokens: 6
+"""
+
+
+@pytest.mark.slow
+def test_loadtest_without_url_serves_the_default_model(tmp_path: Path) -> None:
+    scenario = tmp_path / "tiny.yaml"
+    scenario.write_text(TINY)
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [
+            EXE,
+            "loadtest",
+            "-s",
+            str(scenario),
+            "--requests",
+            "3",
+            "--concurrency",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert result.returncode == 0, result.stderr + (out / "server.log").read_text()
+    data = json.loads((out / "results.json").read_text())
+    target = data["target"]
+    assert target["started_locally"] is True
+    assert target["server_command"][2:5] == ["deploylab", "serve", "--port"]
+    assert data["config"]["tokenizer"] == "smollm2-135m-instruct"
+    assert data["config"]["exact_token_counts"] is True
+    assert data["summary"]["requests_completed"] == 3
+    for rec in data["requests"]:
+        assert rec["ok"] and rec["ttft_ms"] > 0 and len(rec["chunk_times_ms"]) >= 1
+        # ignore_eos asks for exactly max_tokens; the server reports usage
+        assert rec["output_tokens_source"] == "usage" and rec["output_tokens"] == 6
+        # exact prompt length: 24 content tokens plus the chat template's own tokens
+        assert rec["input_tokens_source"] == "usage" and 24 < rec["input_tokens"] < 60
+    # the server was stopped afterwards
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        urllib.request.urlopen(target["url"] + "/health", timeout=2)
