@@ -101,16 +101,18 @@ def test_residency_waits_for_an_idle_model_to_evict() -> None:
         "residency: {max_models: 1}\n"
     )
     scheduled: list[tuple[float, Any, Any]] = []
-    residency = ModelResidency(config, lambda d, cb, arg: scheduled.append((d, cb, arg)))
+    residency = ModelResidency(config, lambda when, cb, arg: scheduled.append((when, cb, arg)))
     ready: list[str] = []
-    residency.acquire("a", ready.append, "a1")
-    residency.acquire("b", ready.append, "b1")
+    residency.acquire("a", ready.append, "a1", 1.0)
+    residency.acquire("b", ready.append, "b1", 2.0)
     assert ready == ["a1"] and scheduled == []  # a is busy, so b's load cannot start
-    residency.release("a")
-    assert len(scheduled) == 1 and scheduled[0][0] == pytest.approx(0.010)
-    delay, callback, arg = scheduled[0]
+    residency.release("a", 5.0)
+    # b's 10 ms load starts when a became idle, at 5.0 s.
+    assert len(scheduled) == 1 and scheduled[0][0] == pytest.approx(5.010)
+    when, callback, arg = scheduled[0]
     callback(arg)
     assert ready == ["a1", "b1"] and residency.resident() == ["b"]
+    assert residency.ready_at("b") == pytest.approx(5.010)
     assert not residency.is_resident("a")
 
 

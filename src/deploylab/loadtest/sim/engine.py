@@ -4,6 +4,11 @@ A request goes: (slow first byte) -> model and adapter resident (cold load) -> F
 its KV reservation (prompt + output tokens) fits and a running slot is free -> first token at
 admission + TTFT law -> each next token one ITL later, the ITL law evaluated with the batch at
 that moment. Every step is a timer callback; no coroutine runs per request or per token.
+
+Each step starts at the *intended* time of the step before it (the request's complete arrival,
+the end of a model load, the intended last token of the request that freed KV space), never at
+the moment the simulator got round to it, so the simulator's own processing time and timer
+lateness do not leak into the laws.
 """
 
 from __future__ import annotations
@@ -45,8 +50,9 @@ class SimRequest:
     finish_reason: str
     conn: HttpConnection
     faults: FaultPlan | None
-    arrival: float
+    arrival: float  # when the request's last byte arrived (time.monotonic)
     fmt: StreamFormat | None = None
+    ready_at: float = 0.0  # intended time the current step may start
     state: int = _NEW
     pinned: list[str] = field(default_factory=list)
     queued_at: float = 0.0
@@ -76,7 +82,7 @@ class SimEngine:
         pc = config.prefix_cache
         capacity = pc.capacity_tokens or config.engine.kv_capacity_tokens
         self.prefix = PrefixCache(max(capacity // pc.block_size, 1), pc.block_size, pc.enabled)
-        self.residency = ModelResidency(config, self._schedule_in)
+        self.residency = ModelResidency(config, timer.call_at)  # type: ignore[arg-type]
         self.kv_capacity = config.engine.kv_capacity_tokens
         self.max_running = config.engine.max_running
         self.kv_used = 0
@@ -87,16 +93,15 @@ class SimEngine:
         self.first_token_lateness = LatenessHistogram()
         self.aborted = 0
 
-    def _schedule_in(self, delay: float, callback: object, arg: object) -> object:
-        return self.timer.call_at(time.monotonic() + delay, callback, arg)  # type: ignore[arg-type]
-
     # -- admission --------------------------------------------------------------------------
     def submit(self, req: SimRequest) -> None:
         """Start a validated request; its response is written to `req.conn` as it progresses."""
         req.conn.on_lost = lambda: self.cancel(req)
         plan = req.faults
+        req.ready_at = req.arrival
         if plan is not None and plan.slow_first_byte_s > 0:
-            req.timer = self.timer.call_at(req.arrival + plan.slow_first_byte_s, self._accept, req)
+            req.ready_at += plan.slow_first_byte_s
+            req.timer = self.timer.call_at(req.ready_at, self._accept, req)
         else:
             self._accept(req)
 
@@ -106,51 +111,54 @@ class SimEngine:
         if req.stream:
             req.conn.start_stream()
         req.state = _LOADING
-        self.residency.acquire(req.base, self._base_ready, req)
+        self.residency.acquire(req.base, self._base_ready, req, req.ready_at)
 
     def _base_ready(self, req: SimRequest) -> None:
         req.pinned.append(req.base)
+        req.ready_at = max(req.ready_at, self.residency.ready_at(req.base))
         if req.state == _DONE:
-            self._unpin(req)
+            self._unpin(req, req.ready_at)
             return
         if req.adapter is not None:
-            self.residency.acquire(req.adapter, self._queue, req)
+            self.residency.acquire(req.adapter, self._queue, req, req.ready_at)
         else:
             self._queue(req)
 
     def _queue(self, req: SimRequest) -> None:
         if req.adapter is not None:
             req.pinned.append(req.adapter)
+            req.ready_at = max(req.ready_at, self.residency.ready_at(req.adapter))
         if req.state == _DONE:  # the client left while the model loaded
-            self._unpin(req)
+            self._unpin(req, req.ready_at)
             return
         req.state = _WAITING
-        req.queued_at = time.monotonic()
+        req.queued_at = req.ready_at
         self.waiting.append(req)
         self.models[req.model].waiting += 1
-        self._admit()
+        self._admit(req.ready_at)
 
-    def _admit(self) -> None:
+    def _admit(self, at: float) -> None:
+        """Start waiting requests that fit, as of intended time `at`."""
         waiting = self.waiting
         while (
             waiting
             and self.running < self.max_running
             and self.kv_used + waiting[0].kv_need <= self.kv_capacity
         ):
-            self._start(waiting.popleft())
+            req = waiting.popleft()
+            self._start(req, max(at, req.ready_at))
 
-    def _start(self, req: SimRequest) -> None:
-        now = time.monotonic()
+    def _start(self, req: SimRequest, at: float) -> None:
         stats = self.models[req.model]
         stats.waiting -= 1
         stats.running += 1
         req.state = _RUNNING
-        req.admitted_at = now
+        req.admitted_at = at
         others = self.running
         self.running += 1
         self.kv_used += req.kv_need
         req.cached = self.prefix.lookup(req.blocks, req.prompt_tokens)
-        req.due = now + self.law.ttft_s(req.prompt_tokens, req.cached, others)
+        req.due = at + self.law.ttft_s(req.prompt_tokens, req.cached, others)
         req.timer = self.timer.call_at(req.due, self._emit, req)
 
     # -- tokens -----------------------------------------------------------------------------
@@ -161,7 +169,7 @@ class SimEngine:
         if plan is not None:
             if k == plan.drop_before_token:
                 req.conn.abort()
-                self._finish(req, "abort", now)
+                self._finish(req, "abort", now, req.due)
                 return
             if k == plan.stall_before_token and not req.stalled:
                 req.stalled = True
@@ -193,7 +201,7 @@ class SimEngine:
         if last:
             if not req.stream:
                 req.conn.send(200, self._full(req))
-            self._finish(req, req.finish_reason, now)
+            self._finish(req, req.finish_reason, now, req.due)
             return
         req.due += self.law.itl_s(self.running - 1)
         req.timer = self.timer.call_at(req.due, self._emit, req)
@@ -205,7 +213,8 @@ class SimEngine:
         )  # fmt: skip
 
     # -- completion and cancellation ----------------------------------------------------------
-    def _finish(self, req: SimRequest, reason: str, now: float) -> None:
+    def _finish(self, req: SimRequest, reason: str, now: float, at: float) -> None:
+        """Record the outcome (measured at `now`) and free the request's KV as of `at`."""
         req.state = _DONE
         self.running -= 1
         self.kv_used -= req.kv_need
@@ -223,12 +232,12 @@ class SimEngine:
             stats.decode.observe(now - req.first_token_at)
             if req.sent > 1:
                 stats.tpot.observe((now - req.first_token_at) / (req.sent - 1))
-        self._unpin(req)
-        self._admit()
+        self._unpin(req, at)
+        self._admit(at)
 
-    def _unpin(self, req: SimRequest) -> None:
+    def _unpin(self, req: SimRequest, at: float) -> None:
         for name in req.pinned:
-            self.residency.release(name)
+            self.residency.release(name, at)
         req.pinned.clear()
 
     def cancel(self, req: SimRequest) -> None:
@@ -238,14 +247,15 @@ class SimEngine:
         if req.timer is not None:
             PreciseTimer.cancel(req.timer)
         self.aborted += 1
+        now = time.monotonic()
         if state == _RUNNING:
             req.state = _RUNNING
-            self._finish(req, "abort", time.monotonic())
+            self._finish(req, "abort", now, now)
         elif state == _WAITING:
             self.waiting.remove(req)
             self.models[req.model].waiting -= 1
-            self._unpin(req)
-            self._admit()
+            self._unpin(req, now)
+            self._admit(now)
         # _NEW / _LOADING: the pending callback sees _DONE and lets go of its pins.
 
     def kv_usage(self) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ class HttpRequest:
     query: str
     headers: dict[str, str]
     body: bytes
+    received: float  # time.monotonic() when the request was complete
 
 
 Handler = Callable[["HttpConnection", HttpRequest], None]
@@ -141,7 +143,8 @@ class HttpConnection(asyncio.Protocol):
             self._keep_alive = conn != "close" if version == "HTTP/1.1" else conn == "keep-alive"
             path, _, query = target.partition("?")
             self.busy = True
-            self._handler(self, HttpRequest(method, path, query, headers, body))
+            request = HttpRequest(method, path, query, headers, body, time.monotonic())
+            self._handler(self, request)
 
     def _maybe_continue(self, headers: dict[str, str]) -> None:
         if not self._continue_sent and headers.get("expect", "").lower() == "100-continue":

@@ -14,14 +14,15 @@ from typing import Any
 from deploylab.loadtest.sim.config import SimConfig
 
 Ready = Callable[[Any], None]
-Schedule = Callable[[float, Callable[[Any], None], Any], object]
+ScheduleAt = Callable[[float, Callable[[Any], None], Any], object]
 
 
 class ModelResidency:
     """Tracks residency, runs cold loads on the simulator's timer, and pins models in use."""
 
-    def __init__(self, config: SimConfig, schedule_in: Schedule) -> None:
-        self._schedule_in = schedule_in
+    def __init__(self, config: SimConfig, schedule_at: ScheduleAt) -> None:
+        self._schedule_at = schedule_at
+        self._ready_at: dict[str, float] = {}
         self._load_s: dict[str, float] = {}
         self._kind: dict[str, str] = {}
         self._limit = {
@@ -56,8 +57,15 @@ class ModelResidency:
         """Every loaded model and adapter name."""
         return [*self._resident["models"], *self._resident["adapters"]]
 
-    def acquire(self, name: str, ready: Ready, arg: Any) -> None:
-        """Call `ready(arg)` once `name` is loaded (at once if it is) and pin it until release."""
+    def ready_at(self, name: str) -> float:
+        """The intended time `name`'s latest load finished (0 if it never loaded)."""
+        return self._ready_at.get(name, 0.0)
+
+    def acquire(self, name: str, ready: Ready, arg: Any, at: float) -> None:
+        """Call `ready(arg)` once `name` is loaded (at once if it is) and pin it until release.
+
+        `at` is the intended time of the request; a cold load started by it ends at
+        `at + load_ms`."""
         resident = self._resident[self._kind[name]]
         if name in resident:
             resident.move_to_end(name)
@@ -69,22 +77,20 @@ class ModelResidency:
             waiters.append((ready, arg))
             return
         self._loading[name] = [(ready, arg)]
-        self._start_or_queue(name)
+        kind = self._kind[name]
+        if self._free_slot(kind):
+            self._begin_load(name, at)
+        else:
+            self._pending[kind].append(name)
 
-    def release(self, name: str) -> None:
-        """Unpin one use of `name`; an idle model may then make room for a waiting load."""
+    def release(self, name: str, at: float) -> None:
+        """Unpin one use of `name` (as of intended time `at`); an idle model may then make
+        room for a waiting load."""
         self._in_use[name] -= 1
         if self._in_use[name] == 0:
             pending = self._pending[self._kind[name]]
             while pending and self._free_slot(self._kind[pending[0]]):
-                self._begin_load(pending.popleft())
-
-    def _start_or_queue(self, name: str) -> None:
-        kind = self._kind[name]
-        if self._free_slot(kind):
-            self._begin_load(name)
-        else:
-            self._pending[kind].append(name)
+                self._begin_load(pending.popleft(), at)
 
     def _free_slot(self, kind: str) -> bool:
         """Make room for one more load of this kind if possible (evicting the LRU idle one)."""
@@ -100,14 +106,14 @@ class ModelResidency:
                 return True
         return False
 
-    def _begin_load(self, name: str) -> None:
+    def _begin_load(self, name: str, at: float) -> None:
         self.loads[name] += 1
         self._in_progress.add(name)
-        delay = self._load_s[name]
-        if delay <= 0:
+        self._ready_at[name] = at + self._load_s[name]
+        if self._load_s[name] <= 0:
             self._loaded(name)
         else:
-            self._schedule_in(delay, self._loaded, name)
+            self._schedule_at(self._ready_at[name], self._loaded, name)
 
     def _loaded(self, name: str) -> None:
         self._in_progress.discard(name)

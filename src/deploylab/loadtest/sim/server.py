@@ -41,6 +41,7 @@ class SimServer:
         self.engine: SimEngine | None = None
         self._registry: CollectorRegistry | None = None
         self.port = 0
+        self.connections_opened = 0
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on host:port (0 = any free port) and return the port."""
@@ -59,10 +60,14 @@ class SimServer:
         )
         self._registry.register(collector)  # type: ignore[arg-type]
         self._server = await loop.create_server(
-            lambda: HttpConnection(self._handle), host, port, backlog=4096, reuse_address=True
+            self._new_connection, host, port, backlog=4096, reuse_address=True
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
+
+    def _new_connection(self) -> HttpConnection:
+        self.connections_opened += 1
+        return HttpConnection(self._handle)
 
     async def stop(self) -> None:
         """Stop listening and drop pending timers."""
@@ -119,7 +124,7 @@ class SimServer:
     def _completion(self, conn: HttpConnection, req: HttpRequest, chat: bool) -> None:
         engine = self.engine
         assert engine is not None
-        arrival = time.monotonic()
+        arrival = req.received
         try:
             body = parse_body(req.body, chat)
             model = body.model or self._default_model
@@ -189,6 +194,7 @@ class SimServer:
                 "kv_capacity_tokens": engine.kv_capacity,
                 "finished": finished,
                 "client_aborted": engine.aborted,
+                "connections_opened": self.connections_opened,
             },
             "faults": {
                 **engine.faults.counts,
