@@ -92,3 +92,5 @@ class LiveProgress:
         if self._live is not None:
             self._live.__exit__(exc_type, exc, tb)
             self._live = None
+            if not self.console.is_terminal:
+                self.console.line()  # end the status line before the summary
