@@ -37,7 +37,7 @@ class SelectionPlan:
     """A selection rule for one (p, q) instance and its induced proposal.
 
     support: (s,) token ids whose tuples are optimised; keys: (C,) sorted class keys;
-    beta: (C, V) selection probabilities over tokens per class. Tuples outside the optimised
+    beta: (C, s) selection probabilities over the support tokens per class. Tuples outside the optimised
     classes use the IS rule. p_induced: (V,) the induced proposal of the whole rule.
     """
 
@@ -59,13 +59,17 @@ class SelectionPlan:
         """sum_y min(p(y), p_I(y)): probability that the selected draft is kept."""
         return float(torch.minimum(self.p, self.p_induced).sum())
 
+    def ranks(self, drafts: torch.Tensor) -> torch.Tensor:
+        """Position of each draft token in `support`, or -1 outside it."""
+        s = self.support.shape[0]
+        rank = torch.full((self.p.shape[0],), -1, dtype=torch.long, device=drafts.device)
+        rank[self.support.to(drafts.device)] = torch.arange(s, device=drafts.device)
+        return rank[drafts.to(torch.long)]
+
     def class_keys(self, drafts: torch.Tensor) -> torch.Tensor:
         """(N, K) drafts -> (N,) class key, or -1 when a draft lies outside `support`."""
-        v = self.p.shape[0]
         s = self.support.shape[0]
-        rank = torch.full((v,), -1, dtype=torch.long, device=drafts.device)
-        rank[self.support.to(drafts.device)] = torch.arange(s, device=drafts.device)
-        r = rank[drafts.to(torch.long)]
+        r = self.ranks(drafts)
         if self.iid:
             r = r.sort(dim=1).values
         base = s ** torch.arange(self.k, device=drafts.device)
@@ -86,7 +90,7 @@ class SelectionPlan:
         key = self.class_keys(d)
         pos = torch.searchsorted(keys, key).clamp(max=keys.shape[0] - 1)
         found = (key >= 0) & (keys[pos] == key)
-        tok_prob = self.beta.to(d.device)[pos].gather(1, d)  # beta of each draft's token
+        tok_prob = self.beta.to(d.device)[pos].gather(1, self.ranks(d).clamp_min(0))
         count = (d.unsqueeze(2) == d.unsqueeze(1)).sum(2)  # copies of each draft's token
         lp = tok_prob / count
         return torch.where(found.unsqueeze(1), lp, fallback)
@@ -118,14 +122,27 @@ def _is_beta(cls: tuple[int, ...], p: np.ndarray, q: np.ndarray, iid: bool) -> d
     return out
 
 
-def build_plan(p: torch.Tensor, q: torch.Tensor, k: int, support: list[int]) -> SelectionPlan:
-    """Solve the selection LP over tuples of `support` tokens; IS weights elsewhere."""
+def build_plan(
+    p: torch.Tensor,
+    q: torch.Tensor,
+    k: int,
+    support: list[int],
+    is_proposal: torch.Tensor | None = None,
+) -> SelectionPlan:
+    """Solve the selection LP over tuples of `support` tokens; IS weights elsewhere.
+
+    `is_proposal` (V,) is the IS rule's p_I when the caller already has it (saves the
+    quadrature over a large vocabulary).
+    """
     iid = q.dim() == 1
     v = p.shape[0]
     p_np = p.detach().to(torch.float64).cpu().numpy()
     q_np = q.detach().to(torch.float64).cpu().numpy()
-    q2 = q.unsqueeze(0) if iid else q.unsqueeze(0)
-    is_pi = is_induced_proposal(p.unsqueeze(0).to(torch.float64), q2.to(torch.float64), k)[0]
+    if is_proposal is None:
+        p64, q64 = p.unsqueeze(0).to(torch.float64), q.unsqueeze(0).to(torch.float64)
+        is_pi = is_induced_proposal(p64, q64, k)[0]
+    else:
+        is_pi = is_proposal.detach().to(torch.float64)
     fixed = is_pi.cpu().numpy().copy()
     full = len(support) == v
     classes = []
@@ -151,9 +168,9 @@ def build_plan(p: torch.Tensor, q: torch.Tensor, k: int, support: list[int]) -> 
             p_ind[t] += prob * a
         ranks = [rank[t] for t in cls] if not iid else sorted(rank[t] for t in cls)
         keys.append(sum(r * s**i for i, r in enumerate(ranks)))
-        row = np.zeros(v)
+        row = np.zeros(s)
         for t, a in b.items():
-            row[t] = a
+            row[rank[t]] = a
         rows.append(row)
     if not full:
         outside = np.ones(v, dtype=bool)
@@ -167,7 +184,7 @@ def build_plan(p: torch.Tensor, q: torch.Tensor, k: int, support: list[int]) -> 
         k=k,
         support=torch.tensor(support, dtype=torch.long, device=dev),
         keys=torch.tensor(np.asarray(keys, dtype=np.int64)[order], dtype=torch.long, device=dev),
-        beta=torch.tensor(np.asarray(rows).reshape(-1, v)[order], dtype=dt, device=dev),
+        beta=torch.tensor(np.asarray(rows).reshape(-1, s)[order], dtype=dt, device=dev),
         p_induced=torch.tensor(p_ind, dtype=dt, device=dev),
     )
 
@@ -236,14 +253,20 @@ def optimal_plan(p: torch.Tensor, q: torch.Tensor, k: int) -> SelectionPlan:
     return build_plan(p, q, k, list(range(p.shape[0])))
 
 
-def truncated_plan(p: torch.Tensor, q: torch.Tensor, k: int, s: int) -> SelectionPlan:
+def truncated_plan(
+    p: torch.Tensor,
+    q: torch.Tensor,
+    k: int,
+    s: int,
+    is_proposal: torch.Tensor | None = None,
+) -> SelectionPlan:
     """LP over tuples of the top-s tokens of q (mean of q_k for distinct drafters); IS elsewhere."""
     _check_instance(p, q, k)
     if not 1 <= s <= p.shape[0]:
         raise InvalidRequestError(f"s must be in [1, V={p.shape[0]}]; got {s}.", param="s")
     score = q if q.dim() == 1 else q.mean(0)
     top = torch.topk(score, s).indices.sort().values.tolist()
-    return build_plan(p, q, k, top)
+    return build_plan(p, q, k, top, is_proposal)
 
 
 def lp_verify(
