@@ -68,8 +68,21 @@ def test_diagnose_end_to_end_writes_table_json_and_chart(
 ) -> None:
     script = write_script(tmp_path, arrays)
     out_json, chart = tmp_path / "report.json", tmp_path / "variants.png"
-    code = main(["dataloader", "diagnose", str(script), "--steps", "6", "--rounds", "1",
-                 "--json", str(out_json), "--chart", str(chart)])  # fmt: skip
+    code = main(
+        [
+            "dataloader",
+            "diagnose",
+            str(script),
+            "--steps",
+            "6",
+            "--rounds",
+            "1",
+            "--json",
+            str(out_json),
+            "--chart",
+            str(chart),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     for word in ("baseline", "no_augmentation", "synthetic_read", "synthetic_decode"):
@@ -89,8 +102,24 @@ def test_num_workers_and_batch_size_override(
 ) -> None:
     script = write_script(tmp_path, arrays, delay=0)
     out_json = tmp_path / "r.json"
-    code = main(["dataloader", "diagnose", str(script), "--num-workers", "0", "--batch-size", "2",
-                 "--steps", "3", "--rounds", "1", "--no-chart", "--json", str(out_json)])  # fmt: skip
+    code = main(
+        [
+            "dataloader",
+            "diagnose",
+            str(script),
+            "--num-workers",
+            "0",
+            "--batch-size",
+            "2",
+            "--steps",
+            "3",
+            "--rounds",
+            "1",
+            "--no-chart",
+            "--json",
+            str(out_json),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     report = json.loads(out_json.read_text())
     assert report["loader"]["num_workers"] == 0 and report["loader"]["batch_size"] == 2
@@ -163,8 +192,11 @@ def test_ctrl_c_stops_the_run_and_its_workers(tmp_path: Path, arrays: Path) -> N
     script = write_script(tmp_path, arrays, delay=0.05)
     proc = subprocess.Popen(
         [deploylab_exe(), "dataloader", "diagnose", str(script), "--steps", "100000", "--no-chart"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         parent = psutil.Process(proc.pid)
         deadline = time.monotonic() + 90
@@ -191,8 +223,23 @@ def test_sweep_workers_marks_the_knee(
 ) -> None:
     script = write_script(tmp_path, arrays, delay=0.01)
     out_json, chart = tmp_path / "sweep.json", tmp_path / "sweep.png"
-    code = main(["dataloader", "sweep-workers", str(script), "--workers", "0,1,4", "--steps", "5",
-                 "--rounds", "1", "--json", str(out_json), "--chart", str(chart)])  # fmt: skip
+    code = main(
+        [
+            "dataloader",
+            "sweep-workers",
+            str(script),
+            "--workers",
+            "0,1,4",
+            "--steps",
+            "5",
+            "--rounds",
+            "1",
+            "--json",
+            str(out_json),
+            "--chart",
+            str(chart),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "<- knee" in out and "Knee: num_workers=" in out

@@ -59,11 +59,13 @@ def write_sweep_chart(chart: BarChart, path: Path) -> Path:
             knee = int(chart.marked)
             y = ys[xs.index(knee)]
             ax.plot([knee], [y], marker="o", markersize=14, fillstyle="none", color="#c44e52")
+            at_right = knee == max(xs)  # keep the label inside the axes
             ax.annotate(
                 f"knee: num_workers={knee}",
                 (knee, y),
                 textcoords="offset points",
-                xytext=(10, -18),
+                xytext=(-10 if at_right else 10, -18),
+                ha="right" if at_right else "left",
                 color="#c44e52",
             )
         ax.set_xticks(xs)
