@@ -17,6 +17,7 @@ from deploylab.cli import armt as armt_cli
 from deploylab.cli import dataloader as dataloader_cli
 from deploylab.cli import loadtest as loadtest_cli
 from deploylab.cli import models
+from deploylab.cli import report as report_cli
 from deploylab.cli import serve as serve_cli
 from deploylab.cli import sim as sim_cli
 from deploylab.errors import DeploylabError
@@ -39,6 +40,7 @@ app.add_typer(
     name="loadtest",
     help="Load-test an OpenAI-compatible endpoint with a business scenario.",
 )
+app.add_typer(report_cli.app, name="report", help="Render, compare and gate load-test reports.")
 app.command("serve", help="Serve a model over an OpenAI-compatible HTTP API.")(serve_cli.serve)
 app.add_typer(
     dataloader_cli.app,

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from deploylab.cli.loadtest_sweep import sweep as sweep_command
+from deploylab.cli.report import write_run_report
 from deploylab.errors import DeploylabError, UsageError
 
 app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
@@ -51,6 +53,9 @@ def loadtest(
     serve_timeout: float = typer.Option(
         300.0, help="Seconds to wait for the local `deploylab serve` to become healthy."
     ),
+    scrape_interval: float = typer.Option(
+        1.0, "--scrape-interval", help="Seconds between scrapes of the target's /metrics; 0: off."
+    ),
 ) -> None:
     """Load-test an OpenAI-compatible endpoint with a business scenario.
 
@@ -59,6 +64,8 @@ def loadtest(
     """
     if ctx.invoked_subcommand is not None:
         return
+    if scrape_interval < 0:
+        raise UsageError(f"--scrape-interval {scrape_interval:g} must be 0 (off) or positive.")
     from deploylab.loadtest.library import builtin_names
 
     if scenario is None:
@@ -100,6 +107,7 @@ def loadtest(
         },
         show_progress=progress,
         serve_timeout=serve_timeout,
+        scrape_interval=scrape_interval,
     )
 
 
@@ -111,6 +119,7 @@ def _run(
     prepare: dict[str, Any],
     show_progress: bool,
     serve_timeout: float,
+    scrape_interval: float = 1.0,
 ) -> None:
     from deploylab.catalog import DEFAULT_MODEL
     from deploylab.loadtest.config import resolve_load
@@ -143,14 +152,15 @@ def _run(
         console.print(f"Target {prepared.base_url}, load: {_describe_load(load)}", highlight=False)
         if show_progress:
             with LiveProgress(console, load.duration_s, load.requests) as live:
-                results = execute(prepared, load, live.update)
+                results = execute(prepared, load, live.update, scrape_interval or None)
         else:
-            results = execute(prepared, load)
+            results = execute(prepared, load, scrape_interval_s=scrape_interval or None)
     finally:
         if server is not None:
             server.stop()
     path = results.save(out)
     print_summary(results, path)
+    write_run_report(results, out)
     if results.interrupted:
         raise typer.Exit(130)
     if results.summary.requests_completed == 0 and results.summary.requests_failed > 0:
@@ -237,3 +247,6 @@ def list_scenarios() -> None:
         slos = ", ".join(f"{m} {b.label}<={b.max_ms:g}" for m, b in sc.slo.bounds().items())
         table.add_row(name, sc.workload.kind, sc.bottleneck, shape, slos)
     Console(width=200).print(table)
+
+
+app.command("sweep")(sweep_command)

@@ -13,7 +13,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deploylab.errors import ConfigError
+from deploylab.loadtest.capacity import Capacity
 from deploylab.loadtest.config import LoadConfig
+from deploylab.loadtest.scrape import ServerMetrics
 
 RESULTS_SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
@@ -158,8 +160,8 @@ class Results(_Model):
     interrupted: bool = False
     summary: Summary
     requests: list[RequestRecord]
-    server_metrics: Any = None  # Prometheus time series of the target (issue: reports)
-    capacity: Any = None  # capacity search result (issue: reports)
+    server_metrics: ServerMetrics | None = None  # the target's Prometheus series (scrape.py)
+    capacity: Capacity | None = None  # capacity search result (sweep.py)
 
     def save(self, out_dir: Path) -> Path:
         """Write `out_dir/results.json` (creating the folder); return its path."""

@@ -34,6 +34,7 @@ from deploylab.loadtest.records import (
     to_record,
 )
 from deploylab.loadtest.results import Results, RunConfig, ScenarioInfo, TargetInfo
+from deploylab.loadtest.scrape import Scraper
 from deploylab.loadtest.stats import summarize
 from deploylab.loadtest.target import (
     endpoint_url,
@@ -160,8 +161,14 @@ def _run_in_process(
     return raws, int(state["start_ns"]), bool(state["interrupted"])
 
 
-def execute(prepared: PreparedRun, load: LoadConfig, progress: ProgressFn | None = None) -> Results:
-    """Run one load against the prepared target and return the results (not saved)."""
+def execute(
+    prepared: PreparedRun,
+    load: LoadConfig,
+    progress: ProgressFn | None = None,
+    scrape_interval_s: float | None = None,
+) -> Results:
+    """Run one load against the prepared target and return the results (not saved).
+    With `scrape_interval_s`, the target's /metrics is scraped meanwhile (`server_metrics`)."""
     scenario = prepared.loaded.scenario
     generator = make_generator(scenario, prepared.words, load.seed, prepared.trace)
     tasks = worker_tasks(
@@ -175,11 +182,18 @@ def execute(prepared: PreparedRun, load: LoadConfig, progress: ProgressFn | None
         keep_text=prepared.tokenizer is not None,
         turn_classes="turn" in scenario.class_keys(),
     )
+    scraper = Scraper(prepared.base_url, scrape_interval_s) if scrape_interval_s else None
+    if scraper is not None:
+        scraper.start()
     started_at = datetime.now(UTC)
-    if len(tasks) == 1:
-        raws, start_ns, interrupted = _run_in_process(tasks[0], progress)
-    else:
-        raws, start_ns, interrupted = run_processes(tasks, progress)
+    try:
+        if len(tasks) == 1:
+            raws, start_ns, interrupted = _run_in_process(tasks[0], progress)
+        else:
+            raws, start_ns, interrupted = run_processes(tasks, progress)
+    finally:
+        if scraper is not None:
+            scraper.stop()
     finished_at = datetime.now(UTC)
     raws.sort(key=lambda r: (r.scheduled_ns, r.index, r.turn))
     window = measurement_window(raws, start_ns, load)
@@ -213,6 +227,7 @@ def execute(prepared: PreparedRun, load: LoadConfig, progress: ProgressFn | None
         interrupted=interrupted,
         summary=summary,
         requests=records,
+        server_metrics=None if scraper is None else scraper.result(start_ns),
     )
 
 
