@@ -35,14 +35,12 @@ itl: {base_ms: 0}
 prefix_cache: {enabled: false}
 engine: {kv_capacity_tokens: 100000000, max_running: 100000}
 """
-TRUTH_SIM = ZERO_SIM.replace("base_ms: 0}\nitl: {base_ms: 0}", "base_ms: 50}\nitl: {base_ms: 10}")
 LONG_SIM = """
 ttft: {base_ms: 100, per_prompt_token_ms: 0.001}
 itl: {base_ms: 5}
 prefix_cache: {enabled: false}
 engine: {kv_capacity_tokens: 100000000, max_model_len: 400000}
 """
-TTFT_TRUTH_MS, ITL_TRUTH_MS = 50.0, 10.0
 LATENESS_LIMIT_MS = 5.0
 
 
@@ -87,9 +85,11 @@ def _refine(
     return {"max_sustained_rps": best, "steps": sorted(rows, key=lambda r: r["offered_rps"])}
 
 
-def accuracy_row(m: Measured, sim_stats: dict[str, Any] | None) -> dict[str, Any]:
-    ttft_err = [t - TTFT_TRUTH_MS for t in m.ttft_ms]
-    itl_err = [t - ITL_TRUTH_MS for t in m.mean_itl_ms]
+def accuracy_row(
+    m: Measured, sim_stats: dict[str, Any] | None, ttft_ms: float, itl_ms: float
+) -> dict[str, Any]:
+    ttft_err = [t - ttft_ms for t in m.ttft_ms]
+    itl_err = [t - itl_ms for t in m.mean_itl_ms]
     row: dict[str, Any] = {
         "tool": m.tool,
         "streams": int(m.offered),
@@ -101,7 +101,7 @@ def accuracy_row(m: Measured, sim_stats: dict[str, Any] | None) -> dict[str, Any
         "itl_err_p99_ms": round(pct(itl_err, 99), 3),
     }
     if m.chunk_gap_ms:
-        gaps = [g - ITL_TRUTH_MS for g in m.chunk_gap_ms]
+        gaps = [g - itl_ms for g in m.chunk_gap_ms]
         row["chunk_gap_err_p50_ms"] = round(pct(gaps, 50), 3)
         row["chunk_gap_err_p99_ms"] = round(pct(gaps, 99), 3)
     if sim_stats is not None:
@@ -172,27 +172,38 @@ def phase_rates(args: argparse.Namespace, work: Path, glm: GuideLLM | None) -> d
 
 def phase_accuracy(args: argparse.Namespace, work: Path, glm: GuideLLM | None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
-    with SimProcess(TRUTH_SIM, work) as sim:
-        ours = Ours(sim.url, work, 64, 32)
+    truth = ZERO_SIM.replace(
+        "ttft: {base_ms: 0}\nitl: {base_ms: 0}",
+        f"ttft: {{base_ms: {args.ttft_ms}}}\nitl: {{base_ms: {args.itl_ms}}}",
+    )
+    with SimProcess(truth, work) as sim:
+        ours = Ours(sim.url, work, 64, args.output_tokens)
         for streams in args.streams:
             sim.reset_stats()
             load = LoadConfig(
                 concurrency=streams, duration_s=args.accuracy_duration, warmup_s=2.0, cooldown_s=1.0
             )
-            rows.append(accuracy_row(ours.run(load, str(streams)), sim.stats()))
+            measured = ours.run(load, str(streams))
+            rows.append(accuracy_row(measured, sim.stats(), args.ttft_ms, args.itl_ms))
             print(f"  deploylab, {streams} streams: {rows[-1]}", flush=True)
         if glm is not None:
             sim.reset_stats()
             benches = glm.run(
                 sim.url, {"kind": "concurrent", "streams": list(args.streams)},
-                [{"profile.streams": s} for s in args.streams], 64, 32,
+                [{"profile.streams": s} for s in args.streams], 64, args.output_tokens,
                 {"kind": "max_duration", "seconds": args.accuracy_duration},
             )  # fmt: skip
             stats = sim.stats()  # one account over GuideLLM's three loads
             for bench, streams in zip(benches, args.streams, strict=True):
-                rows.append(accuracy_row(GuideLLM.measured(bench, str(streams), 2.0, 1.0), stats))
+                measured = GuideLLM.measured(bench, str(streams), 2.0, 1.0)
+                rows.append(accuracy_row(measured, stats, args.ttft_ms, args.itl_ms))
                 print(f"  GuideLLM, {streams} streams: {rows[-1]}", flush=True)
-    return {"truth": {"ttft_ms": TTFT_TRUTH_MS, "itl_ms": ITL_TRUTH_MS}, "rows": rows}
+    truth_info = {
+        "ttft_ms": args.ttft_ms,
+        "itl_ms": args.itl_ms,
+        "output_tokens": args.output_tokens,
+    }
+    return {"truth": truth_info, "rows": rows}
 
 
 def phase_long(args: argparse.Namespace, work: Path, glm: GuideLLM | None) -> dict[str, Any]:
@@ -206,7 +217,7 @@ def phase_long(args: argparse.Namespace, work: Path, glm: GuideLLM | None) -> di
                 sim.url, {"kind": "synchronous"}, [], 65536, 1024,
                 {"kind": "max_requests", "count": 3},
             )  # fmt: skip
-            rows.append(long_row(GuideLLM.measured(benches[0], "1", 0.0, 0.0)))
+            rows.append(long_row(GuideLLM.measured(benches[0], "1", None)))
             print(f"  GuideLLM: {rows[-1]}", flush=True)
     return {
         "sim": "TTFT 100 ms + 0.001 ms per prompt token (the sim's count), ITL 5 ms",
@@ -222,7 +233,11 @@ def print_tables(result: dict[str, Any]) -> None:
         at = next((s for s in value["steps"] if s["offered_rps"] == best), None)
         p99 = f"{at['lateness_p99_ms']:.2f}" if at else "-"
         print(f"  {key:<22} {best:>8.0f}   (p99 lateness there {p99} ms)")
-    print("\n(b) measurement error vs the sim's truth (TTFT 50 ms, ITL 10 ms), ms")
+    truth = result["accuracy"]["truth"]
+    print(
+        f"\n(b) measurement error vs the sim's truth (TTFT {truth['ttft_ms']} ms, "
+        f"ITL {truth['itl_ms']} ms, {truth['output_tokens']} tokens), ms"
+    )
     head = (
         f"  {'tool':<10}{'streams':>8}{'done':>8}{'TTFT p50':>10}{'TTFT p99':>10}"
         f"{'ITL p50':>9}{'ITL p99':>9}{'sim late p50/p99 us':>22}"
@@ -260,6 +275,10 @@ def main() -> None:
         help="GUIDELLM__MAX_WORKER_PROCESSES (default: its own)",
     )
     parser.add_argument("--skip-guidellm", action="store_true")
+    parser.add_argument("--ttft-ms", type=float, default=50.0, help="(b): the sim's TTFT")
+    parser.add_argument("--itl-ms", type=float, default=10.0, help="(b): the sim's ITL")
+    parser.add_argument("--output-tokens", type=int, default=32, help="(b): answer length")
+    parser.add_argument("--streams", default="1,64,512", help="(b): concurrency levels")
     parser.add_argument("--quick", action="store_true", help="shorter loads, for a smoke run")
     parser.add_argument("--phases", default="rates,accuracy,long")
     parser.add_argument(
@@ -270,7 +289,7 @@ def main() -> None:
     args.accuracy_duration = 6.0 if args.quick else 12.0
     args.ladder = [250.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0, 6000.0]
     args.guidellm_ladder = [50.0, 100.0, 200.0, 400.0, 800.0]
-    args.streams = [1, 64, 512]
+    args.streams = [int(s) for s in args.streams.split(",")]
     glm = None
     if not args.skip_guidellm:
         if not args.guidellm.is_file():

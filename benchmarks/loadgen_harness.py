@@ -10,6 +10,7 @@ records.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -186,11 +187,16 @@ class GuideLLM:
         return list(json.loads(out.read_text())["benchmarks"])
 
     @staticmethod
-    def measured(bench: dict[str, Any], label: str, warmup_s: float, cooldown_s: float) -> Measured:
-        """Our per-request numbers from one GuideLLM benchmark's request records."""
+    def measured(
+        bench: dict[str, Any], label: str, warmup_s: float | None, cooldown_s: float = 0.0
+    ) -> Measured:
+        """Our per-request numbers from one GuideLLM benchmark's request records (those
+        targeted inside the window; every request when warmup_s is None)."""
         start, end = bench["start_time"], bench["end_time"]
-        lo, hi = start + warmup_s, end - cooldown_s
-        out = Measured("guidellm", label, hi - lo)
+        lo, hi = start + (warmup_s or 0.0), end - cooldown_s
+        if warmup_s is None:
+            lo, hi = -math.inf, math.inf
+        out = Measured("guidellm", label, min(hi, end) - max(lo, start))
         groups = bench["requests"]
         for status in ("successful", "errored", "incomplete"):
             for req in groups.get(status) or []:
