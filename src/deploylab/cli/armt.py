@@ -184,7 +184,7 @@ def run(
     grouped_backend: str = _BACKEND,
     seed: int = typer.Option(0, "--seed", help="Seed of the fresh memory parameters."),
 ) -> None:
-    """Read a long text with an ARMT built on a Llama checkpoint (fresh memory parameters):
+    """Read a long text with an ARMT on a Llama checkpoint (fresh memory parameters) and show
     segments, steps, time, perplexity and the predicted next token."""
     from deploylab.armt.model import load_armt
     from deploylab.armt.options import resolve_device, resolve_dtype
