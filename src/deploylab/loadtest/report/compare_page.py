@@ -61,7 +61,7 @@ def _change(delta: Delta, i: int) -> Cell:
     change, verdict = delta.changes[i], delta.verdicts[i]
     if change is None:
         return ("-", "na")
-    text = "±∞" if math.isinf(change) else f"{100 * change:+.1f} %"
+    text = ("+∞" if change > 0 else "-∞") if math.isinf(change) else f"{100 * change:+.1f} %"
     return (text, verdict)
 
 

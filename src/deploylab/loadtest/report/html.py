@@ -30,7 +30,8 @@ td.pass, span.pass { color: var(--ok); font-weight: 600; }
 td.fail, span.fail { color: var(--bad); font-weight: 600; }
 td.na { color: var(--unknown); }
 td.better { color: var(--ok); } td.worse { color: var(--bad); }
-table.kv td { text-align: left; } table.kv td:first-child { color: var(--muted); }
+table.kv td, table.errors td:last-child { text-align: left; }
+table.kv td:first-child { color: var(--muted); }
 .cards { display: flex; flex-wrap: wrap; gap: 10px; margin: 8px 0; }
 .card { border: 1px solid var(--line); border-radius: 8px; padding: 8px 14px; min-width: 150px; }
 .card b { display: block; font-size: 1.3rem; }
