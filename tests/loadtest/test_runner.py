@@ -245,3 +245,9 @@ def test_results_file_has_the_documented_fields(stub: Any, tmp_path: Path) -> No
     (tmp_path / "old.json").write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="schema_version 99"):
         load_results(tmp_path / "old.json")
+
+
+async def test_execute_works_from_inside_a_running_event_loop(stub: Any) -> None:
+    stub.configure(tokens=2)
+    res = run(stub, concurrency=1, requests=2)  # a sync call made while a loop runs here
+    assert res.summary.requests_completed == 2

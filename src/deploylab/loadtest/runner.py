@@ -130,12 +130,28 @@ def _run_in_process(
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        pass
-    else:
-        raise RuntimeError(
-            "execute()/run_load() are synchronous: call them from a thread without a running "
-            "event loop (e.g. through asyncio.to_thread)."
-        )
+        return _run_here(task, progress)
+    # this thread already runs an event loop (a caller's, or a sync API built on one): run
+    # the worker's own loop in a helper thread instead
+    result: list[tuple[list[RawRecord], int, bool]] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(_run_here(task, progress))
+        except BaseException as exc:  # re-raised in the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name="deploylab-loadtest-worker-0")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def _run_here(task: WorkerTask, progress: ProgressFn | None) -> tuple[list[RawRecord], int, bool]:
+    """Run the worker on a new event loop in this thread; Ctrl-C stops it (main thread)."""
     state: dict[str, Any] = {}
 
     async def main() -> list[RawRecord]:
