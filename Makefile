@@ -26,6 +26,16 @@ $(VENV)/.test-deps: pyproject.toml $(VENV)/.deploylab
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
+# Debian's Chromium (+ chromedriver) for the browser tests of the HTML load-test reports; never
+# a downloaded browser build. Installed only when /usr/bin/chromium is missing (CI runs as root).
+$(VENV)/.chromium: | $(BIN)/python
+	@if [ ! -x /usr/bin/chromium ]; then \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$SUDO apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium chromium-driver; \
+	fi
+	touch $@
+
 setup: $(VENV)/.deploylab
 
 setup-test: $(VENV)/.test-deps
@@ -40,7 +50,7 @@ lint: setup-test
 typecheck: setup-test
 	$(BIN)/mypy src/
 
-unit: setup-test
+unit: setup-test $(VENV)/.chromium
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit
