@@ -287,7 +287,7 @@ def main() -> None:
     args = parser.parse_args()
     args.rate_duration = 3.0 if args.quick else 6.0
     args.accuracy_duration = 6.0 if args.quick else 12.0
-    args.ladder = [250.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0, 6000.0]
+    args.ladder = [100.0, 250.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0, 6000.0]
     args.guidellm_ladder = [50.0, 100.0, 200.0, 400.0, 800.0]
     args.streams = [int(s) for s in args.streams.split(",")]
     glm = None

@@ -191,7 +191,9 @@ class SimEngine:
         if req.stream:
             fmt = req.fmt
             assert fmt is not None
-            if not last:
+            if k and not last:
+                req.conn.write_framed(fmt.framed_token(k))
+            elif not last:
                 req.conn.write_chunk(fmt.token(k))
             else:
                 tail = fmt.token(k, req.finish_reason)

@@ -192,6 +192,11 @@ class HttpConnection(asyncio.Protocol):
         """Write one chunk of a streamed response."""
         self._write(b"%x\r\n%b\r\n" % (len(data), data))
 
+    def write_framed(self, data: bytes) -> None:
+        """Write bytes already framed as chunks (see StreamFormat.framed_token)."""
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
     def end_stream(self, last: bytes = b"") -> None:
         """Write the final data (if any) and the terminating chunk, and finish the request."""
         if last:

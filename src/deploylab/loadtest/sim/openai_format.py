@@ -42,10 +42,11 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dic
 class StreamFormat:
     """Byte templates for one request's server-sent events."""
 
-    __slots__ = ("_head", "_first_head", "_mid", "_ids", "chat")
+    __slots__ = ("_head", "_first_head", "_mid", "_ids", "chat", "_framed")
 
     def __init__(self, request_id: str, model: str, created: int, chat: bool) -> None:
         self.chat = chat
+        self._framed: list[bytes | None] = [None] * len(WORDS)
         obj = "chat.completion.chunk" if chat else "text_completion"
         self._ids = (
             f'"id":"{request_id}","object":"{obj}","created":{created},"model":{json.dumps(model)}'
@@ -70,6 +71,15 @@ class StreamFormat:
         head = self._first_head if index == 0 else self._head
         fin = b"null" if finish_reason is None else b'"%b"' % finish_reason.encode()
         return b"%b%b%b%b}]}\n\n" % (head, _WORDS_JSON[index % len(WORDS)], self._mid, fin)
+
+    def framed_token(self, index: int) -> bytes:
+        """A middle token's event (index >= 1) framed as an HTTP chunk; cached per word."""
+        slot = index % len(WORDS)
+        data = self._framed[slot]
+        if data is None:
+            event = self.token(slot or len(WORDS))
+            data = self._framed[slot] = b"%x\r\n%b\r\n" % (len(event), event)
+        return data
 
     def usage_event(self, prompt: int, completion: int, cached: int) -> bytes:
         """The final event with empty choices and the usage (stream_options.include_usage)."""
