@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from deploylab.cli import main
 from deploylab.loadtest.local_server import free_port
 
 EXE = str(Path(sys.executable).with_name("deploylab"))
@@ -116,9 +117,15 @@ def test_missing_models_fail_fast(stub: Any, tmp_path: Path) -> None:
         (["--trace", "x.jsonl"], "--trace applies to replay scenarios"),
     ],
 )
-def test_bad_options(stub: Any, tmp_path: Path, args: list[str], message: str) -> None:
-    result = cli("-s", "chat-short", "--url", stub.url, "--out", str(tmp_path), *args)
-    assert_clean_error(result, 2, message)
+def test_bad_options(
+    stub: Any, tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # in-process (the same entry point as the console script) to keep the suite fast
+    argv = ["loadtest", "-s", "chat-short", "--url", stub.url, "--out", str(tmp_path), *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err.replace("\n", " ") and "Traceback" not in err
+    assert stub.stats()["requests"] == 0
 
 
 def test_out_is_required() -> None:
