@@ -14,17 +14,30 @@ from dataloader_planted import (
     slow_step,
 )
 
-from deploylab.dataloader import VariantName, diagnose
+from deploylab.dataloader import DiagnoseReport, VariantName, diagnose
 
 LOADER = {"batch_size": 2, "num_workers": 2}
 
 
+def rates(report: DiagnoseReport) -> str:
+    """The measured variants, for assertion messages."""
+    lines = [report.verdict.headline]
+    for v in report.variants:
+        m = v.measurement
+        if m is not None:
+            lines.append(
+                f"{v.name.value}: {v.round_rates} samples/s, cpu {m.cpu_ms_per_sample:.2f} ms/sample, "
+                f"disk {m.disk_read_bytes}, read calls {m.read_call_bytes}"
+            )
+    return "\n".join(lines)
+
+
 @pytest.mark.usefixtures("no_leftover_children")
 def test_slow_reads_that_wait_without_cpu_are_data_access(small_pngs: Path) -> None:
-    report = diagnose(SlowDiskImages(small_pngs), LOADER, steps=12)
+    report = diagnose(SlowDiskImages(small_pngs), LOADER, steps=6, min_seconds=0.3)
     assert report.adapter == "transform"
     assert all(v.status == "measured" for v in report.variants), report.variants
-    assert report.verdict.bottleneck == "data_access", report.verdict
+    assert report.verdict.bottleneck == "data_access", rates(report)
     base = report.variant(VariantName.BASELINE).measurement
     decode_only = report.variant(VariantName.SYNTHETIC_DECODE).measurement
     assert base is not None and decode_only is not None
@@ -41,9 +54,9 @@ def test_slow_reads_that_wait_without_cpu_are_data_access(small_pngs: Path) -> N
 
 @pytest.mark.usefixtures("no_leftover_children")
 def test_cpu_heavy_augmentation_is_augmentation(arrays: Path) -> None:
-    report = diagnose(heavy_augment_dataset(arrays), LOADER, steps=12)
+    report = diagnose(heavy_augment_dataset(arrays), LOADER, steps=6, min_seconds=0.3)
     assert report.adapter == "staged"
-    assert report.verdict.bottleneck == "augmentation", report.verdict
+    assert report.verdict.bottleneck == "augmentation", rates(report)
     base = report.variant(VariantName.BASELINE).measurement
     no_aug = report.variant(VariantName.NO_AUGMENTATION).measurement
     assert base is not None and no_aug is not None
@@ -57,8 +70,8 @@ def test_cpu_heavy_augmentation_is_augmentation(arrays: Path) -> None:
 
 @pytest.mark.usefixtures("no_leftover_children")
 def test_expensive_decoding_is_decoding(big_pngs: Path) -> None:
-    report = diagnose(big_png_dataset(big_pngs), LOADER, steps=16)
-    assert report.verdict.bottleneck == "decoding", report.verdict
+    report = diagnose(big_png_dataset(big_pngs), LOADER, steps=6, min_seconds=0.4)
+    assert report.verdict.bottleneck == "decoding", rates(report)
     decode_only = report.variant(VariantName.SYNTHETIC_DECODE).measurement
     replay = report.variant(VariantName.SYNTHETIC_READ).measurement
     assert decode_only is not None and replay is not None
@@ -71,9 +84,9 @@ def test_expensive_decoding_is_decoding(big_pngs: Path) -> None:
 
 @pytest.mark.usefixtures("no_leftover_children")
 def test_slow_training_step_is_not_the_dataloader(arrays: Path) -> None:
-    report = diagnose(SmallArrays(arrays), LOADER, slow_step, steps=10)
+    report = diagnose(SmallArrays(arrays), LOADER, slow_step, steps=8, min_seconds=0.3)
     assert report.adapter == "opaque"
-    assert report.verdict.bottleneck == "not_dataloader", report.verdict
+    assert report.verdict.bottleneck == "not_dataloader", rates(report)
     assert "not what slows training" in report.verdict.headline
     # Stages it can't isolate are skipped with the reason, never faked.
     skipped = {v.name for v in report.variants if v.status == "skipped"}

@@ -132,9 +132,17 @@ def _write_json(model: Any, path: Path | None, console: Console) -> None:
 @app.command("diagnose")
 def diagnose_command(
     script: Path = typer.Argument(..., help=_SCRIPT_HELP),
-    steps: int = typer.Option(30, "--steps", help="Measured steps per variant and round."),
+    steps: int = typer.Option(30, "--steps", help="Fewest measured steps per variant and round."),
+    min_seconds: float = typer.Option(
+        1.0, "--min-seconds", help="Measure each variant and round for at least this long."
+    ),
     rounds: int = typer.Option(
         2, "--rounds", help="Rounds per variant, in alternating order; the fastest is kept."
+    ),
+    max_rounds: int | None = typer.Option(
+        None,
+        "--max-rounds",
+        help="Extra rounds, up to this many, while the best is unconfirmed (default rounds+2).",
     ),
     warmup: int | None = typer.Option(
         None, "--warmup", help="Warm-up steps per variant (default: workers x prefetch + 1)."
@@ -162,7 +170,9 @@ def diagnose_command(
             pipeline.loader_kwargs,
             pipeline.step,
             steps=steps,
+            min_seconds=min_seconds,
             rounds=rounds,
+            max_rounds=max_rounds,
             warmup=warmup,
             chart_path=None if no_chart else chart,
         )
@@ -212,9 +222,17 @@ def sweep_command(
     workers: str | None = typer.Option(
         None, "--workers", help="Comma-separated num_workers values (default 0,1,2,4.. 2x cores)."
     ),
-    steps: int = typer.Option(30, "--steps", help="Measured steps per point and round."),
+    steps: int = typer.Option(30, "--steps", help="Fewest measured steps per point and round."),
+    min_seconds: float = typer.Option(
+        1.0, "--min-seconds", help="Measure each point and round for at least this long."
+    ),
     rounds: int = typer.Option(
         2, "--rounds", help="Rounds per point, in alternating order; the fastest is kept."
+    ),
+    max_rounds: int | None = typer.Option(
+        None,
+        "--max-rounds",
+        help="Extra rounds, up to this many, while the best is unconfirmed (default rounds+2).",
     ),
     warmup: int | None = typer.Option(None, "--warmup", help="Warm-up steps per point."),
     batch_size: int | None = typer.Option(
@@ -239,7 +257,9 @@ def sweep_command(
             pipeline.step,
             workers=counts,
             steps=steps,
+            min_seconds=min_seconds,
             rounds=rounds,
+            max_rounds=max_rounds,
             warmup=warmup,
             chart_path=None if no_chart else chart,
         )

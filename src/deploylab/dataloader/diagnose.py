@@ -87,8 +87,10 @@ def settings_of(kwargs: Mapping[str, Any]) -> LoaderSettings:
     )
 
 
-def check_counts(steps: int, rounds: int, warmup: int | None) -> None:
-    """Refuse step, round and warm-up counts that can't give a measurement."""
+def check_counts(steps: int, rounds: int, warmup: int | None, min_seconds: float = 0) -> None:
+    """Refuse step, round, warm-up and time settings that can't give a measurement."""
+    if min_seconds < 0:
+        raise UsageError(f"min_seconds must be 0 or more (got {min_seconds}).")
     if steps < 1:
         raise UsageError(f"steps must be at least 1 (got {steps}).")
     if rounds < 1:
@@ -97,24 +99,48 @@ def check_counts(steps: int, rounds: int, warmup: int | None) -> None:
         raise UsageError(f"warmup must be 0 or more (got {warmup}).")
 
 
+STEADY_TOLERANCE = 0.2  # a variant's best round must be matched within 20% by another
+
+
+def _steady(rates: Sequence[float], tolerance: float = STEADY_TOLERANCE) -> bool:
+    """Whether the best rate is confirmed by a second round within `tolerance`."""
+    if len(rates) < 2:
+        return False
+    best, second = sorted(rates, reverse=True)[:2]
+    return second >= (1.0 - tolerance) * best
+
+
 def best_of_rounds(
-    runs: Sequence[Callable[[], Measurement]], rounds: int
-) -> list[tuple[Measurement, list[float]]]:
-    """Run each of `runs` `rounds` times, in alternating order (ABCD, DCBA, ...), and keep each
-    one's fastest round with the rates of all rounds.
+    runs: Sequence[Callable[[], Measurement]], rounds: int, max_rounds: int | None = None
+) -> list[tuple[Measurement, list[float], bool]]:
+    """Run each of `runs` `rounds` times in alternating order (ABCD, DCBA, ...); while a run's
+    best rate is not matched within 20% by another round, run it again, up to `max_rounds`
+    (default `rounds + 2`; with one round there is nothing to confirm). Returns each run's
+    fastest measurement, the rates of all its rounds, and whether its best was confirmed.
 
     Other load on the machine only ever slows a run down, so the fastest round is the best
-    estimate of the undisturbed rate; alternating the order cancels slow drifts.
+    estimate of the undisturbed rate; asking a second round to confirm it guards against
+    a lucky one, and alternating the order cancels slow drifts.
     """
+    if max_rounds is None:
+        max_rounds = rounds + 2 if rounds >= 2 else rounds
+    max_rounds = max(rounds, max_rounds)
     done: list[list[Measurement]] = [[] for _ in runs]
-    for r in range(rounds):
-        order = range(len(runs)) if r % 2 == 0 else reversed(range(len(runs)))
-        for i in order:
+    for r in range(max_rounds):
+        pending = [
+            i
+            for i in range(len(runs))
+            if r < rounds or not _steady([m.samples_per_s for m in done[i]])
+        ]
+        if not pending:
+            break
+        for i in pending if r % 2 == 0 else reversed(pending):
             done[i].append(runs[i]())
     out = []
     for measured in done:
+        rates = [m.samples_per_s for m in measured]
         best = max(measured, key=lambda m: m.samples_per_s)
-        out.append((best, [m.samples_per_s for m in measured]))
+        out.append((best, rates, _steady(rates)))
     return out
 
 
@@ -124,7 +150,9 @@ def diagnose(
     step: Step | None = None,
     *,
     steps: int = 30,
+    min_seconds: float = 1.0,
     rounds: int = 2,
+    max_rounds: int | None = None,
     warmup: int | None = None,
     cache_size: int = 16,
     chart_path: str | Path | None = None,
@@ -134,14 +162,15 @@ def diagnose(
     `dataset` is a map-style dataset (a `StagedDataset`, one with a `transform` attribute, or
     any other); `loader_kwargs` are the DataLoader keyword arguments; `step(batch)` is one
     training step (it must block until done; None times the loader alone). Each variant runs
-    `rounds` times (in alternating order; its fastest round is kept), each time `warmup`
-    steps (default: enough to start the workers and fill their queues) and then `steps`
-    measured steps. `cache_size` samples are cached for the synthetic variants. With
-    `chart_path`, a bar chart of the variants is written there as PNG.
+    `rounds` to `max_rounds` times (see `best_of_rounds`; its fastest round is kept), each
+    time `warmup` steps (default: enough to start the workers and fill their queues), then
+    at least `steps` measured steps lasting at least `min_seconds`. `cache_size` samples are
+    cached for the synthetic variants. With `chart_path`, a bar chart of the variants is
+    written there as PNG.
     """
     length = check_dataset(dataset)
     kwargs = check_loader_kwargs(loader_kwargs)
-    check_counts(steps, rounds, warmup)
+    check_counts(steps, rounds, warmup, min_seconds)
     warm = default_warmup(kwargs) if warmup is None else warmup
     ablation = plan_ablation(dataset, cache_indices(length, max(1, cache_size)))
     measurable = [plan for plan in ablation.plans if plan.dataset is not None]
@@ -152,19 +181,19 @@ def diagnose(
             what += f" ({plan.name.value} variant)"
         assert plan.dataset is not None
         data = plan.dataset
-        return lambda: measure(data, kwargs, step, steps, warm, what)
+        return lambda: measure(data, kwargs, step, steps, warm, what, min_seconds)
 
     measured = dict(
         zip(
             [plan.name for plan in measurable],
-            best_of_rounds([runner(plan) for plan in measurable], rounds),
+            best_of_rounds([runner(plan) for plan in measurable], rounds, max_rounds),
             strict=True,
         )
     )
     results: list[VariantResult] = []
     runs: dict[VariantName, Measurement | None] = {}
     for plan in ablation.plans:
-        best, rates = measured.get(plan.name, (None, []))
+        best, rates, steady = measured.get(plan.name, (None, [], False))
         results.append(
             VariantResult(
                 name=plan.name,
@@ -174,11 +203,19 @@ def diagnose(
                 note=plan.note,
                 measurement=best,
                 round_rates=rates,
+                steady=steady,
             )
         )
         runs[plan.name] = best
     env = environment()
     verdict, costs = decide(runs, facts_from(kwargs, env.cpu_count, step is not None))
+    unsteady = [r.name.value for r in results if r.measurement is not None and not r.steady]
+    if unsteady and rounds >= 2:
+        verdict.evidence.append(
+            f"Rates were unsteady between rounds for {', '.join(unsteady)} (no second round "
+            f"within {100 * STEADY_TOLERANCE:.0f}% of the best): other load on the machine "
+            "disturbed the runs; weigh the verdict with care, or rerun with more --min-seconds."
+        )
     chart = BarChart(
         title=f"{type(dataset).__name__}: samples/s per variant",
         x_label="variant",

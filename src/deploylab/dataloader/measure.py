@@ -21,6 +21,9 @@ from deploylab.errors import UsageError
 
 Step = Callable[[Any], Any]
 
+# Batches the sampler can serve: more than any run takes (runs end by steps and time).
+_ENDLESS = 2**40
+
 # Seconds a worker gets to exit after the loader is shut down, before it is killed.
 _REAP_TIMEOUT_S = 3.0
 
@@ -139,13 +142,13 @@ def measure(
     steps: int,
     warmup: int,
     what: str = "your dataset",
+    min_seconds: float = 0.0,
 ) -> Measurement:
-    """Run `warmup` then `steps` steps (next batch + `step(batch)`) and measure the latter."""
+    """Run `warmup` steps (next batch + `step(batch)`), then measure at least `steps` steps
+    and keep going until the measured steps have lasted `min_seconds`."""
     batch_size = loader_batch_size(loader_kwargs)
     by_sampler = loader_kwargs.get("batch_sampler") is not None
-    workers = int(loader_kwargs.get("num_workers", 0) or 0)
-    depth = workers * int(loader_kwargs.get("prefetch_factor", 2) or 2) + 1
-    loader = build_loader(dataset, loader_kwargs, warmup + steps + depth)
+    loader = build_loader(dataset, loader_kwargs, _ENDLESS)
     before = {p.pid for p in psutil.Process().children()}
     waits: list[float] = []
     totals: list[float] = []
@@ -155,10 +158,13 @@ def measure(
     try:
         with user_code(f"{what} (or its DataLoader settings)"), _more_workers_than_cores_is_fine():
             iterator = iter(loader)
-        for index in range(warmup + steps):
+        index = 0
+        while True:
             if index == warmup:
                 monitor.start()
                 start = time.perf_counter()
+            elif index >= warmup + steps and time.perf_counter() - start >= min_seconds:
+                break
             t0 = time.perf_counter()
             with user_code(what):
                 batch = next(iterator)
@@ -174,13 +180,14 @@ def measure(
                 totals.append(t2 - t0)
                 # batch_size=None turns batching off: each step is one sample.
                 samples += _batch_len(batch, 1) if by_sampler else (batch_size or 1)
+            index += 1
         elapsed = time.perf_counter() - start
         usage = monitor.stop()
     finally:
         monitor.close()
         shutdown_workers(iterator, before)
     return Measurement(
-        steps=steps,
+        steps=len(totals),
         warmup_steps=warmup,
         samples=samples,
         elapsed_s=elapsed,

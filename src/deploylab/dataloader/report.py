@@ -69,6 +69,9 @@ class VariantResult(BaseModel):
     round_rates: list[float] = Field(
         default_factory=list, description="samples/s of every round, in the order run"
     )
+    steady: bool = Field(
+        default=False, description="whether another round came within 20% of the best"
+    )
 
 
 class StageCosts(BaseModel):
@@ -167,6 +170,7 @@ class SweepPoint(BaseModel):
     num_workers: int
     measurement: Measurement = Field(description="the fastest round")
     round_rates: list[float] = Field(default_factory=list, description="samples/s per round")
+    steady: bool = Field(default=False, description="whether another round came within 20%")
 
 
 class SweepReport(BaseModel):

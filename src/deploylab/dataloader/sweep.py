@@ -46,14 +46,17 @@ def sweep_workers(
     *,
     workers: Sequence[int] | None = None,
     steps: int = 30,
+    min_seconds: float = 1.0,
     rounds: int = 2,
+    max_rounds: int | None = None,
     warmup: int | None = None,
     chart_path: str | Path | None = None,
 ) -> SweepReport:
     """Measure the pipeline as is at each `num_workers` in `workers` and find the knee.
 
-    Each count runs `rounds` times in alternating order and keeps its fastest round (see
-    `best_of_rounds`). The knee is the fewest workers reaching 90% of the best rate.
+    Each count runs like a variant of `diagnose` (`steps`, `min_seconds`, `rounds` to
+    `max_rounds`; its fastest round is kept). The knee is the fewest workers reaching 90% of
+    the best rate.
     """
     check_dataset(dataset)
     base = check_loader_kwargs(loader_kwargs)
@@ -61,7 +64,7 @@ def sweep_workers(
     counts = sorted(set(workers if workers is not None else default_worker_counts(env.cpu_count)))
     if not counts or counts[0] < 0:
         raise UsageError(f"num_workers values must be 0 or more (got {list(workers or [])}).")
-    check_counts(steps, rounds, warmup)
+    check_counts(steps, rounds, warmup, min_seconds)
 
     def runner(count: int) -> Callable[[], Measurement]:
         kwargs = {**base, "num_workers": count}
@@ -70,12 +73,12 @@ def sweep_workers(
                 kwargs.pop(key, None)
         warm = default_warmup(kwargs) if warmup is None else warmup
         what = f"your dataset (num_workers={count})"
-        return lambda: measure(dataset, kwargs, step, steps, warm, what)
+        return lambda: measure(dataset, kwargs, step, steps, warm, what, min_seconds)
 
-    measured = best_of_rounds([runner(c) for c in counts], rounds)
+    measured = best_of_rounds([runner(c) for c in counts], rounds, max_rounds)
     points = [
-        SweepPoint(num_workers=c, measurement=m, round_rates=rates)
-        for c, (m, rates) in zip(counts, measured, strict=True)
+        SweepPoint(num_workers=c, measurement=m, round_rates=rates, steady=steady)
+        for c, (m, rates, steady) in zip(counts, measured, strict=True)
     ]
     rates = [p.measurement.samples_per_s for p in points]
     best = points[rates.index(max(rates))].num_workers
