@@ -130,3 +130,20 @@ def test_http_pipelining_chunked_bodies_and_expect_continue() -> None:
             assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
             sock.sendall(body)
             assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+
+
+async def test_continuous_usage_stats_put_usage_in_every_event() -> None:
+    body = {
+        "prompt": ids(12),
+        "max_tokens": 3,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
+    with run_sim(FAST) as sim:
+        async with aiohttp.ClientSession() as s:
+            result = await send(s, sim.url, body)
+    events = [json.loads(e) for e in result.events[:-1]]
+    assert [e["usage"]["completion_tokens"] for e in events] == [1, 2, 3, 3]
+    assert all(e["usage"]["prompt_tokens"] == 12 for e in events)
+    assert events[2]["choices"][0]["finish_reason"] == "length" and events[3]["choices"] == []

@@ -27,6 +27,7 @@ class ParsedBody:
     chat: bool
     stream: bool
     include_usage: bool
+    continuous_usage: bool  # vLLM's stream_options.continuous_usage_stats: usage in every event
     max_tokens: int | None
     ignore_eos: bool
     min_tokens: int
@@ -108,6 +109,7 @@ def parse_body(raw: bytes, chat: bool) -> ParsedBody:
         chat=chat,
         stream=stream,
         include_usage=stream and _bool(options, "include_usage"),
+        continuous_usage=stream and _bool(options, "continuous_usage_stats"),
         max_tokens=max_tokens,
         ignore_eos=_bool(body, "ignore_eos"),
         min_tokens=_int(body, "min_tokens", 0) or 0,

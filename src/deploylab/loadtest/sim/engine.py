@@ -64,6 +64,7 @@ class SimRequest:
     due: float = 0.0
     timer: Entry | None = None
     stalled: bool = False
+    continuous_usage: bool = False
 
     @property
     def kv_need(self) -> int:
@@ -191,12 +192,13 @@ class SimEngine:
         if req.stream:
             fmt = req.fmt
             assert fmt is not None
-            if k and not last:
+            usage_of = (req.prompt_tokens, k + 1) if req.continuous_usage else None
+            if k and not last and usage_of is None:
                 req.conn.write_framed(fmt.framed_token(k))
             elif not last:
-                req.conn.write_chunk(fmt.token(k))
+                req.conn.write_chunk(fmt.token(k, None, usage_of))
             else:
-                tail = fmt.token(k, req.finish_reason)
+                tail = fmt.token(k, req.finish_reason, usage_of)
                 if req.include_usage:
                     tail += fmt.usage_event(req.prompt_tokens, req.sent, req.cached)
                 req.conn.end_stream(tail + DONE)

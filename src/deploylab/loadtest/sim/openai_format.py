@@ -66,11 +66,25 @@ class StreamFormat:
             self._first_head = self._head
             self._mid = b',"logprobs":null,"finish_reason":'
 
-    def token(self, index: int, finish_reason: str | None = None) -> bytes:
-        """The event carrying output token `index` (the last one names its finish reason)."""
+    def token(
+        self, index: int, finish_reason: str | None = None, usage_of: tuple[int, int] | None = None
+    ) -> bytes:
+        """The event carrying output token `index` (the last one names its finish reason).
+
+        With `usage_of=(prompt_tokens, completion_tokens)` the event also carries the usage so
+        far (vLLM's `continuous_usage_stats`)."""
         head = self._first_head if index == 0 else self._head
         fin = b"null" if finish_reason is None else b'"%b"' % finish_reason.encode()
-        return b"%b%b%b%b}]}\n\n" % (head, _WORDS_JSON[index % len(WORDS)], self._mid, fin)
+        tail = b""
+        if usage_of is not None:
+            prompt, done = usage_of
+            tail = b',"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}' % (
+                prompt,
+                done,
+                prompt + done,
+            )
+        word = _WORDS_JSON[index % len(WORDS)]
+        return b"%b%b%b%b}]%b}\n\n" % (head, word, self._mid, fin, tail)
 
     def framed_token(self, index: int) -> bytes:
         """A middle token's event (index >= 1) framed as an HTTP chunk; cached per word."""

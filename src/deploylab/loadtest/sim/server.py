@@ -169,6 +169,7 @@ class SimServer:
             prompt_tokens=prompt, blocks=blocks, output_tokens=out, finish_reason=reason,
             conn=conn, faults=plan, arrival=arrival,
             fmt=StreamFormat(rid, model, created, chat) if body.stream else None,
+            continuous_usage=body.continuous_usage,
         )  # fmt: skip
         engine.submit(sim_req)
 
