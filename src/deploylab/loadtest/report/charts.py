@@ -13,7 +13,7 @@ from typing import Any
 import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 # one colour per run or per series, readable for common colour-vision deficiencies
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
@@ -61,8 +61,23 @@ def log_scale_if_wide(ax: Axes, values: Sequence[float], axis: str = "x") -> Non
     positive = [v for v in values if v > 0]
     if len(positive) > 1 and max(positive) / min(positive) > 30:
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
-        # unlabelled minor ticks: labels on every minor tick crowd the axis (and cost time)
-        (ax.xaxis if axis == "x" else ax.yaxis).set_minor_formatter(NullFormatter())
+        # plain numbers at 1, 2, 5 x 10^k (readable ms), unlabelled minor ticks
+        which = ax.xaxis if axis == "x" else ax.yaxis
+        which.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        which.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        which.set_minor_formatter(NullFormatter())
+
+
+def legend_below(fig: Figure, ax: Axes) -> None:
+    """The axes' legend under the plot, where it hides no data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 3))
+
+
+def legend_right(ax: Axes) -> None:
+    """The legend beside the axes, outside the data area."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
 def no_data(ax: Axes, text: str = "no data") -> None:

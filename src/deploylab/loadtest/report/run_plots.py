@@ -13,6 +13,8 @@ from deploylab.loadtest.report.charts import (
     PALETTE,
     SLO_COLOR,
     figure,
+    legend_below,
+    legend_right,
     log_scale_if_wide,
     no_data,
     to_svg,
@@ -91,7 +93,7 @@ def over_time(results: Results, bins: TimeBins) -> str:
             if check is not None:
                 ax.axhline(check.limit, color=SLO_COLOR, ls=":", lw=1.4, label="SLO")
             ax.set_ylabel(f"{name} (ms, response)")
-            ax.legend(loc="upper left", ncols=3)
+            legend_right(ax)
         ax_ttft.set_title("Latency and load over time (grey: warm-up / cool-down, excluded)")
         _shade_excluded(ax_rate, window, end)
         ax_rate.plot(bins.t, bins.sent_per_s, color=PALETTE[2], label="sent")
@@ -100,7 +102,7 @@ def over_time(results: Results, bins: TimeBins) -> str:
             ax_rate.plot(bins.t, bins.failed_per_s, color=SLO_COLOR, label="failed")
         ax_rate.set_ylabel("requests/s")
         ax_rate.set_xlabel("seconds since start")
-        ax_rate.legend(loc="upper left", ncols=3)
+        legend_right(ax_rate)
         ax_rate.set_xlim(0, end)
         return to_svg(fig)
 
@@ -119,7 +121,7 @@ def tokens_over_time(results: Results, bins: TimeBins) -> str:
         ax.set_xlabel("seconds since start")
         ax.set_ylabel("tokens/s")
         ax.set_title("Output tokens/s (client side)")
-        ax.legend(loc="upper left", ncols=2)
+        legend_right(ax)
         return to_svg(fig)
 
 
@@ -139,7 +141,7 @@ def server_panels(series: dict[str, MetricSeries]) -> list[tuple[str, list[str],
         present = [k for k in keys if k in series and any(v is not None for v in series[k].values)]
         if not present:
             continue
-        with figure(5.2, 2.8) as fig:
+        with figure(5.2, 3.1) as fig:
             ax = fig.subplots()
             for i, key in enumerate(present):
                 s = series[key]
@@ -150,7 +152,7 @@ def server_panels(series: dict[str, MetricSeries]) -> list[tuple[str, list[str],
             if ylabel.startswith(("fraction", "hits")):
                 ax.set_ylim(-0.02, 1.02)
             ax.set_title(title)
-            ax.legend(loc="upper left")
+            legend_below(fig, ax)
             names = sorted({n for k in present for n in series[k].sources})
             out.append((title, names, to_svg(fig)))
     return out
@@ -160,7 +162,7 @@ def capacity_latency(capacity: Capacity, checks: Sequence[SLOCheck]) -> str:
     """p50/p99 TTFT and E2E against the offered load, with the SLO bounds and the capacity."""
     steps = sorted((s for s in capacity.steps if s.phase == "search"), key=lambda s: s.load)
     x = [s.load for s in steps]
-    with figure(5.2, 3.4) as fig:
+    with figure(5.2, 3.8) as fig:
         ax = fig.subplots()
         lines = (
             ("ttft_ms_p50", "TTFT p50", PALETTE[0], "--"),
@@ -183,7 +185,7 @@ def capacity_latency(capacity: Capacity, checks: Sequence[SLOCheck]) -> str:
         ax.set_xlabel(_load_label(capacity))
         ax.set_ylabel("ms (response time)")
         ax.set_title("Latency vs load (dotted: SLO bounds)")
-        ax.legend(loc="upper left", ncols=2)
+        legend_below(fig, ax)
         return to_svg(fig)
 
 
@@ -191,7 +193,7 @@ def capacity_goodput(capacity: Capacity) -> str:
     """Achieved throughput and goodput against the offered load."""
     steps = sorted((s for s in capacity.steps if s.phase == "search"), key=lambda s: s.load)
     x = np.array([s.load for s in steps])
-    with figure(5.2, 3.4) as fig:
+    with figure(5.2, 3.8) as fig:
         ax = fig.subplots()
         for attr, label, color in (
             ("requests_per_s", "achieved req/s", PALETTE[2]),
@@ -205,7 +207,7 @@ def capacity_goodput(capacity: Capacity) -> str:
         ax.set_xlabel(_load_label(capacity))
         ax.set_ylabel("requests/s")
         ax.set_title("Goodput vs load")
-        ax.legend(loc="upper left")
+        legend_below(fig, ax)
         return to_svg(fig)
 
 
