@@ -40,8 +40,13 @@ setup: $(VENV)/.deploylab
 
 setup-test: $(VENV)/.test-deps
 
+# The main job: start `deploylab serve` on the default model, run the chat-short business
+# scenario against it (about two minutes on 2 cores), write results.json + report.html.
+RUN_OUT ?= out/loadtest
 run: setup
 	$(BIN)/deploylab models list
+	$(BIN)/deploylab loadtest --scenario chat-short --concurrency 2 --duration 60 \
+		--warmup 5 --cooldown 5 --seed 0 --out $(RUN_OUT)
 
 lint: setup-test
 	$(BIN)/ruff check src tests benchmarks
