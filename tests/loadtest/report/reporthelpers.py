@@ -92,14 +92,16 @@ def open_checked(context: Any, html: Path, screenshot: Path) -> Any:
 
 
 def plot_facts(page: Any) -> dict[str, dict[str, float]]:
-    """For every plot element: its rendered size, how many data lines (paths of 4 or more
-    segments; axes and grid lines have one) and how many texts it has."""
+    """For every plot element: its rendered size, how many data lines (open paths of two or
+    more segments; axis, grid and tick lines have one, frames and markers are closed) and how
+    many texts it has."""
     return page.evaluate(
         """() => Object.fromEntries([...document.querySelectorAll('figure.plot')].map(f => {
             const svg = f.querySelector('svg');
             const box = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
             const paths = svg ? [...svg.querySelectorAll('path')]
-                .filter(p => (p.getAttribute('d') || '').split('L').length > 4).length : 0;
+                .filter(p => { const d = p.getAttribute('d') || '';
+                    return !/z/i.test(d) && d.split('L').length > 2; }).length : 0;
             const texts = svg ? svg.querySelectorAll('text').length : 0;
             return [f.dataset.plot, {width: box.width, height: box.height, paths, texts}];
         }))"""

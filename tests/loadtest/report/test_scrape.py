@@ -79,10 +79,10 @@ def test_run_series_match_what_the_changing_stub_served(law: Any, tmp_path: Path
     t = np.array(series["kv_cache_usage"].t_s)
     served_s = np.array([s["ns"] for s in served]) / 1e9
     offset = served_s - t
-    assert np.ptp(offset) < 0.03, offset
+    assert np.ptp(offset) < 0.1, offset  # each sample within its request's round trip
     assert t[0] <= 0.0 < t[1]  # probed before the start
     assert t[-1] >= 2.0  # and once more after the end
-    assert float(np.median(np.diff(t))) == pytest.approx(0.2, abs=0.03)
+    assert float(np.median(np.diff(t))) == pytest.approx(0.2, abs=0.05)
 
 
 def test_sglang_target_is_scraped_under_its_names(law: Any) -> None:
