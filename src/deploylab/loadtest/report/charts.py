@@ -72,7 +72,8 @@ def legend_below(fig: Figure, ax: Axes) -> None:
     """The axes' legend under the plot, where it hides no data."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 3))
+        ncols = 3 if max(len(label) for label in labels) < 16 else 2
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), ncols))
 
 
 def legend_right(ax: Axes) -> None:

@@ -98,7 +98,7 @@ def _summary_section(results: Results) -> str:
 def _capacity_section(cap: Capacity, checks: list[SLOCheck]) -> str:
     value = "none" if cap.capacity is None else f"{cap.capacity:.4g} {cap.unit}"
     why = {
-        "slo": f"highest load that met every SLO; {num(cap.lowest_failed, 3)} missed",
+        "slo": f"highest load that met every SLO; {cap.lowest_failed or 0:.4g} missed",
         "max_load": "the SLOs held up to the highest load allowed (--max-load)",
         "max_steps": "the SLOs held at every load tried; the step budget ran out first",
         "no_passing_load": "even the lowest load tried missed the SLO",

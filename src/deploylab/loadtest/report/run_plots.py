@@ -197,7 +197,7 @@ def capacity_goodput(capacity: Capacity) -> str:
         ax = fig.subplots()
         for attr, label, color in (
             ("requests_per_s", "achieved req/s", PALETTE[2]),
-            ("goodput_rps", "goodput (req/s meeting every SLO)", PALETTE[3]),
+            ("goodput_rps", "goodput (meets every SLO)", PALETTE[3]),
         ):
             y = [math.nan if getattr(s, attr) is None else getattr(s, attr) for s in steps]
             ax.plot(x, y, color=color, marker="o", ms=4, label=label)
