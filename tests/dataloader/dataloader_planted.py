@@ -21,7 +21,7 @@ from deploylab.dataloader import StagedDataset, image_folder, read_bytes
 SLOW_READ_S = 0.02  # per sample, spent waiting (no CPU), like a slow network disk
 BLUR_ITERATIONS = 80  # about 20 ms of CPU per sample
 BIG_IMAGE_SIDE = 512  # a 512x512 noise PNG takes about 3.5 ms to decode (reading it: 0.1)
-SLOW_STEP_S = 0.04  # per training step
+SLOW_STEP_S = 0.08  # per training step
 
 
 def write_pngs(root: Path, count: int, side: int, seed: int = 0) -> list[Path]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from deploylab.dataloader.report import Measurement, VariantName
+from deploylab.dataloader.suggest import LoaderFacts
 from deploylab.dataloader.sweep import default_worker_counts, knee
-from deploylab.dataloader.verdict import LoaderFacts, decide, stage_costs
+from deploylab.dataloader.verdict import decide, stage_costs
 
 B, N, R, D = (
     VariantName.BASELINE,
@@ -22,6 +23,7 @@ def m(
     main_cpu: float = 20.0,
     wait: float = 0.5,
     cpu_wait: float | None = None,
+    cpu_ms: float | None = None,
 ) -> Measurement:
     return Measurement(
         steps=10,
@@ -35,7 +37,7 @@ def m(
         main_cpu_percent=main_cpu,
         workers_cpu_percent=workers_cpu,
         workers_cpu_wait_percent=cpu_wait,
-        cpu_ms_per_sample=(main_cpu + workers_cpu) * 10 / rate,
+        cpu_ms_per_sample=(main_cpu + workers_cpu) * 10 / rate if cpu_ms is None else cpu_ms,
         workers_seen=2,
         disk_read_bytes=5_000_000,
         read_call_bytes=9_000_000,
@@ -105,6 +107,36 @@ def test_cpu_bound_stage_suggests_workers_up_to_the_cores_only() -> None:
     verdict, _ = decide(runs, saturated)
     assert any("More workers won't help" in s for s in verdict.suggestions)
     assert any("persistent_workers=True" in s for s in verdict.suggestions)
+
+
+def test_busy_machine_names_the_stage_by_cpu_time() -> None:
+    # Wall-clock rates disturbed by other load point at reading, but decoding takes 80% of
+    # the CPU time per sample: on a busy machine the CPU time decides.
+    busy = dict(workers_cpu=40, cpu_wait=150)
+    runs = {
+        B: m(100, cpu_ms=3.0, **busy),
+        N: m(100, cpu_ms=3.0, **busy),
+        D: m(300, cpu_ms=2.8, **busy),
+        R: m(1000, cpu_ms=0.4, cpu_wait=20),
+    }
+    verdict, costs = decide(runs, FACTS)
+    assert costs is not None and costs.decode_cpu_ms == pytest.approx(2.4)
+    assert verdict.bottleneck == "decoding"
+    assert "Judged by CPU time" in verdict.headline and "80% of the CPU time" in verdict.headline
+    assert any("The machine was busy" in e and "decoding 2.40 ms" in e for e in verdict.evidence)
+    # Reads that wait cost no CPU: they are still judged by wall time.
+    waiting = {**runs, N: m(100, cpu_ms=0.9, **busy), B: m(100, cpu_ms=1.0, **busy)}
+    waiting[D] = m(900, cpu_ms=0.8, **busy)
+    verdict, _ = decide(waiting, FACTS)
+    assert verdict.bottleneck == "data_access" and "Judged by CPU" not in verdict.headline
+    # Loaders that mostly block (here 55% of their time) are judged by wall time too.
+    blocked = dict(workers_cpu=20, cpu_wait=70)
+    verdict, _ = decide({**runs, B: m(100, cpu_ms=3.0, **blocked)}, FACTS)
+    assert verdict.bottleneck == "data_access" and "Judged by CPU" not in verdict.headline
+    # On a quiet machine the wall-clock rates decide.
+    quiet = {k: v.model_copy(update={"workers_cpu_wait_percent": 5.0}) for k, v in runs.items()}
+    verdict, _ = decide(quiet, FACTS)
+    assert verdict.bottleneck == "data_access"
 
 
 def test_no_speed_up_means_not_the_dataloader_or_its_overhead() -> None:

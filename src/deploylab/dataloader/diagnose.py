@@ -24,8 +24,9 @@ from deploylab.dataloader.report import (
     VariantName,
     VariantResult,
 )
+from deploylab.dataloader.suggest import facts_from
 from deploylab.dataloader.variants import VariantPlan, cache_indices
-from deploylab.dataloader.verdict import decide, facts_from
+from deploylab.dataloader.verdict import decide
 from deploylab.errors import UsageError
 
 

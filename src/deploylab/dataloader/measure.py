@@ -197,6 +197,9 @@ def measure(
         data_wait_share=float(sum(waits) / elapsed) if elapsed > 0 else 0.0,
         main_cpu_percent=100 * usage.main_cpu_s / elapsed,
         workers_cpu_percent=100 * usage.workers_cpu_s / elapsed,
+        main_cpu_wait_percent=(
+            None if usage.main_run_wait_s is None else 100 * usage.main_run_wait_s / elapsed
+        ),
         workers_cpu_wait_percent=(
             None if usage.workers_run_wait_s is None else 100 * usage.workers_run_wait_s / elapsed
         ),

@@ -57,6 +57,7 @@ class Usage:
     """What the processes used between `ProcessMonitor.start` and `ProcessMonitor.stop`."""
 
     main_cpu_s: float
+    main_run_wait_s: float | None
     workers_cpu_s: float
     workers_run_wait_s: float | None
     workers_seen: int
@@ -126,7 +127,18 @@ class ProcessMonitor:
             chars = _add(chars, _delta(first.read_chars, last.read_chars))
             wait = None if first.run_wait_s is None else _delta_f(first.run_wait_s, last.run_wait_s)
             run_wait = None if run_wait is None or wait is None else run_wait + wait
-        return Usage(main_end.cpu_s - start.cpu_s, workers_cpu, run_wait, len(workers), disk, chars)
+        main_wait = (
+            None if start.run_wait_s is None else _delta_f(start.run_wait_s, main_end.run_wait_s)
+        )
+        return Usage(
+            main_end.cpu_s - start.cpu_s,
+            main_wait,
+            workers_cpu,
+            run_wait,
+            len(workers),
+            disk,
+            chars,
+        )
 
 
 def _delta(a: int | None, b: int | None) -> int | None:

@@ -38,6 +38,11 @@ class Measurement(BaseModel):
     data_wait_share: float = Field(description="share of the wall time spent waiting for data")
     main_cpu_percent: float = Field(description="CPU of the main process, 100 = one core")
     workers_cpu_percent: float = Field(description="CPU of all worker processes, 100 = one core")
+    main_cpu_wait_percent: float | None = Field(
+        default=None,
+        description="time the main thread was ready to run but waited for a free core "
+        "(100 = all the time); None where the OS does not report it",
+    )
     workers_cpu_wait_percent: float | None = Field(
         default=None,
         description="time the workers were ready to run but waited for a free core "
@@ -75,10 +80,11 @@ class VariantResult(BaseModel):
 
 
 class StageCosts(BaseModel):
-    """Wall time per sample each stage adds at the pipeline's parallelism (ms, None = unknown).
+    """What each stage costs per sample (ms, None = unknown), in wall time at the pipeline's
+    parallelism (from the rates) and in CPU time (from the processes' CPU counters).
 
-    Derived from the variants' rates: augment = 1 - 2, read = 2 - 4, decode = 4 - 3;
-    when variant 4 is missing, read_and_decode = 2 - 3; rest = variant 3 (step and overhead).
+    augment = 1 - 2, read = 2 - 4, decode = 4 - 3; when variant 4 is missing,
+    read_and_decode = 2 - 3; rest = variant 3 (step and overhead).
     """
 
     baseline_ms: float
@@ -90,6 +96,13 @@ class StageCosts(BaseModel):
         default=None, description="baseline - synthetic_read: all the dataset's work together"
     )
     rest_ms: float | None = Field(default=None, description="synthetic_read: step and overhead")
+    baseline_cpu_ms: float | None = Field(
+        default=None, description="CPU time per sample of the baseline (main + workers)"
+    )
+    augment_cpu_ms: float | None = Field(default=None, description="CPU per sample, 1 - 2")
+    read_cpu_ms: float | None = Field(default=None, description="CPU per sample, 2 - 4")
+    decode_cpu_ms: float | None = Field(default=None, description="CPU per sample, 4 - 3")
+    pipeline_cpu_ms: float | None = Field(default=None, description="CPU per sample, 1 - 3")
 
 
 Bottleneck = Literal[

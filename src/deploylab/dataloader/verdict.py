@@ -4,12 +4,15 @@ The time per sample of a variant, 1000 / (samples/s) ms, drops by what it remove
 augment = baseline - no_augmentation, read = no_augmentation - synthetic_decode,
 decode = synthetic_decode - synthetic_read. A stage is the bottleneck when it is the
 largest such drop and worth at least `SIGNIFICANT` of the baseline's time per sample.
+
+On a busy machine (the loading processes waited `CONTENDED` of their time or more for a free
+core) wall-clock rates swing with the other load, but CPU time per sample does not: there,
+unless the loaders mostly wait (blocked on I/O or sleeps, which costs no CPU), a stage that
+takes at least half the baseline's CPU time per sample is named instead, provided it also
+costs wall time.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Any
 
 from deploylab.dataloader.report import (
     Bottleneck,
@@ -18,8 +21,11 @@ from deploylab.dataloader.report import (
     VariantName,
     Verdict,
 )
+from deploylab.dataloader.suggest import LoaderFacts, WorkerTime, suggestions, worker_time
 
 SIGNIFICANT = 0.15  # share of the baseline's time per sample a stage must cost to count
+CONTENDED = 0.3  # share of their time the loading processes waited for a core: a busy machine
+CPU_DOMINANT = 0.5  # share of the baseline's CPU per sample that names a stage when contended
 
 _STAGE_WORDS: dict[str, str] = {
     "augmentation": "Augmentations (the dataset's transforms) are the bottleneck",
@@ -28,18 +34,6 @@ _STAGE_WORDS: dict[str, str] = {
     "dataset": "The dataset's own work (reading, decoding and transforms together) is the "
     "bottleneck",
 }
-
-
-@dataclass
-class LoaderFacts:
-    """What the suggestions need to know about the loader and the machine."""
-
-    num_workers: int
-    cpu_count: int
-    prefetch_factor: int | None
-    persistent_workers: bool
-    pin_memory: bool
-    has_step: bool
 
 
 def _ms(m: Measurement | None) -> float | None:
@@ -65,7 +59,50 @@ def stage_costs(runs: dict[VariantName, Measurement | None]) -> StageCosts | Non
             costs.read_and_decode_ms = t2 - t3
     if t4 is not None and t3 is not None:
         costs.decode_ms = t4 - t3
+    c = {name: m.cpu_ms_per_sample for name, m in runs.items() if m is not None}
+    c1, c2 = c.get(VariantName.BASELINE), c.get(VariantName.NO_AUGMENTATION)
+    c3, c4 = c.get(VariantName.SYNTHETIC_READ), c.get(VariantName.SYNTHETIC_DECODE)
+    costs.baseline_cpu_ms = c1
+    costs.pipeline_cpu_ms = _minus(c1, c3)
+    costs.augment_cpu_ms = _minus(c1, c2)
+    costs.read_cpu_ms = _minus(c2, c4 if c4 is not None else c3)
+    costs.decode_cpu_ms = _minus(c4, c3)
     return costs
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def loading_time(m: Measurement, num_workers: int) -> WorkerTime | None:
+    """How the loading processes spent their time: the workers, or with num_workers=0 the
+    main process (None where the OS does not report time spent waiting for a core)."""
+    if num_workers > 0:
+        share = worker_time(m, num_workers)
+        return share if share is not None and share.starved is not None else None
+    if m.main_cpu_wait_percent is None:
+        return None
+    busy = min(1.0, m.main_cpu_percent / 100.0)
+    starved = min(1.0 - busy, m.main_cpu_wait_percent / 100.0)
+    return WorkerTime(busy, starved, max(0.0, 1.0 - busy - starved))
+
+
+def _by_cpu(stages: dict[Bottleneck, float], costs: StageCosts) -> tuple[Bottleneck, float] | None:
+    """The stage with the most CPU time per sample, if it dominates the baseline's CPU time
+    and also costs wall time."""
+    cpu: dict[Bottleneck, float | None] = {
+        "augmentation": costs.augment_cpu_ms,
+        "data_access": costs.read_cpu_ms,
+        "decoding": costs.decode_cpu_ms,
+        "dataset": costs.pipeline_cpu_ms,
+    }
+    known = {k: v for k, v in cpu.items() if k in stages and v is not None}
+    if not known or not costs.baseline_cpu_ms:
+        return None
+    kind, cpu_ms = max(known.items(), key=lambda kv: kv[1])
+    if cpu_ms < CPU_DOMINANT * costs.baseline_cpu_ms or stages[kind] <= 0:
+        return None
+    return kind, cpu_ms / costs.baseline_cpu_ms
 
 
 def _rate_line(label: str, a: Measurement, b: Measurement) -> str:
@@ -117,7 +154,22 @@ def decide(
     else:
         stages["dataset"] = costs.pipeline_ms
     kind, cost = max(stages.items(), key=lambda kv: kv[1])
-    if cost / costs.baseline_ms < SIGNIFICANT / 2:
+    share = cost / costs.baseline_ms
+    spent = loading_time(base, facts.num_workers)
+    by_cpu = None
+    if spent is not None and spent.starved is not None and spent.starved >= CONTENDED:
+        evidence.append(_contention_line(spent.starved, costs, stages))
+        # Loaders that mostly wait (on I/O, sleeps) are judged by wall time even then: their
+        # CPU time per sample is small and mostly per-second overhead.
+        if (spent.blocked or 0.0) <= CONTENDED:
+            by_cpu = _by_cpu(stages, costs)
+    if by_cpu is not None:
+        kind, share = by_cpu
+        verdict = _verdict(kind, evidence, runs, facts, _clamp(share))
+        verdict.headline = verdict.headline.replace("of the time per sample", "of the CPU time")
+        verdict.headline += " (Judged by CPU time: the machine was busy.)"
+        return verdict, costs
+    if share < SIGNIFICANT / 2:
         return Verdict(
             bottleneck="inconclusive",
             headline="Inconclusive: replaying cached samples is faster, but no single stage "
@@ -125,33 +177,40 @@ def decide(
             evidence=evidence,
             suggestions=[],
         ), costs
-    return _verdict(kind, evidence, runs, facts, _clamp(cost / costs.baseline_ms)), costs
+    return _verdict(kind, evidence, runs, facts, _clamp(share)), costs
+
+
+_CPU_LABELS: dict[str, str] = {
+    "augmentation": "augmentation",
+    "data_access": "reading",
+    "decoding": "decoding",
+    "dataset": "the dataset",
+}
+
+
+def _contention_line(starved: float, costs: StageCosts, stages: dict[Bottleneck, float]) -> str:
+    cpu = {
+        "augmentation": costs.augment_cpu_ms,
+        "data_access": costs.read_cpu_ms,
+        "decoding": costs.decode_cpu_ms,
+        "dataset": costs.pipeline_cpu_ms,
+    }
+    parts = [
+        f"{_CPU_LABELS[k]} {max(0.0, v):.2f} ms"
+        for k, v in cpu.items()
+        if k in stages and v is not None
+    ]
+    return (
+        f"The machine was busy: the loading processes waited {100 * starved:.0f}% of their time "
+        "for a free core, so the rates swing with the other load. CPU time per sample, which "
+        f"it does not change, was {costs.baseline_cpu_ms or 0:.2f} ms in the baseline; by "
+        f"stage: {', '.join(parts)}."
+    )
 
 
 def _clamp(share: float) -> float:
     """A share of the time per sample kept within [0, 1] (rates are measured with noise)."""
     return min(1.0, max(0.0, share))
-
-
-@dataclass
-class WorkerTime:
-    """How the workers spent their time: computing, waiting for a core, or blocked."""
-
-    busy: float
-    starved: float | None
-    blocked: float | None
-
-
-def worker_time(m: Measurement, num_workers: int) -> WorkerTime | None:
-    """Shares of the workers' wall time (None with num_workers=0: the main process loads)."""
-    if num_workers == 0:
-        return None
-    capacity = 100.0 * num_workers
-    busy = min(1.0, m.workers_cpu_percent / capacity)
-    if m.workers_cpu_wait_percent is None:
-        return WorkerTime(busy, None, None)
-    starved = min(1.0 - busy, m.workers_cpu_wait_percent / capacity)
-    return WorkerTime(busy, starved, max(0.0, 1.0 - busy - starved))
 
 
 def _cpu_line(m: Measurement, facts: LoaderFacts) -> str:
@@ -219,113 +278,4 @@ def _verdict(
         headline=headline,
         evidence=evidence,
         suggestions=suggestions(kind, base, facts),
-    )
-
-
-def suggestions(kind: Bottleneck, base: Measurement, facts: LoaderFacts) -> list[str]:
-    """Concrete changes worth trying for the bottleneck found."""
-    out: list[str] = []
-    workers, cores = facts.num_workers, facts.cpu_count
-    share = worker_time(base, workers)
-    busy_share = base.main_cpu_percent / 100 if share is None else share.busy
-    io_bound = busy_share < 0.3 if share is None or share.blocked is None else share.blocked > 0.5
-    if share is not None and share.starved is not None and share.starved > 0.3:
-        out.append(
-            f"The workers waited {100 * share.starved:.0f}% of their time for a free core: "
-            f"other programs compete for the {cores} cores, or there are more busy workers "
-            "than cores. Rates measured on a quieter machine will be higher."
-        )
-    if kind == "data_access":
-        if workers == 0:
-            out.append(f"Set num_workers (try {max(2, cores)}) so reads overlap with training.")
-        elif io_bound:
-            out.append(
-                f"Raise num_workers (now {workers}) past the core count ({cores}): the workers "
-                f"computed only {100 * busy_share:.0f}% of the time and mostly waited on I/O, "
-                "so more of them overlap more reads."
-            )
-        prefetch = facts.prefetch_factor or 2
-        if workers:
-            out.append(f"Raise prefetch_factor (now {prefetch}) to keep more reads in flight.")
-        out.append(
-            "Cache the data closer: local SSD/NVMe or RAM instead of network storage, or keep "
-            "the decoded dataset in memory if it fits."
-        )
-        out.append(
-            "Pack many small files into large shards read sequentially (WebDataset tar "
-            "files, LMDB, Parquet, or one memory-mapped array)."
-        )
-    if kind in ("augmentation", "decoding", "dataset"):
-        if workers < cores:
-            out.append(
-                f"Raise num_workers to the core count ({cores}; now {workers}): this stage "
-                "burns CPU, so more parallel workers help until the cores are busy."
-            )
-        else:
-            out.append(
-                f"More workers won't help: {workers} workers on {cores} cores already share "
-                "the CPU; the stage itself must get cheaper or move off the CPU."
-            )
-    if kind == "augmentation":
-        out.append(
-            "Move augmentation to the GPU on whole batches (torchvision.transforms.v2 on CUDA "
-            "tensors, Kornia, NVIDIA DALI) inside the training step."
-        )
-        out.append(
-            "Crop or resize first and run the costly transforms on the smaller image; time "
-            "each transform and drop or cheapen the slowest."
-        )
-        out.append("Precompute the deterministic transforms once and store their results.")
-    if kind == "decoding":
-        out.append(
-            "Use a faster decoder: pillow-simd, libjpeg-turbo (PyTurboJPEG, simplejpeg), "
-            "torchvision.io.decode_jpeg on the GPU, or NVIDIA DALI."
-        )
-        out.append(
-            "Store images at the resolution you train at (decoding cost grows with pixels), "
-            "or in a format that is cheaper to decode (JPEG instead of PNG, or raw uint8 "
-            "arrays in a memory-mapped file); PIL's Image.draft decodes JPEGs at reduced size."
-        )
-    if kind == "dataset":
-        out.append(
-            "Wrap the dataset in deploylab.dataloader.StagedDataset(sources, read, decode, "
-            "augment) so the next diagnosis can tell which stage is slow."
-        )
-    if kind in ("data_access", "augmentation", "decoding", "dataset") and workers:
-        if not facts.persistent_workers:
-            out.append("Set persistent_workers=True so workers are not restarted every epoch.")
-    if kind == "not_dataloader":
-        out.append(
-            "Profile the training step (torch.profiler) and check that the GPU is busy: "
-            "a larger batch, mixed precision (torch.autocast) or torch.compile may help."
-        )
-        if not facts.pin_memory:
-            out.append(
-                "If batches go to a GPU, set pin_memory=True and copy with non_blocking=True "
-                "so the host-to-device copy overlaps compute."
-            )
-        if workers and base.data_wait_share > 0.05:
-            out.append(
-                f"{100 * base.data_wait_share:.0f}% of the time still goes to waiting for data; "
-                "a higher prefetch_factor can hide it."
-            )
-    if kind == "loader_overhead":
-        out.append(
-            "Return compact tensors from the dataset (not Python lists or many small arrays) "
-            "so collation and the transfer between processes stay cheap."
-        )
-        if not facts.pin_memory:
-            out.append("If batches go to a GPU, set pin_memory=True.")
-    return out
-
-
-def facts_from(loader_kwargs: dict[str, Any], cpu_count: int, has_step: bool) -> LoaderFacts:
-    """The `LoaderFacts` of a DataLoader's keyword arguments."""
-    return LoaderFacts(
-        num_workers=int(loader_kwargs.get("num_workers", 0) or 0),
-        cpu_count=cpu_count,
-        prefetch_factor=loader_kwargs.get("prefetch_factor"),
-        persistent_workers=bool(loader_kwargs.get("persistent_workers", False)),
-        pin_memory=bool(loader_kwargs.get("pin_memory", False)),
-        has_step=has_step,
     )
