@@ -35,9 +35,10 @@ class Runs:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        # SLOs generous enough for a busy test machine, except where a run is meant to miss
         self.base = root / "base"  # CLI run, 30 ms TTFT, server metrics
         self.same = root / "same"  # Python API run, same law as base
-        self.regressed = root / "regressed"  # 150 ms TTFT, sessions, 1 in 10 failing
+        self.regressed = root / "regressed"  # 500 ms TTFT, sessions, 1 in 10 failing
         self.nometrics = root / "nometrics"  # CLI run, target without /metrics
         self.outputs: dict[str, subprocess.CompletedProcess[str]] = {}
 
