@@ -77,8 +77,6 @@ def test_diagnose_end_to_end_writes_table_json_and_chart(
             "6",
             "--min-seconds",
             "0.2",
-            "--rounds",
-            "1",
             "--json",
             str(out_json),
             "--chart",
