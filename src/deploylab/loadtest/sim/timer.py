@@ -29,6 +29,10 @@ _CLOCK_MONOTONIC = 1
 _TFD_TIMER_ABSTIME = 1
 # Deadlines this close to now run in the current wake-up instead of re-arming for them.
 _EARLY_S = 20e-6
+# At most this many callbacks per wake-up: a burst (one token for each of 512 streams) is cut
+# into slices, and the event loop reads incoming requests between slices instead of after
+# the whole burst, so a request's arrival time is not taken late.
+_SLICE = 32
 
 Entry = list[Any]  # [when, seq, callback or None when cancelled, arg]
 
@@ -136,10 +140,12 @@ class PreciseTimer:
         self._armed = math.inf
         self._firing = True
         heap = self._heap
+        budget = _SLICE
         try:
-            while heap:
+            while heap and budget:
                 if heap[0][0] > time.monotonic() + _EARLY_S:
                     break
+                budget -= 1
                 entry = heapq.heappop(heap)
                 callback = entry[2]
                 if callback is None:
