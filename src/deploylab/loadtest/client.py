@@ -117,18 +117,43 @@ class _Stream:
             self.rec.error_kind, self.rec.error_detail = kind, detail
 
 
+async def _on_body_sent(
+    session: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestChunkSentParams
+) -> None:
+    wire = ctx.trace_request_ctx
+    if isinstance(wire, list) and not wire:
+        wire.append(time.perf_counter_ns())
+
+
+def wire_send_tracer() -> aiohttp.TraceConfig:
+    """Timestamps a request when its body is written to the socket.
+
+    Before Python 3.12, aiohttp writes the body in a separately scheduled task, which runs only
+    after every callback already queued on the loop: under load (a burst of streamed chunks)
+    that is milliseconds after `session.post()` is called (measured: p50 55 ms at 512 streams).
+    `send_streaming` takes the send time from this hook, so TTFT starts when the request is
+    on the wire and the deferral counts as schedule lateness instead.
+    """
+    tracer = aiohttp.TraceConfig()
+    tracer.on_request_chunk_sent.append(_on_body_sent)
+    return tracer
+
+
 async def send_streaming(
     session: aiohttp.ClientSession, url: str, body: bytes, rec: RawRecord
 ) -> None:
     """POST `body` to `url`, read the streamed answer, fill `rec` (errors included).
 
-    Never raises, except CancelledError (the record is marked `cancelled` first).
+    Never raises, except CancelledError (the record is marked `cancelled` first). The send
+    time is when the body reached the socket if the session has `wire_send_tracer()`, else
+    just before the request was handed to aiohttp.
     """
     stream = _Stream(rec)
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     rec.sent_ns = time.perf_counter_ns()
+    wire: list[int] = []
     try:
-        async with session.post(url, data=body, headers=headers) as resp:
+        async with session.post(url, data=body, headers=headers, trace_request_ctx=wire) as resp:
             rec.status = resp.status
             if resp.status != 200:
                 detail = (await resp.text())[:500]
@@ -158,6 +183,8 @@ async def send_streaming(
         kind = "connection" if rec.status is None else "disconnected"
         stream.fail(kind, f"{type(exc).__name__}: {exc}"[:300])
     finally:
+        if wire:
+            rec.sent_ns = wire[0]
         rec.end_ns = time.perf_counter_ns()
         rec.text = "".join(stream.pieces)
         if rec.error_kind is None and not rec.chunk_ns:

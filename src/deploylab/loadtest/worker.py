@@ -10,6 +10,7 @@ lateness (client backlog) shows instead of hiding inside the latencies.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from typing import Any, Literal
 
 import aiohttp
 
-from deploylab.loadtest.client import READ_BUFSIZE, RawRecord, send_streaming
+from deploylab.loadtest.client import READ_BUFSIZE, RawRecord, send_streaming, wire_send_tracer
 from deploylab.loadtest.workload import Turn, WorkItem, WorkloadGenerator
 
 _PROGRESS_EVERY_S = 0.5
@@ -224,8 +225,14 @@ async def run_worker(
     flight are cancelled (recorded as `cancelled`), and the records so far are returned."""
     connector = aiohttp.TCPConnector(limit=0, force_close=False, enable_cleanup_closed=True)
     timeout = aiohttp.ClientTimeout(total=task.timeout_s, sock_connect=min(30.0, task.timeout_s))
+    # Objects alive now (imports, the workload) never become garbage: keep the collector's
+    # full passes from walking them, which stalled sends by ~35 ms at 750 requests/s.
+    gc.freeze()
     async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, read_bufsize=READ_BUFSIZE
+        connector=connector,
+        timeout=timeout,
+        read_bufsize=READ_BUFSIZE,
+        trace_configs=[wire_send_tracer()],
     ) as session:
         start_ns = await start()
         worker = _Worker(task, session, start_ns, progress)
