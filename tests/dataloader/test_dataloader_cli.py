@@ -66,7 +66,7 @@ def deploylab_exe() -> str:
 def test_diagnose_end_to_end_writes_table_json_and_chart(
     tmp_path: Path, arrays: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    script = write_script(tmp_path, arrays)
+    script = write_script(tmp_path, arrays, delay=0.02)
     out_json, chart = tmp_path / "report.json", tmp_path / "variants.png"
     code = main(
         [
@@ -85,13 +85,13 @@ def test_diagnose_end_to_end_writes_table_json_and_chart(
     )
     out = capsys.readouterr().out
     assert code == 0
+    report = DiagnoseReport.model_validate_json(out_json.read_text())
+    assert report.verdict.bottleneck == "data_access", out
     for word in ("baseline", "no_augmentation", "synthetic_read", "synthetic_decode"):
         assert word in out
     assert "samples/s" in out and "waiting for data" in out
     assert "Verdict: Data access" in out
     assert "Suggestions:" in out
-    report = DiagnoseReport.model_validate_json(out_json.read_text())
-    assert report.verdict.bottleneck == "data_access"
     assert report.loader.batch_size == 4 and report.loader.num_workers == 2
     assert report.chart.png == str(chart) and len(report.chart.y) == 4
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
