@@ -68,9 +68,9 @@ def distributions(model, prompt_len: int, seq: torch.Tensor, layers: int, temp: 
     """p, q_early, q_temp (T, V) float64 at the positions predicting generated tokens."""
     with torch.no_grad():
         out = model(seq, output_hidden_states=True)
-    sl = slice(prompt_len - 1, seq.shape[1] - 1)
-    logits = out.logits[0, sl].double()
-    early = model.lm_head(model.model.norm(out.hidden_states[layers]))[0, sl].double()
+        sl = slice(prompt_len - 1, seq.shape[1] - 1)
+        logits = out.logits[0, sl].double()
+        early = model.lm_head(model.model.norm(out.hidden_states[layers]))[0, sl].double()
     return torch.softmax(logits, -1), torch.softmax(early, -1), torch.softmax(logits / temp, -1)
 
 

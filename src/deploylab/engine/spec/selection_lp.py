@@ -37,8 +37,8 @@ class SelectionPlan:
     """A selection rule for one (p, q) instance and its induced proposal.
 
     support: (s,) token ids whose tuples are optimised; keys: (C,) sorted class keys;
-    beta: (C, s) selection probabilities over the support tokens per class. Tuples outside the optimised
-    classes use the IS rule. p_induced: (V,) the induced proposal of the whole rule.
+    beta: (C, s) selection probabilities over the support tokens per class. Tuples outside
+    the optimised classes use the IS rule. p_induced: (V,) the induced proposal of the whole rule.
     """
 
     p: torch.Tensor
