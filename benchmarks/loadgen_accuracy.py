@@ -267,7 +267,7 @@ def print_tables(result: dict[str, Any]) -> None:
     print("\n(a) highest sustained rate (p99 lateness < 5 ms, nothing failed), req/s")
     for key, value in rates.items():
         best = value["max_sustained_rps"]
-        at = next((s for s in value["steps"] if s["offered_rps"] == best), None)
+        at = next((s for s in value["steps"] if s["offered_rps"] == best and s["sustained"]), None)
         p99 = f"{at['lateness_p99_ms']:.2f}" if at else "-"
         print(f"  {key:<22} {best:>8.0f}   (p99 lateness there {p99} ms)")
     print("\n(b) measurement error vs the sim's truth, ms (truth: TTFT/ITL ms, answer tokens)")
