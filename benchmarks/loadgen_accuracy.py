@@ -49,6 +49,16 @@ def sustained(m: Measured) -> bool:
     return m.completed > 0 and m.failed == 0 and pct(m.lateness_ms, 99) < LATENESS_LIMIT_MS
 
 
+def keeps_up(m: Measured) -> bool:
+    """A looser bar: completes 95 % of the offered rate with p50 lateness under 5 ms."""
+    offered = float(m.offered)
+    return (
+        m.failed == 0
+        and m.achieved_rps >= 0.95 * offered
+        and pct(m.lateness_ms, 50) < LATENESS_LIMIT_MS
+    )
+
+
 def rate_row(m: Measured) -> dict[str, Any]:
     return {
         "offered_rps": float(m.offered),
@@ -58,6 +68,7 @@ def rate_row(m: Measured) -> dict[str, Any]:
         "failed": m.failed,
         "completed": m.completed,
         "sustained": sustained(m),
+        "keeps_up": keeps_up(m),
     }
 
 
@@ -94,14 +105,21 @@ def _refine(
     once if it was measured only once)."""
     best = _best(rows)
     above = sorted({r["offered_rps"] for r in rows if r["offered_rps"] > best})
-    if best and above:
+    if not best and above and sum(r["offered_rps"] == above[0] for r in rows) == 1:
+        rows += [rate_row(m) for m in measure([above[0]])]  # retry the lowest rate once
+    elif best and above:
         hi = above[0]
         extra = [round(best * (hi / best) ** (k / 3)) for k in (1, 2)]
         if sum(r["offered_rps"] == hi for r in rows) == 1:
             extra.append(hi)
         rows += [rate_row(m) for m in measure([float(r) for r in extra])]
     steps = sorted(rows, key=lambda r: r["offered_rps"])
-    return {"max_sustained_rps": _best(rows), "steps": steps}
+    keeps = [r["offered_rps"] for r in rows if r["keeps_up"]]
+    return {
+        "max_sustained_rps": _best(rows),
+        "max_keeps_up_rps": max(keeps, default=0.0),
+        "steps": steps,
+    }
 
 
 def accuracy_row(
@@ -269,7 +287,8 @@ def print_tables(result: dict[str, Any]) -> None:
         best = value["max_sustained_rps"]
         at = next((s for s in value["steps"] if s["offered_rps"] == best and s["sustained"]), None)
         p99 = f"{at['lateness_p99_ms']:.2f}" if at else "-"
-        print(f"  {key:<22} {best:>8.0f}   (p99 lateness there {p99} ms)")
+        loose = value["max_keeps_up_rps"]
+        print(f"  {key:<22} {best:>8.0f}   (p99 lateness there {p99} ms; keeps up to {loose:.0f})")
     print("\n(b) measurement error vs the sim's truth, ms (truth: TTFT/ITL ms, answer tokens)")
     head = (
         f"  {'truth':<12}{'tool':<10}{'workers':>8}{'streams':>8}{'done':>8}"
@@ -323,7 +342,7 @@ def main() -> None:
     args.rate_duration = 3.0 if args.quick else 6.0
     args.accuracy_duration = 6.0 if args.quick else 12.0
     args.ladder = [100.0, 250.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0, 6000.0]
-    args.guidellm_ladder = [50.0, 100.0, 200.0, 400.0, 800.0]
+    args.guidellm_ladder = [25.0, 50.0, 100.0, 200.0, 400.0, 800.0]
     args.streams = [int(s) for s in args.streams.split(",")]
     glm = None
     if not args.skip_guidellm:
