@@ -5,9 +5,10 @@ layer (no global context). A step's tokens are laid out decodes first (one token
 prefill chunks. Per layer, `paged_attention` writes the step's keys/values into the cache and
 then attends:
 
-- decodes, batched: each sequence's blocks are gathered into a padded `[B, kv_heads, L, d]`
-  buffer (reused by all layers) and one SDPA call runs with a length mask. The query heads of
-  one KV head are laid along SDPA's query axis, so GQA needs no repeat.
+- decodes, in groups of similar context length: each sequence's blocks are gathered into a
+  padded `[B, kv_heads, L, d]` scratch buffer and one SDPA call per group runs with a length
+  mask. The query heads of one KV head are laid along SDPA's query axis, so GQA needs no
+  repeat. On the CPU, groups are sized so the gathered keys and values stay in cache.
 - prefill chunks, one SDPA call each: a chunk that is the whole context uses the fresh
   keys/values with `is_causal`; a chunk after cached context gathers the sequence's blocks and
   uses an offset-causal mask.
@@ -19,6 +20,7 @@ contiguous as `[B, kv_heads, L, head_dim]`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -54,6 +56,19 @@ class PrefillChunk:
 
 
 @dataclass
+class DecodeGroup:
+    """Consecutive single-token rows `[start, start + count)` attended together."""
+
+    start: int
+    count: int
+    # Rows of the flat cache view, ordered (sequence, kv_head, block), `count * kv_heads * nb`.
+    gather_index: torch.Tensor
+    mask: torch.Tensor  # [count, 1, 1, nb * block_size] bool, True = attend
+    # The same mask as an additive float32 bias (0 / -inf), used on the CPU.
+    bias: torch.Tensor | None = None
+
+
+@dataclass
 class AttentionMetadata:
     """Everything attention needs for one step; built once, shared by every layer."""
 
@@ -61,9 +76,13 @@ class AttentionMetadata:
     # Rows of the flat `[kv_heads * num_blocks * block_size, head_dim]` cache view to write the
     # step's keys/values to, ordered (kv_head, token).
     write_index: torch.Tensor
-    num_decodes: int = 0
-    decode_gather_index: torch.Tensor | None = None  # [num_decodes * kv_heads * max_blocks]
-    decode_mask: torch.Tensor | None = None  # [num_decodes, 1, 1, max_blocks * block_size]
+    num_decodes: int = 0  # single-token rows come first
+    decode_groups: list[DecodeGroup] = field(default_factory=list)
+    # Alternative decode path (CUDA): a kernel reading the paged cache directly, given the
+    # padded block tables `[num_decodes, max_blocks]` and context lengths (int32).
+    decode_kernel: Callable[..., torch.Tensor] | None = None
+    decode_tables: torch.Tensor | None = None
+    decode_lens: torch.Tensor | None = None
     prefills: list[PrefillChunk] = field(default_factory=list)
     workspace: Workspace | None = None
 
@@ -93,6 +112,20 @@ def _gather(
     return torch.index_select(rows, 0, index, out=out.view(index.numel(), rows.shape[1]))
 
 
+def _decode_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: DecodeGroup, scale: float
+) -> torch.Tensor:
+    """One decode group: q `[n, kv_heads, groups, d]`, k/v `[n, kv_heads, L, d]`."""
+    if q.device.type != "cpu" or group.bias is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=group.mask, scale=scale)
+    if q.dtype == torch.float32:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=group.bias, scale=scale)
+    # PyTorch's CPU SDPA kernels are slow for a handful of half-precision query rows; two
+    # matmuls with a float32 softmax are faster.
+    scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(scale).add_(group.bias)
+    return torch.matmul(scores.softmax(dim=-1).to(q.dtype), v)
+
+
 def paged_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -109,23 +142,26 @@ def paged_attention(
     groups = num_heads // kv_heads
     out = torch.empty_like(q)
     nd = meta.num_decodes
-    if nd:
-        assert meta.decode_gather_index is not None and meta.decode_mask is not None
-        assert meta.workspace is not None
-        n_rows = meta.decode_gather_index.numel()
-        length = n_rows // (nd * kv_heads) * block_size
-        numel = n_rows * block_size * head_dim
-        kb = _gather(k_cache, meta.decode_gather_index, meta.workspace.take(numel))
-        vb = _gather(v_cache, meta.decode_gather_index, meta.workspace.take(numel, numel))
-        qd = q[:nd].view(nd, kv_heads, groups, head_dim)
-        od = F.scaled_dot_product_attention(
-            qd,
-            kb.view(nd, kv_heads, length, head_dim),
-            vb.view(nd, kv_heads, length, head_dim),
-            attn_mask=meta.decode_mask,
-            scale=scale,
+    if meta.decode_kernel is not None and nd:
+        out[:nd] = meta.decode_kernel(
+            q[:nd], k_cache, v_cache, meta.decode_tables, meta.decode_lens, scale
         )
-        out[:nd] = od.view(nd, num_heads, head_dim)
+    for group in meta.decode_groups:
+        assert meta.workspace is not None
+        s, n = group.start, group.count
+        n_rows = group.gather_index.numel()
+        length = n_rows // (n * kv_heads) * block_size
+        numel = n_rows * block_size * head_dim
+        kb = _gather(k_cache, group.gather_index, meta.workspace.take(numel))
+        vb = _gather(v_cache, group.gather_index, meta.workspace.take(numel, numel))
+        od = _decode_attention(
+            q[s : s + n].view(n, kv_heads, groups, head_dim),
+            kb.view(n, kv_heads, length, head_dim),
+            vb.view(n, kv_heads, length, head_dim),
+            group,
+            scale,
+        )
+        out[s : s + n] = od.view(n, num_heads, head_dim)
     for chunk in meta.prefills:
         s, n = chunk.query_start, chunk.query_len
         qc = q[s : s + n].transpose(0, 1).unsqueeze(0)

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import torch
 
-from deploylab.engine.attention import AttentionMetadata, PrefillChunk, Workspace
+from deploylab.engine.attention import AttentionMetadata, DecodeGroup, PrefillChunk, Workspace
 from deploylab.engine.kv_cache import KVCache
 from deploylab.engine.models.llama import LlamaForCausalLM
 from deploylab.engine.scheduler import ScheduledSeq, SchedulerOutput
 from deploylab.engine.sequence import Sequence
+from deploylab.engine.triton_attention import PagedDecodeFn, load_paged_decode
+
+# Decode attention groups: a group's gathered keys stay under this many bytes (on the CPU so
+# that keys and values are still in the last-level cache when SDPA reads them; on CUDA to
+# bound the scratch buffer), and a sequence shorter than MIN_GROUP_FILL of the group's padded
+# length starts a new group (less padding).
+CPU_GROUP_BYTES = 4 * 1024**2
+CUDA_GROUP_BYTES = 256 * 1024**2
+MIN_GROUP_FILL = 0.75
 
 
 class ModelRunner:
@@ -27,6 +36,13 @@ class ModelRunner:
         self._head_slots = torch.arange(kvh, dtype=torch.int64) * nb * self.block_size
         dtype = next(model.parameters()).dtype
         self.workspace = Workspace(device, dtype)
+        elem = torch.empty(0, dtype=dtype).element_size()
+        self._token_bytes = kvh * config.head_dim * elem  # keys of one token, all KV heads
+        self.group_bytes = CPU_GROUP_BYTES if device.type == "cpu" else CUDA_GROUP_BYTES
+        # A kernel that reads the paged cache in place (Triton, CUDA half precision only).
+        self.paged_decode: PagedDecodeFn | None = None
+        if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
+            self.paged_decode = load_paged_decode(device, dtype)
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cpu":
@@ -41,7 +57,11 @@ class ModelRunner:
         Token order: single-token items (decodes) first, then multi-token prefill chunks.
         """
         bs = self.block_size
-        decodes = [s for s in scheduled if s.num_new_tokens == 1]
+        # Longest context first, so decode groups of similar lengths waste little padding.
+        decodes = sorted(
+            (s for s in scheduled if s.num_new_tokens == 1),
+            key=lambda s: -s.seq.num_computed_tokens,
+        )
         chunks = [s for s in scheduled if s.num_new_tokens > 1]
         ids: list[int] = []
         pos: list[int] = []
@@ -94,19 +114,53 @@ class ModelRunner:
             prefills=prefills,
             workspace=self.workspace,
         )
-        if decodes:
+        if self.paged_decode is not None and decodes:
             max_blocks = -(-max(ctx_lens) // bs)
             padded = [t[:max_blocks] + [0] * (max_blocks - len(t)) for t in tables]
-            table_t = torch.tensor(padded, dtype=torch.int64)
-            index = (table_t[:, None, :] + self._head_rows[None, :, None]).flatten()
-            keys = torch.arange(max_blocks * bs, dtype=torch.int64)
-            lens = torch.tensor(ctx_lens, dtype=torch.int64)
-            mask = (keys[None, :] < lens[:, None])[:, None, None, :]
-            meta.decode_gather_index = self._to_device(index)
-            meta.decode_mask = self._to_device(mask)
+            meta.decode_kernel = self.paged_decode
+            meta.decode_tables = self._to_device(torch.tensor(padded, dtype=torch.int32))
+            meta.decode_lens = self._to_device(torch.tensor(ctx_lens, dtype=torch.int32))
+            ctx_lens = []  # no gather groups
+        start = 0
+        for count in self._group_sizes(ctx_lens):
+            meta.decode_groups.append(
+                self._decode_group(
+                    start, tables[start : start + count], ctx_lens[start : start + count]
+                )
+            )
+            start += count
         input_ids = self._to_device(torch.tensor(ids, dtype=torch.int64))
         positions = self._to_device(torch.tensor(pos, dtype=torch.int64))
         return input_ids, positions, meta, sample_rows, sample_seqs
+
+    def _group_sizes(self, ctx_lens: list[int]) -> list[int]:
+        """Split decode rows (sorted longest first) into attention groups."""
+        sizes: list[int] = []
+        count, padded = 0, 0
+        for n in ctx_lens:
+            if count and (
+                (count + 1) * padded * self._token_bytes > self.group_bytes
+                or n < MIN_GROUP_FILL * padded
+            ):
+                sizes.append(count)
+                count = 0
+            if count == 0:
+                padded = -(-n // self.block_size) * self.block_size
+            count += 1
+        if count:
+            sizes.append(count)
+        return sizes
+
+    def _decode_group(self, start: int, tables: list[list[int]], lens: list[int]) -> DecodeGroup:
+        bs = self.block_size
+        max_blocks = -(-max(lens) // bs)
+        padded = [t[:max_blocks] + [0] * (max_blocks - len(t)) for t in tables]
+        table_t = torch.tensor(padded, dtype=torch.int64)
+        index = (table_t[:, None, :] + self._head_rows[None, :, None]).flatten()
+        keys = torch.arange(max_blocks * bs, dtype=torch.int64)
+        lens_t = torch.tensor(lens, dtype=torch.int64)
+        mask = (keys[None, :] < lens_t[:, None])[:, None, None, :]
+        return DecodeGroup(start, len(lens), self._to_device(index), self._to_device(mask))
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> tuple[list[Sequence], torch.Tensor | None]:

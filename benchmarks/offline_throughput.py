@@ -1,0 +1,221 @@
+"""Offline throughput: deploylab's engine vs transformers' batched `generate`, same run.
+
+N requests with random prompt token ids and random input/output lengths (uniform in
+[--min-len, --max-len]), generated with `ignore_eos` so every request produces exactly its
+output length. Both sides get the same prompts and the same weights (transformers' Llama is
+built from the weights deploylab loaded). transformers runs batches of --hf-batch-size
+requests in input order, left-padded, each batch generating its longest output length;
+only the requested output tokens count, as in vLLM's `benchmark_throughput --backend hf`.
+
+    python benchmarks/offline_throughput.py --num-requests 32 --min-len 32 --max-len 256
+    python benchmarks/offline_throughput.py --random-weights llama-3.2-1b --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Result:
+    """One side of the comparison."""
+
+    name: str
+    seconds: float
+    output_tokens: int
+    total_tokens: int
+
+    @property
+    def output_tps(self) -> float:
+        return self.output_tokens / self.seconds
+
+    @property
+    def total_tps(self) -> float:
+        return self.total_tokens / self.seconds
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--num-requests", type=int, default=256)
+    p.add_argument("--min-len", type=int, default=100, help="min input and output length")
+    p.add_argument("--max-len", type=int, default=1024, help="max input and output length")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--random-weights", metavar="SHAPE", help="random weights of a preset shape")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    p.add_argument("--kv-cache-gib", type=float, default=4.0, help="CPU KV cache size")
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.5,
+        help="CUDA share for weights + KV cache (the rest is left to transformers)",
+    )
+    p.add_argument("--hf-batch-size", type=int, default=None, help="default: --max-num-seqs")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-hf", action="store_true", help="measure deploylab only")
+    p.add_argument("--json", help="also write the results to this file")
+    return p.parse_args(argv)
+
+
+def make_requests(args: argparse.Namespace, vocab: int) -> list[tuple[list[int], int]]:
+    rng = random.Random(args.seed)
+    reqs = []
+    for _ in range(args.num_requests):
+        n_in = rng.randint(args.min_len, args.max_len)
+        n_out = rng.randint(args.min_len, args.max_len)
+        reqs.append(([rng.randrange(100, vocab) for _ in range(n_in)], n_out))
+    return reqs
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_deploylab(llm: Any, reqs: list[tuple[list[int], int]]) -> Result:
+    from deploylab.engine import SamplingParams
+
+    params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for _, n in reqs]
+    device = llm.llm_engine.device
+    sync(device)
+    start = time.perf_counter()
+    outs = llm.generate([p for p, _ in reqs], params)
+    sync(device)
+    seconds = time.perf_counter() - start
+    produced = sum(len(o.token_ids) for o in outs)
+    expected = sum(n for _, n in reqs)
+    assert produced == expected, f"deploylab produced {produced} tokens, expected {expected}"
+    return Result("deploylab", seconds, expected, expected + sum(len(p) for p, _ in reqs))
+
+
+def hf_model_like(model: Any) -> Any:
+    """A transformers LlamaForCausalLM holding `model`'s weights (shared, not copied)."""
+    import transformers
+
+    c = model.config
+    rope: dict[str, Any] = dict(c.rope_scaling or {"rope_type": "default"})
+    rope["rope_theta"] = c.rope_theta
+    config = transformers.LlamaConfig(
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads,
+        head_dim=c.head_dim,
+        rms_norm_eps=c.rms_norm_eps,
+        rope_parameters=rope,
+        max_position_embeddings=c.max_position_embeddings,
+        tie_word_embeddings=c.tie_word_embeddings,
+        attention_bias=c.qkv_bias,
+    )
+    with torch.device("meta"):
+        hf = transformers.LlamaForCausalLM(config)
+    hf.load_state_dict(dict(model.state_dict()), assign=True, strict=False)
+    hf.tie_weights()
+    device = next(model.parameters()).device
+    hf.model.rotary_emb = type(hf.model.rotary_emb)(config).to(device)
+    return hf.eval()
+
+
+def run_hf(hf: Any, reqs: list[tuple[list[int], int]], batch_size: int) -> Result:
+    device = next(hf.parameters()).device
+    sync(device)
+    start = time.perf_counter()
+    for i in range(0, len(reqs), batch_size):
+        batch = reqs[i : i + batch_size]
+        width = max(len(p) for p, _ in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for row, (prompt, _) in enumerate(batch):
+            ids[row, width - len(prompt) :] = torch.tensor(prompt)
+            mask[row, width - len(prompt) :] = 1
+        n_new = max(n for _, n in batch)
+        with torch.inference_mode():
+            out = hf.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                do_sample=False,
+                max_new_tokens=n_new,
+                min_new_tokens=n_new,
+                pad_token_id=0,
+                eos_token_id=None,
+            )
+        assert out.shape[1] == width + n_new
+    sync(device)
+    seconds = time.perf_counter() - start
+    expected = sum(n for _, n in reqs)
+    return Result("transformers", seconds, expected, expected + sum(len(p) for p, _ in reqs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from deploylab.engine import LLM
+
+    engine_args: dict[str, Any] = dict(
+        device=args.device,
+        dtype=args.dtype,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        kv_cache_gib=args.kv_cache_gib,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        seed=args.seed,
+    )
+    if args.random_weights:
+        engine_args["random_weights"] = args.random_weights
+    else:
+        engine_args["model"] = args.model
+    t0 = time.perf_counter()
+    llm = LLM(**engine_args)
+    engine = llm.llm_engine
+    print(f"loaded in {time.perf_counter() - t0:.1f} s on {engine.device} ({engine.dtype})")
+    reqs = make_requests(args, engine.model_config.vocab_size)
+    warm = [(p[:32], 4) for p, _ in reqs[:4]]
+    run_deploylab(llm, warm)
+    results = [run_deploylab(llm, reqs)]
+    engine.kv_cache.layers.clear()  # hand the cache memory to the transformers run
+    engine.runner.workspace = type(engine.runner.workspace)(engine.device, engine.dtype)
+    if engine.device.type == "cuda":
+        torch.cuda.empty_cache()
+    if not args.skip_hf:
+        hf = hf_model_like(engine.model)
+        batch = args.hf_batch_size or args.max_num_seqs
+        run_hf(hf, warm, batch)
+        results.append(run_hf(hf, reqs, batch))
+    device = str(engine.device)
+    if engine.device.type == "cuda":
+        device += f" ({torch.cuda.get_device_name(engine.device)})"
+    n_in = sum(len(p) for p, _ in reqs)
+    n_out = sum(n for _, n in reqs)
+    print(
+        f"\n{args.num_requests} requests, lengths {args.min_len}-{args.max_len}, "
+        f"{n_in} input + {n_out} output tokens, {device}, {engine.dtype}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(f"{'engine':<14}{'seconds':>10}{'output tok/s':>15}{'total tok/s':>14}")
+    for r in results:
+        print(f"{r.name:<14}{r.seconds:>10.1f}{r.output_tps:>15.1f}{r.total_tps:>14.1f}")
+    if len(results) == 2:
+        print(f"speed-up (output tok/s): {results[0].output_tps / results[1].output_tps:.2f}x")
+    if args.json:
+        payload = {"args": vars(args), "device": device, "results": [asdict(r) for r in results]}
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
