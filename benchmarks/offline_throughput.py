@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument(
+        "--max-model-len", type=int, default=None, help="default: 2 x --max-len, rounded up"
+    )
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--kv-cache-gib", type=float, default=4.0, help="CPU KV cache size")
     p.add_argument(
@@ -170,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         dtype=args.dtype,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.max_model_len or -(-2 * args.max_len // 256) * 256,
         kv_cache_gib=args.kv_cache_gib,
         gpu_memory_utilization=args.gpu_memory_utilization,
         seed=args.seed,

@@ -45,6 +45,7 @@ class EngineConfig:
     seed: int = 0
     random_weights: str | None = None
     num_threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
+    cuda_graphs: bool = True  # capture decode steps on CUDA (with the Triton decode kernel)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from deploylab.engine.attention import AttentionMetadata, DecodeGroup, PrefillChunk, Workspace
+from deploylab.engine.cuda_graphs import DecodeGraphs
 from deploylab.engine.kv_cache import KVCache
 from deploylab.engine.models.llama import LlamaForCausalLM
 from deploylab.engine.scheduler import ScheduledSeq, SchedulerOutput
 from deploylab.engine.sequence import Sequence
 from deploylab.engine.triton_attention import PagedDecodeFn, load_paged_decode
+
+logger = logging.getLogger(__name__)
 
 # Decode attention groups: a group's gathered keys stay under this many bytes (on the CPU so
 # that keys and values are still in the last-level cache when SDPA reads them; on CUDA to
@@ -43,6 +48,52 @@ class ModelRunner:
         self.paged_decode: PagedDecodeFn | None = None
         if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
             self.paged_decode = load_paged_decode(device, dtype)
+        self.graphs: DecodeGraphs | None = None
+
+    def enable_cuda_graphs(self, max_batch: int, max_model_len: int) -> bool:
+        """Capture decode steps as CUDA graphs (needs the paged decode kernel). The last
+        physical cache block is the padding rows' scratch space."""
+        if self.paged_decode is None or self.device.type != "cuda":
+            return False
+        width = -(-max_model_len // self.block_size)
+        scratch = (self.kv_cache.num_blocks - 1) * self.block_size
+        graphs = DecodeGraphs(
+            self.model, self.kv_cache, self.paged_decode, max_batch, width, scratch
+        )
+        try:
+            graphs.capture()
+        except Exception as exc:  # capture is best effort: eager steps still work
+            logger.warning("CUDA graph capture failed (%s); decoding eagerly", exc)
+            return False
+        self.graphs = graphs
+        return True
+
+    def _execute_graph(
+        self, scheduled: list[ScheduledSeq]
+    ) -> tuple[list[Sequence], torch.Tensor | None]:
+        assert self.graphs is not None
+        bs = self.block_size
+        ids, pos, slots, tables, lens = [], [], [], [], []
+        rows: list[int] = []
+        seqs: list[Sequence] = []
+        for row, item in enumerate(scheduled):
+            seq = item.seq
+            p = seq.num_computed_tokens
+            table = seq.block_table
+            ids.append(seq.token_ids[p])
+            pos.append(p)
+            slots.append(table[p // bs] * bs + p % bs)
+            tables.append(table)
+            lens.append(p + 1)
+            if item.samples:
+                rows.append(row)
+                seqs.append(seq)
+        logits = self.graphs.run(ids, pos, slots, tables, lens)
+        if not rows:
+            return seqs, None
+        if len(rows) == len(scheduled):
+            return seqs, logits.clone()
+        return seqs, logits[self._to_device(torch.tensor(rows, dtype=torch.int64))]
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cpu":
@@ -166,6 +217,13 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> tuple[list[Sequence], torch.Tensor | None]:
         """Run the step; returns the sequences that sample and their float32 logits."""
         self.kv_cache.copy_blocks(out.block_copies)
+        graphs = self.graphs
+        if (
+            graphs is not None
+            and len(out.scheduled) <= graphs.max_batch
+            and all(s.num_new_tokens == 1 for s in out.scheduled)
+        ):
+            return self._execute_graph(out.scheduled)
         input_ids, positions, meta, rows, seqs = self.prepare(out.scheduled)
         hidden = self.model(input_ids, positions, meta, self.kv_cache.layers)
         if not rows:

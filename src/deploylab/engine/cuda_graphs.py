@@ -1,0 +1,141 @@
+"""CUDA graphs for decode-only steps.
+
+A decode step of B sequences launches hundreds of small kernels; replaying a captured graph
+removes the per-launch CPU cost. Graphs are captured for a few batch sizes (buckets); a step
+of n decodes replays the smallest bucket >= n with the extra rows padded: they read block 0
+and write their key/value to a scratch block that the block manager never hands out.
+
+Needs the in-place paged decode kernel (no data-dependent gather shapes). Static inputs per
+bucket: token ids, positions, cache slots, padded block tables of a fixed width (the context
+length in blocks) and context lengths; the output is the bucket's logits.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from deploylab.engine.attention import AttentionMetadata
+from deploylab.engine.kv_cache import KVCache
+from deploylab.engine.models.llama import LlamaForCausalLM
+from deploylab.engine.triton_attention import PagedDecodeFn
+
+logger = logging.getLogger(__name__)
+
+BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+
+
+@dataclass
+class _Graph:
+    size: int
+    ids: torch.Tensor
+    pos: torch.Tensor
+    slots: torch.Tensor
+    tables: torch.Tensor
+    lens: torch.Tensor
+    logits: torch.Tensor | None = None
+    graph: torch.cuda.CUDAGraph | None = None
+
+
+class DecodeGraphs:
+    """Captured decode steps for batch sizes up to `max_batch`."""
+
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        kv_cache: KVCache,
+        kernel: PagedDecodeFn,
+        max_batch: int,
+        width: int,
+        scratch_slot: int,
+    ) -> None:
+        self.model = model
+        self.kv_cache = kv_cache
+        self.kernel = kernel
+        self.width = width
+        self.scratch_slot = scratch_slot
+        self.device = kv_cache.layers[0][0].device
+        kvh, nb, bs = kv_cache.layers[0][0].shape[:3]
+        self.head_slots = torch.arange(kvh, device=self.device, dtype=torch.int64) * nb * bs
+        self.sizes = sorted({b for b in BUCKETS if b < max_batch} | {max_batch})
+        self.graphs: dict[int, _Graph] = {}
+
+    @property
+    def max_batch(self) -> int:
+        """The largest captured batch."""
+        return self.sizes[-1]
+
+    def _new(self, size: int) -> _Graph:
+        dev = self.device
+        return _Graph(
+            size=size,
+            ids=torch.zeros(size, dtype=torch.int64, device=dev),
+            pos=torch.zeros(size, dtype=torch.int64, device=dev),
+            slots=torch.full((size,), self.scratch_slot, dtype=torch.int64, device=dev),
+            tables=torch.zeros(size, self.width, dtype=torch.int32, device=dev),
+            lens=torch.ones(size, dtype=torch.int32, device=dev),
+        )
+
+    def _forward(self, g: _Graph) -> torch.Tensor:
+        meta = AttentionMetadata(
+            num_tokens=g.size,
+            write_index=(self.head_slots[:, None] + g.slots[None, :]).reshape(-1),
+            num_decodes=g.size,
+            decode_kernel=self.kernel,
+            decode_tables=g.tables,
+            decode_lens=g.lens,
+        )
+        hidden = self.model(g.ids, g.pos, meta, self.kv_cache.layers)
+        return self.model.compute_logits(hidden)
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        """Capture every bucket, largest first so the smaller ones share its memory pool."""
+        pool = None
+        stream = torch.cuda.Stream(self.device)
+        for size in reversed(self.sizes):
+            g = self._new(size)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._forward(g)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                g.logits = self._forward(g)
+            pool = graph.pool()
+            g.graph = graph
+            self.graphs[size] = g
+        torch.cuda.synchronize(self.device)
+        logger.info("captured CUDA graphs for decode batches %s", self.sizes)
+
+    def run(
+        self,
+        ids: list[int],
+        pos: list[int],
+        slots: list[int],
+        tables: list[list[int]],
+        lens: list[int],
+    ) -> torch.Tensor:
+        """Replay for n = len(ids) decodes; returns their logits `[n, vocab]`."""
+        n = len(ids)
+        size = next(s for s in self.sizes if s >= n)
+        g = self.graphs[size]
+        pad = size - n
+        g.ids.copy_(torch.tensor(ids + [0] * pad), non_blocking=True)
+        g.pos.copy_(torch.tensor(pos + [0] * pad), non_blocking=True)
+        g.slots.copy_(torch.tensor(slots + [self.scratch_slot] * pad), non_blocking=True)
+        g.lens.copy_(torch.tensor(lens + [1] * pad, dtype=torch.int32), non_blocking=True)
+        host = np.zeros((size, self.width), dtype=np.int32)
+        for row, table in enumerate(tables):
+            host[row, : len(table)] = table
+        g.tables.copy_(torch.from_numpy(host), non_blocking=True)
+        return self._replay(g)[:n]
+
+    def _replay(self, g: _Graph) -> torch.Tensor:
+        assert g.graph is not None and g.logits is not None
+        g.graph.replay()
+        return g.logits
