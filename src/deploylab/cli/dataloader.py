@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +47,16 @@ def _report_user_error(exc: UserCodeError) -> None:
     err = Console(stderr=True, highlight=False)
     err.print("[bold]Traceback of the error in your code:[/]")
     err.print(exc.user_traceback, markup=False, end="")
+
+
+def _recording_sigint(flag: list[bool]) -> Callable[[int, Any], None]:
+    """A SIGINT handler that notes the interrupt (workers may die of it first), then raises."""
+
+    def handler(signum: int, frame: Any) -> None:
+        flag[0] = True
+        raise KeyboardInterrupt
+
+    return handler
 
 
 def _report_interrupt() -> None:
@@ -163,6 +175,8 @@ def diagnose_command(
     from deploylab.dataloader.diagnose import diagnose
 
     console = Console(width=max(140, Console().width), highlight=False)
+    interrupted = [False]
+    previous = signal.signal(signal.SIGINT, _recording_sigint(interrupted))
     try:
         pipeline = _load(script, num_workers, batch_size)
         report = diagnose(
@@ -177,11 +191,16 @@ def diagnose_command(
             chart_path=None if no_chart else chart,
         )
     except UserCodeError as exc:
+        if interrupted[0]:  # a worker died of the same Ctrl-C: not the user's error
+            _report_interrupt()
+            raise KeyboardInterrupt from exc
         _report_user_error(exc)
         raise
     except KeyboardInterrupt:
         _report_interrupt()
         raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
     _print_diagnosis(report, console)
     if report.chart.png:
         console.print(f"\nChart: {report.chart.png}")
@@ -249,6 +268,8 @@ def sweep_command(
 
     counts = _parse_counts(workers)
     console = Console(width=max(140, Console().width), highlight=False)
+    interrupted = [False]
+    previous = signal.signal(signal.SIGINT, _recording_sigint(interrupted))
     try:
         pipeline = _load(script, None, batch_size)
         report = sweep_workers(
@@ -264,11 +285,16 @@ def sweep_command(
             chart_path=None if no_chart else chart,
         )
     except UserCodeError as exc:
+        if interrupted[0]:  # a worker died of the same Ctrl-C: not the user's error
+            _report_interrupt()
+            raise KeyboardInterrupt from exc
         _report_user_error(exc)
         raise
     except KeyboardInterrupt:
         _report_interrupt()
         raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
     _print_sweep(report, console)
     if report.chart.png:
         console.print(f"Chart: {report.chart.png}")
