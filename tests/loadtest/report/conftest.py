@@ -82,7 +82,7 @@ def law(law_process: LawServer) -> LawServer:
     return law_process
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Debian's Chromium, headless, with a fresh profile; never a downloaded browser."""
     if not CHROMIUM.exists():
