@@ -141,7 +141,7 @@ def test_preemption_and_resume_gives_same_tokens(
     smol: ModelParts, smol_chat_ids: list[list[int]], baseline: list[list[int]]
 ) -> None:
     per_block = bytes_per_block(smol.model.config, 16, torch.float32)
-    llm = smol.llm(kv_cache_gib=9.5 * per_block / 1024**3, max_model_len=144)
+    llm = smol.llm(kv_cache_gib=10.5 * per_block / 1024**3, max_model_len=144)
     outs = llm.generate(smol_chat_ids, SHORT)
     engine = llm.llm_engine
     assert engine.stats().num_preemptions_total > 0

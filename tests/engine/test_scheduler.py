@@ -70,7 +70,7 @@ def test_preemption_by_recompute_keeps_outputs(tiny: ModelParts) -> None:
     from deploylab.engine.kv_cache import bytes_per_block
 
     per_block = bytes_per_block(tiny.model.config, 4, tiny.model.lm_head.weight.dtype)
-    small = tiny.llm(block_size=4, kv_cache_gib=24 * per_block / 1024**3, max_model_len=96)
+    small = tiny.llm(block_size=4, kv_cache_gib=25 * per_block / 1024**3, max_model_len=96)
     outs = small.generate(ps, GREEDY)
     assert small.llm_engine.stats().num_preemptions_total > 0
     assert [o.token_ids for o in outs] == full

@@ -74,20 +74,16 @@ class LLMEngine:
             config.kv_cache_gib,
             config.gpu_memory_utilization,
         )
-        use_graphs = config.cuda_graphs and self.device.type == "cuda"
-        # With CUDA graphs one physical block is scratch space for the padding rows of a step.
-        scratch = 1 if use_graphs else 0
-        num_blocks -= scratch
+        num_blocks -= 1  # the scratch block below
         self.max_model_len = self._max_model_len(config, num_blocks * bs)
-        self.kv_cache = KVCache(
-            self.model_config, num_blocks + scratch, bs, self.dtype, self.device
-        )
+        # One extra physical block: scratch space for the padding rows of CUDA-graph steps.
+        self.kv_cache = KVCache(self.model_config, num_blocks + 1, bs, self.dtype, self.device)
         self.block_manager = BlockManager(num_blocks, bs, config.enable_prefix_caching)
         self.scheduler = Scheduler(
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
         )
         self.runner = ModelRunner(self.model, self.kv_cache, self.device)
-        if use_graphs:
+        if config.cuda_graphs and self.device.type == "cuda":
             self.runner.enable_cuda_graphs(config.max_num_seqs, self.max_model_len)
         self.sampler = Sampler(self.device, config.seed, self.eos_token_ids)
         self._seqs: dict[str, Sequence] = {}
