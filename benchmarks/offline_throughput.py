@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     warm = [(p[:32], 4) for p, _ in reqs[:4]]
     run_deploylab(llm, warm)
     results = [run_deploylab(llm, reqs)]
+    r = results[0]
+    print(f"deploylab: {r.seconds:.1f} s, {r.output_tps:.1f} output tok/s", flush=True)
     engine.kv_cache.layers.clear()  # hand the cache memory to the transformers run
     engine.runner.workspace = type(engine.runner.workspace)(engine.device, engine.dtype)
     if engine.device.type == "cuda":
@@ -199,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         batch = args.hf_batch_size or args.max_num_seqs
         run_hf(hf, warm, batch)
         results.append(run_hf(hf, reqs, batch))
+        r = results[1]
+        print(f"transformers: {r.seconds:.1f} s, {r.output_tps:.1f} output tok/s", flush=True)
     device = str(engine.device)
     if engine.device.type == "cuda":
         device += f" ({torch.cuda.get_device_name(engine.device)})"

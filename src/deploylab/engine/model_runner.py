@@ -211,7 +211,10 @@ class ModelRunner:
         keys = torch.arange(max_blocks * bs, dtype=torch.int64)
         lens_t = torch.tensor(lens, dtype=torch.int64)
         mask = (keys[None, :] < lens_t[:, None])[:, None, None, :]
-        return DecodeGroup(start, len(lens), self._to_device(index), self._to_device(mask))
+        bias = None
+        if self.device.type == "cpu":
+            bias = torch.zeros(mask.shape, dtype=torch.float32).masked_fill_(~mask, float("-inf"))
+        return DecodeGroup(start, len(lens), self._to_device(index), self._to_device(mask), bias)
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> tuple[list[Sequence], torch.Tensor | None]:

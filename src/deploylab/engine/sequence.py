@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from deploylab.engine.sampling_params import SamplingParams
 
@@ -60,7 +60,6 @@ class Sequence:
         self.text = ""
         self.num_emitted_tokens = 0  # tokens already reported in a delta
         self.num_emitted_chars = 0
-        self.user_data: Any = None
 
     @property
     def num_tokens(self) -> int:
