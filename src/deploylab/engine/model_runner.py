@@ -7,6 +7,7 @@ import logging
 import torch
 
 from deploylab.engine.attention import AttentionMetadata, DecodeGroup, PrefillChunk, Workspace
+from deploylab.engine.cpu_linear import prepack_linears, prepack_supported
 from deploylab.engine.cuda_graphs import DecodeGraphs
 from deploylab.engine.kv_cache import KVCache
 from deploylab.engine.models.llama import LlamaForCausalLM
@@ -40,6 +41,8 @@ class ModelRunner:
         self._head_rows = torch.arange(kvh, dtype=torch.int64) * nb
         self._head_slots = torch.arange(kvh, dtype=torch.int64) * nb * self.block_size
         dtype = next(model.parameters()).dtype
+        if prepack_supported(device, dtype):
+            prepack_linears(model)
         self.workspace = Workspace(device, dtype)
         elem = torch.empty(0, dtype=dtype).element_size()
         self._token_bytes = kvh * config.head_dim * elem  # keys of one token, all KV heads
