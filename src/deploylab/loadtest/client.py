@@ -2,8 +2,8 @@
 
 Clocks are `time.perf_counter_ns()` (CLOCK_MONOTONIC on Linux, shared by all processes). The
 body is serialised before the send time is taken, so JSON encoding of a long prompt is not
-counted as server time. The stream is read in whatever pieces the socket delivers
-(`iter_any`), with no line-length limit, and split into server-sent events here.
+counted as server time. The HTTP exchange itself (`http_client`) stamps the send and every
+event's arrival; this module turns the events into the record.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
-READ_BUFSIZE = 8 * 1024 * 1024  # long-context responses must not stall on a small buffer
+from deploylab.loadtest.http_client import ConnectionPool, Endpoint
+from deploylab.loadtest.http_exchange import Exchange
 
 
 @dataclass(slots=True)
@@ -61,31 +60,13 @@ def _content_of(event: dict[str, Any]) -> str:
 
 
 class _Stream:
-    """Accumulates SSE `data:` lines of one response into the record."""
+    """Decodes the `data:` payloads of one response into the record."""
 
     def __init__(self, rec: RawRecord) -> None:
         self.rec = rec
-        self.pending = bytearray()
         self.pieces: list[str] = []
-        self.done = False
 
-    def feed(self, data: bytes, now: int) -> None:
-        self.pending += data
-        start = 0
-        while True:
-            nl = self.pending.find(b"\n", start)
-            if nl < 0:
-                break
-            line = bytes(self.pending[start:nl]).rstrip(b"\r")
-            start = nl + 1
-            if line.startswith(b"data:"):
-                self._event(line[5:].strip(), now)
-        del self.pending[:start]
-
-    def _event(self, payload: bytes, now: int) -> None:
-        if payload == b"[DONE]":
-            self.done = True
-            return
+    def event(self, payload: bytes, now: int) -> None:
         try:
             event = json.loads(payload)
         except ValueError:
@@ -117,76 +98,52 @@ class _Stream:
             self.rec.error_kind, self.rec.error_detail = kind, detail
 
 
-async def _on_body_sent(
-    session: aiohttp.ClientSession, ctx: Any, params: aiohttp.TraceRequestChunkSentParams
-) -> None:
-    wire = ctx.trace_request_ctx
-    if isinstance(wire, list) and not wire:
-        wire.append(time.perf_counter_ns())
-
-
-def wire_send_tracer() -> aiohttp.TraceConfig:
-    """Timestamps a request when its body is written to the socket.
-
-    Before Python 3.12, aiohttp writes the body in a separately scheduled task, which runs only
-    after every callback already queued on the loop: under load (a burst of streamed chunks)
-    that is milliseconds after `session.post()` is called. `send_streaming` takes the send time
-    from this hook, so TTFT starts when the request is on the wire and the deferral counts as
-    schedule lateness instead (measured against `deploylab sim` at 512 streams: TTFT error
-    p50 60 ms before, 7 ms after; see docs/benchmarks.md).
-    """
-    tracer = aiohttp.TraceConfig()
-    tracer.on_request_chunk_sent.append(_on_body_sent)
-    return tracer
-
-
 async def send_streaming(
-    session: aiohttp.ClientSession, url: str, body: bytes, rec: RawRecord
+    pool: ConnectionPool, endpoint: Endpoint, body: bytes, rec: RawRecord, timeout_s: float
 ) -> None:
-    """POST `body` to `url`, read the streamed answer, fill `rec` (errors included).
+    """POST `body` to `endpoint`, read the streamed answer, fill `rec` (errors included).
 
     Never raises, except CancelledError (the record is marked `cancelled` first). The send
-    time is when the body reached the socket if the session has `wire_send_tracer()`, else
-    just before the request was handed to aiohttp.
+    time is taken at the `transport.write` of the request; each chunk's time when the read
+    that completed it returned (see `http_client`). Events are decoded once the answer is
+    complete (or failed), so JSON decoding never delays a time stamp.
     """
-    stream = _Stream(rec)
-    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    exchange = Exchange()
     rec.sent_ns = time.perf_counter_ns()
-    wire: list[int] = []
+    cancelled = False
     try:
-        async with session.post(url, data=body, headers=headers, trace_request_ctx=wire) as resp:
-            rec.status = resp.status
-            if resp.status != 200:
-                detail = (await resp.text())[:500]
-                stream.fail(f"http_{resp.status}", detail)
-                return
-            if "text/event-stream" not in resp.headers.get("Content-Type", ""):
-                payload = await resp.read()
-                now = time.perf_counter_ns()
-                try:
-                    stream.absorb(json.loads(payload), now)
-                except ValueError:
-                    stream.fail("bad_response", f"not JSON: {payload[:200]!r}")
-                return
-            async for data in resp.content.iter_any():
-                stream.feed(data, time.perf_counter_ns())
-                if stream.done:
-                    break
-            if not stream.done and rec.error_kind is None:
-                stream.fail("disconnected", "the stream ended without [DONE]")
+        await pool.send(endpoint, body, exchange, timeout_s)
     except asyncio.CancelledError:
-        stream.fail("cancelled", "the run was interrupted")
+        cancelled = True
         raise
-    except TimeoutError:
-        stream.fail("timeout", "no complete answer within the request timeout")
-    except aiohttp.ClientError as exc:
-        # before any response: the target refused or reset the connection; after: it dropped
-        kind = "connection" if rec.status is None else "disconnected"
-        stream.fail(kind, f"{type(exc).__name__}: {exc}"[:300])
     finally:
-        if wire:
-            rec.sent_ns = wire[0]
-        rec.end_ns = time.perf_counter_ns()
-        rec.text = "".join(stream.pieces)
-        if rec.error_kind is None and not rec.chunk_ns:
-            stream.fail("empty_output", "the answer held no text")
+        _settle(exchange, rec, cancelled)
+
+
+def _settle(exchange: Exchange, rec: RawRecord, cancelled: bool) -> None:
+    """Fill the record from a finished (or failed, or cancelled) exchange."""
+    stream = _Stream(rec)
+    rec.sent_ns = exchange.sent_ns or rec.sent_ns
+    rec.status = exchange.status
+    if exchange.status is not None and exchange.status != 200:
+        detail = bytes(exchange.body[:2000]).decode("utf-8", errors="replace")[:500]
+        stream.fail(f"http_{exchange.status}", detail)
+    elif exchange.sse:
+        for now, payload in exchange.events:
+            stream.event(payload, now)
+    elif exchange.status == 200 and exchange.error is None and not cancelled:
+        payload = bytes(exchange.body)
+        try:
+            stream.absorb(json.loads(payload), exchange.end_ns)
+        except ValueError:
+            stream.fail("bad_response", f"not JSON: {payload[:200]!r}")
+    if cancelled:
+        stream.fail("cancelled", "the run was interrupted")
+    elif exchange.error is not None:
+        stream.fail(*exchange.error)
+    elif exchange.sse and not exchange.done:
+        stream.fail("disconnected", "the stream ended without [DONE]")
+    rec.end_ns = exchange.end_ns or time.perf_counter_ns()
+    rec.text = "".join(stream.pieces)
+    if rec.error_kind is None and not rec.chunk_ns:
+        stream.fail("empty_output", "the answer held no text")

@@ -17,9 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import aiohttp
-
-from deploylab.loadtest.client import READ_BUFSIZE, RawRecord, send_streaming, wire_send_tracer
+from deploylab.loadtest.client import RawRecord, send_streaming
+from deploylab.loadtest.http_client import ConnectionPool, Endpoint
 from deploylab.loadtest.workload import Turn, WorkItem, WorkloadGenerator
 
 _PROGRESS_EVERY_S = 0.5
@@ -79,11 +78,12 @@ class _Worker:
     def __init__(
         self,
         task: WorkerTask,
-        session: aiohttp.ClientSession,
+        pool: ConnectionPool,
         start_ns: int,
         progress: ProgressFn | None,
     ) -> None:
-        self.task, self.session, self.start_ns = task, session, start_ns
+        self.task, self.pool, self.start_ns = task, pool, start_ns
+        self.endpoint = Endpoint.from_url(task.url)
         self.progress = progress
         self.records: list[RawRecord] = []
         self.in_flight: set[asyncio.Task[None]] = set()
@@ -145,7 +145,7 @@ class _Worker:
             self.records.append(rec)
             body = self._body(item, history, turn, model)
             self.pending.in_flight += 1
-            await send_streaming(self.session, task.url, body, rec)
+            await send_streaming(self.pool, self.endpoint, body, rec, task.timeout_s)
             self._count(rec)
             if rec.error_kind is not None:
                 return  # a user whose request failed abandons the session
@@ -223,19 +223,13 @@ async def run_worker(
     """Run one worker's load; `start` returns the shared start time (perf_counter_ns) once
     every worker is ready. Setting `stop` ends the run: nothing new is sent, requests in
     flight are cancelled (recorded as `cancelled`), and the records so far are returned."""
-    connector = aiohttp.TCPConnector(limit=0, force_close=False, enable_cleanup_closed=True)
-    timeout = aiohttp.ClientTimeout(total=task.timeout_s, sock_connect=min(30.0, task.timeout_s))
     # Objects alive now (imports, the workload) never become garbage: keep the collector's
     # full passes from walking them, which stalled sends by ~35 ms at 750 requests/s.
     gc.freeze()
-    async with aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        read_bufsize=READ_BUFSIZE,
-        trace_configs=[wire_send_tracer()],
-    ) as session:
+    pool = ConnectionPool()
+    try:
         start_ns = await start()
-        worker = _Worker(task, session, start_ns, progress)
+        worker = _Worker(task, pool, start_ns, progress)
         body = worker.closed_loop() if task.mode == "closed" else worker.open_loop()
         main = asyncio.ensure_future(body)
         stopper = asyncio.ensure_future(stop.wait())
@@ -250,6 +244,8 @@ async def run_worker(
         await asyncio.gather(main, stopper, ticker, *worker.in_flight, return_exceptions=True)
         _cancel_unfinished(worker.records)
         worker.flush_progress()
+    finally:
+        pool.close()
     return worker.records
 
 
