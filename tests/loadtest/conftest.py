@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 STUB = Path(__file__).with_name("stub_server.py")
+if str(STUB.parent) not in sys.path:  # `rawserver`, for the client tests (importlib mode)
+    sys.path.insert(0, str(STUB.parent))
 
 
 class StubServer:
