@@ -28,6 +28,14 @@ class ResponseSink(Protocol):
     def on_body(self, piece: bytes, now: int) -> None: ...
 
 
+def _find(buf: bytearray, sep: bytes, pos: int, limit: int, what: str) -> int:
+    """Where `sep` is at or after `pos`; -1 if it has not arrived yet (an error past `limit`)."""
+    at = buf.find(sep, pos)
+    if at < 0 and len(buf) - pos > limit:
+        raise ProtocolError(f"{what} longer than {limit} bytes")
+    return at
+
+
 class ResponseParser:
     """Parses one response at a time; `reset` before each request on a reused connection."""
 
@@ -95,18 +103,14 @@ class ResponseParser:
         while True:
             state = self._state
             if state == _HEAD:
-                end = buf.find(b"\r\n\r\n", pos)
+                end = _find(buf, b"\r\n\r\n", pos, MAX_HEAD_BYTES, "response head")
                 if end < 0:
-                    if len(buf) - pos > MAX_HEAD_BYTES:
-                        raise ProtocolError("response head larger than 64 KiB")
                     break
                 self._head(bytes(buf[pos:end]))
                 pos = end + 4
             elif state == _SIZE:
-                eol = buf.find(b"\r\n", pos)
+                eol = _find(buf, b"\r\n", pos, _MAX_SIZE_LINE, "chunk size line")
                 if eol < 0:
-                    if len(buf) - pos > _MAX_SIZE_LINE:
-                        raise ProtocolError("chunk size line too long")
                     break
                 text = bytes(buf[pos:eol]).split(b";", 1)[0].strip()
                 try:
@@ -132,10 +136,8 @@ class ResponseParser:
                 pos += 2
                 self._state = _SIZE
             elif state == _TRAILER:  # trailer lines up to an empty line
-                eol = buf.find(b"\r\n", pos)
+                eol = _find(buf, b"\r\n", pos, MAX_HEAD_BYTES, "chunked trailer line")
                 if eol < 0:
-                    if len(buf) - pos > MAX_HEAD_BYTES:
-                        raise ProtocolError("chunked trailer larger than 64 KiB")
                     break
                 if eol == pos:
                     self._state = _DONE
