@@ -81,6 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-hf", action="store_true", help="measure deploylab only")
+    p.add_argument(
+        "--hf-modes",
+        default="generate",
+        help="comma list: generate (eager batched), static (static cache + torch.compile), "
+        "continuous (transformers' generate_batch machinery)",
+    )
     p.add_argument("--json", help="also write the results to this file")
     return p.parse_args(argv)
 
@@ -219,11 +225,24 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_hf:
         hf = hf_model_like(engine.model)
         hf_reqs = hf_order(reqs, args.hf_sort)
+        modes = args.hf_modes.split(",")
         for batch in args.hf_batch_size or [args.max_num_seqs]:
-            run_hf(hf, warm, batch)
-            r = run_hf(hf, hf_reqs, batch)
-            r.name = f"hf batch {batch}" + (" sorted" if args.hf_sort else "")
-            results.append(r)
+            if "generate" in modes:
+                run_hf(hf, warm, batch)
+                r = run_hf(hf, hf_reqs, batch)
+                r.name = f"hf batch {batch}" + (" sorted" if args.hf_sort else "")
+                results.append(r)
+            if "static" in modes:
+                from hf_baselines import run_hf_static
+
+                r = run_hf_static(hf, hf_reqs, batch)
+                r.name = f"hf static+compile batch {batch}"
+                results.append(r)
+        if "continuous" in modes:
+            from hf_baselines import run_hf_continuous
+
+            results.append(run_hf_continuous(hf, reqs, args.max_num_seqs))
+        for r in results[1:]:
             print(f"{r.name}: {r.seconds:.1f} s, {r.output_tps:.1f} output tok/s", flush=True)
     device = str(engine.device)
     if engine.device.type == "cuda":
@@ -242,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         best = max(results[1:], key=lambda r: r.output_tps)
         speedup = results[0].output_tps / best.output_tps
         print(f"speed-up over the best transformers run ({best.name}): {speedup:.2f}x")
+    for r in results[1:]:
+        print(f"speed-up vs {r.name}: {results[0].output_tps / r.output_tps:.2f}x")
     if args.json:
         payload = {"args": vars(args), "device": device, "results": [asdict(r) for r in results]}
         with open(args.json, "w") as f:

@@ -57,17 +57,20 @@ def test_bfloat16_cpu_path_agrees_with_dense(tiny: ModelParts) -> None:
 
 
 @pytest.mark.gpu
-def test_triton_kernel_matches_reference() -> None:
+@pytest.mark.parametrize("target_programs", [None, 1, 10_000])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_triton_kernel_matches_reference(target_programs: int | None, batch: int) -> None:
+    """With the context split in many parts (small batch), not split, and split finely."""
     from deploylab.engine.triton_attention import _build
 
-    fn = _build()
-    gen = torch.Generator().manual_seed(0)
+    fn = _build(target_programs)
+    gen = torch.Generator().manual_seed(batch)
     kvh, heads, dim, bs, nb = 8, 32, 64, 16, 300
     kc = torch.randn(kvh, nb, bs, dim, generator=gen).cuda().bfloat16()
     vc = torch.randn(kvh, nb, bs, dim, generator=gen).cuda().bfloat16()
-    tables = torch.randint(0, nb, (5, 40), generator=gen).int().cuda()
-    lens = torch.tensor([1, 16, 63, 300, 640], dtype=torch.int32).cuda()
-    q = torch.randn(5, heads, dim, generator=gen).cuda().bfloat16()
+    tables = torch.randint(0, nb, (batch, 40), generator=gen).int().cuda()
+    lens = torch.tensor([640, 1, 16, 63, 300][:batch], dtype=torch.int32).cuda()
+    q = torch.randn(batch, heads, dim, generator=gen).cuda().bfloat16()
     got = fn(q, kc, vc, tables, lens, dim**-0.5)
     ref = reference_decode(q, kc, vc, tables, lens, dim**-0.5)
     torch.testing.assert_close(got.float(), ref.float(), atol=2e-2, rtol=2e-2)

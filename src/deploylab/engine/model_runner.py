@@ -51,6 +51,7 @@ class ModelRunner:
         self.paged_decode: PagedDecodeFn | None = None
         if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
             self.paged_decode = load_paged_decode(device, dtype)
+            model.fuse_for_cuda()  # fused projections and Triton small ops
         self.graphs: DecodeGraphs | None = None
 
     def enable_cuda_graphs(self, max_batch: int, max_model_len: int) -> bool:

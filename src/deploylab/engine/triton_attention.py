@@ -1,9 +1,11 @@
 """Paged decode attention as a Triton kernel (CUDA only; optional).
 
-One program per (sequence, KV head) walks the sequence's block table in tiles of `TILE`
-tokens, loading keys and values straight from the paged cache (no gather copy), with an
-online softmax in float32. The query heads that share the KV head are the rows of the dot
-products (padded to 16, the smallest `tl.dot` shape).
+One program per (sequence, KV head, context split) walks its part of the sequence's block
+table in tiles of `TILE` tokens, loading keys and values straight from the paged cache (no
+gather copy), with an online softmax in float32. The query heads that share the KV head are
+the rows of the dot products (padded to 16, the smallest `tl.dot` shape). When the batch is
+too small to fill the GPU, the context is split (flash-decoding) and a second kernel merges
+the splits' partial softmax sums.
 
 `load_paged_decode()` returns None when Triton is missing; the engine then uses the gather +
 SDPA path of `attention.py`, which is also the reference the kernel is checked against at
@@ -26,19 +28,21 @@ PagedDecodeFn = Callable[
 TILE = 64
 
 
-def _build() -> PagedDecodeFn:
+def _build(target_programs: int | None = None) -> PagedDecodeFn:
     import triton
     import triton.language as tl
 
     @triton.jit
-    def _kernel(  # type: ignore[no-untyped-def]
-        Q, K, V, BT, LENS, OUT, scale,
+    def _partial_kernel(  # type: ignore[no-untyped-def]
+        Q, K, V, BT, LENS, OUT, M, L, ACC, scale,
         stride_qb, stride_qh, stride_kh, stride_kb, stride_btb, stride_ob, stride_oh,
+        NUM_SPLITS: tl.constexpr, SPLIT_TOKENS: tl.constexpr,
         GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
         BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr,
     ):  # fmt: skip
         seq = tl.program_id(0)
         kvh = tl.program_id(1)
+        split = tl.program_id(2)
         ctx = tl.load(LENS + seq)
         g = tl.arange(0, GROUP_PAD)
         d = tl.arange(0, HEAD_DIM)
@@ -53,9 +57,11 @@ def _build() -> PagedDecodeFn:
         l_i = tl.zeros([GROUP_PAD], tl.float32)
         acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
         t = tl.arange(0, TILE)
-        for start in range(0, ctx, TILE):
+        lo = split * SPLIT_TOKENS
+        hi = tl.minimum(ctx, lo + SPLIT_TOKENS)
+        for start in range(lo, hi, TILE):
             pos = start + t
-            valid = pos < ctx
+            valid = pos < hi
             blk = tl.load(BT + seq * stride_btb + pos // BLOCK_SIZE, mask=valid, other=0)
             off = kvh * stride_kh + blk.to(tl.int64) * stride_kb + (pos % BLOCK_SIZE) * HEAD_DIM
             k = tl.load(K + off[:, None] + d[None, :], mask=valid[:, None], other=0.0)
@@ -68,12 +74,52 @@ def _build() -> PagedDecodeFn:
             v = tl.load(V + off[:, None] + d[None, :], mask=valid[:, None], other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
-        out = acc / l_i[:, None]
+        if NUM_SPLITS == 1:
+            out = acc / l_i[:, None]
+            tl.store(
+                OUT + seq * stride_ob + heads[:, None] * stride_oh + d[None, :],
+                out.to(OUT.dtype.element_ty),
+                mask=gmask[:, None],
+            )
+        else:
+            # Partial results of this split, combined by _combine_kernel.
+            row = (seq * tl.num_programs(1) + kvh) * NUM_SPLITS + split
+            tl.store(M + row * GROUP_PAD + g, m_i)
+            tl.store(L + row * GROUP_PAD + g, l_i)
+            tl.store(ACC + (row * GROUP_PAD + g[:, None]) * HEAD_DIM + d[None, :], acc)
+
+    @triton.jit
+    def _combine_kernel(  # type: ignore[no-untyped-def]
+        OUT, M, L, ACC, stride_ob, stride_oh,
+        NUM_SPLITS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+    ):  # fmt: skip
+        seq = tl.program_id(0)
+        kvh = tl.program_id(1)
+        g = tl.arange(0, GROUP_PAD)
+        d = tl.arange(0, HEAD_DIM)
+        base = (seq * tl.num_programs(1) + kvh) * NUM_SPLITS
+        m_max = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+        for s in range(NUM_SPLITS):
+            m_max = tl.maximum(m_max, tl.load(M + (base + s) * GROUP_PAD + g))
+        total = tl.zeros([GROUP_PAD], tl.float32)
+        acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
+        for s in range(NUM_SPLITS):
+            m_s = tl.load(M + (base + s) * GROUP_PAD + g)
+            # An empty split has m = -inf and l = 0: weight 0 (guard -inf - -inf = nan).
+            w = tl.where(m_s > float("-inf"), tl.exp(m_s - m_max), 0.0)
+            total += w * tl.load(L + (base + s) * GROUP_PAD + g)
+            a = tl.load(ACC + ((base + s) * GROUP_PAD + g[:, None]) * HEAD_DIM + d[None, :])
+            acc += w[:, None] * a
+        out = acc / total[:, None]
+        heads = kvh * GROUP + g
         tl.store(
             OUT + seq * stride_ob + heads[:, None] * stride_oh + d[None, :],
             out.to(OUT.dtype.element_ty),
-            mask=gmask[:, None],
+            mask=(g < GROUP)[:, None],
         )
+
+    programs = target_programs or torch.cuda.get_device_properties(0).multi_processor_count
 
     def paged_decode(
         q: torch.Tensor,
@@ -88,15 +134,35 @@ def _build() -> PagedDecodeFn:
         batch, heads, dim = q.shape
         kv_heads, _, block_size, _ = k_cache.shape
         group = heads // kv_heads
+        group_pad = max(16, triton.next_power_of_2(group))
+        tile = max(TILE, block_size)
+        # Split the context (flash-decoding) when batch x kv_heads programs would leave
+        # the GPU idle; the split count depends only on shapes, so CUDA graphs can hold it.
+        width = tables.shape[1] * block_size
+        max_splits = -(-width // tile)
+        splits = max(1, min(max_splits, -(-programs // (batch * kv_heads))))
+        split_tokens = -(-max_splits // splits) * tile
+        splits = -(-width // split_tokens)
         out = torch.empty_like(q)
-        grid: Any = (batch, kv_heads)
-        _kernel[grid](
-            q, k_cache, v_cache, tables, lens, out, scale,
+        part = (batch * kv_heads * splits, group_pad)
+        m = l_ = acc = out
+        if splits > 1:
+            m = torch.empty(part, dtype=torch.float32, device=q.device)
+            l_ = torch.empty(part, dtype=torch.float32, device=q.device)
+            acc = torch.empty((*part, dim), dtype=torch.float32, device=q.device)
+        grid: Any = (batch, kv_heads, splits)
+        _partial_kernel[grid](
+            q, k_cache, v_cache, tables, lens, out, m, l_, acc, scale,
             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), tables.stride(0),
             out.stride(0), out.stride(1),
-            GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=dim,
-            BLOCK_SIZE=block_size, TILE=max(TILE, block_size),
+            NUM_SPLITS=splits, SPLIT_TOKENS=split_tokens,
+            GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=dim, BLOCK_SIZE=block_size, TILE=tile,
         )  # fmt: skip
+        if splits > 1:
+            _combine_kernel[(batch, kv_heads)](
+                out, m, l_, acc, out.stride(0), out.stride(1),
+                NUM_SPLITS=splits, GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=dim,
+            )  # fmt: skip
         return out
 
     return paged_decode

@@ -1,0 +1,216 @@
+"""Decode step time and prefill speed of deploylab's engine beside their rooflines (CUDA).
+
+Decode floor = (weight bytes + KV bytes of every context) / memory bandwidth, with the
+bandwidth measured in the same run (a device-to-device copy, bytes read + written) and the
+datasheet figure shown too. Prefill floor = FLOPs / bf16 peak (datasheet, and a large matmul
+measured in the same run). Three decode timings per batch size:
+  - graph: the captured CUDA graph replayed alone (the GPU's time for the step)
+  - graph+inputs: the runner's graph path, host-side input copies included
+  - engine step: `LLMEngine.step()` end to end (scheduler, prepare, sampling, host sync)
+
+    python benchmarks/roofline.py --shape llama-3.2-1b --batch-sizes 1,64,256 --context 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--shape", default="llama-3.2-1b", help="random-weight preset")
+    p.add_argument("--batch-sizes", default="1,64,256")
+    p.add_argument("--context", type=int, default=1024, help="context length of every sequence")
+    p.add_argument("--prefill-tokens", type=int, default=4096)
+    p.add_argument("--engine-steps", type=int, default=30, help="timed engine steps per batch")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.85)
+    p.add_argument("--profile", action="store_true", help="print the top kernels of a step")
+    p.add_argument("--json", help="also write the results here")
+    return p.parse_args(argv)
+
+
+def bench_ms(fn: Any) -> float:
+    """Median milliseconds of `fn` on the GPU (CUDA events, warm-up excluded)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=25, rep=300, return_mode="median"))
+
+
+def measure_bandwidth_gbs() -> float:
+    """Device-to-device copy of 2 GiB: (bytes read + written) / time."""
+    src = torch.empty(2**30, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    ms = bench_ms(lambda: dst.copy_(src))
+    return 2 * src.numel() * src.element_size() / ms / 1e6
+
+
+def measure_matmul_tflops(n: int = 8192) -> float:
+    """bf16 n x n x n matrix product rate on random data."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    ms = bench_ms(lambda: a @ b)
+    return 2 * n**3 / ms / 1e9
+
+
+def graph_decode(engine: Any, batch: int, context: int) -> tuple[float, float]:
+    """(replay-only ms, replay with input copies ms) for `batch` sequences at `context`."""
+    graphs = engine.runner.graphs
+    bs = engine.runner.block_size
+    width = -(-context // bs)
+    tables = [list(range(i * width, (i + 1) * width)) for i in range(batch)]
+    pos = [context - 1] * batch
+    slots = [t[(context - 1) // bs] * bs + (context - 1) % bs for t in tables]
+    ids = [1000 + i for i in range(batch)]
+    run = lambda: graphs.run(ids, pos, slots, tables, [context] * batch)  # noqa: E731
+    with_inputs = bench_ms(run)
+    run()
+    size = next(s for s in graphs.sizes if s >= batch)
+    replay = bench_ms(graphs.graphs[size].graph.replay)
+    return replay, with_inputs
+
+
+@torch.inference_mode()
+def graph_decode_timed(engine: Any, batch: int, context: int) -> tuple[float, float]:
+    """`graph_decode` under inference mode (the graphs' static inputs are inference tensors)."""
+    return graph_decode(engine, batch, context)
+
+
+def engine_step_ms(engine: Any, batch: int, context: int, steps: int) -> float:
+    """Median wall-clock ms of `engine.step()` with `batch` sequences decoding at ~`context`."""
+    from deploylab.engine import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=steps + 8, ignore_eos=True)
+    gen = torch.Generator().manual_seed(batch)
+    for i in range(batch):
+        prompt = torch.randint(100, 30000, (context - 1,), generator=gen).tolist()
+        engine.add_request(f"r{batch}-{i}", prompt, params)
+    while any(s.num_computed_tokens < s.num_prompt_tokens for s in engine._seqs.values()):
+        engine.step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        engine.step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    while engine.has_unfinished_requests():
+        engine.step()
+    engine._seqs.clear()
+    return statistics.median(times)
+
+
+def prefill_ms(engine: Any, tokens: int) -> float:
+    """Median wall-clock ms to prefill one `tokens`-token prompt and sample one token."""
+    from deploylab.engine import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+    gen = torch.Generator().manual_seed(7)
+    times = []
+    for i in range(6):
+        prompt = torch.randint(100, 30000, (tokens,), generator=gen).tolist()
+        engine.add_request(f"p{i}", prompt, params)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        while engine.has_unfinished_requests():
+            engine.step()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    engine._seqs.clear()
+    return statistics.median(times[1:])
+
+
+def profile_step(engine: Any, batch: int, context: int) -> None:
+    """Top CUDA kernels of eager decode steps (graphs hide their kernels from the profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    graphs, engine.runner.graphs = engine.runner.graphs, None
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        engine_step_ms(engine, batch, context, 5)
+    engine.runner.graphs = graphs
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from deploylab.engine import LLM
+    from deploylab.engine.models.cost import decode_step_bytes, prefill_flops
+    from deploylab.hardware import lookup
+
+    name = torch.cuda.get_device_name()
+    sheet = lookup(name)
+    bw = measure_bandwidth_gbs()
+    tflops = measure_matmul_tflops()
+    print(
+        f"{name}: measured copy {bw:.0f} GB/s (sheet {sheet.bandwidth_gbs:.0f}), "
+        f"bf16 matmul {tflops:.0f} TFLOP/s (sheet {sheet.bf16_tflops:.0f})",
+        flush=True,
+    )
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    llm = LLM(
+        random_weights=args.shape,
+        device="cuda",
+        dtype="bfloat16",
+        max_num_seqs=max(batches),
+        max_num_batched_tokens=max(args.prefill_tokens, max(batches)),
+        max_model_len=max(args.context + args.engine_steps + 64, args.prefill_tokens + 16),
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        enable_prefix_caching=False,
+    )
+    engine = llm.llm_engine
+    cfg = engine.model_config
+    for layer in engine.kv_cache.layers:  # real-looking values, so no path sees all zeros
+        for t in layer:
+            t.normal_()
+    rows: list[dict[str, Any]] = []
+    for batch in batches:
+        floor_bytes = decode_step_bytes(cfg, 2, [args.context] * batch)
+        floor_ms = floor_bytes / bw / 1e6
+        replay, with_inputs = graph_decode_timed(engine, batch, args.context)
+        step = engine_step_ms(engine, batch, args.context, args.engine_steps)
+        row = dict(
+            batch=batch, context=args.context, floor_ms=floor_ms,
+            sheet_floor_ms=sheet.decode_floor_ms(floor_bytes), graph_ms=replay,
+            graph_inputs_ms=with_inputs, engine_step_ms=step, ratio=replay / floor_ms,
+        )  # fmt: skip
+        print(row, flush=True)
+        rows.append(row)
+    flops = prefill_flops(cfg, args.prefill_tokens)
+    pre = prefill_ms(engine, args.prefill_tokens)
+    prefill = dict(
+        tokens=args.prefill_tokens, ms=pre, tflops=flops / pre / 1e9,
+        share_of_sheet=flops / pre / 1e9 / sheet.bf16_tflops,
+        share_of_measured=flops / pre / 1e9 / tflops,
+    )  # fmt: skip
+    if args.profile:
+        profile_step(engine, max(batches), args.context)
+    print(f"\n{name}, {args.shape}, bf16, context {args.context}; bandwidth {bw:.0f} GB/s "
+          f"measured, {sheet.bandwidth_gbs:.0f} datasheet")  # fmt: skip
+    head = f"{'batch':>6}{'floor ms':>10}{'graph ms':>10}{'x floor':>9}{'+inputs':>9}{'step ms':>9}"
+    print(head)
+    for r in rows:
+        print(
+            f"{r['batch']:>6}{r['floor_ms']:>10.3f}{r['graph_ms']:>10.3f}{r['ratio']:>9.2f}"
+            f"{r['graph_inputs_ms']:>9.3f}{r['engine_step_ms']:>9.3f}"
+        )
+    print(
+        f"prefill {args.prefill_tokens} tokens: {pre:.2f} ms, {prefill['tflops']:.0f} TFLOP/s = "
+        f"{100 * prefill['share_of_sheet']:.0f}% of datasheet bf16, "
+        f"{100 * prefill['share_of_measured']:.0f}% of measured matmul"
+    )
+    if args.json:
+        payload = dict(
+            device=name, shape=args.shape, bandwidth_gbs=bw, matmul_tflops=tflops,
+            sheet=sheet.__dict__, decode=rows, prefill=prefill,
+        )  # fmt: skip
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

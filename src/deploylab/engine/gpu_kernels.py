@@ -1,0 +1,112 @@
+"""Fused small ops for the CUDA path, as Triton kernels: residual add + RMSNorm, SiLU-and-mul,
+rotary embedding.
+
+A decode step at small batch is bound by the number of kernels more than by their work:
+unfused, RMSNorm is ~7 elementwise kernels, RoPE ~5 per tensor, SiLU-and-mul 2. Each kernel
+here does one pass with float32 arithmetic and one rounding to the output dtype. The CPU
+path keeps the plain PyTorch ops (and their exact rounding).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+
+@functools.cache
+def _kernels() -> dict[str, Any]:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _rmsnorm(  # type: ignore[no-untyped-def]
+        X, R, W, OUT, ROUT, stride_x, stride_r, stride_o, n, eps,
+        HAS_RES: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < n
+        x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
+        if HAS_RES:
+            x = x.to(tl.float32) + tl.load(R + row * stride_r + cols, mask=mask, other=0.0)
+            x = x.to(OUT.dtype.element_ty)
+            tl.store(ROUT + row * stride_r + cols, x, mask=mask)
+        xf = x.to(tl.float32)
+        var = tl.sum(xf * xf, axis=0) / n
+        h = (xf * tl.rsqrt(var + eps)).to(OUT.dtype.element_ty)
+        w = tl.load(W + cols, mask=mask, other=0.0)
+        tl.store(OUT + row * stride_o + cols, (w.to(tl.float32) * h.to(tl.float32)), mask=mask)
+
+    @triton.jit
+    def _silu_mul(  # type: ignore[no-untyped-def]
+        X, OUT, stride_x, stride_o, n, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        row = tl.program_id(0)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < n
+        g = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(X + row * stride_x + n + cols, mask=mask, other=0.0).to(tl.float32)
+        silu = (g / (1.0 + tl.exp(-g))).to(OUT.dtype.element_ty).to(tl.float32)
+        tl.store(OUT + row * stride_o + cols, silu * u, mask=mask)
+
+    @triton.jit
+    def _rope(  # type: ignore[no-untyped-def]
+        X, COS, SIN, OUT, stride_t, stride_h, stride_c, heads,
+        HALF: tl.constexpr, HEADS_PAD: tl.constexpr,
+    ):  # fmt: skip
+        t = tl.program_id(0)
+        h = tl.arange(0, HEADS_PAD)
+        d = tl.arange(0, HALF)
+        hmask = (h < heads)[:, None]
+        c = tl.load(COS + t * stride_c + d).to(tl.float32)[None, :]
+        s = tl.load(SIN + t * stride_c + d).to(tl.float32)[None, :]
+        src = X + t * stride_t + h[:, None] * stride_h + d[None, :]
+        x1 = tl.load(src, mask=hmask, other=0.0).to(tl.float32)
+        x2 = tl.load(src + HALF, mask=hmask, other=0.0).to(tl.float32)
+        dst = OUT + (t * heads + h[:, None]) * (2 * HALF) + d[None, :]
+        tl.store(dst, x1 * c - x2 * s, mask=hmask)
+        tl.store(dst + HALF, x2 * c + x1 * s, mask=hmask)
+
+    return {"rmsnorm": _rmsnorm, "silu_mul": _silu_mul, "rope": _rope, "triton": triton}
+
+
+def rmsnorm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """RMSNorm of `x` `[T, n]`; with `residual`, normalises `x + residual` and stores that sum
+    into `residual` (in place), as the next layer's residual stream."""
+    k = _kernels()
+    rows, n = x.shape
+    out = torch.empty_like(x)
+    res = residual if residual is not None else x
+    k["rmsnorm"][(rows,)](
+        x, res, weight, out, res, x.stride(0), res.stride(0), out.stride(0), n, eps,
+        HAS_RES=residual is not None, BLOCK=k["triton"].next_power_of_2(n),
+    )  # fmt: skip
+    return out
+
+
+def silu_mul(x: torch.Tensor) -> torch.Tensor:
+    """silu(x[:, :n]) * x[:, n:] for `x` `[T, 2n]` (the fused gate/up projection's output)."""
+    k = _kernels()
+    rows, n = x.shape[0], x.shape[1] // 2
+    out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
+    block = 1024
+    k["silu_mul"][(rows, -(-n // block))](x, out, x.stride(0), out.stride(0), n, BLOCK=block)
+    return out
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`x` `[T, heads, d]` (a strided view into a wider buffer is fine) rotated by `cos`/`sin`
+    `[T, d]` in the rotate-half layout, as a new contiguous tensor."""
+    k = _kernels()
+    tokens, heads, dim = x.shape
+    assert x.stride(2) == 1 and cos.stride(1) == 1 and cos.stride() == sin.stride()
+    out = torch.empty(tokens, heads, dim, dtype=x.dtype, device=x.device)
+    k["rope"][(tokens,)](
+        x, cos, sin, out, x.stride(0), x.stride(1), cos.stride(0), heads,
+        HALF=dim // 2, HEADS_PAD=k["triton"].next_power_of_2(heads),
+    )  # fmt: skip
+    return out
