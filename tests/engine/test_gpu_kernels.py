@@ -81,7 +81,32 @@ def test_fused_engine_matches_unfused_greedy() -> None:
         if not fused:
             engine.model.model.fused = False
             for layer in engine.model.model.layers:
-                layer.self_attn.qkv_proj = None
-                layer.mlp.gate_up_proj = None
+                layer.self_attn.qkv_weight = None
+                layer.mlp.gate_up_weight = None
         results.append([o.token_ids for o in LLM(llm_engine=engine).generate(prompts, params)])
     assert results[0] == results[1]
+
+
+def test_chunked_and_prefix_hit_prefill_match_on_cuda() -> None:
+    """Chunks after cached context (lower-right causal flash path) and prefix-cache hits give
+    the tokens of an unchunked, uncached run (tiny random model, float16, fused path)."""
+    from deploylab.engine import LLM, SamplingParams
+    from deploylab.engine.llm_engine import LLMEngine
+    from deploylab.engine.models.loader import init_random_model
+    from deploylab.engine.models.presets import get_preset
+
+    params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+    base = list(range(40, 140))
+    prompts = [base + [7] * k for k in (1, 9, 30)]
+    results = []
+    for budget, caching in ((4096, False), (24, False), (4096, True)):
+        model = init_random_model(get_preset("tiny"), torch.float16, "cuda", seed=0)
+        engine = LLMEngine(
+            model=model, device="cuda", dtype="float16", gpu_memory_utilization=0.2,
+            max_num_seqs=8, max_num_batched_tokens=budget, enable_prefix_caching=caching,
+        )  # fmt: skip
+        llm = LLM(llm_engine=engine)
+        if caching:
+            llm.generate([base + [3]], params)  # warm the prefix cache
+        results.append([o.token_ids for o in llm.generate(prompts, params)])
+    assert results[0] == results[1] == results[2]

@@ -69,7 +69,57 @@ def _kernels() -> dict[str, Any]:
         tl.store(dst, x1 * c - x2 * s, mask=hmask)
         tl.store(dst + HALF, x2 * c + x1 * s, mask=hmask)
 
-    return {"rmsnorm": _rmsnorm, "silu_mul": _silu_mul, "rope": _rope, "triton": triton}
+    @triton.jit
+    def _rope_store(  # type: ignore[no-untyped-def]
+        QKV, COS, SIN, QOUT, KC, VC, SLOTS, KOUT, VOUT,
+        stride_t, stride_c, stride_kh, heads, kv_heads,
+        HALF: tl.constexpr, HEADS_PAD: tl.constexpr, KV_PAD: tl.constexpr,
+        WANT_KV: tl.constexpr,
+    ):  # fmt: skip
+        t = tl.program_id(0)
+        dim = 2 * HALF
+        d = tl.arange(0, HALF)
+        c = tl.load(COS + t * stride_c + d).to(tl.float32)[None, :]
+        s = tl.load(SIN + t * stride_c + d).to(tl.float32)[None, :]
+        h = tl.arange(0, HEADS_PAD)
+        hmask = (h < heads)[:, None]
+        src = QKV + t * stride_t + h[:, None] * dim + d[None, :]
+        x1 = tl.load(src, mask=hmask, other=0.0).to(tl.float32)
+        x2 = tl.load(src + HALF, mask=hmask, other=0.0).to(tl.float32)
+        dst = QOUT + (t * heads + h[:, None]) * dim + d[None, :]
+        tl.store(dst, x1 * c - x2 * s, mask=hmask)
+        tl.store(dst + HALF, x2 * c + x1 * s, mask=hmask)
+        # keys: rotate, store at the slot in every KV head's cache plane; values: copy.
+        g = tl.arange(0, KV_PAD)
+        gmask = (g < kv_heads)[:, None]
+        slot = tl.load(SLOTS + t)
+        ksrc = QKV + t * stride_t + (heads + g[:, None]) * dim + d[None, :]
+        k1 = tl.load(ksrc, mask=gmask, other=0.0).to(tl.float32)
+        k2 = tl.load(ksrc + HALF, mask=gmask, other=0.0).to(tl.float32)
+        r1 = k1 * c - k2 * s
+        r2 = k2 * c + k1 * s
+        cdst = g[:, None] * stride_kh + slot * dim + d[None, :]
+        tl.store(KC + cdst, r1, mask=gmask)
+        tl.store(KC + cdst + HALF, r2, mask=gmask)
+        vsrc = ksrc + kv_heads * dim
+        v1 = tl.load(vsrc, mask=gmask, other=0.0)
+        v2 = tl.load(vsrc + HALF, mask=gmask, other=0.0)
+        tl.store(VC + cdst, v1, mask=gmask)
+        tl.store(VC + cdst + HALF, v2, mask=gmask)
+        if WANT_KV:
+            odst = (t * kv_heads + g[:, None]) * dim + d[None, :]
+            tl.store(KOUT + odst, r1, mask=gmask)
+            tl.store(KOUT + odst + HALF, r2, mask=gmask)
+            tl.store(VOUT + odst, v1, mask=gmask)
+            tl.store(VOUT + odst + HALF, v2, mask=gmask)
+
+    return {
+        "rmsnorm": _rmsnorm,
+        "silu_mul": _silu_mul,
+        "rope": _rope,
+        "rope_store": _rope_store,
+        "triton": triton,
+    }
 
 
 def rmsnorm(
@@ -110,3 +160,34 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         HALF=dim // 2, HEADS_PAD=k["triton"].next_power_of_2(heads),
     )  # fmt: skip
     return out
+
+
+def rope_and_store(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    kv_cache: tuple[torch.Tensor, torch.Tensor],
+    slots: torch.Tensor,
+    num_heads: int,
+    want_kv: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """From the fused projection `qkv` `[T, H + 2 * kv_heads, d]`: RoPE on q and k, the
+    rotated keys and the values written to the paged cache at `slots` (one kernel). Returns
+    q `[T, H, d]` and, when `want_kv` (prefill chunks attend to them directly), contiguous k
+    and v; otherwise empty tensors in their place."""
+    k = _kernels()
+    tokens, total, dim = qkv.shape
+    kv_heads = (total - num_heads) // 2
+    k_cache, v_cache = kv_cache
+    assert qkv.stride(2) == 1 and qkv.stride(1) == dim and cos.stride(1) == 1
+    q = torch.empty(tokens, num_heads, dim, dtype=qkv.dtype, device=qkv.device)
+    shape = (tokens, kv_heads, dim) if want_kv else (0,)
+    k_out = torch.empty(shape, dtype=qkv.dtype, device=qkv.device)
+    v_out = torch.empty(shape, dtype=qkv.dtype, device=qkv.device)
+    k["rope_store"][(tokens,)](
+        qkv, cos, sin, q, k_cache, v_cache, slots, k_out, v_out,
+        qkv.stride(0), cos.stride(0), k_cache.stride(0), num_heads, kv_heads,
+        HALF=dim // 2, HEADS_PAD=k["triton"].next_power_of_2(num_heads),
+        KV_PAD=k["triton"].next_power_of_2(kv_heads), WANT_KV=want_kv,
+    )  # fmt: skip
+    return q, k_out, v_out

@@ -24,17 +24,14 @@ from deploylab.engine.models.rope import RotaryEmbedding, apply_rotary
 KVPair = tuple[torch.Tensor, torch.Tensor]
 
 
-def fuse_linears(layers: list[nn.Linear]) -> nn.Linear:
-    """One Linear whose output is the outputs of `layers` side by side. Their weights (and
-    biases) become views of the fused ones, so state dicts and tied users see no change and
-    no second copy is kept."""
+def fuse_linears(layers: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weights (and biases) of `layers` stacked into one, for a single GEMM. The layers'
+    parameters become views of it, so state dicts and tied users see no change and no second
+    copy is kept; the fused tensors are plain attributes (not in the state dict)."""
     weight = torch.cat([layer.weight.detach() for layer in layers])
-    has_bias = layers[0].bias is not None
-    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias, device="meta")
-    fused.weight = nn.Parameter(weight, requires_grad=False)
-    bias = torch.cat([layer.bias.detach() for layer in layers]) if has_bias else None  # type: ignore[misc]
-    if bias is not None:
-        fused.bias = nn.Parameter(bias, requires_grad=False)
+    bias = None
+    if layers[0].bias is not None:
+        bias = torch.cat([layer.bias.detach() for layer in layers])  # type: ignore[misc]
     start = 0
     for layer in layers:
         n = layer.out_features
@@ -42,7 +39,7 @@ def fuse_linears(layers: list[nn.Linear]) -> nn.Linear:
         if bias is not None:
             layer.bias = nn.Parameter(bias[start : start + n], requires_grad=False)
         start += n
-    return fused
+    return weight, bias
 
 
 class RMSNorm(nn.Module):
@@ -71,11 +68,14 @@ class LlamaMLP(nn.Module):
         self.up_proj = nn.Linear(h, i, bias=bias)
         self.down_proj = nn.Linear(i, h, bias=bias)
 
-        self.gate_up_proj: nn.Linear | None = None  # set by `LlamaForCausalLM.fuse_for_cuda`
+        # Stacked gate/up weights, set by `LlamaForCausalLM.fuse_for_cuda`.
+        self.gate_up_weight: torch.Tensor | None = None
+        self.gate_up_bias: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate_up_proj is not None:
-            return self.down_proj(gpu_kernels.silu_mul(self.gate_up_proj(x)))
+        if self.gate_up_weight is not None:
+            gate_up = F.linear(x, self.gate_up_weight, self.gate_up_bias)
+            return self.down_proj(gpu_kernels.silu_mul(gate_up))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -95,7 +95,9 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * d, hidden, bias=config.o_bias)
         self.q_norm: RMSNorm | None = None
         self.k_norm: RMSNorm | None = None
-        self.qkv_proj: nn.Linear | None = None  # set by `LlamaForCausalLM.fuse_for_cuda`
+        # Stacked q/k/v weights, set by `LlamaForCausalLM.fuse_for_cuda`.
+        self.qkv_weight: torch.Tensor | None = None
+        self.qkv_bias: torch.Tensor | None = None
         if config.qk_norm:
             self.q_norm = RMSNorm(d, config.rms_norm_eps)
             self.k_norm = RMSNorm(d, config.rms_norm_eps)
@@ -104,8 +106,6 @@ class LlamaAttention(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q `[..., H, d]`, k and v `[..., kv_heads, d]`, with norms and RoPE applied."""
-        if self.qkv_proj is not None and x.dim() == 2:
-            return self._project_qkv_fused(x, cos, sin)
         lead = x.shape[:-1]
         q = self.q_proj(x).view(*lead, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(*lead, self.num_kv_heads, self.head_dim)
@@ -115,18 +115,33 @@ class LlamaAttention(nn.Module):
             k = self.k_norm(k)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
-    def _project_qkv_fused(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One GEMM for q, k and v, RoPE by a Triton kernel (tokens `[T, hidden]`)."""
-        assert self.qkv_proj is not None
+    def forward_fused(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attn: AttentionMetadata,
+        kv_cache: KVPair,
+    ) -> torch.Tensor:
+        """The paged CUDA path: one GEMM for q/k/v, then one Triton kernel applies RoPE and
+        stores the keys/values in the cache (Qwen3's q/k norms take the plain path)."""
+        assert self.qkv_weight is not None
         tokens, d = x.shape[0], self.head_dim
-        qkv = self.qkv_proj(x).view(tokens, -1, d)
-        q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
+        qkv = F.linear(x, self.qkv_weight, self.qkv_bias).view(tokens, -1, d)
         if self.q_norm is not None and self.k_norm is not None:
+            q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
             q, k = self.q_norm(q), self.k_norm(k)
-        # Contiguous q/k/v: attention kernels and SDPA's flash path want dense heads.
-        return gpu_kernels.rope(q, cos, sin), gpu_kernels.rope(k, cos, sin), v.contiguous()
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            attn.kv_written = False
+            o = paged_attention(q, k, v.contiguous(), kv_cache[0], kv_cache[1], attn, self.scale)
+        else:
+            slots = attn.write_index[:tokens]  # the first KV head's rows are the slots
+            q, k, v = gpu_kernels.rope_and_store(
+                qkv, cos, sin, kv_cache, slots, self.num_heads, bool(attn.prefills)
+            )
+            attn.kv_written = True
+            o = paged_attention(q, k, v, kv_cache[0], kv_cache[1], attn, self.scale)
+        return F.linear(o.view(tokens, -1), self.o_proj.weight, self.o_proj.bias)
 
     def forward(
         self,
@@ -206,7 +221,7 @@ class LlamaDecoderLayer(nn.Module):
             h = gpu_kernels.rmsnorm(x, n1.weight, n1.eps)
         else:
             h = gpu_kernels.rmsnorm(x, n1.weight, n1.eps, residual)
-        h = self.self_attn(h, cos, sin, attn, kv_cache)
+        h = self.self_attn.forward_fused(h, cos, sin, attn, kv_cache)
         h = gpu_kernels.rmsnorm(h, n2.weight, n2.eps, residual)
         return self.mlp(h), residual
 
@@ -317,8 +332,8 @@ class LlamaForCausalLM(nn.Module):
         for layer in self.model.layers:
             assert isinstance(layer, LlamaDecoderLayer)
             a, m = layer.self_attn, layer.mlp
-            a.qkv_proj = fuse_linears([a.q_proj, a.k_proj, a.v_proj])
-            m.gate_up_proj = fuse_linears([m.gate_proj, m.up_proj])
+            a.qkv_weight, a.qkv_bias = fuse_linears([a.q_proj, a.k_proj, a.v_proj])
+            m.gate_up_weight, m.gate_up_bias = fuse_linears([m.gate_proj, m.up_proj])
         self.model.fused = True
         return True
 
