@@ -27,11 +27,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--shape", default="llama-3.2-1b", help="random-weight preset")
     p.add_argument("--batch-sizes", default="1,64,256")
+    p.add_argument("--skip-decode", action="store_true", help="prefill only")
     p.add_argument("--context", type=int, default=1024, help="context length of every sequence")
     p.add_argument("--prefill-tokens", type=int, default=4096)
     p.add_argument("--engine-steps", type=int, default=30, help="timed engine steps per batch")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85)
-    p.add_argument("--profile", action="store_true", help="print the top kernels of a step")
+    p.add_argument(
+        "--profile", action="store_true", help="print the top kernels of decode and prefill"
+    )
     p.add_argument("--json", help="also write the results here")
     return p.parse_args(argv)
 
@@ -135,6 +138,15 @@ def profile_step(engine: Any, batch: int, context: int) -> None:
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20), flush=True)
 
 
+def profile_prefill(engine: Any, tokens: int) -> None:
+    """Top CUDA kernels of one prefill."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        prefill_ms(engine, tokens)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from deploylab.engine import LLM
@@ -167,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         for t in layer:
             t.normal_()
     rows: list[dict[str, Any]] = []
-    for batch in batches:
+    for batch in [] if args.skip_decode else batches:
         floor_bytes = decode_step_bytes(cfg, 2, [args.context] * batch)
         floor_ms = floor_bytes / bw / 1e6
         replay, with_inputs = graph_decode_timed(engine, batch, args.context)
@@ -187,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         share_of_measured=flops / pre / 1e9 / tflops,
     )  # fmt: skip
     if args.profile:
-        profile_step(engine, max(batches), args.context)
+        if not args.skip_decode:
+            profile_step(engine, max(batches), args.context)
+        profile_prefill(engine, args.prefill_tokens)
     print(f"\n{name}, {args.shape}, bf16, context {args.context}; bandwidth {bw:.0f} GB/s "
           f"measured, {sheet.bandwidth_gbs:.0f} datasheet")  # fmt: skip
     head = f"{'batch':>6}{'floor ms':>10}{'graph ms':>10}{'x floor':>9}{'+inputs':>9}{'step ms':>9}"
