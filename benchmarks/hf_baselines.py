@@ -48,7 +48,6 @@ def run_hf_continuous(hf: Any, reqs: list[tuple[list[int], int]], max_batch: int
         eos_token_id=None,
         pad_token_id=0,
     )
-    hf.config._attn_implementation = "sdpa_paged"
     device = next(hf.parameters()).device
     manager = hf.init_continuous_batching(generation_config=config)
     manager.start()

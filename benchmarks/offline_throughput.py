@@ -232,18 +232,21 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_hf(hf, hf_reqs, batch)
                 r.name = f"hf batch {batch}" + (" sorted" if args.hf_sort else "")
                 results.append(r)
+                print(f"{r.name}: {r.seconds:.1f} s, {r.output_tps:.1f} output tok/s", flush=True)
             if "static" in modes:
                 from hf_baselines import run_hf_static
 
                 r = run_hf_static(hf, hf_reqs, batch)
                 r.name = f"hf static+compile batch {batch}"
                 results.append(r)
+                print(f"{r.name}: {r.seconds:.1f} s, {r.output_tps:.1f} output tok/s", flush=True)
         if "continuous" in modes:
             from hf_baselines import run_hf_continuous
 
-            results.append(run_hf_continuous(hf, reqs, args.max_num_seqs))
-        for r in results[1:]:
-            print(f"{r.name}: {r.seconds:.1f} s, {r.output_tps:.1f} output tok/s", flush=True)
+            try:
+                results.append(run_hf_continuous(hf, reqs, args.max_num_seqs))
+            except Exception as exc:  # report it; keep the other results
+                print(f"transformers continuous batching failed: {exc!r:.500}", flush=True)
     device = str(engine.device)
     if engine.device.type == "cuda":
         device += f" ({torch.cuda.get_device_name(engine.device)})"
