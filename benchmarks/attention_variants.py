@@ -239,6 +239,9 @@ def prefill_rows(args: argparse.Namespace, cfg: Any) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print("This benchmark needs a CUDA GPU (none is visible to PyTorch).", file=sys.stderr)
+        return 2
     from deploylab.engine.models.presets import get_preset
 
     cfg = get_preset(args.shape)

@@ -62,6 +62,7 @@ def measure_matmul_tflops(n: int = 8192) -> float:
     return 2 * n**3 / ms / 1e9
 
 
+@torch.inference_mode()  # the graphs' static inputs are inference tensors
 def graph_decode(engine: Any, batch: int, context: int) -> tuple[float, float]:
     """(replay-only ms, replay with input copies ms) for `batch` sequences at `context`."""
     graphs = engine.runner.graphs
@@ -77,12 +78,6 @@ def graph_decode(engine: Any, batch: int, context: int) -> tuple[float, float]:
     size = next(s for s in graphs.sizes if s >= batch)
     replay = bench_ms(graphs.graphs[size].graph.replay)
     return replay, with_inputs
-
-
-@torch.inference_mode()
-def graph_decode_timed(engine: Any, batch: int, context: int) -> tuple[float, float]:
-    """`graph_decode` under inference mode (the graphs' static inputs are inference tensors)."""
-    return graph_decode(engine, batch, context)
 
 
 def engine_step_ms(engine: Any, batch: int, context: int, steps: int) -> float:
@@ -149,6 +144,9 @@ def profile_prefill(engine: Any, tokens: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print("This benchmark needs a CUDA GPU (none is visible to PyTorch).", file=sys.stderr)
+        return 2
     from deploylab.engine import LLM
     from deploylab.engine.models.cost import decode_step_bytes, prefill_flops
     from deploylab.hardware import lookup
@@ -182,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     for batch in [] if args.skip_decode else batches:
         floor_bytes = decode_step_bytes(cfg, 2, [args.context] * batch)
         floor_ms = floor_bytes / bw / 1e6
-        replay, with_inputs = graph_decode_timed(engine, batch, args.context)
+        replay, with_inputs = graph_decode(engine, batch, args.context)
         step = engine_step_ms(engine, batch, args.context, args.engine_steps)
         row = dict(
             batch=batch, context=args.context, floor_ms=floor_ms,

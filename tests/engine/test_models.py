@@ -151,3 +151,25 @@ def test_random_preset_shapes() -> None:
     assert model.model.rotary_emb.inv_freq.dtype == torch.float32
     big = get_preset("llama-3.2-1b")
     assert (big.num_attention_heads, big.num_key_value_heads, big.head_dim) == (32, 8, 64)
+
+
+def test_fused_projections_are_views_and_leave_the_state_dict_alone() -> None:
+    """`fuse_linears` stacks weights into one tensor the layers' parameters view (CPU check of
+    the structure the CUDA path uses); `fuse_for_cuda` declines on the CPU."""
+    from deploylab.engine.models.llama import fuse_linears
+
+    cfg = get_preset("tiny").with_updates(qkv_bias=True)
+    model = init_random_model(cfg, torch.float32, torch.device("cpu"))
+    attn = model.model.layers[0].self_attn
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(3, cfg.hidden_size)
+    expected = torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1)
+    weight, bias = fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj])
+    assert bias is not None
+    torch.testing.assert_close(torch.nn.functional.linear(x, weight, bias), expected)
+    assert attn.q_proj.weight.data_ptr() == weight.data_ptr()
+    assert set(model.state_dict()) == set(before)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert model.fuse_for_cuda() is False
+    assert not model.model.fused
