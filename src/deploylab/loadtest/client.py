@@ -8,7 +8,6 @@ event's arrival; this module turns the events into the record.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 
 from deploylab.loadtest.http_client import ConnectionPool, Endpoint
 from deploylab.loadtest.http_exchange import Exchange
+from deploylab.loadtest.pacing import Pacer
 
 
 @dataclass(slots=True)
@@ -99,25 +99,29 @@ class _Stream:
 
 
 async def send_streaming(
-    pool: ConnectionPool, endpoint: Endpoint, body: bytes, rec: RawRecord, timeout_s: float
+    pool: ConnectionPool,
+    endpoint: Endpoint,
+    body: bytes,
+    rec: RawRecord,
+    timeout_s: float,
+    pacer: Pacer | None = None,
 ) -> None:
     """POST `body` to `endpoint`, read the streamed answer, fill `rec` (errors included).
 
-    Never raises, except CancelledError (the record is marked `cancelled` first). The send
-    time is taken at the `transport.write` of the request; each chunk's time when the read
-    that completed it returned (see `http_client`). Events are decoded once the answer is
-    complete (or failed), so JSON decoding never delays a time stamp.
+    Never raises, except CancelledError (a request still in flight is marked `cancelled`).
+    The send time is taken at the socket write of the request; each chunk's time is the
+    arrival of the read that completed it (see `http_conn`). Events are decoded once the
+    answer is complete (or failed), in a `pacer` slice when given, so decoding never delays a
+    read.
     """
     exchange = Exchange()
     rec.sent_ns = time.perf_counter_ns()
-    cancelled = False
     try:
         await pool.send(endpoint, body, exchange, timeout_s)
-    except asyncio.CancelledError:
-        cancelled = True
-        raise
+        if pacer is not None:
+            await pacer.turn()
     finally:
-        _settle(exchange, rec, cancelled)
+        _settle(exchange, rec, cancelled=exchange.end_ns == 0)
 
 
 def _settle(exchange: Exchange, rec: RawRecord, cancelled: bool) -> None:

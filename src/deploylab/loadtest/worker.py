@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from deploylab.loadtest.client import RawRecord, send_streaming
 from deploylab.loadtest.http_client import ConnectionPool, Endpoint
+from deploylab.loadtest.pacing import Pacer
 from deploylab.loadtest.workload import Turn, WorkItem, WorkloadGenerator
 
 _PROGRESS_EVERY_S = 0.5
@@ -84,6 +85,7 @@ class _Worker:
     ) -> None:
         self.task, self.pool, self.start_ns = task, pool, start_ns
         self.endpoint = Endpoint.from_url(task.url)
+        self.pacer = Pacer()
         self.progress = progress
         self.records: list[RawRecord] = []
         self.in_flight: set[asyncio.Task[None]] = set()
@@ -145,7 +147,9 @@ class _Worker:
             self.records.append(rec)
             body = self._body(item, history, turn, model)
             self.pending.in_flight += 1
-            await send_streaming(self.pool, self.endpoint, body, rec, task.timeout_s)
+            await send_streaming(
+                self.pool, self.endpoint, body, rec, task.timeout_s, self.pacer
+            )
             self._count(rec)
             if rec.error_kind is not None:
                 return  # a user whose request failed abandons the session
@@ -189,6 +193,7 @@ class _Worker:
     async def _slot(self, start_s: float, next_index: Callable[[], int]) -> None:
         await sleep_until(self.start_ns + int(start_s * 1e9))
         while self._may_send():
+            await self.pacer.turn()  # building and sending a request is bookkeeping too
             scheduled_ns = time.perf_counter_ns()  # the slot is free now
             item = self.task.generator.item(next_index())
             await self.run_item(item, scheduled_ns)
