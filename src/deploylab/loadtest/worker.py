@@ -147,9 +147,7 @@ class _Worker:
             self.records.append(rec)
             body = self._body(item, history, turn, model)
             self.pending.in_flight += 1
-            await send_streaming(
-                self.pool, self.endpoint, body, rec, task.timeout_s, self.pacer
-            )
+            await send_streaming(self.pool, self.endpoint, body, rec, task.timeout_s, self.pacer)
             self._count(rec)
             if rec.error_kind is not None:
                 return  # a user whose request failed abandons the session
