@@ -149,7 +149,9 @@ def test_target_without_models_route_needs_model(stub: Any) -> None:
 
 
 def test_sessions_resend_the_growing_history(stub: Any, tmp_path: Path) -> None:
-    stub.configure(tokens=3)
+    # Answers take 20 ms: with instant ones, the slot that ends its session first may start a
+    # third session and spend the last of the budget before the other session's last turn.
+    stub.configure(tokens=3, ttft_ms=20)
     loaded = scenario_file(tmp_path, SESSIONS)
     res = run(stub, loaded, concurrency=2, requests=6)
     bodies = stub.stats()["bodies"]
