@@ -1,7 +1,7 @@
 """The `deploylab` command: one Typer app with a sub-command group per part.
 
 Each part's commands live in `cli/<part>.py` and import their heavy dependencies (torch,
-transformers, aiohttp) inside the command body, so `deploylab --help` stays fast.
+transformers, uvicorn) inside the command body, so `deploylab --help` stays fast.
 """
 
 from __future__ import annotations
