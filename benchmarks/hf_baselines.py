@@ -38,9 +38,7 @@ def run_hf_static(hf: Any, reqs: list[tuple[list[int], int]], batch_size: int) -
     return _result("hf-static-compiled", timed.seconds, reqs)
 
 
-def run_hf_continuous(
-    hf: Any, reqs: list[tuple[list[int], int]], max_batch: int, deadline_s: float = 400.0
-) -> Any:
+def run_hf_continuous(hf: Any, reqs: list[tuple[list[int], int]], deadline_s: float = 400.0) -> Any:
     """transformers' continuous batching manager (the machinery behind `generate_batch`),
     greedy, EOS off, each request with its own `max_new_tokens`; its warm-up (CUDA graph
     capture) is not timed."""

@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             from hf_baselines import run_hf_continuous
 
             try:
-                results.append(run_hf_continuous(hf, reqs, args.max_num_seqs))
+                results.append(run_hf_continuous(hf, reqs))
             except Exception as exc:  # report it; keep the other results
                 print(f"transformers continuous batching failed: {exc!r:.500}", flush=True)
     device = str(engine.device)

@@ -50,19 +50,33 @@ def test_silu_mul() -> None:
     assert rel_err(gpu_kernels.silu_mul(x), ref) < 1e-2
 
 
-def test_rope_of_a_strided_view() -> None:
+@pytest.mark.parametrize("want_kv", [True, False])
+def test_rope_and_store_from_the_fused_projection(want_kv: bool) -> None:
+    """q rotated into a new contiguous tensor, rotated keys and the values stored at their
+    cache slots (every KV head's plane), the projection buffer left as it was."""
     from deploylab.engine import gpu_kernels
 
-    tokens, heads, kvh, d = 23, 9, 3, 64
+    tokens, heads, kvh, d, blocks, bs = 23, 9, 3, 64, 8, 16
     qkv = torch.randn(tokens, heads + 2 * kvh, d, device="cuda", dtype=torch.bfloat16)
     before = qkv.clone()
-    q = qkv[:, :heads]
     angles = torch.rand(tokens, d // 2, device="cuda") * 6
     cos = torch.cat([angles.cos()] * 2, -1).bfloat16()
     sin = torch.cat([angles.sin()] * 2, -1).bfloat16()
-    out = gpu_kernels.rope(q, cos, sin)
-    assert out.is_contiguous()
-    assert rel_err(out, apply_rotary(q, cos, sin)) < 1e-2
+    k_cache = torch.zeros(kvh, blocks, bs, d, device="cuda", dtype=torch.bfloat16)
+    v_cache = torch.zeros_like(k_cache)
+    slots = torch.randperm(blocks * bs, device="cuda")[:tokens]
+    q, k, v = gpu_kernels.rope_and_store(qkv, cos, sin, (k_cache, v_cache), slots, heads, want_kv)
+    assert q.is_contiguous()
+    assert rel_err(q, apply_rotary(qkv[:, :heads], cos, sin)) < 1e-2
+    k_ref = apply_rotary(qkv[:, heads : heads + kvh], cos, sin)
+    stored_k = k_cache.view(kvh, -1, d)[:, slots].transpose(0, 1)
+    stored_v = v_cache.view(kvh, -1, d)[:, slots].transpose(0, 1)
+    assert rel_err(stored_k, k_ref) < 1e-2
+    assert torch.equal(stored_v, qkv[:, heads + kvh :])
+    if want_kv:
+        assert torch.equal(k, stored_k) and torch.equal(v, stored_v)
+    else:
+        assert k.numel() == 0 and v.numel() == 0
     assert torch.equal(qkv, before)
 
 

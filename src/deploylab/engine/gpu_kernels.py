@@ -1,5 +1,5 @@
 """Fused small ops for the CUDA path, as Triton kernels: residual add + RMSNorm, SiLU-and-mul,
-rotary embedding.
+rotary embedding with the store of keys/values into the paged cache.
 
 A decode step at small batch is bound by the number of kernels more than by their work:
 unfused, RMSNorm is ~7 elementwise kernels, RoPE ~5 per tensor, SiLU-and-mul 2. Each kernel
@@ -52,24 +52,6 @@ def _kernels() -> dict[str, Any]:
         tl.store(OUT + row * stride_o + cols, silu * u, mask=mask)
 
     @triton.jit
-    def _rope(  # type: ignore[no-untyped-def]
-        X, COS, SIN, OUT, stride_t, stride_h, stride_c, heads,
-        HALF: tl.constexpr, HEADS_PAD: tl.constexpr,
-    ):  # fmt: skip
-        t = tl.program_id(0)
-        h = tl.arange(0, HEADS_PAD)
-        d = tl.arange(0, HALF)
-        hmask = (h < heads)[:, None]
-        c = tl.load(COS + t * stride_c + d).to(tl.float32)[None, :]
-        s = tl.load(SIN + t * stride_c + d).to(tl.float32)[None, :]
-        src = X + t * stride_t + h[:, None] * stride_h + d[None, :]
-        x1 = tl.load(src, mask=hmask, other=0.0).to(tl.float32)
-        x2 = tl.load(src + HALF, mask=hmask, other=0.0).to(tl.float32)
-        dst = OUT + (t * heads + h[:, None]) * (2 * HALF) + d[None, :]
-        tl.store(dst, x1 * c - x2 * s, mask=hmask)
-        tl.store(dst + HALF, x2 * c + x1 * s, mask=hmask)
-
-    @triton.jit
     def _rope_store(  # type: ignore[no-untyped-def]
         QKV, COS, SIN, QOUT, KC, VC, SLOTS, KOUT, VOUT,
         stride_t, stride_c, stride_kh, heads, kv_heads,
@@ -116,7 +98,6 @@ def _kernels() -> dict[str, Any]:
     return {
         "rmsnorm": _rmsnorm,
         "silu_mul": _silu_mul,
-        "rope": _rope,
         "rope_store": _rope_store,
         "triton": triton,
     }
@@ -145,20 +126,6 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
     block = 1024
     k["silu_mul"][(rows, -(-n // block))](x, out, x.stride(0), out.stride(0), n, BLOCK=block)
-    return out
-
-
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """`x` `[T, heads, d]` (a strided view into a wider buffer is fine) rotated by `cos`/`sin`
-    `[T, d]` in the rotate-half layout, as a new contiguous tensor."""
-    k = _kernels()
-    tokens, heads, dim = x.shape
-    assert x.stride(2) == 1 and cos.stride(1) == 1 and cos.stride() == sin.stride()
-    out = torch.empty(tokens, heads, dim, dtype=x.dtype, device=x.device)
-    k["rope"][(tokens,)](
-        x, cos, sin, out, x.stride(0), x.stride(1), cos.stride(0), heads,
-        HALF=dim // 2, HEADS_PAD=k["triton"].next_power_of_2(heads),
-    )  # fmt: skip
     return out
 
 

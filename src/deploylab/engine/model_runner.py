@@ -76,18 +76,16 @@ class ModelRunner:
         self, scheduled: list[ScheduledSeq]
     ) -> tuple[list[Sequence], torch.Tensor | None]:
         assert self.graphs is not None
-        bs = self.block_size
         ids, pos, slots, tables, lens = [], [], [], [], []
         rows: list[int] = []
         seqs: list[Sequence] = []
         for row, item in enumerate(scheduled):
             seq = item.seq
-            p = seq.num_computed_tokens
-            table = seq.block_table
-            ids.append(seq.token_ids[p])
+            token, p, slot = self._decode_row(seq)
+            ids.append(token)
             pos.append(p)
-            slots.append(table[p // bs] * bs + p % bs)
-            tables.append(table)
+            slots.append(slot)
+            tables.append(seq.block_table)
             lens.append(p + 1)
             if item.samples:
                 rows.append(row)
@@ -98,6 +96,12 @@ class ModelRunner:
         if len(rows) == len(scheduled):
             return seqs, logits.clone()
         return seqs, logits[self._to_device(torch.tensor(rows, dtype=torch.int64))]
+
+    def _decode_row(self, seq: Sequence) -> tuple[int, int, int]:
+        """A decoding sequence's input token, its position and the cache slot it writes."""
+        p = seq.num_computed_tokens
+        bs = self.block_size
+        return seq.token_ids[p], p, seq.block_table[p // bs] * bs + p % bs
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cpu":
@@ -127,13 +131,12 @@ class ModelRunner:
         tables: list[list[int]] = []
         for row, item in enumerate(decodes):
             seq = item.seq
-            p = seq.num_computed_tokens
-            table = seq.block_table
-            ids.append(seq.token_ids[p])
+            token, p, slot = self._decode_row(seq)
+            ids.append(token)
             pos.append(p)
-            slots.append(table[p // bs] * bs + p % bs)
+            slots.append(slot)
             ctx_lens.append(p + 1)
-            tables.append(table)
+            tables.append(seq.block_table)
             if item.samples:
                 sample_rows.append(row)
                 sample_seqs.append(seq)

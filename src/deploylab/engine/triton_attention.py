@@ -119,7 +119,8 @@ def _build(target_programs: int | None = None) -> PagedDecodeFn:
             mask=(g < GROUP)[:, None],
         )
 
-    programs = target_programs or torch.cuda.get_device_properties(0).multi_processor_count
+    # Enough programs to occupy every multiprocessor once (the current device by default).
+    programs = target_programs or torch.cuda.get_device_properties().multi_processor_count
 
     def paged_decode(
         q: torch.Tensor,
@@ -217,7 +218,7 @@ def self_check(fn: PagedDecodeFn, device: torch.device, dtype: torch.dtype) -> b
 def load_paged_decode(device: torch.device, dtype: torch.dtype) -> PagedDecodeFn | None:
     """The Triton kernel if Triton is installed and the kernel passes `self_check`."""
     try:
-        fn = _build()
+        fn = _build(torch.cuda.get_device_properties(device).multi_processor_count)
     except ImportError:
         return None
     return fn if self_check(fn, device, dtype) else None

@@ -22,6 +22,14 @@ from deploylab.engine.models.config import LlamaConfig
 from deploylab.engine.models.rope import RotaryEmbedding, apply_rotary
 
 KVPair = tuple[torch.Tensor, torch.Tensor]
+# SDPA backends for the CUDA path, flash first: cuDNN attention costs 1.6-2.6 ms of CPU per
+# call in PyTorch 2.11 (measured on H100), which made the engine's steps CPU-bound.
+CUDA_SDPA_PRIORITY = [
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.CUDNN_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+]
 
 
 def fuse_linears(layers: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -132,14 +140,12 @@ class LlamaAttention(nn.Module):
             q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
             q, k = self.q_norm(q), self.k_norm(k)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-            attn.kv_written = False
             o = paged_attention(q, k, v.contiguous(), kv_cache[0], kv_cache[1], attn, self.scale)
         else:
             slots = attn.write_index[:tokens]  # the first KV head's rows are the slots
             q, k, v = gpu_kernels.rope_and_store(
                 qkv, cos, sin, kv_cache, slots, self.num_heads, bool(attn.prefills)
             )
-            attn.kv_written = True
             o = paged_attention(q, k, v, kv_cache[0], kv_cache[1], attn, self.scale)
         return F.linear(o.view(tokens, -1), self.o_proj.weight, self.o_proj.bias)
 
@@ -271,15 +277,9 @@ class LlamaModel(nn.Module):
         kv_caches: list[KVPair],
     ) -> torch.Tensor:
         residual: torch.Tensor | None = None
-        # Flash first: cuDNN attention builds a plan per new prompt length, ~1.6 ms of CPU per
-        # call when lengths vary (measured on H100); cuDNN stays the choice for masked chunks.
-        backends = [
-            SDPBackend.FLASH_ATTENTION,
-            SDPBackend.CUDNN_ATTENTION,
-            SDPBackend.EFFICIENT_ATTENTION,
-            SDPBackend.MATH,
-        ]
-        with sdpa_kernel(backends, set_priority=True):
+        # Without q/k norms, the RoPE kernel stores each layer's keys/values itself.
+        attn.kv_written = not self.config.qk_norm
+        with sdpa_kernel(CUDA_SDPA_PRIORITY, set_priority=True):
             for layer, cache in zip(self.layers, kv_caches, strict=True):
                 assert isinstance(layer, LlamaDecoderLayer)
                 h, residual = layer.forward_fused(h, residual, cos, sin, attn, cache)
