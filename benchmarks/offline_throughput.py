@@ -87,6 +87,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma list: generate (eager batched), static (static cache + torch.compile), "
         "continuous (transformers' generate_batch machinery)",
     )
+    p.add_argument(
+        "--hf-cb-max-seqs",
+        type=int,
+        nargs="+",
+        default=None,
+        help="continuous: max requests per batch (default: transformers' choice, all of them); "
+        "several values run it once each",
+    )
+    p.add_argument(
+        "--hf-cb-max-batch-tokens", type=int, default=None, help="continuous: default 8192"
+    )
+    p.add_argument(
+        "--hf-cb-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="continuous: any other ContinuousBatchingConfig field (VALUE read as JSON if it "
+        "parses), e.g. use_cuda_graph=true, default_compile_level=1, scheduler_type=prefill_first",
+    )
+    p.add_argument("--hf-cb-deadline", type=float, default=300.0, help="continuous: seconds")
     p.add_argument("--json", help="also write the results to this file")
     return p.parse_args(argv)
 
@@ -105,6 +125,22 @@ def hf_order(reqs: list[tuple[list[int], int]], sort: bool) -> list[tuple[list[i
     """The order transformers gets the requests in: as given, or by output then input length
     (a batch then pads little and generates close to what its requests asked for)."""
     return sorted(reqs, key=lambda r: (r[1], len(r[0]))) if sort else reqs
+
+
+def cb_options(pairs: list[str]) -> dict[str, Any]:
+    """`--hf-cb-option KEY=VALUE` pairs as a dict; VALUE as JSON when it parses (true, 2, ...)."""
+    from deploylab.errors import UsageError
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--hf-cb-option wants KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 def sync(device: torch.device) -> None:
@@ -243,10 +279,17 @@ def main(argv: list[str] | None = None) -> int:
         if "continuous" in modes:
             from hf_baselines import run_hf_continuous
 
-            try:
-                results.append(run_hf_continuous(hf, reqs))
-            except Exception as exc:  # report it; keep the other results
-                print(f"transformers continuous batching failed: {exc!r:.500}", flush=True)
+            options = cb_options(args.hf_cb_option)
+            for seqs in args.hf_cb_max_seqs or [None]:
+                try:
+                    r = run_hf_continuous(
+                        hf, reqs, seqs, args.hf_cb_max_batch_tokens, options, args.hf_cb_deadline
+                    )
+                except Exception as exc:  # report it; keep the other results
+                    print(f"transformers continuous batching failed: {exc!r:.1000}", flush=True)
+                    continue
+                results.append(r)
+                print(f"{r.name}: {r.seconds:.1f} s, {r.output_tps:.1f} output tok/s", flush=True)
     device = str(engine.device)
     if engine.device.type == "cuda":
         device += f" ({torch.cuda.get_device_name(engine.device)})"
