@@ -6,7 +6,8 @@ Decode (one query token per sequence, keys/values in the paged cache, blocks sca
   - flex: FlexAttention with a block mask built from the block table (the cache as one
     physical sequence, each sequence's KV blocks listed from its table)
   - gather+sdpa: gather each sequence's blocks into a padded buffer, then SDPA with a mask
-Prefill (one causal sequence): SDPA with each backend forced, and compiled FlexAttention.
+Prefill (one causal sequence): SDPA with each backend forced, compiled FlexAttention, and
+deploylab's Triton prefill kernel reading the paged cache (one row per tile shape).
 Decode times are per call inside a CUDA graph of 16 calls (how the engine runs decode
 steps); `eager_ms` is the same call launched from Python.
 
@@ -159,6 +160,8 @@ def decode_batch(
             variants["flex"] = lambda: flex(q)
         except Exception as exc:  # report, keep measuring the others
             print(f"flex decode unavailable at batch {batch}: {exc!r:.300}", flush=True)
+    if "triton" in wanted:
+        variants.update(triton_prefill_variants(q, k, v, args.block_size, gen))
     rows = []
     for name, fn in variants.items():
         try:
@@ -187,6 +190,40 @@ def decode_rows(args: argparse.Namespace, cfg: Any) -> list[dict[str, Any]]:
         rows += decode_batch(batch, args, cfg, kernels, gen)
         torch.cuda.empty_cache()
     return rows
+
+
+# Tile shapes tried for the Triton prefill kernel: (block_m, block_n, warps, stages).
+PREFILL_TILES = [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3),
+                 (128, 32, 4, 4), (128, 128, 8, 2), (64, 128, 4, 3)]  # fmt: skip
+
+
+def triton_prefill_variants(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int, gen: torch.Generator
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """deploylab's Triton prefill kernel over a paged cache (blocks shuffled), per tile."""
+    from deploylab.engine.triton_prefill import PrefillBatch, TileConfig, _build
+
+    _, kvh, n, dim = k.shape
+    width = -(-n // block_size)
+    table = torch.randperm(width, generator=gen)
+    k_cache = torch.zeros(kvh, width, block_size, dim, dtype=k.dtype, device=k.device)
+    v_cache = torch.zeros_like(k_cache)
+    pad = width * block_size - n
+    k_cache[:, table.cuda()] = F.pad(k[0], (0, 0, 0, pad)).view(kvh, width, block_size, dim)
+    v_cache[:, table.cuda()] = F.pad(v[0], (0, 0, 0, pad)).view(kvh, width, block_size, dim)
+    batch = PrefillBatch(torch.tensor([[0], [n], [n]], device="cuda"), table.view(1, -1).cuda(), n)
+    qt = q[0].transpose(0, 1).contiguous()
+    out = torch.empty_like(qt)
+    variants = {}
+    for bm, bn, warps, stages in PREFILL_TILES:
+        fn = _build(TileConfig(bm, bn, warps, stages))
+
+        def run(fn: Any = fn) -> torch.Tensor:
+            fn(qt, k_cache, v_cache, batch, dim**-0.5, out)
+            return out.transpose(0, 1).unsqueeze(0)
+
+        variants[f"triton-{bm}x{bn}w{warps}s{stages}"] = run
+    return variants
 
 
 def prefill_rows(args: argparse.Namespace, cfg: Any) -> list[dict[str, Any]]:
@@ -221,6 +258,8 @@ def prefill_rows(args: argparse.Namespace, cfg: Any) -> list[dict[str, Any]]:
         causal = create_block_mask(lambda b, h, qi, ki: qi >= ki, None, None, n, n, device="cuda")
         compiled = torch.compile(flex_attention, dynamic=False)
         variants["flex"] = lambda: compiled(q, k, v, block_mask=causal, enable_gqa=True)
+    if "triton" in wanted:
+        variants.update(triton_prefill_variants(q, k, v, args.block_size, gen))
     rows = []
     for name, fn in variants.items():
         try:
@@ -247,12 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = get_preset(args.shape)
     rows = decode_rows(args, cfg) + prefill_rows(args, cfg)
     print(f"\n{torch.cuda.get_device_name()}  {args.shape}  block {args.block_size}")
-    print(f"{'kind':<8}{'variant':<16}{'batch':>6}{'ms':>10}{'GB/s | TFLOP/s':>17}{'rel err':>10}")
+    print(f"{'kind':<8}{'variant':<22}{'batch':>6}{'ms':>10}{'GB/s | TFLOP/s':>17}{'rel err':>10}")
     for r in rows:
         rate = r.get("gbs", r.get("tflops"))
         batch = r.get("batch", 1)
         print(
-            f"{r['kind']:<8}{r['variant']:<16}{batch:>6}{r['ms']:>10.4f}{rate:>17.1f}"
+            f"{r['kind']:<8}{r['variant']:<22}{batch:>6}{r['ms']:>10.4f}{rate:>17.1f}"
             f"{r['rel_err']:>10.1e}"
         )
     if args.json:

@@ -114,9 +114,10 @@ def prefill_ms(engine: Any, tokens: int) -> float:
         engine.add_request(f"p{i}", prompt, params)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        while engine.has_unfinished_requests():
-            engine.step()
-        torch.cuda.synchronize()
+        with torch.profiler.record_function("prefill"):
+            while engine.has_unfinished_requests():
+                engine.step()
+            torch.cuda.synchronize()
         times.append((time.perf_counter() - t0) * 1e3)
     engine._seqs.clear()
     return statistics.median(times[1:])
@@ -133,13 +134,37 @@ def profile_step(engine: Any, batch: int, context: int) -> None:
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20), flush=True)
 
 
+def _annotated(name: str, fn: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.profiler.record_function(name):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def profile_prefill(engine: Any, tokens: int) -> None:
-    """Top CUDA kernels of one prefill."""
+    """Top CUDA kernels of one prefill, and where the GPU sat idle during it."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        prefill_ms(engine, tokens)
+    from gpu_timeline import report  # type: ignore[import-not-found]
+
+    # The engine's phases as named regions, so the idle gaps can be read against them.
+    patched = [
+        (engine.scheduler, "schedule"), (engine.runner, "prepare"),
+        (engine.runner.model, "forward"), (engine.runner.model, "compute_logits"),
+        (engine, "sampler"), (engine, "_append_token"),
+    ]  # fmt: skip
+    saved = [(obj, attr, getattr(obj, attr)) for obj, attr in patched]
+    for obj, attr, fn in saved:
+        setattr(obj, attr, _annotated(f"dl.{attr}", fn))
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            prefill_ms(engine, tokens)
+    finally:
+        for obj, attr, fn in saved:
+            setattr(obj, attr, fn)
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15), flush=True)
+    print(report(prof, "prefill"), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

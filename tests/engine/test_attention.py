@@ -106,8 +106,8 @@ def test_graph_step_plumbing_matches_eager_steps(tiny: ModelParts) -> None:
 
 @pytest.mark.gpu
 def test_cuda_paths_agree() -> None:
-    """On CUDA (fp16): CUDA-graph decode, eager decode with the Triton kernel and the
-    gather + SDPA fallback give the same greedy tokens."""
+    """On CUDA (fp16): CUDA-graph decode, eager decode with the Triton kernels and the
+    gather + SDPA fallbacks (decode and prefill) give the same greedy tokens."""
     import gc
     from pathlib import Path
 
@@ -124,8 +124,9 @@ def test_cuda_paths_agree() -> None:
         runner = llm.llm_engine.runner
         assert (runner.graphs is not None) == (mode == "graphs")
         assert runner.paged_decode is not None
-        if mode == "gather":
-            runner.paged_decode = None
+        if mode == "gather":  # and SDPA prefill instead of the Triton prefill kernel
+            assert runner.paged_prefill is not None
+            runner.paged_decode = runner.paged_prefill = None
         results.append([o.token_ids for o in llm.generate(PROMPTS, GREEDY)])
         del llm, runner
         gc.collect()

@@ -111,9 +111,11 @@ def test_fused_engine_matches_unfused_greedy() -> None:
     assert results[0] == results[1]
 
 
-def test_chunked_and_prefix_hit_prefill_match_on_cuda() -> None:
-    """Chunks after cached context (lower-right causal flash path) and prefix-cache hits give
-    the tokens of an unchunked, uncached run (tiny random model, float16, fused path)."""
+@pytest.mark.parametrize("prefill_kernel", [True, False])
+def test_chunked_and_prefix_hit_prefill_match_on_cuda(prefill_kernel: bool) -> None:
+    """Chunks after cached context and prefix-cache hits give the tokens of an unchunked,
+    uncached run (tiny random model, float16, fused path), with the Triton prefill kernel
+    and with SDPA (lower-right causal flash path)."""
     from deploylab.engine import LLM, SamplingParams
     from deploylab.engine.llm_engine import LLMEngine
     from deploylab.engine.models.loader import init_random_model
@@ -130,6 +132,9 @@ def test_chunked_and_prefix_hit_prefill_match_on_cuda() -> None:
             model=model, device="cuda", dtype="float16", gpu_memory_utilization=0.3,
             max_num_seqs=8, max_num_batched_tokens=budget, enable_prefix_caching=caching,
         )  # fmt: skip
+        assert engine.runner.paged_prefill is not None
+        if not prefill_kernel:
+            engine.runner.paged_prefill = None
         llm = LLM(llm_engine=engine)
         if caching:
             llm.generate([base + [3]], params)  # warm the prefix cache

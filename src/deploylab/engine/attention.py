@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
+from deploylab.engine.triton_prefill import PagedPrefillFn, PrefillBatch
+
 
 class Workspace:
     """A grow-only scratch buffer; large fresh allocations cost page faults on every step."""
@@ -85,6 +87,9 @@ class AttentionMetadata:
     decode_tables: torch.Tensor | None = None
     decode_lens: torch.Tensor | None = None
     prefills: list[PrefillChunk] = field(default_factory=list)
+    # Alternative prefill path (CUDA): one kernel for every chunk, reading the paged cache.
+    prefill_kernel: PagedPrefillFn | None = None
+    prefill_batch: PrefillBatch | None = None
     workspace: Workspace | None = None
     # Set by the fused CUDA path, which stores the step's keys/values while applying RoPE.
     kv_written: bool = False
@@ -186,6 +191,9 @@ def paged_attention(
             scale,
         )
         out[s : s + n] = od.view(n, num_heads, head_dim)
+    if meta.prefill_kernel is not None and meta.prefill_batch is not None:
+        meta.prefill_kernel(q, k_cache, v_cache, meta.prefill_batch, scale, out)
+        return out
     for chunk in meta.prefills:
         s, n = chunk.query_start, chunk.query_len
         qc = q[s : s + n].transpose(0, 1).unsqueeze(0)

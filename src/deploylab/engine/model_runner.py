@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from array import array
 
 import torch
 
@@ -14,6 +15,7 @@ from deploylab.engine.models.llama import LlamaForCausalLM
 from deploylab.engine.scheduler import ScheduledSeq, SchedulerOutput
 from deploylab.engine.sequence import Sequence
 from deploylab.engine.triton_attention import PagedDecodeFn, load_paged_decode
+from deploylab.engine.triton_prefill import PagedPrefillFn, PrefillBatch, load_paged_prefill
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class ModelRunner:
         kvh = config.num_key_value_heads
         # Row offsets of each KV head in the flat cache views (see attention.py).
         self._head_rows = torch.arange(kvh, dtype=torch.int64) * nb
-        self._head_slots = torch.arange(kvh, dtype=torch.int64) * nb * self.block_size
+        self._head_slots = (torch.arange(kvh, dtype=torch.int64) * nb * self.block_size).to(device)
         dtype = next(model.parameters()).dtype
         if prepack_supported(device, dtype):
             prepack_linears(model)
@@ -49,8 +51,10 @@ class ModelRunner:
         self.group_bytes = CPU_GROUP_BYTES if device.type == "cpu" else CUDA_GROUP_BYTES
         # A kernel that reads the paged cache in place (Triton, CUDA half precision only).
         self.paged_decode: PagedDecodeFn | None = None
+        self.paged_prefill: PagedPrefillFn | None = None
         if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
             self.paged_decode = load_paged_decode(device, dtype)
+            self.paged_prefill = load_paged_prefill(device, dtype)
             model.fuse_for_cuda()  # fused projections and Triton small ops
         self.graphs: DecodeGraphs | None = None
 
@@ -140,38 +144,52 @@ class ModelRunner:
             if item.samples:
                 sample_rows.append(row)
                 sample_seqs.append(seq)
-        slot_parts = [torch.tensor(slots, dtype=torch.int64)]
         prefills: list[PrefillChunk] = []
+        # The prefill kernel's (query start, query length, context length) and block tables.
+        kernel_chunks: list[tuple[int, int, int]] = []
+        kernel_tables: list[list[int]] = []
         start = len(decodes)
         for item in chunks:
             seq, n = item.seq, item.num_new_tokens
             p0 = seq.num_computed_tokens
             ids.extend(seq.token_ids[p0 : p0 + n])
             pos.extend(range(p0, p0 + n))
-            num_blocks = -(-(p0 + n) // bs)
-            table_t = torch.tensor(seq.block_table[:num_blocks], dtype=torch.int64)
-            chunk_pos = torch.arange(p0, p0 + n, dtype=torch.int64)
-            slot_parts.append(table_t[chunk_pos // bs] * bs + chunk_pos % bs)
+            slots.extend(self._chunk_slots(seq.block_table, p0, n))
             chunk = PrefillChunk(query_start=start, query_len=n, context_len=p0 + n)
-            if p0 > 0:
-                index = (self._head_rows[:, None] + table_t[None, :]).flatten()
-                keys = torch.arange(num_blocks * bs, dtype=torch.int64)
-                chunk.gather_index = self._to_device(index)
-                chunk.mask = self._to_device(keys[None, :] <= chunk_pos[:, None])
+            if self.paged_prefill is not None:
+                kernel_chunks.append((start, n, p0 + n))
+                kernel_tables.append(seq.block_table[: -(-(p0 + n) // bs)])
+            elif p0 > 0:
+                chunk.gather_index, chunk.mask = self._context_index(seq.block_table, p0, n)
             prefills.append(chunk)
             if item.samples:
                 sample_rows.append(start + n - 1)
                 sample_seqs.append(seq)
             start += n
-        slot_t = torch.cat(slot_parts)
-        write_index = (self._head_slots[:, None] + slot_t[None, :]).flatten()
+        # One host-to-device copy: token ids, positions, cache slots, prefill-kernel tables.
+        tokens = len(ids)
+        packed = ids + pos + slots
+        table_width = max((len(t) for t in kernel_tables), default=0)
+        for i in range(3):
+            packed.extend(c[i] for c in kernel_chunks)
+        for t in kernel_tables:
+            packed.extend(t + [0] * (table_width - len(t)))
+        dev = self._to_device(torch.frombuffer(array("q", packed), dtype=torch.int64))
+        input_ids, positions = dev[:tokens], dev[tokens : 2 * tokens]
+        write_index = (self._head_slots[:, None] + dev[2 * tokens : 3 * tokens][None, :]).flatten()
         meta = AttentionMetadata(
-            num_tokens=len(ids),
-            write_index=self._to_device(write_index),
+            num_tokens=tokens,
+            write_index=write_index,
             num_decodes=len(decodes),
             prefills=prefills,
             workspace=self.workspace,
         )
+        if kernel_chunks:
+            n_chunks = len(kernel_chunks)
+            info = dev[3 * tokens : 3 * tokens + 3 * n_chunks].view(3, n_chunks)
+            tables_t = dev[3 * tokens + 3 * n_chunks :].view(n_chunks, table_width)
+            meta.prefill_kernel = self.paged_prefill
+            meta.prefill_batch = PrefillBatch(info, tables_t, max(c[1] for c in kernel_chunks))
         if self.paged_decode is not None and decodes:
             max_blocks = -(-max(ctx_lens) // bs)
             padded = [t[:max_blocks] + [0] * (max_blocks - len(t)) for t in tables]
@@ -187,9 +205,32 @@ class ModelRunner:
                 )
             )
             start += count
-        input_ids = self._to_device(torch.tensor(ids, dtype=torch.int64))
-        positions = self._to_device(torch.tensor(pos, dtype=torch.int64))
         return input_ids, positions, meta, sample_rows, sample_seqs
+
+    def _chunk_slots(self, table: list[int], p0: int, n: int) -> list[int]:
+        """Cache slots of positions `[p0, p0 + n)` of a sequence with block table `table`."""
+        bs = self.block_size
+        slots: list[int] = []
+        p, end = p0, p0 + n
+        while p < end:
+            off = p % bs
+            take = min(bs - off, end - p)
+            base = table[p // bs] * bs + off
+            slots.extend(range(base, base + take))
+            p += take
+        return slots
+
+    def _context_index(
+        self, table: list[int], p0: int, n: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gather rows and the offset-causal mask of a chunk after `p0` cached tokens."""
+        bs = self.block_size
+        num_blocks = -(-(p0 + n) // bs)
+        table_t = torch.tensor(table[:num_blocks], dtype=torch.int64)
+        index = (self._head_rows[:, None] + table_t[None, :]).flatten()
+        keys = torch.arange(num_blocks * bs, dtype=torch.int64)
+        chunk_pos = torch.arange(p0, p0 + n, dtype=torch.int64)
+        return self._to_device(index), self._to_device(keys[None, :] <= chunk_pos[:, None])
 
     def _group_sizes(self, ctx_lens: list[int]) -> list[int]:
         """Split decode rows (sorted longest first) into attention groups."""

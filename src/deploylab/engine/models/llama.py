@@ -143,8 +143,11 @@ class LlamaAttention(nn.Module):
             o = paged_attention(q, k, v.contiguous(), kv_cache[0], kv_cache[1], attn, self.scale)
         else:
             slots = attn.write_index[:tokens]  # the first KV head's rows are the slots
+            # SDPA prefill attends to contiguous fresh keys/values; the prefill kernel reads
+            # the cache.
+            want_kv = bool(attn.prefills) and attn.prefill_kernel is None
             q, k, v = gpu_kernels.rope_and_store(
-                qkv, cos, sin, kv_cache, slots, self.num_heads, bool(attn.prefills)
+                qkv, cos, sin, kv_cache, slots, self.num_heads, want_kv
             )
             o = paged_attention(q, k, v, kv_cache[0], kv_cache[1], attn, self.scale)
         return F.linear(o.view(tokens, -1), self.o_proj.weight, self.o_proj.bias)
