@@ -7,7 +7,8 @@ Decode (one query token per sequence, keys/values in the paged cache, blocks sca
     physical sequence, each sequence's KV blocks listed from its table)
   - gather+sdpa: gather each sequence's blocks into a padded buffer, then SDPA with a mask
 Prefill (one causal sequence): SDPA with each backend forced, compiled FlexAttention, and
-deploylab's Triton prefill kernel reading the paged cache (one row per tile shape).
+deploylab's Triton prefill kernel (one row per tile shape) reading the paged cache
+("paged-") or the step's contiguous fresh keys/values ("fresh-").
 Decode times are per call inside a CUDA graph of 16 calls (how the engine runs decode
 steps); `eager_ms` is the same call launched from Python.
 
@@ -193,8 +194,8 @@ def decode_rows(args: argparse.Namespace, cfg: Any) -> list[dict[str, Any]]:
 
 
 # Tile shapes tried for the Triton prefill kernel: (block_m, block_n, warps, stages).
-PREFILL_TILES = [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3),
-                 (128, 32, 4, 4), (128, 128, 8, 2), (64, 128, 4, 3)]  # fmt: skip
+PREFILL_TILES = [(64, 128, 4, 3), (64, 64, 4, 3), (128, 64, 4, 3), (64, 128, 4, 2),
+                 (64, 128, 8, 3), (128, 128, 4, 3), (64, 64, 4, 2), (128, 64, 4, 2)]  # fmt: skip
 
 
 def triton_prefill_variants(
@@ -215,14 +216,16 @@ def triton_prefill_variants(
     qt = q[0].transpose(0, 1).contiguous()
     out = torch.empty_like(qt)
     variants = {}
+    fresh = (k[0].transpose(0, 1).contiguous(), v[0].transpose(0, 1).contiguous())
     for bm, bn, warps, stages in PREFILL_TILES:
         fn = _build(TileConfig(bm, bn, warps, stages))
+        for mode, kv in (("paged", None), ("fresh", fresh)):
 
-        def run(fn: Any = fn) -> torch.Tensor:
-            fn(qt, k_cache, v_cache, batch, dim**-0.5, out)
-            return out.transpose(0, 1).unsqueeze(0)
+            def run(fn: Any = fn, kv: Any = kv) -> torch.Tensor:
+                fn(qt, k_cache, v_cache, batch, dim**-0.5, out, kv)
+                return out.transpose(0, 1).unsqueeze(0)
 
-        variants[f"triton-{bm}x{bn}w{warps}s{stages}"] = run
+            variants[f"{mode}-{bm}x{bn}w{warps}s{stages}"] = run
     return variants
 
 

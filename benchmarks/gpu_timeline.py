@@ -72,6 +72,20 @@ def gpu_gaps(events: list[dict[str, Any]], window: tuple[float, float]) -> tuple
     return busy, gaps
 
 
+def _kernel_spans(events: list[dict[str, Any]], window: tuple[float, float]) -> list[tuple]:
+    """(start, duration) of kernels launched from inside `window` (by their runtime call)."""
+    launches = {
+        e["args"].get("correlation")
+        for e in events
+        if e.get("cat") == "cuda_runtime" and window[0] <= float(e["ts"]) < window[1]
+    }
+    return [
+        (float(e["ts"]), float(e["dur"]))
+        for e in events
+        if e.get("cat") == "kernel" and e.get("args", {}).get("correlation") in launches
+    ]
+
+
 def annotation_window(events: list[dict[str, Any]], name: str) -> list[tuple[float, float]]:
     """Start and end µs of every `record_function(name)` region."""
     return sorted(
@@ -81,9 +95,25 @@ def annotation_window(events: list[dict[str, Any]], name: str) -> list[tuple[flo
     )
 
 
-def report(prof: Any, region: str, top: int = 8) -> str:
-    """Text summary of the GPU's busy share and idle gaps inside each `region` annotation."""
+GAP_BINS_US = (10.0, 50.0, 200.0)
+
+
+def gap_histogram(gaps: list[Gap]) -> str:
+    """Count and total of idle gaps by size: where the idle time sits."""
+    edges = (0.0, *GAP_BINS_US, float("inf"))
+    parts = []
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        sel = [g.us for g in gaps if lo <= g.us < hi]
+        label = f"<{hi:.0f}us" if hi != float("inf") else f">={lo:.0f}us"
+        parts.append(f"{label}: {len(sel)} = {sum(sel) / 1e3:.2f} ms")
+    return ", ".join(parts)
+
+
+def report(prof: Any, region: str, top: int = 8, inner: str | None = None) -> str:
+    """Text summary of the GPU's busy share and idle gaps inside each `region` annotation
+    (and inside the `inner` annotations within it, e.g. the model's forward)."""
     events = trace_events(prof)
+    inner_windows = annotation_window(events, inner) if inner else []
     lines = []
     for i, window in enumerate(annotation_window(events, region)):
         wall = window[1] - window[0]
@@ -91,7 +121,18 @@ def report(prof: Any, region: str, top: int = 8) -> str:
         lines.append(
             f"{region} #{i}: wall {wall / 1e3:.2f} ms, GPU busy {busy / 1e3:.2f} ms "
             f"({100 * busy / wall:.0f}%), idle {(wall - busy) / 1e3:.2f} ms in {len(gaps)} gaps"
+            f" ({gap_histogram(gaps)})"
         )
+        for w in inner_windows:
+            if window[0] <= w[0] < window[1]:
+                # The GPU runs the inner region's work until its last kernel ends.
+                end = max([w[1]] + [s + g for s, g in _kernel_spans(events, w)])
+                ibusy, igaps = gpu_gaps(events, (w[0], end))
+                lines.append(
+                    f"  {inner}: host {(w[1] - w[0]) / 1e3:.2f} ms, until its last kernel "
+                    f"{(end - w[0]) / 1e3:.2f} ms, GPU busy {ibusy / 1e3:.2f} ms "
+                    f"({gap_histogram(igaps)})"
+                )
         for g in gaps[:top]:
             where = f"+{(g.start_us - window[0]) / 1e3:.2f} ms"
             ops = ", ".join(f"{n} {d:.0f}us" for n, d in g.host_ops)

@@ -173,3 +173,20 @@ def test_fused_projections_are_views_and_leave_the_state_dict_alone() -> None:
         assert torch.equal(v, before[k]), k
     assert model.fuse_for_cuda() is False
     assert not model.model.fused
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_table_gives_the_computed_cos_and_sin(dtype: torch.dtype) -> None:
+    """The precomputed (cos, sin) table (CUDA fused path) returns exactly what the direct
+    computation does, llama3 rope scaling included; a position past the table is an error."""
+    from deploylab.engine.models.rope import RotaryEmbedding
+
+    cfg = get_preset("llama-3.2-1b")
+    rope = RotaryEmbedding(cfg)
+    positions = torch.tensor([0, 1, 17, 999, 4095, 3])
+    want = rope(positions, dtype)
+    rope.use_table(4096, dtype)
+    got = rope(positions, dtype)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    with pytest.raises(IndexError):
+        rope(torch.tensor([4096]), dtype)

@@ -48,7 +48,7 @@ def test_kernel_matches_sdpa(heads: int, kv_heads: int, dim: int, dtype: torch.d
     scale = dim**-0.5
     ref = torch.zeros_like(q)
     reference_prefill(q, k_cache, v_cache, batch, scale, ref)
-    for tile in (TileConfig(), TileConfig(block_m=64, block_n=32, num_warps=4)):
+    for tile in (None, TileConfig(block_m=128, block_n=64, num_warps=8)):
         out = torch.full_like(q, 7.0)
         _build(tile)(q, k_cache, v_cache, batch, scale, out)
         torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
@@ -69,3 +69,27 @@ def test_strided_query_from_the_fused_projection() -> None:
     reference_prefill(q, k_cache, v_cache, batch, 0.125, ref)
     fn(view, k_cache, v_cache, batch, 0.125, out)
     torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_fresh_keys_and_values_instead_of_the_cache() -> None:
+    """Whole-prompt chunks reading the step's contiguous keys/values `[T, kv_heads, d]` give
+    what reading the same keys/values from the cache gives."""
+    from deploylab.engine.triton_prefill import TileConfig, _build
+
+    shapes = [(1000, 1000), (5, 5), (64, 64), (257, 257)]
+    q, k_cache, v_cache, batch = make_case(shapes, 32, 8, 64, torch.bfloat16)
+    batch.fresh = True
+    # The chunks' keys/values in token order, read back from their cache blocks.
+    fresh = []
+    for cache in (k_cache, v_cache):
+        rows = []
+        for c, (n, _) in enumerate(shapes):
+            table = batch.tables[c, : -(-n // 16)]
+            rows.append(cache[:, table].reshape(8, -1, 64)[:, :n].transpose(0, 1))
+        fresh.append(torch.cat(rows).contiguous())
+    ref = torch.zeros_like(q)
+    reference_prefill(q, k_cache, v_cache, batch, 0.125, ref)
+    for tile in (None, TileConfig(block_m=128, block_n=64, num_warps=8)):
+        out = torch.zeros_like(q)
+        _build(tile)(q, k_cache, v_cache, batch, 0.125, out, (fresh[0], fresh[1]))
+        torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)

@@ -192,7 +192,9 @@ def paged_attention(
         )
         out[s : s + n] = od.view(n, num_heads, head_dim)
     if meta.prefill_kernel is not None and meta.prefill_batch is not None:
-        meta.prefill_kernel(q, k_cache, v_cache, meta.prefill_batch, scale, out)
+        fresh = meta.prefill_batch.fresh and k.shape == (q.shape[0], kv_heads, head_dim)
+        fresh_kv = (k, v) if fresh and k.stride() == v.stride() and k.stride(2) == 1 else None
+        meta.prefill_kernel(q, k_cache, v_cache, meta.prefill_batch, scale, out, fresh_kv)
         return out
     for chunk in meta.prefills:
         s, n = chunk.query_start, chunk.query_len

@@ -31,7 +31,13 @@ MIN_GROUP_FILL = 0.75
 class ModelRunner:
     """Runs one forward pass per step over the paged KV cache."""
 
-    def __init__(self, model: LlamaForCausalLM, kv_cache: KVCache, device: torch.device):
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        kv_cache: KVCache,
+        device: torch.device,
+        max_model_len: int | None = None,
+    ):
         self.model = model
         self.kv_cache = kv_cache
         self.device = device
@@ -55,7 +61,8 @@ class ModelRunner:
         if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
             self.paged_decode = load_paged_decode(device, dtype)
             self.paged_prefill = load_paged_prefill(device, dtype)
-            model.fuse_for_cuda()  # fused projections and Triton small ops
+            if model.fuse_for_cuda() and max_model_len:  # fused projections, Triton small ops
+                model.model.rotary_emb.use_table(max_model_len, dtype)
         self.graphs: DecodeGraphs | None = None
 
     def enable_cuda_graphs(self, max_batch: int, max_model_len: int) -> bool:
@@ -153,21 +160,23 @@ class ModelRunner:
             seq, n = item.seq, item.num_new_tokens
             p0 = seq.num_computed_tokens
             ids.extend(seq.token_ids[p0 : p0 + n])
-            pos.extend(range(p0, p0 + n))
-            slots.extend(self._chunk_slots(seq.block_table, p0, n))
             chunk = PrefillChunk(query_start=start, query_len=n, context_len=p0 + n)
-            if self.paged_prefill is not None:
+            if self.paged_prefill is not None:  # positions and slots are made on the device
                 kernel_chunks.append((start, n, p0 + n))
                 kernel_tables.append(seq.block_table[: -(-(p0 + n) // bs)])
-            elif p0 > 0:
-                chunk.gather_index, chunk.mask = self._context_index(seq.block_table, p0, n)
+            else:
+                pos.extend(range(p0, p0 + n))
+                slots.extend(self._chunk_slots(seq.block_table, p0, n))
+                if p0 > 0:
+                    chunk.gather_index, chunk.mask = self._context_index(seq.block_table, p0, n)
             prefills.append(chunk)
             if item.samples:
                 sample_rows.append(start + n - 1)
                 sample_seqs.append(seq)
             start += n
-        # One host-to-device copy: token ids, positions, cache slots, prefill-kernel tables.
-        tokens = len(ids)
+        # One host-to-device copy: token ids, the positions and cache slots made on the host,
+        # the prefill kernel's chunk table.
+        tokens, on_host = len(ids), len(pos)
         packed = ids + pos + slots
         table_width = max((len(t) for t in kernel_tables), default=0)
         for i in range(3):
@@ -175,21 +184,33 @@ class ModelRunner:
         for t in kernel_tables:
             packed.extend(t + [0] * (table_width - len(t)))
         dev = self._to_device(torch.frombuffer(array("q", packed), dtype=torch.int64))
-        input_ids, positions = dev[:tokens], dev[tokens : 2 * tokens]
-        write_index = (self._head_slots[:, None] + dev[2 * tokens : 3 * tokens][None, :]).flatten()
+        input_ids, positions = dev[:tokens], dev[tokens : tokens + on_host]
+        slot_t = dev[tokens + on_host : tokens + 2 * on_host]
+        batch: PrefillBatch | None = None
+        if kernel_chunks:
+            n_chunks, at = len(kernel_chunks), tokens + 2 * on_host
+            batch = PrefillBatch(
+                info=dev[at : at + 3 * n_chunks].view(3, n_chunks),
+                tables=dev[at + 3 * n_chunks :].view(n_chunks, table_width),
+                max_query_len=max(c[1] for c in kernel_chunks),
+                fresh=all(c[1] == c[2] for c in kernel_chunks),
+                first_position=kernel_chunks[0][2] - kernel_chunks[0][1],
+            )
+            chunk_pos, chunk_slots = batch.positions_and_slots(len(decodes), tokens, bs)
+            if on_host:
+                positions = torch.cat([positions, chunk_pos])
+                slot_t = torch.cat([slot_t, chunk_slots])
+            else:
+                positions, slot_t = chunk_pos, chunk_slots
         meta = AttentionMetadata(
             num_tokens=tokens,
-            write_index=write_index,
+            write_index=(self._head_slots[:, None] + slot_t[None, :]).flatten(),
             num_decodes=len(decodes),
             prefills=prefills,
             workspace=self.workspace,
+            prefill_kernel=self.paged_prefill if batch is not None else None,
+            prefill_batch=batch,
         )
-        if kernel_chunks:
-            n_chunks = len(kernel_chunks)
-            info = dev[3 * tokens : 3 * tokens + 3 * n_chunks].view(3, n_chunks)
-            tables_t = dev[3 * tokens + 3 * n_chunks :].view(n_chunks, table_width)
-            meta.prefill_kernel = self.paged_prefill
-            meta.prefill_batch = PrefillBatch(info, tables_t, max(c[1] for c in kernel_chunks))
         if self.paged_decode is not None and decodes:
             max_blocks = -(-max(ctx_lens) // bs)
             padded = [t[:max_blocks] + [0] * (max_blocks - len(t)) for t in tables]

@@ -143,9 +143,10 @@ class LlamaAttention(nn.Module):
             o = paged_attention(q, k, v.contiguous(), kv_cache[0], kv_cache[1], attn, self.scale)
         else:
             slots = attn.write_index[:tokens]  # the first KV head's rows are the slots
-            # SDPA prefill attends to contiguous fresh keys/values; the prefill kernel reads
-            # the cache.
-            want_kv = bool(attn.prefills) and attn.prefill_kernel is None
+            # Prefill attends to contiguous fresh keys/values (SDPA; the prefill kernel when
+            # every chunk is a whole prompt), else the kernel reads the cache.
+            batch = attn.prefill_batch
+            want_kv = bool(attn.prefills) and (batch is None or batch.fresh)
             q, k, v = gpu_kernels.rope_and_store(
                 qkv, cos, sin, kv_cache, slots, self.num_heads, want_kv
             )

@@ -80,14 +80,34 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         self.config = config
         self.register_buffer("inv_freq", compute_inv_freq(config), persistent=False)
+        # Optional (cos, sin) of every position, `[max_positions, 2, head_dim]` (`use_table`).
+        self.table: torch.Tensor | None = None
 
     def reset_parameters(self) -> None:
         """Recompute the frequencies (after the module was materialised from `meta`)."""
         self.inv_freq = compute_inv_freq(self.config).to(self.inv_freq.device)
+        self.table = None
 
-    def forward(
+    def use_table(self, max_positions: int, dtype: torch.dtype) -> None:
+        """Precompute (cos, sin) for positions `[0, max_positions)` in `dtype`, so a forward
+        is one gather instead of six small ops (the GPU waits on those at a step's start).
+        The values are the ones `forward` computes."""
+        positions = torch.arange(max_positions, device=self.inv_freq.device)
+        cos, sin = self._compute(positions, dtype)
+        self.table = torch.stack((cos, sin), dim=1)
+
+    def _compute(
         self, positions: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions[..., None].to(torch.float32) * self.inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def forward(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        table = self.table
+        if table is None or table.dtype != dtype or positions.dim() != 1:
+            return self._compute(positions, dtype)
+        both = table.index_select(0, positions)  # positions past the table fail here
+        return both[:, 0], both[:, 1]
