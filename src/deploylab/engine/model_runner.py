@@ -152,6 +152,7 @@ class ModelRunner:
                 sample_rows.append(row)
                 sample_seqs.append(seq)
         prefills: list[PrefillChunk] = []
+        chunk_ids: list[array] = []  # each chunk's input ids, packed
         # The prefill kernel's (query start, query length, context length) and block tables.
         kernel_chunks: list[tuple[int, int, int]] = []
         kernel_tables: list[list[int]] = []
@@ -159,7 +160,7 @@ class ModelRunner:
         for item in chunks:
             seq, n = item.seq, item.num_new_tokens
             p0 = seq.num_computed_tokens
-            ids.extend(seq.token_ids[p0 : p0 + n])
+            chunk_ids.append(seq.input_ids(p0, p0 + n))
             chunk = PrefillChunk(query_start=start, query_len=n, context_len=p0 + n)
             if self.paged_prefill is not None:  # positions and slots are made on the device
                 kernel_chunks.append((start, n, p0 + n))
@@ -176,14 +177,18 @@ class ModelRunner:
             start += n
         # One host-to-device copy: token ids, the positions and cache slots made on the host,
         # the prefill kernel's chunk table.
-        tokens, on_host = len(ids), len(pos)
-        packed = ids + pos + slots
+        packed = array("q", ids)
+        for part in chunk_ids:
+            packed += part
+        tokens, on_host = len(packed), len(pos)
+        packed.extend(pos)
+        packed.extend(slots)
         table_width = max((len(t) for t in kernel_tables), default=0)
         for i in range(3):
             packed.extend(c[i] for c in kernel_chunks)
         for t in kernel_tables:
             packed.extend(t + [0] * (table_width - len(t)))
-        dev = self._to_device(torch.frombuffer(array("q", packed), dtype=torch.int64))
+        dev = self._to_device(torch.frombuffer(packed, dtype=torch.int64))
         input_ids, positions = dev[:tokens], dev[tokens : tokens + on_host]
         slot_t = dev[tokens + on_host : tokens + 2 * on_host]
         batch: PrefillBatch | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from array import array
 from typing import TYPE_CHECKING
 
 from deploylab.engine.sampling_params import SamplingParams
@@ -45,6 +46,9 @@ class Sequence:
         self.arrival = arrival
         self.token_ids: list[int] = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
+        # The prompt as packed int64, made once at admission (off the step loop when the
+        # server tokenises on another thread): a prefill step copies slices of it.
+        self.prompt_array = array("q", prompt_token_ids)
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at admission
         self.admitted = False
@@ -92,3 +96,9 @@ class Sequence:
             f"computed={self.num_computed_tokens}, blocks={len(self.block_table)}, "
             f"{self.status.value})"
         )
+
+    def input_ids(self, start: int, end: int) -> array:
+        """Token ids `[start, end)` as packed int64."""
+        if end <= self.num_prompt_tokens:
+            return self.prompt_array[start:end]
+        return array("q", self.token_ids[start:end])

@@ -32,11 +32,13 @@ def _build(target_programs: int | None = None) -> PagedDecodeFn:
     import triton
     import triton.language as tl
 
-    @triton.jit
+    # The block-table width and the split sizes change with every eager step's shapes: they
+    # are plain integers, not specialised on, so they never trigger a recompile mid-serving.
+    @triton.jit(do_not_specialize=["stride_btb", "num_splits", "split_tokens"])
     def _partial_kernel(  # type: ignore[no-untyped-def]
         Q, K, V, BT, LENS, OUT, M, L, ACC, scale,
         stride_qb, stride_qh, stride_kh, stride_kb, stride_btb, stride_ob, stride_oh,
-        NUM_SPLITS: tl.constexpr, SPLIT_TOKENS: tl.constexpr,
+        num_splits, split_tokens, SPLIT: tl.constexpr,
         GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
         BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr,
     ):  # fmt: skip
@@ -57,8 +59,8 @@ def _build(target_programs: int | None = None) -> PagedDecodeFn:
         l_i = tl.zeros([GROUP_PAD], tl.float32)
         acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
         t = tl.arange(0, TILE)
-        lo = split * SPLIT_TOKENS
-        hi = tl.minimum(ctx, lo + SPLIT_TOKENS)
+        lo = split * split_tokens
+        hi = tl.minimum(ctx, lo + split_tokens)
         for start in range(lo, hi, TILE):
             pos = start + t
             valid = pos < hi
@@ -74,7 +76,7 @@ def _build(target_programs: int | None = None) -> PagedDecodeFn:
             v = tl.load(V + off[:, None] + d[None, :], mask=valid[:, None], other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
-        if NUM_SPLITS == 1:
+        if not SPLIT:
             out = acc / l_i[:, None]
             tl.store(
                 OUT + seq * stride_ob + heads[:, None] * stride_oh + d[None, :],
@@ -83,28 +85,27 @@ def _build(target_programs: int | None = None) -> PagedDecodeFn:
             )
         else:
             # Partial results of this split, combined by _combine_kernel.
-            row = (seq * tl.num_programs(1) + kvh) * NUM_SPLITS + split
+            row = (seq * tl.num_programs(1) + kvh) * num_splits + split
             tl.store(M + row * GROUP_PAD + g, m_i)
             tl.store(L + row * GROUP_PAD + g, l_i)
             tl.store(ACC + (row * GROUP_PAD + g[:, None]) * HEAD_DIM + d[None, :], acc)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["num_splits"])
     def _combine_kernel(  # type: ignore[no-untyped-def]
-        OUT, M, L, ACC, stride_ob, stride_oh,
-        NUM_SPLITS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-        HEAD_DIM: tl.constexpr,
+        OUT, M, L, ACC, stride_ob, stride_oh, num_splits,
+        GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     ):  # fmt: skip
         seq = tl.program_id(0)
         kvh = tl.program_id(1)
         g = tl.arange(0, GROUP_PAD)
         d = tl.arange(0, HEAD_DIM)
-        base = (seq * tl.num_programs(1) + kvh) * NUM_SPLITS
+        base = (seq * tl.num_programs(1) + kvh) * num_splits
         m_max = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-        for s in range(NUM_SPLITS):
+        for s in range(num_splits):
             m_max = tl.maximum(m_max, tl.load(M + (base + s) * GROUP_PAD + g))
         total = tl.zeros([GROUP_PAD], tl.float32)
         acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
-        for s in range(NUM_SPLITS):
+        for s in range(num_splits):
             m_s = tl.load(M + (base + s) * GROUP_PAD + g)
             # An empty split has m = -inf and l = 0: weight 0 (guard -inf - -inf = nan).
             w = tl.where(m_s > float("-inf"), tl.exp(m_s - m_max), 0.0)
@@ -156,13 +157,13 @@ def _build(target_programs: int | None = None) -> PagedDecodeFn:
             q, k_cache, v_cache, tables, lens, out, m, l_, acc, scale,
             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), tables.stride(0),
             out.stride(0), out.stride(1),
-            NUM_SPLITS=splits, SPLIT_TOKENS=split_tokens,
+            splits, split_tokens, SPLIT=splits > 1,
             GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=dim, BLOCK_SIZE=block_size, TILE=tile,
         )  # fmt: skip
         if splits > 1:
             _combine_kernel[(batch, kv_heads)](
-                out, m, l_, acc, out.stride(0), out.stride(1),
-                NUM_SPLITS=splits, GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=dim,
+                out, m, l_, acc, out.stride(0), out.stride(1), splits,
+                GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=dim,
             )  # fmt: skip
         return out
 

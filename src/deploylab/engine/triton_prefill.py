@@ -131,7 +131,9 @@ def _build(tile: TileConfig | None = None) -> PagedPrefillFn:
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         return acc, m_new, l_i * alpha + tl.sum(p, 1)
 
-    @triton.jit
+    # Integers that change from step to step are not specialised on (value 1, multiple of
+    # 16): each new combination would compile a new kernel in the middle of serving.
+    @triton.jit(do_not_specialize=["stride_btc", "stride_info"])
     def _prefill_kernel(  # type: ignore[no-untyped-def]
         Q, K, V, BT, INFO, OUT, qk_scale,
         stride_qt, stride_qh, stride_kh, row_stride, stride_btc, stride_info, stride_ot,
@@ -268,13 +270,22 @@ def self_check(fn: PagedPrefillFn, device: torch.device, dtype: torch.dtype) -> 
     batch = PrefillBatch(info.to(device), tables.to(device), max_query_len=200)
     q = torch.randn(273, heads, dim, generator=gen).to(device, dtype)
     got, ref = torch.zeros_like(q), torch.zeros_like(q)
+    # The first chunk again as a whole-prompt step reading fresh keys/values (compiles that
+    # variant now rather than on the first request).
+    fresh_batch = PrefillBatch(info[:, :1].to(device), tables[:1].to(device), 200, fresh=True)
+    rows = tables[0, :13].to(device)
+    fresh_kv = tuple(c[:, rows].reshape(kv_heads, -1, dim)[:, :200].transpose(0, 1).contiguous()
+                     for c in (k_cache, v_cache))  # fmt: skip
+    got_fresh = torch.zeros_like(q)
     try:
         fn(q, k_cache, v_cache, batch, dim**-0.5, got)
+        fn(q, k_cache, v_cache, fresh_batch, dim**-0.5, got_fresh, (fresh_kv[0], fresh_kv[1]))
     except Exception as exc:  # a compiler or driver problem: fall back, don't crash serving
         logger.warning("Triton paged prefill unavailable (%s); using SDPA", exc)
         return False
     reference_prefill(q, k_cache, v_cache, batch, dim**-0.5, ref)
     ok = torch.allclose(got.float(), ref.float(), atol=2e-2, rtol=2e-2)
+    ok = ok and torch.allclose(got_fresh[:200].float(), ref[:200].float(), atol=2e-2, rtol=2e-2)
     if not ok:
         logger.warning("Triton paged prefill disagrees with SDPA; using SDPA")
     return bool(ok)
