@@ -40,8 +40,11 @@ def trace_events(prof: Any) -> list[dict[str, Any]]:
     return [e for e in events if e.get("ph") == "X" and "dur" in e]
 
 
-def gpu_gaps(events: list[dict[str, Any]], window: tuple[float, float]) -> tuple[float, list[Gap]]:
-    """(kernel busy µs inside `window`, idle gaps in it, longest first)."""
+def gpu_gaps(
+    events: list[dict[str, Any]], window: tuple[float, float], skip: str | None = None
+) -> tuple[float, list[Gap]]:
+    """(kernel busy µs inside `window`, idle gaps in it, longest first); host ops named
+    `skip` (the region's own annotation) are not listed against the gaps."""
     lo, hi = window
     kernels = sorted(
         (max(lo, float(e["ts"])), min(hi, float(e["ts"]) + float(e["dur"])))
@@ -59,7 +62,12 @@ def gpu_gaps(events: list[dict[str, Any]], window: tuple[float, float]) -> tuple
             cursor = e
     if hi > cursor:
         idle.append((cursor, hi))
-    host = [e for e in events if e.get("cat") in ("cpu_op", "user_annotation", "python_function")]
+    host = [
+        e
+        for e in events
+        if e.get("cat") in ("cpu_op", "user_annotation", "python_function")
+        and e.get("name") != skip
+    ]
     gaps = []
     for s, e in sorted(idle, key=lambda g: g[0] - g[1]):
         ops = [
@@ -70,20 +78,6 @@ def gpu_gaps(events: list[dict[str, Any]], window: tuple[float, float]) -> tuple
         ops.sort(key=lambda o: -o[1])
         gaps.append(Gap(s, e, ops[:6]))
     return busy, gaps
-
-
-def _kernel_spans(events: list[dict[str, Any]], window: tuple[float, float]) -> list[tuple]:
-    """(start, duration) of kernels launched from inside `window` (by their runtime call)."""
-    launches = {
-        e["args"].get("correlation")
-        for e in events
-        if e.get("cat") == "cuda_runtime" and window[0] <= float(e["ts"]) < window[1]
-    }
-    return [
-        (float(e["ts"]), float(e["dur"]))
-        for e in events
-        if e.get("cat") == "kernel" and e.get("args", {}).get("correlation") in launches
-    ]
 
 
 def annotation_window(events: list[dict[str, Any]], name: str) -> list[tuple[float, float]]:
@@ -109,30 +103,18 @@ def gap_histogram(gaps: list[Gap]) -> str:
     return ", ".join(parts)
 
 
-def report(prof: Any, region: str, top: int = 8, inner: str | None = None) -> str:
-    """Text summary of the GPU's busy share and idle gaps inside each `region` annotation
-    (and inside the `inner` annotations within it, e.g. the model's forward)."""
+def report(prof: Any, region: str, top: int = 8) -> str:
+    """Text summary of the GPU's busy share and idle gaps inside each `region` annotation."""
     events = trace_events(prof)
-    inner_windows = annotation_window(events, inner) if inner else []
     lines = []
     for i, window in enumerate(annotation_window(events, region)):
         wall = window[1] - window[0]
-        busy, gaps = gpu_gaps(events, window)
+        busy, gaps = gpu_gaps(events, window, skip=region)
         lines.append(
             f"{region} #{i}: wall {wall / 1e3:.2f} ms, GPU busy {busy / 1e3:.2f} ms "
             f"({100 * busy / wall:.0f}%), idle {(wall - busy) / 1e3:.2f} ms in {len(gaps)} gaps"
             f" ({gap_histogram(gaps)})"
         )
-        for w in inner_windows:
-            if window[0] <= w[0] < window[1]:
-                # The GPU runs the inner region's work until its last kernel ends.
-                end = max([w[1]] + [s + g for s, g in _kernel_spans(events, w)])
-                ibusy, igaps = gpu_gaps(events, (w[0], end))
-                lines.append(
-                    f"  {inner}: host {(w[1] - w[0]) / 1e3:.2f} ms, until its last kernel "
-                    f"{(end - w[0]) / 1e3:.2f} ms, GPU busy {ibusy / 1e3:.2f} ms "
-                    f"({gap_histogram(igaps)})"
-                )
         for g in gaps[:top]:
             where = f"+{(g.start_us - window[0]) / 1e3:.2f} ms"
             ops = ", ".join(f"{n} {d:.0f}us" for n, d in g.host_ops)

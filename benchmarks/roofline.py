@@ -188,7 +188,7 @@ def profile_prefill(engine: Any, tokens: int) -> None:
         for obj, attr, fn in saved:
             setattr(obj, attr, fn)
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15), flush=True)
-    print(report(prof, "prefill", inner="dl.forward"), flush=True)
+    print(report(prof, "prefill"), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
