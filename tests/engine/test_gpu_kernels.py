@@ -141,3 +141,38 @@ def test_chunked_and_prefix_hit_prefill_match_on_cuda(prefill_kernel: bool) -> N
         results.append([o.token_ids for o in llm.generate(prompts, params)])
         del llm, engine, model  # before the next engine sizes its cache from free memory
     assert results[0] == results[1] == results[2]
+
+
+@pytest.mark.parametrize("variant", ["qwen3", "qwen2"])
+def test_qk_norm_and_bias_models_match_the_sdpa_paths_on_cuda(variant: str) -> None:
+    """Qwen3 (q/k norms: RoPE outside the fused kernel, keys written by `write_kv`) and
+    Qwen2 (q/k/v biases in the fused projection) give the same greedy tokens with the Triton
+    prefill/decode kernels as with the SDPA fallbacks, including a chunked prompt."""
+    from dataclasses import replace
+
+    from deploylab.engine import LLM, SamplingParams
+    from deploylab.engine.llm_engine import LLMEngine
+    from deploylab.engine.models.loader import init_random_model
+    from deploylab.engine.models.presets import get_preset
+
+    base = get_preset("tiny")
+    if variant == "qwen3":
+        cfg = replace(base, architecture="Qwen3ForCausalLM", qk_norm=True)
+    else:
+        cfg = replace(base, architecture="Qwen2ForCausalLM", qkv_bias=True)
+    params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+    prompts = [list(range(30, 30 + n)) for n in (3, 40, 90)]
+    results = []
+    for kernels in (True, False):
+        free_cuda()
+        model = init_random_model(cfg, torch.float16, "cuda", seed=1)
+        engine = LLMEngine(
+            model=model, device="cuda", dtype="float16", gpu_memory_utilization=0.3,
+            max_num_seqs=8, max_num_batched_tokens=64, cuda_graphs=False,
+        )  # fmt: skip
+        assert engine.runner.paged_prefill is not None
+        if not kernels:
+            engine.runner.paged_prefill = engine.runner.paged_decode = None
+        results.append([o.token_ids for o in LLM(llm_engine=engine).generate(prompts, params)])
+        del engine, model
+    assert results[0] == results[1]
