@@ -164,36 +164,6 @@ def run_deploylab(llm: Any, reqs: list[tuple[list[int], int]]) -> Result:
     return Result("deploylab", seconds, expected, expected + sum(len(p) for p, _ in reqs))
 
 
-def hf_model_like(model: Any) -> Any:
-    """A transformers LlamaForCausalLM holding `model`'s weights (shared, not copied)."""
-    import transformers
-
-    c = model.config
-    rope: dict[str, Any] = dict(c.rope_scaling or {"rope_type": "default"})
-    rope["rope_theta"] = c.rope_theta
-    config = transformers.LlamaConfig(
-        vocab_size=c.vocab_size,
-        hidden_size=c.hidden_size,
-        intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers,
-        num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads,
-        head_dim=c.head_dim,
-        rms_norm_eps=c.rms_norm_eps,
-        rope_parameters=rope,
-        max_position_embeddings=c.max_position_embeddings,
-        tie_word_embeddings=c.tie_word_embeddings,
-        attention_bias=c.qkv_bias,
-    )
-    with torch.device("meta"):
-        hf = transformers.LlamaForCausalLM(config)
-    hf.load_state_dict(dict(model.state_dict()), assign=True, strict=False)
-    hf.tie_weights()
-    device = next(model.parameters()).device
-    hf.model.rotary_emb = type(hf.model.rotary_emb)(config).to(device)
-    return hf.eval()
-
-
 def run_hf(hf: Any, reqs: list[tuple[list[int], int]], batch_size: int) -> Result:
     device = next(hf.parameters()).device
     sync(device)
@@ -259,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     if engine.device.type == "cuda":
         torch.cuda.empty_cache()
     if not args.skip_hf:
-        hf = hf_model_like(engine.model)
+        from deploylab.engine.models.hf_interop import transformers_twin
+
+        hf = transformers_twin(engine.model)
         hf_reqs = hf_order(reqs, args.hf_sort)
         modes = args.hf_modes.split(",")
         for batch in args.hf_batch_size or [args.max_num_seqs]:

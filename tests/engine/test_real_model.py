@@ -23,30 +23,9 @@ SHORT = SamplingParams(temperature=0.0, max_tokens=16)
 def hf_smol(smol: ModelParts) -> Any:
     """transformers' Llama holding the same weights (transformers' own GGUF load takes 30+ s
     here; `test_gguf_weights_match_transformers_processing` checks the weights instead)."""
-    import transformers
+    from deploylab.engine.models.hf_interop import transformers_twin
 
-    c = smol.model.config
-    config = transformers.LlamaConfig(
-        vocab_size=c.vocab_size,
-        hidden_size=c.hidden_size,
-        intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers,
-        num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads,
-        head_dim=c.head_dim,
-        rms_norm_eps=c.rms_norm_eps,
-        rope_theta=c.rope_theta,
-        max_position_embeddings=c.max_position_embeddings,
-        tie_word_embeddings=True,
-        eos_token_id=2,
-        bos_token_id=1,
-    )
-    with torch.device("meta"):
-        model = transformers.LlamaForCausalLM(config)
-    model.load_state_dict(dict(smol.model.state_dict()), assign=True, strict=False)
-    model.tie_weights()
-    model.model.rotary_emb = type(model.model.rotary_emb)(config)
-    return model.eval()
+    return transformers_twin(smol.model, eos_token_id=2, bos_token_id=1)
 
 
 def test_gguf_weights_match_transformers_processing(smol: ModelParts) -> None:
