@@ -82,11 +82,19 @@ def graph_decode(engine: Any, batch: int, context: int) -> tuple[float, float]:
     return replay, with_inputs
 
 
+def prefill_steps(batch: int, context: int, budget: int) -> int:
+    """Steps the engine needs to prefill `batch` prompts of `context` tokens (upper bound)."""
+    return -(-batch * context // budget) + 2
+
+
 def engine_step_ms(engine: Any, batch: int, context: int, steps: int) -> float:
-    """Median wall-clock ms of `engine.step()` with `batch` sequences decoding at ~`context`."""
+    """Median wall-clock ms of `engine.step()` with `batch` sequences decoding at ~`context`.
+    The first prompts prefilled decode while the rest prefill, so each may produce that many
+    tokens more before the timed steps: none may finish before the timed steps end."""
     from deploylab.engine import SamplingParams
 
-    params = SamplingParams(temperature=0.0, max_tokens=steps + 8, ignore_eos=True)
+    ahead = prefill_steps(batch, context, engine.config.max_num_batched_tokens)
+    params = SamplingParams(temperature=0.0, max_tokens=steps + ahead + 8, ignore_eos=True)
     gen = torch.Generator().manual_seed(batch)
     for i in range(batch):
         prompt = torch.randint(100, 30000, (context - 1,), generator=gen).tolist()
@@ -96,8 +104,10 @@ def engine_step_ms(engine: Any, batch: int, context: int, steps: int) -> float:
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        engine.step()
+        rows = len(engine.step())
         times.append((time.perf_counter() - t0) * 1e3)
+        if rows != batch:
+            raise RuntimeError(f"a timed step decoded {rows} sequences, not {batch}")
     while engine.has_unfinished_requests():
         engine.step()
     engine._seqs.clear()
@@ -210,13 +220,17 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     batches = [int(b) for b in args.batch_sizes.split(",")]
+    budget = max(args.prefill_tokens, max(batches))  # tokens per step
+    decode_len = (
+        args.context + args.engine_steps + 64 + prefill_steps(max(batches), args.context, budget)
+    )
     llm = LLM(
         random_weights=args.shape,
         device="cuda",
         dtype="bfloat16",
         max_num_seqs=max(batches),
-        max_num_batched_tokens=max(args.prefill_tokens, max(batches)),
-        max_model_len=max(args.context + args.engine_steps + 64, args.prefill_tokens + 16),
+        max_num_batched_tokens=budget,
+        max_model_len=max(decode_len, args.prefill_tokens + 16),
         gpu_memory_utilization=args.gpu_memory_utilization,
         enable_prefix_caching=False,
     )
