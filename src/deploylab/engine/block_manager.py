@@ -122,14 +122,16 @@ class BlockManager:
         appended first) and `num_new_tokens` more. All or nothing: False when short of blocks.
         """
         bs = self.block_size
+        table = seq.block_table
         start = seq.num_computed_tokens + len(cached_blocks) * bs
         total = start + num_new_tokens
-        need = -(-total // bs) - len(seq.block_table) - len(cached_blocks)
-        revived = sum(1 for b in cached_blocks if self.ref_counts[b] == 0)
-        table = seq.block_table
+        need = -(-total // bs) - len(table) - len(cached_blocks)
         # Copy-on-write: the block the new tokens start in is shared (after a fork).
         first = start // bs
         cow = num_new_tokens > 0 and first < len(table) and self.ref_counts[table[first]] > 1
+        if need <= 0 and not cow and not cached_blocks:
+            return True  # most decode steps: the tokens fit in the blocks already held
+        revived = sum(1 for b in cached_blocks if self.ref_counts[b] == 0)
         if max(need, 0) + revived + int(cow) > self.num_free_blocks:
             return False
         for block in cached_blocks:

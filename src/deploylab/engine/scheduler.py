@@ -102,8 +102,13 @@ class Scheduler:
         """Pick this step's batch and allocate its KV slots."""
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
-        decodes = [s for s in self.running if s.num_tokens - s.num_computed_tokens == 1]
-        chunks = [s for s in self.running if s.num_tokens - s.num_computed_tokens > 1]
+        decodes, chunks = [], []
+        for s in self.running:
+            left = len(s.token_ids) - s.num_computed_tokens
+            if left == 1:
+                decodes.append(s)
+            elif left > 1:
+                chunks.append(s)
         pending = deque(decodes + chunks)
         while pending and budget > 0:
             seq = pending.popleft()
