@@ -161,8 +161,6 @@ def decode_batch(
             variants["flex"] = lambda: flex(q)
         except Exception as exc:  # report, keep measuring the others
             print(f"flex decode unavailable at batch {batch}: {exc!r:.300}", flush=True)
-    if "triton" in wanted:
-        variants.update(triton_prefill_variants(q, k, v, args.block_size, gen))
     rows = []
     for name, fn in variants.items():
         try:
