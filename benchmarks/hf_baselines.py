@@ -54,15 +54,11 @@ def run_hf_continuous(
     hf: Any,
     reqs: list[tuple[list[int], int]],
     max_requests_per_batch: int | None = None,
-    max_batch_tokens: int | None = None,
-    options: dict[str, Any] | None = None,
-    deadline_s: float = 300.0,
+    **settings: Any,
 ) -> Any:
     """transformers' continuous batching (the machinery behind `generate_batch`), timed from the
-    first `add_request` to the last finished request; see `generate_continuous`."""
-    seconds, _ = generate_continuous(
-        hf, reqs, max_requests_per_batch, max_batch_tokens, options, deadline_s
-    )
+    first `add_request` to the last finished request; `settings` are `generate_continuous`'s."""
+    seconds, _ = generate_continuous(hf, reqs, max_requests_per_batch, **settings)
     result = _result("hf continuous", seconds, reqs)
     if max_requests_per_batch:
         result.name += f" {max_requests_per_batch} seqs"

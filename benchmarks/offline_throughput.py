@@ -255,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
             for seqs in args.hf_cb_max_seqs or [None]:
                 try:
                     r = run_hf_continuous(
-                        hf, reqs, seqs, args.hf_cb_max_batch_tokens, options, args.hf_cb_deadline
-                    )
+                        hf, reqs, seqs, max_batch_tokens=args.hf_cb_max_batch_tokens,
+                        options=options, deadline_s=args.hf_cb_deadline,
+                    )  # fmt: skip
                 except Exception as exc:  # report it; keep the other results
                     print(f"transformers continuous batching failed: {exc!r:.1000}", flush=True)
                     continue

@@ -114,25 +114,33 @@ def engine_step_ms(engine: Any, batch: int, context: int, steps: int) -> float:
     return statistics.median(times)
 
 
-def prefill_ms(engine: Any, tokens: int) -> float:
-    """Median wall-clock ms to prefill one `tokens`-token prompt and sample one token."""
+def timed_prefills(engine: Any, tokens: int, prompts: int, runs: int, seed: int) -> list[float]:
+    """Per run: queue `prompts` random prompts of `tokens` tokens, step until all have sampled
+    one token; milliseconds per prompt (each run is a "prefill" profiler region)."""
     from deploylab.engine import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
-    gen = torch.Generator().manual_seed(7)
+    gen = torch.Generator().manual_seed(seed)
     times = []
-    for i in range(6):
-        prompt = torch.randint(100, 30000, (tokens,), generator=gen).tolist()
-        engine.add_request(f"p{i}", prompt, params)
+    for r in range(runs):
+        for i in range(prompts):
+            prompt = torch.randint(100, 30000, (tokens,), generator=gen).tolist()
+            engine.add_request(f"p{seed}-{r}-{i}", prompt, params)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         with torch.profiler.record_function("prefill"):
             while engine.has_unfinished_requests():
                 engine.step()
             torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1e3)
+        times.append((time.perf_counter() - t0) * 1e3 / prompts)
     engine._seqs.clear()
-    return statistics.median(times[1:])
+    return times
+
+
+def prefill_ms(engine: Any, tokens: int) -> float:
+    """Median wall-clock ms to prefill one `tokens`-token prompt on an idle engine and sample
+    one token (the first of six runs is a warm-up)."""
+    return statistics.median(timed_prefills(engine, tokens, 1, 6, seed=7)[1:])
 
 
 def profile_step(engine: Any, batch: int, context: int) -> None:
@@ -149,23 +157,7 @@ def profile_step(engine: Any, batch: int, context: int) -> None:
 def prefill_stream_ms(engine: Any, tokens: int, prompts: int = 8) -> float:
     """Milliseconds per prompt when `prompts` prompts of `tokens` tokens are queued together
     and prefilled one per step, back to back (prefill throughput, GPU never left idle long)."""
-    from deploylab.engine import SamplingParams
-
-    params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
-    gen = torch.Generator().manual_seed(8)
-    runs = []
-    for r in range(3):
-        for i in range(prompts):
-            prompt = torch.randint(100, 30000, (tokens,), generator=gen).tolist()
-            engine.add_request(f"s{r}-{i}", prompt, params)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        while engine.has_unfinished_requests():
-            engine.step()
-        torch.cuda.synchronize()
-        runs.append((time.perf_counter() - t0) * 1e3 / prompts)
-    engine._seqs.clear()
-    return statistics.median(runs)
+    return statistics.median(timed_prefills(engine, tokens, prompts, 3, seed=8))
 
 
 def _annotated(name: str, fn: Any) -> Any:

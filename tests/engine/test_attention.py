@@ -36,6 +36,26 @@ def test_decode_kernel_path_matches_gather_path(tiny: ModelParts) -> None:
     assert [o.token_ids for o in llm.generate(PROMPTS, GREEDY)] == expected
 
 
+@pytest.mark.parametrize("budget", [512, 32])
+def test_prefill_kernel_plumbing_matches_sdpa_paths(tiny: ModelParts, budget: int) -> None:
+    """The CUDA kernels' step inputs (one packed copy; chunk positions and slots made from
+    the chunk table; decode tables and lengths) checked on the CPU with the kernels'
+    reference implementations: same tokens as the gather + SDPA paths, with whole prompts
+    (fresh keys/values), chunked prompts and prefix-cache hits (keys read from the cache)."""
+    from deploylab.engine.triton_prefill import reference_prefill
+
+    settings = dict(max_num_batched_tokens=budget, enable_prefix_caching=True)
+    plain = tiny.llm(**settings)
+    expected = [[o.token_ids for o in plain.generate(PROMPTS, GREEDY)] for _ in range(2)]
+    llm = tiny.llm(**settings)
+    runner = llm.llm_engine.runner
+    runner.paged_prefill, runner.paged_decode = reference_prefill, reference_decode
+    # The second round hits the prefix cache: its prompts continue after cached blocks.
+    got = [[o.token_ids for o in llm.generate(PROMPTS, GREEDY)] for _ in range(2)]
+    assert got == expected
+    assert llm.llm_engine.stats().prefix_cache_hits > 0
+
+
 def test_bfloat16_cpu_path_agrees_with_dense(tiny: ModelParts) -> None:
     """bf16 on the CPU (matmul decode attention): the first decode step's logits match the
     dense forward in bf16 within bf16 rounding."""

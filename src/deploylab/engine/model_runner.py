@@ -176,7 +176,7 @@ class ModelRunner:
                 sample_seqs.append(seq)
             start += n
         # One host-to-device copy: token ids, the positions and cache slots made on the host,
-        # the prefill kernel's chunk table.
+        # the prefill kernel's chunk table, the decode kernel's block tables and lengths.
         packed = array("q", ids)
         for part in chunk_ids:
             packed += part
@@ -188,6 +188,13 @@ class ModelRunner:
             packed.extend(c[i] for c in kernel_chunks)
         for t in kernel_tables:
             packed.extend(t + [0] * (table_width - len(t)))
+        decode_at, decode_width = len(packed), 0
+        if self.paged_decode is not None and decodes:
+            decode_width = -(-max(ctx_lens) // bs)
+            for t in tables:
+                packed.extend(t[:decode_width])
+                packed.extend([0] * (decode_width - len(t)))
+            packed.extend(ctx_lens)
         dev = self._to_device(torch.frombuffer(packed, dtype=torch.int64))
         input_ids, positions = dev[:tokens], dev[tokens : tokens + on_host]
         slot_t = dev[tokens + on_host : tokens + 2 * on_host]
@@ -196,7 +203,7 @@ class ModelRunner:
             n_chunks, at = len(kernel_chunks), tokens + 2 * on_host
             batch = PrefillBatch(
                 info=dev[at : at + 3 * n_chunks].view(3, n_chunks),
-                tables=dev[at + 3 * n_chunks :].view(n_chunks, table_width),
+                tables=dev[at + 3 * n_chunks : decode_at].view(n_chunks, table_width),
                 max_query_len=max(c[1] for c in kernel_chunks),
                 fresh=all(c[1] == c[2] for c in kernel_chunks),
                 first_position=kernel_chunks[0][2] - kernel_chunks[0][1],
@@ -216,12 +223,12 @@ class ModelRunner:
             prefill_kernel=self.paged_prefill if batch is not None else None,
             prefill_batch=batch,
         )
-        if self.paged_decode is not None and decodes:
-            max_blocks = -(-max(ctx_lens) // bs)
-            padded = [t[:max_blocks] + [0] * (max_blocks - len(t)) for t in tables]
+        if decode_width:
+            n = len(decodes)
+            lens_at = decode_at + n * decode_width
             meta.decode_kernel = self.paged_decode
-            meta.decode_tables = self._to_device(torch.tensor(padded, dtype=torch.int32))
-            meta.decode_lens = self._to_device(torch.tensor(ctx_lens, dtype=torch.int32))
+            meta.decode_tables = dev[decode_at:lens_at].view(n, decode_width).to(torch.int32)
+            meta.decode_lens = dev[lens_at : lens_at + n].to(torch.int32)
             ctx_lens = []  # no gather groups
         start = 0
         for count in self._group_sizes(ctx_lens):
