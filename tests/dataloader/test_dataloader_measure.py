@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import signal
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,3 +60,40 @@ def test_cycling_sampler_repeats_epochs() -> None:
     assert list(CyclingSampler(3, 7, shuffle=False)) == [0, 1, 2, 0, 1, 2, 0]
     shuffled = list(CyclingSampler(4, 8, shuffle=True))
     assert sorted(shuffled[:4]) == [0, 1, 2, 3] and sorted(shuffled[4:]) == [0, 1, 2, 3]
+
+
+def _die_of_sigterm(ready: Path, worker_id: int) -> None:
+    """Worker start-up as it is before torch installs its handlers: SIGTERM kills outright."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    (ready / str(worker_id)).touch()
+
+
+class CtrlCAtStart(torch.utils.data.Sampler[int]):
+    """Ctrl-C as it lands inside `iter(loader)`, once the workers are up."""
+
+    def __init__(self, ready: Path, workers: int) -> None:
+        self.ready, self.workers = ready, workers
+
+    def __len__(self) -> int:
+        return 7
+
+    def __iter__(self) -> Any:
+        deadline = time.monotonic() + 30
+        while len(list(self.ready.iterdir())) < self.workers and time.monotonic() < deadline:
+            time.sleep(0.01)
+        raise KeyboardInterrupt
+        yield 0
+
+
+@pytest.mark.usefixtures("no_leftover_children")
+def test_ctrl_c_while_the_workers_start_stays_an_interrupt(tmp_path: Path) -> None:
+    # Workers that die of our SIGTERM used to trip torch's SIGCHLD handler while we reaped
+    # them; its "worker killed by signal" replaced the interrupt (the CLI exited 1, not 130).
+    kwargs = {
+        "batch_size": 2,
+        "num_workers": 2,
+        "sampler": CtrlCAtStart(tmp_path, 2),
+        "worker_init_fn": functools.partial(_die_of_sigterm, tmp_path),
+    }
+    with pytest.raises(KeyboardInterrupt):
+        measure(Seven(), kwargs, None, 4, 1)

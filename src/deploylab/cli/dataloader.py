@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,14 +50,34 @@ def _report_user_error(exc: UserCodeError) -> None:
     err.print(exc.user_traceback, markup=False, end="")
 
 
-def _recording_sigint(flag: list[bool]) -> Callable[[int, Any], None]:
-    """A SIGINT handler that notes the interrupt (workers may die of it first), then raises."""
+@contextmanager
+def _ctrl_c_stops_cleanly() -> Iterator[None]:
+    """Turn Ctrl-C during a run into one KeyboardInterrupt, whatever it broke on the way.
+
+    Workers get the same SIGINT and may die first, and stopping them can raise torch's
+    "worker killed by signal": once the user pressed Ctrl-C, any error is the interrupt.
+    """
+    interrupted = [False]
 
     def handler(signum: int, frame: Any) -> None:
-        flag[0] = True
+        interrupted[0] = True
         raise KeyboardInterrupt
 
-    return handler
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    except KeyboardInterrupt:
+        _report_interrupt()
+        raise
+    except Exception as exc:
+        if not interrupted[0]:
+            if isinstance(exc, UserCodeError):
+                _report_user_error(exc)
+            raise
+        _report_interrupt()
+        raise KeyboardInterrupt from exc
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _report_interrupt() -> None:
@@ -175,9 +196,7 @@ def diagnose_command(
     from deploylab.dataloader.diagnose import diagnose
 
     console = Console(width=max(140, Console().width), highlight=False)
-    interrupted = [False]
-    previous = signal.signal(signal.SIGINT, _recording_sigint(interrupted))
-    try:
+    with _ctrl_c_stops_cleanly():
         pipeline = _load(script, num_workers, batch_size)
         report = diagnose(
             pipeline.dataset,
@@ -190,17 +209,6 @@ def diagnose_command(
             warmup=warmup,
             chart_path=None if no_chart else chart,
         )
-    except UserCodeError as exc:
-        if interrupted[0]:  # a worker died of the same Ctrl-C: not the user's error
-            _report_interrupt()
-            raise KeyboardInterrupt from exc
-        _report_user_error(exc)
-        raise
-    except KeyboardInterrupt:
-        _report_interrupt()
-        raise
-    finally:
-        signal.signal(signal.SIGINT, previous)
     _print_diagnosis(report, console)
     if report.chart.png:
         console.print(f"\nChart: {report.chart.png}")
@@ -268,9 +276,7 @@ def sweep_command(
 
     counts = _parse_counts(workers)
     console = Console(width=max(140, Console().width), highlight=False)
-    interrupted = [False]
-    previous = signal.signal(signal.SIGINT, _recording_sigint(interrupted))
-    try:
+    with _ctrl_c_stops_cleanly():
         pipeline = _load(script, None, batch_size)
         report = sweep_workers(
             pipeline.dataset,
@@ -284,17 +290,6 @@ def sweep_command(
             warmup=warmup,
             chart_path=None if no_chart else chart,
         )
-    except UserCodeError as exc:
-        if interrupted[0]:  # a worker died of the same Ctrl-C: not the user's error
-            _report_interrupt()
-            raise KeyboardInterrupt from exc
-        _report_user_error(exc)
-        raise
-    except KeyboardInterrupt:
-        _report_interrupt()
-        raise
-    finally:
-        signal.signal(signal.SIGINT, previous)
     _print_sweep(report, console)
     if report.chart.png:
         console.print(f"Chart: {report.chart.png}")

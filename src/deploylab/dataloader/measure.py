@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -112,6 +114,24 @@ def _batch_len(batch: Any, default: int) -> int:
     return default
 
 
+@contextmanager
+def _sigchld_ignored() -> Iterator[None]:
+    """Hold off torch's SIGCHLD handler while we reap workers ourselves.
+
+    A loader interrupted while it starts (Ctrl-C inside `iter(loader)`) leaves its workers
+    registered with torch's handler, which raises "worker killed by signal" when we stop
+    them and so would replace the user's KeyboardInterrupt.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL if previous is None else previous)
+
+
 def shutdown_workers(iterator: Any, before: set[int]) -> None:
     """Stop the loader's workers and kill any child process it left behind."""
     shutdown = getattr(iterator, "_shutdown_workers", None)
@@ -121,6 +141,13 @@ def shutdown_workers(iterator: Any, before: set[int]) -> None:
         left = [p for p in psutil.Process().children() if p.pid not in before]
     except psutil.Error:  # pragma: no cover
         return
+    if left:
+        with _sigchld_ignored():
+            _reap(left)
+
+
+def _reap(left: list[psutil.Process]) -> None:
+    """Terminate the given processes, then kill those still alive after the grace period."""
     for proc in left:
         try:
             proc.terminate()
