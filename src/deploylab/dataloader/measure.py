@@ -134,16 +134,15 @@ def _sigchld_ignored() -> Iterator[None]:
 
 def shutdown_workers(iterator: Any, before: set[int]) -> None:
     """Stop the loader's workers and kill any child process it left behind."""
-    shutdown = getattr(iterator, "_shutdown_workers", None)
-    if shutdown is not None:
-        shutdown()
-    try:
-        left = [p for p in psutil.Process().children() if p.pid not in before]
-    except psutil.Error:  # pragma: no cover
-        return
-    if left:
-        with _sigchld_ignored():
-            _reap(left)
+    with _sigchld_ignored():
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        try:
+            left = [p for p in psutil.Process().children() if p.pid not in before]
+        except psutil.Error:  # pragma: no cover
+            return
+        _reap(left)
 
 
 def _reap(left: list[psutil.Process]) -> None:
@@ -211,8 +210,10 @@ def measure(
         elapsed = time.perf_counter() - start
         usage = monitor.stop()
     finally:
-        monitor.close()
-        shutdown_workers(iterator, before)
+        try:
+            monitor.close()
+        finally:
+            shutdown_workers(iterator, before)
     return Measurement(
         steps=len(totals),
         warmup_steps=warmup,
