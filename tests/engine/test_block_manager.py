@@ -3,11 +3,13 @@ that checks no block ever leaks or is freed twice."""
 
 from __future__ import annotations
 
+from array import array
+
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from deploylab.engine.block_manager import BlockManager
+from deploylab.engine.block_manager import BlockManager, extend_with_tables
 from deploylab.engine.sampling_params import SamplingParams
 from deploylab.engine.sequence import Sequence
 
@@ -189,3 +191,9 @@ TestBlockManagerMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def test_tables_are_packed_as_rows_of_one_width() -> None:
+    packed = array("q", [9])
+    extend_with_tables(packed, [[4, 5, 6], [7], [1, 2, 3, 8, 8]], 3)
+    assert packed.tolist() == [9, 4, 5, 6, 7, 0, 0, 1, 2, 3]

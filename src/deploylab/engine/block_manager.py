@@ -12,7 +12,9 @@ cached blocks are evicted, least recently released first, only when `free` is em
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from collections.abc import Sequence as Seq
 
 from deploylab.engine.sequence import Sequence
@@ -205,3 +207,15 @@ class BlockManager:
             assert self.block_hash[b] == h, "hash index points at a block with another hash"
         hashed = [b for b in range(self.num_blocks) if self.block_hash[b] is not None]
         assert len(hashed) == len(self._cached), "hashed block missing from the index"
+
+
+def extend_with_tables(packed: array, tables: Iterable[list[int]], width: int) -> None:
+    """Append each block table to `packed` as one row of `width` entries: cut, or padded with
+    block 0 (rows only read the entries their context length reaches)."""
+    for table in tables:  # fromlist: about twice as fast as extend for lists
+        if len(table) > width:
+            packed.fromlist(table[:width])
+        else:
+            packed.fromlist(table)
+            if len(table) < width:
+                packed.fromlist([0] * (width - len(table)))

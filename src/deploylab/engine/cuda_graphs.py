@@ -13,12 +13,13 @@ length in blocks) and context lengths; the output is the bucket's logits.
 from __future__ import annotations
 
 import logging
+from array import array
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from deploylab.engine.attention import AttentionMetadata
+from deploylab.engine.block_manager import extend_with_tables
 from deploylab.engine.kv_cache import KVCache
 from deploylab.engine.models.llama import LlamaForCausalLM
 from deploylab.engine.triton_attention import PagedDecodeFn
@@ -59,6 +60,7 @@ class DecodeGraphs:
         self.scratch_slot = scratch_slot
         self.device = kv_cache.layers[0][0].device
         kvh, nb, bs = kv_cache.layers[0][0].shape[:3]
+        self.block_size = bs
         self.head_slots = torch.arange(kvh, device=self.device, dtype=torch.int64) * nb * bs
         self.sizes = sorted({b for b in BUCKETS if b < max_batch} | {max_batch})
         self.graphs: dict[int, _Graph] = {}
@@ -125,14 +127,21 @@ class DecodeGraphs:
         size = next(s for s in self.sizes if s >= n)
         g = self.graphs[size]
         pad = size - n
-        g.ids.copy_(torch.tensor(ids + [0] * pad), non_blocking=True)
-        g.pos.copy_(torch.tensor(pos + [0] * pad), non_blocking=True)
-        g.slots.copy_(torch.tensor(slots + [self.scratch_slot] * pad), non_blocking=True)
-        g.lens.copy_(torch.tensor(lens + [1] * pad, dtype=torch.int32), non_blocking=True)
-        host = np.zeros((size, self.width), dtype=np.int32)
-        for row, table in enumerate(tables):
-            host[row, : len(table)] = table
-        g.tables.copy_(torch.from_numpy(host), non_blocking=True)
+        # One host-to-device copy of what this step reads. Of the tables only the n real
+        # rows and the columns their contexts reach: the kernel reads no further, and the
+        # padding rows (context 1) read column 0, a valid block left from any earlier step.
+        width = -(-max(lens) // self.block_size)
+        packed = array("q")
+        for values, filler in ((ids, 0), (pos, 0), (slots, self.scratch_slot), (lens, 1)):
+            packed.fromlist(values)
+            packed.fromlist([filler] * pad)
+        extend_with_tables(packed, tables, width)
+        dev = torch.frombuffer(packed, dtype=torch.int64).to(self.device, non_blocking=True)
+        g.ids.copy_(dev[:size])
+        g.pos.copy_(dev[size : 2 * size])
+        g.slots.copy_(dev[2 * size : 3 * size])
+        g.lens.copy_(dev[3 * size : 4 * size])
+        g.tables[:n, :width].copy_(dev[4 * size :].view(n, width))
         return self._replay(g)[:n]
 
     def _replay(self, g: _Graph) -> torch.Tensor:

@@ -8,6 +8,7 @@ from array import array
 import torch
 
 from deploylab.engine.attention import AttentionMetadata, DecodeGroup, PrefillChunk, Workspace
+from deploylab.engine.block_manager import extend_with_tables
 from deploylab.engine.cpu_linear import prepack_linears, prepack_supported
 from deploylab.engine.cuda_graphs import DecodeGraphs
 from deploylab.engine.kv_cache import KVCache
@@ -181,20 +182,17 @@ class ModelRunner:
         for part in chunk_ids:
             packed += part
         tokens, on_host = len(packed), len(pos)
-        packed.extend(pos)
-        packed.extend(slots)
+        packed.fromlist(pos)
+        packed.fromlist(slots)
         table_width = max((len(t) for t in kernel_tables), default=0)
         for i in range(3):
             packed.extend(c[i] for c in kernel_chunks)
-        for t in kernel_tables:
-            packed.extend(t + [0] * (table_width - len(t)))
+        extend_with_tables(packed, kernel_tables, table_width)
         decode_at, decode_width = len(packed), 0
         if self.paged_decode is not None and decodes:
             decode_width = -(-max(ctx_lens) // bs)
-            for t in tables:
-                packed.extend(t[:decode_width])
-                packed.extend([0] * (decode_width - len(t)))
-            packed.extend(ctx_lens)
+            extend_with_tables(packed, tables, decode_width)
+            packed.fromlist(ctx_lens)
         dev = self._to_device(torch.frombuffer(packed, dtype=torch.int64))
         input_ids, positions = dev[:tokens], dev[tokens : tokens + on_host]
         slot_t = dev[tokens + on_host : tokens + 2 * on_host]
