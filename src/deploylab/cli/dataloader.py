@@ -70,12 +70,12 @@ def _ctrl_c_stops_cleanly() -> Iterator[None]:
         _report_interrupt()
         raise
     except Exception as exc:
-        if not interrupted[0]:
-            if isinstance(exc, UserCodeError):
-                _report_user_error(exc)
-            raise
-        _report_interrupt()
-        raise KeyboardInterrupt from exc
+        if interrupted[0]:
+            _report_interrupt()
+            raise KeyboardInterrupt from exc
+        if isinstance(exc, UserCodeError):
+            _report_user_error(exc)
+        raise
     finally:
         signal.signal(signal.SIGINT, previous)
 
