@@ -107,6 +107,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "parses), e.g. use_cuda_graph=true, default_compile_level=1, scheduler_type=prefill_first",
     )
     p.add_argument("--hf-cb-deadline", type=float, default=300.0, help="continuous: seconds")
+    p.add_argument(
+        "--sweep",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="scaling sweep: deploylab alone on N requests each (same length distribution), "
+        "output tok/s, preemptions and step kinds per size",
+    )
     p.add_argument("--json", help="also write the results to this file")
     return p.parse_args(argv)
 
@@ -162,6 +170,91 @@ def run_deploylab(llm: Any, reqs: list[tuple[list[int], int]]) -> Result:
     expected = sum(n for _, n in reqs)
     assert produced == expected, f"deploylab produced {produced} tokens, expected {expected}"
     return Result("deploylab", seconds, expected, expected + sum(len(p) for p, _ in reqs))
+
+
+class StepProfile:
+    """Counts and times engine steps by kind (graph decode, eager decode, mixed, prefill)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.kind = ""
+        self.count: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+        runner, step = engine.runner, engine.step
+        execute = runner.execute
+
+        def timed_execute(out: Any) -> Any:
+            n_dec = sum(1 for s in out.scheduled if s.num_new_tokens == 1)
+            graph = runner.graphs is not None and n_dec == len(out.scheduled)
+            if n_dec == len(out.scheduled):
+                self.kind = "decode (graph)" if graph else "decode (eager)"
+            else:
+                self.kind = "mixed" if n_dec else "prefill"
+            return execute(out)
+
+        def timed_step() -> Any:
+            self.kind = "empty"
+            t0 = time.perf_counter()
+            deltas = step()
+            dt = time.perf_counter() - t0
+            self.count[self.kind] = self.count.get(self.kind, 0) + 1
+            self.seconds[self.kind] = self.seconds.get(self.kind, 0.0) + dt
+            return deltas
+
+        runner.execute = timed_execute
+        engine.step = timed_step
+
+    def reset(self) -> None:
+        self.count.clear()
+        self.seconds.clear()
+
+    def summary(self) -> str:
+        parts = [
+            f"{k} {self.count[k]} x {1e3 * self.seconds[k] / self.count[k]:.2f} ms"
+            for k in sorted(self.count)
+        ]
+        return "; ".join(parts)
+
+
+def run_sweep(llm: Any, args: argparse.Namespace, vocab: int) -> list[dict[str, Any]]:
+    """deploylab alone on each size of --sweep: the same length distribution, more requests."""
+    engine = llm.llm_engine
+    profile = StepProfile(engine)
+    rows = []
+    for n in args.sweep:
+        reqs = make_requests(argparse.Namespace(**{**vars(args), "num_requests": n}), vocab)
+        before = engine.stats()
+        profile.reset()
+        r = run_deploylab(llm, reqs)
+        after = engine.stats()
+        row = {
+            "requests": n,
+            "seconds": r.seconds,
+            "output_tps": r.output_tps,
+            "steps": after.num_steps_total - before.num_steps_total,
+            "preemptions": after.num_preemptions_total - before.num_preemptions_total,
+            "recomputed_tokens": getattr(after, "num_recomputed_tokens_total", 0)
+            - getattr(before, "num_recomputed_tokens_total", 0),
+            "step_kinds": {k: [profile.count[k], profile.seconds[k]] for k in profile.count},
+        }
+        rows.append(row)
+        print(
+            f"{n:>6} requests: {r.seconds:7.2f} s {r.output_tps:10.1f} output tok/s, "
+            f"{row['steps']} steps, {row['preemptions']} preemptions, "
+            f"{row['recomputed_tokens']} recomputed tokens | {profile.summary()}",
+            flush=True,
+        )
+    base = next((r for r in rows if r["requests"] == 256), rows[0])
+    print(
+        f"\n{'requests':>8}{'seconds':>10}{'output tok/s':>15}{'vs ' + str(base['requests']):>9}"
+        f"{'preemptions':>13}"
+    )
+    for r in rows:
+        print(
+            f"{r['requests']:>8}{r['seconds']:>10.2f}{r['output_tps']:>15.1f}"
+            f"{r['output_tps'] / base['output_tps']:>9.2f}{r['preemptions']:>13}"
+        )
+    return rows
 
 
 def run_hf(hf: Any, reqs: list[tuple[list[int], int]], batch_size: int) -> Result:
@@ -221,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     reqs = make_requests(args, engine.model_config.vocab_size)
     warm = [(p[:32], 4) for p, _ in reqs[:4]]
     run_deploylab(llm, warm)
+    if args.sweep:
+        rows = run_sweep(llm, args, engine.model_config.vocab_size)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "sweep": rows}, f, indent=2)
+        return 0
     results = [run_deploylab(llm, reqs)]
     r = results[0]
     print(f"deploylab: {r.seconds:.1f} s, {r.output_tps:.1f} output tok/s", flush=True)

@@ -119,9 +119,16 @@ class BlockManager:
         self.prefix_queries += num_query_tokens
         self.prefix_hits += num_hit_tokens
 
-    def allocate(self, seq: Sequence, num_new_tokens: int, cached_blocks: Seq[int] = ()) -> bool:
+    def allocate(
+        self,
+        seq: Sequence,
+        num_new_tokens: int,
+        cached_blocks: Seq[int] = (),
+        reserve: int = 0,
+    ) -> bool:
         """Make `seq.block_table` cover its computed tokens, `cached_blocks` (a prefix hit
-        appended first) and `num_new_tokens` more. All or nothing: False when short of blocks.
+        appended first) and `num_new_tokens` more. All or nothing: False when short of blocks
+        or when fewer than `reserve` blocks would stay free.
         """
         bs = self.block_size
         table = seq.block_table
@@ -131,10 +138,10 @@ class BlockManager:
         # Copy-on-write: the block the new tokens start in is shared (after a fork).
         first = start // bs
         cow = num_new_tokens > 0 and first < len(table) and self.ref_counts[table[first]] > 1
-        if need <= 0 and not cow and not cached_blocks:
+        if need <= 0 and not cow and not cached_blocks and not reserve:
             return True  # most decode steps: the tokens fit in the blocks already held
         revived = sum(1 for b in cached_blocks if self.ref_counts[b] == 0)
-        if max(need, 0) + revived + int(cow) > self.num_free_blocks:
+        if max(need, 0) + revived + int(cow) + reserve > self.num_free_blocks:
             return False
         for block in cached_blocks:
             self._ref(block)

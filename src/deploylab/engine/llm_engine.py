@@ -311,6 +311,7 @@ class LLMEngine:
             prompt_tokens_total=self._prompt_tokens,
             generation_tokens_total=self._generation_tokens,
             num_preemptions_total=self.scheduler.num_preemptions,
+            num_recomputed_tokens_total=self.scheduler.num_recomputed_tokens,
             num_requests_finished_total=self._finished,
             num_steps_total=self._steps,
         )

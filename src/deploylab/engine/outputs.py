@@ -85,6 +85,7 @@ class EngineStats:
     prompt_tokens_total: int = 0
     generation_tokens_total: int = 0
     num_preemptions_total: int = 0
+    num_recomputed_tokens_total: int = 0  # tokens computed again after preemptions
     num_requests_finished_total: int = 0
     num_steps_total: int = 0
 

@@ -8,13 +8,17 @@ Every step builds a batch under a token budget (`max_num_batched_tokens`):
    budget, `max_num_seqs` and free blocks allow; a prompt whose prefix is in the prefix cache
    starts after the cached part; a prompt larger than the remaining budget gets a chunk.
 
-When a running sequence needs a block and none is free, the lowest-priority unscheduled
-running sequence is preempted: its blocks are freed and it goes back to the front of the
-waiting queue, keeping its generated tokens, which are recomputed when it is readmitted.
+Admission never over-commits the cache: a sequence is admitted only if `watermark_blocks`
+stay free after its allocation, headroom for the running sequences to grow into. When a
+running sequence still needs a block and none is free, the newest running sequence (latest
+arrival) is preempted: its blocks are freed (its full blocks stay in the prefix cache, so
+readmission recomputes only what was evicted meanwhile) and it goes back to the front of the
+waiting queue, keeping its generated tokens. Preemptions and recomputed tokens are counted.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -54,6 +58,10 @@ class SchedulerOutput:
         return not self.scheduled
 
 
+def _arrival(seq: Sequence) -> int:
+    return seq.arrival
+
+
 class Scheduler:
     """Owns the waiting and running queues and decides each step's batch."""
 
@@ -62,13 +70,17 @@ class Scheduler:
         block_manager: BlockManager,
         max_num_seqs: int,
         max_num_batched_tokens: int,
+        watermark: float = 0.01,
     ) -> None:
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        # Blocks kept free at admission: 1% of the cache, as vLLM's block-manager watermark.
+        self.watermark_blocks = math.ceil(watermark * block_manager.num_blocks)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self.num_recomputed_tokens = 0  # tokens computed again after a preemption
 
     @property
     def num_waiting(self) -> int:
@@ -114,7 +126,12 @@ class Scheduler:
             seq = pending.popleft()
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
             while not self.block_manager.allocate(seq, n):
-                victim = pending.pop() if pending else seq
+                # The newest unscheduled sequence goes (this one, if nothing newer waits).
+                victim = max(pending, key=_arrival, default=seq)
+                if victim is seq or victim.arrival < seq.arrival:
+                    victim = seq
+                else:
+                    pending.remove(victim)
                 self._preempt(victim, out)
                 if victim is seq:
                     break
@@ -134,7 +151,9 @@ class Scheduler:
             cached = bm.lookup_prefix(seq)
             num_cached = len(cached) * bm.block_size
             n = min(seq.num_tokens - num_cached, budget)
-            if not bm.allocate(seq, n, cached):
+            # The watermark guards running sequences; alone, a request may use every block.
+            reserve = self.watermark_blocks if self.running else 0
+            if not bm.allocate(seq, n, cached, reserve=reserve):
                 break
             bm.record_lookup(seq.num_tokens, num_cached)
             self.waiting.popleft()
@@ -151,8 +170,15 @@ class Scheduler:
     def update_after_step(self, out: SchedulerOutput) -> None:
         """Mark the step's tokens computed and offer full blocks to the prefix cache."""
         for item in out.scheduled:
-            item.seq.num_computed_tokens += item.num_new_tokens
-            self.block_manager.cache_full_blocks(item.seq)
+            seq = item.seq
+            start = seq.num_computed_tokens
+            end = start + item.num_new_tokens
+            if start < seq.max_computed_tokens:  # recomputing what a preemption dropped
+                self.num_recomputed_tokens += min(end, seq.max_computed_tokens) - start
+            else:
+                seq.max_computed_tokens = end
+            seq.num_computed_tokens = end
+            self.block_manager.cache_full_blocks(seq)
 
     def finish(self, seq: Sequence, reason: str, stop_reason: int | str | None = None) -> None:
         """End `seq` (stop, length or abort) and free its blocks at once."""

@@ -50,6 +50,7 @@ class Sequence:
         # server tokenises on another thread): a prefill step copies slices of it.
         self.prompt_array = array("q", prompt_token_ids)
         self.num_computed_tokens = 0
+        self.max_computed_tokens = 0  # high-water mark of num_computed_tokens (preemptions)
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at admission
         self.admitted = False
         self.block_table: list[int] = []

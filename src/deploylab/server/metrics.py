@@ -59,6 +59,11 @@ class _EngineCollector(Collector):
             "vllm:generation_tokens", "Generation tokens produced.", s.generation_tokens_total
         )
         yield counter("vllm:num_preemptions", "Preempted requests.", s.num_preemptions_total)
+        yield counter(
+            "deploylab:recomputed_tokens",
+            "Tokens computed again after a preemption (not served from the prefix cache).",
+            s.num_recomputed_tokens_total,
+        )
 
 
 class ServerMetrics:
