@@ -173,4 +173,8 @@ def test_ctrl_c_saves_partial_results(stub: Any, tmp_path: Path, workers: str) -
     assert data["interrupted"] is True
     assert data["summary"]["requests_cancelled"] >= 5
     assert data["summary"]["requests_failed"] == 0  # cancelled requests are not failures
+    # the window ends at the interruption, not at the planned 60 s
+    lo, hi = data["summary"]["window_s"]
+    sent = [r for r in data["requests"] if r["error_kind"] != "cancelled"]
+    assert hi < 50 and hi >= max(r["sent_s"] for r in sent)
     assert "interrupted" in stdout

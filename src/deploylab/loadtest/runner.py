@@ -126,14 +126,14 @@ def prepare_run(
 
 def _run_in_process(
     task: WorkerTask, progress: ProgressFn | None
-) -> tuple[list[RawRecord], int, bool]:
+) -> tuple[list[RawRecord], int, int | None]:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return _run_here(task, progress)
     # this thread already runs an event loop (a caller's, or a sync API built on one): run
     # the worker's own loop in a helper thread instead
-    result: list[tuple[list[RawRecord], int, bool]] = []
+    result: list[tuple[list[RawRecord], int, int | None]] = []
     failure: list[BaseException] = []
 
     def target() -> None:
@@ -150,8 +150,11 @@ def _run_in_process(
     return result[0]
 
 
-def _run_here(task: WorkerTask, progress: ProgressFn | None) -> tuple[list[RawRecord], int, bool]:
-    """Run the worker on a new event loop in this thread; Ctrl-C stops it (main thread)."""
+def _run_here(
+    task: WorkerTask, progress: ProgressFn | None
+) -> tuple[list[RawRecord], int, int | None]:
+    """Run the worker on a new event loop in this thread; Ctrl-C stops it (main thread).
+    Returns the records, the start instant and when Ctrl-C came (None: not interrupted)."""
     state: dict[str, Any] = {}
 
     async def main() -> list[RawRecord]:
@@ -159,7 +162,12 @@ def _run_here(task: WorkerTask, progress: ProgressFn | None) -> tuple[list[RawRe
         loop = asyncio.get_running_loop()
         on_main = threading.current_thread() is threading.main_thread()
         if on_main:
-            loop.add_signal_handler(signal.SIGINT, stop.set)
+
+            def on_sigint() -> None:
+                state.setdefault("stopped_ns", time.perf_counter_ns())
+                stop.set()
+
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
 
         async def start() -> int:
             state["start_ns"] = time.perf_counter_ns()
@@ -174,7 +182,8 @@ def _run_here(task: WorkerTask, progress: ProgressFn | None) -> tuple[list[RawRe
 
     with new_runner() as runner:
         raws = runner.run(main())
-    return raws, int(state["start_ns"]), bool(state["interrupted"])
+    stopped = state.get("stopped_ns", time.perf_counter_ns()) if state["interrupted"] else None
+    return raws, int(state["start_ns"]), stopped
 
 
 def execute(
@@ -204,15 +213,16 @@ def execute(
     started_at = datetime.now(UTC)
     try:
         if len(tasks) == 1:
-            raws, start_ns, interrupted = _run_in_process(tasks[0], progress)
+            raws, start_ns, stopped_ns = _run_in_process(tasks[0], progress)
         else:
-            raws, start_ns, interrupted = run_processes(tasks, progress)
+            raws, start_ns, stopped_ns = run_processes(tasks, progress)
     finally:
         if scraper is not None:
             scraper.stop()
     finished_at = datetime.now(UTC)
     raws.sort(key=lambda r: (r.scheduled_ns, r.index, r.turn))
-    window = measurement_window(raws, start_ns, load)
+    interrupted = stopped_ns is not None
+    window = measurement_window(raws, start_ns, load, stopped_ns)
     outputs = output_token_counts(raws, prepared.tokenizer)
     records = [to_record(r, start_ns, out, window) for r, out in zip(raws, outputs, strict=True)]
     keys = scenario.class_keys()

@@ -1,0 +1,74 @@
+"""Aggregates on hand-made records: the measurement window of an interrupted run, goodput."""
+
+from __future__ import annotations
+
+from deploylab.loadtest.client import RawRecord
+from deploylab.loadtest.config import LoadConfig
+from deploylab.loadtest.records import measurement_window, to_record
+from deploylab.loadtest.results import RequestRecord
+from deploylab.loadtest.scenario import SLO
+from deploylab.loadtest.stats import summarize
+
+S = 1_000_000_000  # ns per second
+
+
+def raw(sent_s: float, e2e_s: float, *, ok: bool = True, index: int = 0) -> RawRecord:
+    sent = int(sent_s * S)
+    end = sent + int(e2e_s * S)
+    rec = RawRecord(index, 1, 0, "m", None, {}, 10, 4, scheduled_ns=sent, sent_ns=sent)
+    rec.end_ns = end
+    if ok:
+        rec.chunk_ns = [sent + (end - sent) * (k + 1) // 4 for k in range(4)]
+        rec.completion_tokens = 4
+    else:
+        rec.error_kind, rec.error_detail, rec.status = "http_400", "too long", 400
+    return rec
+
+
+def records(raws: list[RawRecord], window: tuple[float, float]) -> list[RequestRecord]:
+    return [to_record(r, 0, (len(r.chunk_ns), "chunks"), window) for r in raws]
+
+
+def test_the_window_of_an_interrupted_run_ends_at_the_interruption() -> None:
+    """Ctrl-C 11 s into a 60 s run at 5 req/s: the rate is 5 req/s, not 55/60."""
+    load = LoadConfig(rate=5, duration_s=60, warmup_s=0, cooldown_s=5)
+    raws = [raw(i / 5, 0.1, index=i) for i in range(55)]
+    window = measurement_window(raws, 0, load, stopped_ns=11 * S)
+    assert window == (0.0, 11.0)  # no cool-down: the run never reached it
+    summary = summarize(records(raws, window), window, SLO())
+    assert summary.requests_per_s is not None and 4.5 <= summary.requests_per_s <= 5.0
+    assert summary.goodput_rps == summary.requests_per_s
+    # not interrupted: the planned duration (minus the cool-down) stays the window
+    assert measurement_window(raws, 0, load) == (0.0, 55.0)
+
+
+def test_an_interruption_after_the_planned_end_keeps_the_planned_window() -> None:
+    load = LoadConfig(concurrency=1, duration_s=10, warmup_s=1, cooldown_s=1)
+    raws = [raw(i, 0.5, index=i) for i in range(10)]
+    assert measurement_window(raws, 0, load, stopped_ns=30 * S) == (1.0, 9.0)
+
+
+def test_goodput_is_zero_when_no_measured_request_completed() -> None:
+    """Requests of the warm-up finishing inside the window are throughput, never goodput."""
+    load = LoadConfig(rate=1, duration_s=30, warmup_s=5, cooldown_s=0)
+    warm = [raw(i, 6.0, index=i) for i in range(5)]  # sent in warm-up, done at 6-10 s
+    failed = [raw(5 + i, 0.01, ok=False, index=5 + i) for i in range(20)]
+    raws = warm + failed
+    window = measurement_window(raws, 0, load)
+    summary = summarize(records(raws, window), window, SLO(error_rate=0.01))
+    assert summary.requests_completed == 0 and summary.requests_failed == 20
+    assert summary.goodput_rps == 0.0
+    assert summary.requests_per_s is not None and summary.requests_per_s > 0
+
+
+def test_goodput_never_exceeds_measured_completions() -> None:
+    load = LoadConfig(rate=2, duration_s=20, warmup_s=2, cooldown_s=2)
+    raws = [raw(i / 2, 1.0, index=i) for i in range(40)]
+    window = measurement_window(raws, 0, load)
+    recs = records(raws, window)
+    summary = summarize(recs, window, SLO())
+    measured_done = sum(
+        r.in_window and r.ok and window[0] <= r.sent_s + r.e2e_ms / 1000 <= window[1] for r in recs
+    )
+    assert summary.goodput_rps is not None
+    assert summary.goodput_rps * (window[1] - window[0]) == measured_done
