@@ -253,3 +253,16 @@ async def test_execute_works_from_inside_a_running_event_loop(stub: Any) -> None
     stub.configure(tokens=2)
     res = run(stub, concurrency=1, requests=2)  # a sync call made while a loop runs here
     assert res.summary.requests_completed == 2
+
+
+def test_the_scenario_as_run_shows_the_load_that_ran(stub: Any, tmp_path: Path) -> None:
+    """chat-short's file says rate 10; a closed-loop run at concurrency 2 must say so."""
+    from deploylab.loadtest.report import write_report
+
+    stub.configure(ttft_ms=5, itl_ms=1, tokens=2)
+    res = run(stub, concurrency=2, requests=4)
+    ran = res.scenario.definition["load"]
+    assert ran["concurrency"] == 2 and ran["rate"] is None and ran["requests"] == 4
+    assert ran["duration_s"] is None
+    html = write_report(res, tmp_path / "report.html").read_text()
+    assert "&quot;concurrency&quot;: 2" in html or '"concurrency": 2' in html

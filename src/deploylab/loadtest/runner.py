@@ -34,6 +34,7 @@ from deploylab.loadtest.records import (
     to_record,
 )
 from deploylab.loadtest.results import Results, RunConfig, ScenarioInfo, TargetInfo
+from deploylab.loadtest.scenario import LoadDefaults, Scenario
 from deploylab.loadtest.scrape import Scraper
 from deploylab.loadtest.stats import summarize
 from deploylab.loadtest.target import (
@@ -236,7 +237,7 @@ def execute(
             description=scenario.description,
             bottleneck=scenario.bottleneck,
             workload_kind=scenario.workload.kind,
-            definition=scenario.model_dump(mode="json", by_alias=True),
+            definition=definition_as_run(scenario, load),
         ),
         target=prepared.target,
         config=RunConfig(
@@ -255,6 +256,15 @@ def execute(
         requests=records,
         server_metrics=None if scraper is None else scraper.result(start_ns),
     )
+
+
+def definition_as_run(scenario: Scenario, load: LoadConfig) -> dict[str, Any]:
+    """The scenario as it ran: its `load` section holds the load actually offered (command-line
+    overrides applied), not the scenario file's defaults."""
+    definition = scenario.model_dump(mode="json", by_alias=True)
+    ran = load.model_dump(mode="json")
+    definition["load"] = {k: ran[k] for k in LoadDefaults.model_fields if k in ran}
+    return definition
 
 
 def run_load(
