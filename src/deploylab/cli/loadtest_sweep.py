@@ -168,4 +168,13 @@ def _sweep(
         f"({capacity.limited_by}; {len(capacity.steps)} loads run)",
         highlight=False,
     )
+    if capacity.capacity is not None and capacity.highest_passed is not None:
+        if capacity.capacity < capacity.highest_passed:
+            Console().print(
+                f"(the highest passing offer was {capacity.highest_passed:.4g} {capacity.unit}; "
+                "the capacity is what that load was measured to hold)",
+                highlight=False,
+            )
+    for note in capacity.notes:
+        Console().print(f"[yellow]note:[/] {note}", highlight=False)
     write_run_report(results, out)

@@ -146,8 +146,15 @@ def _capacity_section(cap: Capacity, checks: list[SLOCheck]) -> str:
         + plots
         + table(headers, rows)
         + '<p class="muted">margin: worst measured/limit over the SLO bounds (≤ 1 passes). '
-        f"The sections below show step {cap.result_step}.</p>"
+        f"The sections below show step {cap.result_step}.</p>" + _notes(cap.notes, "capacity-notes")
     )
+
+
+def _notes(notes: list[str], element_id: str) -> str:
+    if not notes:
+        return ""
+    items = "".join(f"<li>{esc(n)}</li>" for n in notes)
+    return f'<div id="{element_id}" class="fail"><b>Note:</b><ul>{items}</ul></div>'
 
 
 def _charts_section(results: Results) -> str:
