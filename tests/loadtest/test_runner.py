@@ -266,3 +266,25 @@ def test_the_scenario_as_run_shows_the_load_that_ran(stub: Any, tmp_path: Path) 
     assert ran["duration_s"] is None
     html = write_report(res, tmp_path / "report.html").read_text()
     assert "&quot;concurrency&quot;: 2" in html or '"concurrency": 2' in html
+
+
+LONG_THINK = SESSIONS.replace("think_time_s: 0.05", "think_time_s: 30")
+
+
+def test_sessions_do_not_sleep_through_think_times_past_the_duration(
+    stub: Any, tmp_path: Path
+) -> None:
+    """Turns due after --duration are never sent, so nothing waits for their think time."""
+    from datetime import timedelta
+
+    from deploylab.loadtest.findings import overrun_note
+
+    stub.configure(ttft_ms=1, tokens=2)
+    res = run(stub, scenario_file(tmp_path, LONG_THINK), concurrency=2, duration_s=1.0)
+    took = (res.finished_at - res.started_at).total_seconds()
+    assert {r.turn for r in res.requests} == {1}
+    assert took < 20  # the law: a 30 s think time was not waited for (it was before)
+    assert overrun_note(res) is None
+    slow = res.model_copy(update={"finished_at": res.started_at + timedelta(seconds=40)})
+    note = overrun_note(slow)
+    assert note is not None and "took 40 s for a 1 s --duration" in note

@@ -72,3 +72,18 @@ def test_goodput_never_exceeds_measured_completions() -> None:
     )
     assert summary.goodput_rps is not None
     assert summary.goodput_rps * (window[1] - window[0]) == measured_done
+
+
+def test_a_late_client_is_told_to_add_workers() -> None:
+    from deploylab.loadtest.findings import lateness_warning
+
+    load = LoadConfig(rate=2, duration_s=10)
+    raws = [raw(i / 2, 0.1, index=i) for i in range(20)]
+    for k, r in enumerate(raws):
+        r.sent_ns = r.scheduled_ns + (12_000_000 if k % 2 else 100_000)  # 12 ms late, half
+    window = measurement_window(raws, 0, load)
+    late = summarize(records(raws, window), window, SLO())
+    warning = lateness_warning(late)
+    assert warning is not None and "p99 12.0 ms" in warning and "--workers" in warning
+    on_time = [raw(i / 2, 0.1, index=i) for i in range(20)]
+    assert lateness_warning(summarize(records(on_time, window), window, SLO())) is None

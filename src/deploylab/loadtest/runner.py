@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from deploylab import __version__
 from deploylab.errors import UsageError
 from deploylab.loadtest.client import RawRecord
 from deploylab.loadtest.config import LoadConfig
+from deploylab.loadtest.fit import check_fit
 from deploylab.loadtest.library import LoadedScenario
 from deploylab.loadtest.plan import body_options, make_generator, worker_tasks
 from deploylab.loadtest.procs import new_runner, run_processes
@@ -39,14 +40,15 @@ from deploylab.loadtest.scrape import Scraper
 from deploylab.loadtest.stats import summarize
 from deploylab.loadtest.target import (
     endpoint_url,
+    models_listing,
     normalize_base_url,
     parse_model_map,
     plan_models,
-    served_models,
 )
 from deploylab.loadtest.text import WordSet, approximate_words, load_tokenizer, words_for_tokenizer
 from deploylab.loadtest.traces import TraceEntry, read_trace
 from deploylab.loadtest.worker import ProgressFn, WorkerTask, run_worker
+from deploylab.loadtest.workload import WorkloadGenerator
 
 
 @dataclass
@@ -62,6 +64,7 @@ class PreparedRun:
     trace: list[TraceEntry] | None
     trace_path: str | None
     target: TargetInfo
+    notes: list[str] = field(default_factory=list)  # warnings found before the run
 
 
 def _trace_for(loaded: LoadedScenario, trace: Path | None) -> tuple[list[TraceEntry], str] | None:
@@ -102,8 +105,10 @@ def prepare_run(
     traced = _trace_for(loaded, trace)
     entries = traced[0] if traced else None
     probe = make_generator(loaded.scenario, words, 0, entries)
-    served = served_models(base_url)
+    listing = models_listing(base_url)
+    served = None if listing is None else list(listing)
     models = plan_models(probe.model_names(), probe.needs_default_model(), served, model, pairs)
+    notes = _fit_notes(loaded, probe, listing, models.default_model, models.mapping)
     target = TargetInfo(
         url=base_url,
         models_served=served,
@@ -122,7 +127,26 @@ def prepare_run(
         trace=entries,
         trace_path=traced[1] if traced else None,
         target=target,
+        notes=notes,
     )
+
+
+def _fit_notes(
+    loaded: LoadedScenario,
+    generator: WorkloadGenerator,
+    listing: dict[str, int | None] | None,
+    default_model: str,
+    mapping: dict[str, str],
+) -> list[str]:
+    """A warning when the target's advertised context is too short for the scenario."""
+    if not listing:
+        return []
+    used = [default_model, *mapping.values()]
+    limits = [n for name in used if (n := listing.get(name)) is not None]
+    if not limits:
+        return []
+    warning = check_fit(generator, min(limits)).warning(loaded.scenario.name)
+    return [] if warning is None else [warning]
 
 
 def _run_in_process(
@@ -247,11 +271,13 @@ def execute(
             tokenizer=prepared.tokenizer_name,
             exact_token_counts=prepared.words.exact,
             trace=prepared.trace_path,
+            slo_profile=prepared.loaded.slo_profile,
             deploylab_version=__version__,
         ),
         started_at=started_at,
         finished_at=finished_at,
         interrupted=interrupted,
+        notes=list(prepared.notes),
         summary=summary,
         requests=records,
         server_metrics=None if scraper is None else scraper.result(start_ns),
