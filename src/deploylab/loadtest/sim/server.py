@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
 import itertools
 import json
@@ -17,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from deploylab import __version__
 from deploylab.loadtest.sim.api import RequestError, parse_body
 from deploylab.loadtest.sim.config import SimConfig
-from deploylab.loadtest.sim.engine import SimEngine, SimRequest
+from deploylab.loadtest.sim.engine import Scheduled, SimEngine, SimRequest
 from deploylab.loadtest.sim.http import HttpConnection, HttpRequest
 from deploylab.loadtest.sim.metrics import SimCollector
 from deploylab.loadtest.sim.openai_format import StreamFormat, error_body
@@ -251,6 +252,20 @@ class SimThread:
     def stats(self) -> dict[str, Any]:
         """SimServer.stats(), read on the server's loop."""
         return self._call(self._async_stats())
+
+    def record_schedule(self) -> None:
+        """From now on, keep what the engine intends for every request (tests of the laws)."""
+        assert self.server.engine is not None
+        self.server.engine.schedule = []
+
+    def schedule(self) -> list[Scheduled]:
+        """The recorded plans, in order of admission (copied on the server's loop)."""
+        return list(self._call(self._async_schedule()))
+
+    async def _async_schedule(self) -> list[Scheduled]:
+        engine = self.server.engine
+        assert engine is not None and engine.schedule is not None
+        return [copy.deepcopy(s) for s in engine.schedule]
 
     async def _async_stats(self) -> dict[str, Any]:
         return json.loads(json.dumps(self.server.stats()))
