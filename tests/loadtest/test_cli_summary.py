@@ -36,7 +36,9 @@ def test_requests_too_long_for_the_target_are_announced_and_explained(
     assert "errors: http_400" in out
     assert "http_400: " in out and "max_model_len" in out  # the server's own message
     assert "why: error_rate" in out and "failed with http_400" in out
-    assert "try next: `deploylab loadtest sweep --scenario chat-short`" in out
+    # only the error rate failed: the advice is about the errors, not the load
+    assert "try next: remove the cause of the errors (see the warning about max_model_len)" in out
+    assert '{"error"' not in out  # the server's message, not its JSON
 
 
 SESSIONS = """\
@@ -69,6 +71,7 @@ def test_the_scenario_point_shows_in_the_terminal(
     assert code == 0
     assert "turn: per turn" in out
     assert "why: ttft p99" in out  # the 1 ms bound failed, and the summary says why
+    assert "try next: `deploylab loadtest sweep --scenario two-turns`" in out
 
 
 def test_slo_profiles_pick_the_bounds_for_the_deployment_class() -> None:

@@ -87,3 +87,13 @@ def test_a_late_client_is_told_to_add_workers() -> None:
     assert warning is not None and "p99 12.0 ms" in warning and "--workers" in warning
     on_time = [raw(i / 2, 0.1, index=i) for i in range(20)]
     assert lateness_warning(summarize(records(on_time, window), window, SLO())) is None
+
+
+def test_error_messages_are_read_out_of_json_error_bodies() -> None:
+    from deploylab.loadtest.findings import error_message
+
+    body = '{"error":{"message":"This model\'s maximum context length is 8192 tokens.","code":400}}'
+    assert error_message(body) == "This model's maximum context length is 8192 tokens."
+    assert error_message('HTTP 503: {"detail": "overloaded"}') == "HTTP 503: overloaded"
+    assert error_message("connection reset\nby peer") == "connection reset by peer"
+    assert error_message(None) == ""

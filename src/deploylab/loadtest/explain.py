@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deploylab.loadtest.findings import LATENESS_P99_MS
+from deploylab.loadtest.findings import LATENESS_P99_MS, error_message
 from deploylab.loadtest.results import Results, SLOCheck
 
 _KV_FULL = 0.9  # KV-cache usage at or above this counts as full
@@ -86,7 +86,8 @@ def _why_errors(results: Results) -> str:
     detail = next(
         (r.error_detail for r in results.requests if r.error_kind == kind and r.error_detail), ""
     )
-    said = f" ({detail.strip()[:120]})" if detail else ""
+    message = error_message(detail)
+    said = f" ({message[:200]})" if message else ""
     return f"{n} requests failed with {kind}{said}"
 
 
@@ -112,6 +113,13 @@ def next_steps(results: Results) -> str | None:
     """What to try when the SLO was missed (None when it was met or not judged)."""
     if results.summary.slo_passed is not False:
         return None
+    failed = [c.metric for c in results.summary.slo if c.passed is False]
+    if failed == ["error_rate"]:  # the latencies held: more or less load is not the answer
+        fit = " (see the warning about max_model_len)" if results.notes else ""
+        return (
+            f"try next: remove the cause of the errors{fit}, then run again; the latency "
+            "bounds held."
+        )
     load = results.config.load
     lower = (
         f"a lower --concurrency than {load.concurrency}"

@@ -4,10 +4,31 @@ report print the same findings (SLO explanations are in `explain.py`)."""
 
 from __future__ import annotations
 
+import json
+
 from deploylab.loadtest.results import Results, Summary
 
 LATENESS_P99_MS = 5.0  # a client later than this at p99 measured itself, not only the server
 _OVERRUN_S = 10.0  # a run that takes this much (and half its duration) longer says why
+
+
+def error_message(detail: str | None) -> str:
+    """The human part of an error detail: an OpenAI-style JSON error's `message` (or a
+    `detail` / `message` field), else the text itself; on one line, at most 300 characters."""
+    text = (detail or "").strip()
+    body = text[text.find("{") :] if "{" in text else ""
+    try:
+        data = json.loads(body) if body else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        inner = data.get("error", data)
+        found = inner.get("message") if isinstance(inner, dict) else inner
+        found = found or data.get("detail") or data.get("message")
+        if isinstance(found, str) and found.strip():
+            prefix = text[: text.find("{")].strip(" :")
+            text = f"{prefix}: {found.strip()}" if prefix else found.strip()
+    return " ".join(text.split())[:300]
 
 
 def error_examples(results: Results, per_kind: int = 2) -> dict[str, list[str]]:
@@ -19,7 +40,7 @@ def error_examples(results: Results, per_kind: int = 2) -> dict[str, list[str]]:
         if r.ok or r.error_kind is None or r.error_kind == "cancelled":
             continue
         seen = examples.setdefault(r.error_kind, [])
-        detail = (r.error_detail or "").strip().replace("\n", " ")[:300]
+        detail = error_message(r.error_detail)
         if detail and detail not in seen and len(seen) < per_kind:
             seen.append(detail)
     return examples
