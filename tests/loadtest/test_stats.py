@@ -97,3 +97,50 @@ def test_error_messages_are_read_out_of_json_error_bodies() -> None:
     assert error_message('HTTP 503: {"detail": "overloaded"}') == "HTTP 503: overloaded"
     assert error_message("connection reset\nby peer") == "connection reset by peer"
     assert error_message(None) == ""
+
+
+def _judged(waiting: float, kv: float) -> object:
+    """A 10 s run at 2 req/s whose TTFT misses a 100 ms bound, with server series."""
+    from datetime import UTC, datetime
+
+    from deploylab.loadtest.results import Results, RunConfig, ScenarioInfo, TargetInfo
+    from deploylab.loadtest.scrape import MetricSeries, ServerMetrics
+
+    load = LoadConfig(rate=2, duration_s=10)
+    raws = [raw(i / 2, 0.5, index=i) for i in range(20)]  # first chunk at 125 ms
+    window = measurement_window(raws, 0, load)
+    slo = SLO.model_validate({"ttft_ms": {"p99": 100}})
+    recs = records(raws, window)
+
+    def series(value: float) -> MetricSeries:
+        return MetricSeries(title="x", unit="", kind="gauge", sources=["x"],
+                            t_s=[float(t) for t in range(11)], values=[value] * 11)  # fmt: skip
+
+    metrics = ServerMetrics(
+        url="http://x/metrics", interval_s=1, available=True, scrapes=11,
+        series={"requests_waiting": series(waiting), "requests_running": series(8),
+                "kv_cache_usage": series(kv)},
+    )  # fmt: skip
+    now = datetime.now(UTC)
+    return Results(
+        scenario=ScenarioInfo(name="s", source="s", description="", bottleneck="",
+                              workload_kind="synthetic", definition={}),
+        target=TargetInfo(url="http://x", models_served=None, default_model="m", model_map={}),
+        config=RunConfig(load=load, mode="open", api="chat", tokenizer=None,
+                         exact_token_counts=False, deploylab_version="0"),
+        started_at=now, finished_at=now, summary=summarize(recs, window, slo), requests=recs,
+        server_metrics=metrics,
+    )  # fmt: skip
+
+
+def test_each_failed_bound_says_which_server_metric_moved() -> None:
+    from deploylab.loadtest.explain import explain_failures, next_steps
+
+    queued = explain_failures(_judged(waiting=5, kv=0.4))  # type: ignore[arg-type]
+    assert len(queued) == 1 and "requests queued on the server (up to 5 waiting" in queued[0]
+    full = explain_failures(_judged(waiting=5, kv=0.97))  # type: ignore[arg-type]
+    assert "the KV cache was full (peak 97 %)" in full[0]
+    prefill = explain_failures(_judged(waiting=0, kv=0.2))  # type: ignore[arg-type]
+    assert "prefill is slow" in prefill[0] and "up to 8 running" in prefill[0]
+    step = next_steps(_judged(waiting=5, kv=0.4))  # type: ignore[arg-type]
+    assert step is not None and "a lower --rate than 2" in step
