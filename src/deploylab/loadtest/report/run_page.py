@@ -5,6 +5,7 @@ over time, per-class tables, errors, and the exact configuration and target."""
 from __future__ import annotations
 
 import json
+import re
 
 from deploylab.loadtest.capacity import Capacity
 from deploylab.loadtest.explain import explain_failures, next_steps
@@ -56,6 +57,11 @@ def _slo_section(results: Results) -> str:
     )
 
 
+def _code(html: str) -> str:
+    """`quoted` commands as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html)
+
+
 def _why_section(results: Results) -> str:
     """Why each bound failed, what to try next, and warnings about the run itself."""
     reasons = explain_failures(results)
@@ -63,7 +69,7 @@ def _why_section(results: Results) -> str:
     out = ""
     if reasons or step:
         items = "".join(f"<li>{esc(r)}</li>" for r in reasons)
-        tail = f"<p>{esc(step[0].upper() + step[1:])}</p>" if step else ""
+        tail = f"<p>{_code(esc(step[0].upper() + step[1:]))}</p>" if step else ""
         out += f'<div id="slo-why"><b>Why:</b><ul>{items}</ul>{tail}</div>'
     profile = results.config.slo_profile
     if profile:
