@@ -42,11 +42,13 @@ setup-test: $(VENV)/.test-deps
 
 # The main job: start `deploylab serve` on the default model, run the chat-short business
 # scenario against it (about two minutes on 2 cores), write results.json + report.html.
+# The SLOs judged are those of the machine's class: gpu with an NVIDIA driver, else cpu.
 RUN_OUT ?= out/loadtest
+SLO_PROFILE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 run: setup
 	$(BIN)/deploylab models list
 	$(BIN)/deploylab loadtest --scenario chat-short --concurrency 2 --duration 60 \
-		--warmup 5 --cooldown 5 --seed 0 --out $(RUN_OUT)
+		--warmup 5 --cooldown 5 --seed 0 --slo-profile $(SLO_PROFILE) --out $(RUN_OUT)
 
 lint: setup-test
 	$(BIN)/ruff check src tests benchmarks

@@ -21,11 +21,13 @@ class Reply:
 
     def __init__(self, conn: socket.socket) -> None:
         self.conn = conn
+        self.sent_ns: list[int] = []  # perf_counter_ns after each send()
 
     def send(self, data: bytes, pause_s: float = 0.0) -> None:
         if pause_s:
             time.sleep(pause_s)
         self.conn.sendall(data)
+        self.sent_ns.append(time.perf_counter_ns())
 
     def bytewise(self, data: bytes, pause_s: float = 0.0005) -> None:
         """One byte per write, with a pause between: the client reads them one by one."""

@@ -110,6 +110,9 @@ def test_missing_models_fail_fast(stub: Any, tmp_path: Path) -> None:
         (["--duration", "5", "--requests", "3"], "Give --duration or --requests, not both"),
         (["--rate", "-1"], "rate: Input should be greater than 0"),
         (["--duration", "4", "--warmup", "3", "--cooldown", "2"], "nothing of the 4 s run"),
+        (["--duration", "4", "--warmup", "3", "--cooldown", "2"], "lower --warmup and --cooldown"),
+        (["--duration", "30", "--ramp-up", "45"], "lower --ramp-up"),
+        (["--slo-profile", "tpu"], "has no SLO profile 'tpu'; it has: default, gpu, cpu"),
         (["--arrival", "bursty"], "--arrival 'bursty' is not one of"),
         (["--model-map", "nonsense"], "is not FROM=TO"),
         (["--concurrency", "2", "--workers", "3"], "--workers 3 exceeds --concurrency 2"),
@@ -173,4 +176,7 @@ def test_ctrl_c_saves_partial_results(stub: Any, tmp_path: Path, workers: str) -
     assert data["interrupted"] is True
     assert data["summary"]["requests_cancelled"] >= 5
     assert data["summary"]["requests_failed"] == 0  # cancelled requests are not failures
+    # the window ends at the interruption, not at the planned 60 s
+    lo, hi = data["summary"]["window_s"]
+    assert hi < 50 and hi >= max(r["scheduled_s"] for r in data["requests"])
     assert "interrupted" in stdout

@@ -108,8 +108,10 @@ async def test_event_split_across_reads_is_timed_by_its_last_byte(
     server: RawServer, pool: ConnectionPool
 ) -> None:
     second = event(" b")
+    replies: list[Reply] = []
 
     def script(reply: Reply, body: bytes) -> bool:
+        replies.append(reply)
         reply.send(head(Transfer_Encoding="chunked") + chunk(event(" a")))
         reply.send(chunk(second[:9]), pause_s=0.03)  # "data: {"c" arrives 30 ms later ...
         reply.send(chunk(second[9:] + DONE) + LAST_CHUNK, pause_s=0.08)  # ... the rest 80 ms on
@@ -118,8 +120,9 @@ async def test_event_split_across_reads_is_timed_by_its_last_byte(
     server.routes["/split"] = script
     rec = await fetch(pool, server.url + "/split")
     assert_ok(rec, " a b", 2)
-    gap_ms = (rec.chunk_ns[1] - rec.chunk_ns[0]) / 1e6
-    assert 105 <= gap_ms < 300
+    sent = replies[0].sent_ns
+    # the event is stamped when its last byte came, not its first (sent 80 ms or more before)
+    assert rec.chunk_ns[1] >= sent[2] - 1_000_000 and sent[2] - sent[1] >= 80_000_000
 
 
 @pytest.mark.parametrize("chunked", [False, True])
@@ -172,9 +175,10 @@ async def test_stall_past_the_timeout(server: RawServer, pool: ConnectionPool) -
     server.routes["/stall"] = script
     start = time.perf_counter()
     rec = await fetch(pool, server.url + "/stall", timeout_s=0.3)
+    # a timeout, not the server's close after 1 s (that would be `disconnected`), and never
+    # before the 0.3 s asked for
     assert rec.error_kind == "timeout" and len(rec.chunk_ns) == 1
-    assert 0.29 <= time.perf_counter() - start < 0.9
-    assert 0.29e9 <= rec.end_ns - rec.sent_ns < 0.9e9
+    assert time.perf_counter() - start >= 0.29 and rec.end_ns - rec.sent_ns >= 0.29e9
 
 
 async def test_refused_connection(pool: ConnectionPool) -> None:
@@ -237,7 +241,10 @@ async def test_megabyte_bodies_both_ways(server: RawServer, pool: ConnectionPool
 async def test_arrival_is_stamped_by_the_kernel_not_when_the_loop_gets_to_it(
     server: RawServer, pool: ConnectionPool
 ) -> None:
+    replies: list[Reply] = []
+
     def script(reply: Reply, body: bytes) -> bool:
+        replies.append(reply)
         reply.send(head(Transfer_Encoding="chunked"))
         reply.send(chunk(event(" a") + DONE) + LAST_CHUNK, pause_s=0.02)
         return True
@@ -248,9 +255,13 @@ async def test_arrival_is_stamped_by_the_kernel_not_when_the_loop_gets_to_it(
     job = asyncio.ensure_future(fetch(pool, url))
     await asyncio.sleep(0.005)  # the request is out
     time.sleep(0.2)  # the loop is busy while the token arrives
+    busy_until = time.perf_counter_ns()
     rec = await job
-    ttft_ms = (rec.chunk_ns[0] - rec.sent_ns) / 1e6
-    assert 19 <= ttft_ms < 100  # 20 ms, not 200
+    token_sent = replies[-1].sent_ns[-1]
+    # stamped when the kernel got it (after the server sent it), not when the loop got to it
+    assert rec.chunk_ns[0] >= token_sent - 1_000_000
+    if token_sent < busy_until - 2_000_000:  # it did arrive while the loop was busy
+        assert rec.chunk_ns[0] < busy_until
 
 
 async def test_https_target(

@@ -53,15 +53,22 @@ def test_measured_ttft_matches_a_known_server_delay(stub: Any) -> None:
     res = run(stub, concurrency=1, requests=8)
     ttft = np.array([r.ttft_ms for r in res.requests])
     assert len(ttft) == 8 and all(r.ok for r in res.requests)
+    # the law, never a stopwatch: the stub writes token i at 150 + 20 i ms after reading the
+    # request, so no chunk can be seen earlier (how much later depends on the machine)
+    for r in res.requests:
+        assert all(t >= 150 + 20 * i - 1 for i, t in enumerate(r.chunk_times_ms))
+        assert r.ttft_ms == r.chunk_times_ms[0] and r.e2e_ms >= r.chunk_times_ms[-1]
+        assert r.tpot_ms == pytest.approx((r.e2e_ms - r.ttft_ms) / 5, abs=1e-3)
+        assert len(r.itl_ms) == 5 and sum(r.itl_ms) == pytest.approx(
+            r.chunk_times_ms[-1] - r.chunk_times_ms[0], abs=1e-3
+        )
     assert ttft.min() >= 149.0  # the stub waits 150 ms after reading the request
-    assert float(np.median(ttft)) == pytest.approx(150, abs=15)
-    itl = [v for r in res.requests for v in r.itl_ms]
-    assert float(np.median(itl)) == pytest.approx(20, abs=6)
-    assert res.summary.tpot_ms.p50 == pytest.approx(20, abs=5)
-    assert res.summary.e2e_ms.p50 == pytest.approx(150 + 5 * 20, abs=25)
     assert all(r.output_tokens == 6 and r.output_tokens_source == "usage" for r in res.requests)
-    # closed loop: the next request is scheduled when the slot frees, so no lateness
-    assert res.summary.schedule_lateness_ms.p50 < 5
+    # closed loop: the next request is scheduled when the slot frees, so its lateness is the
+    # client's own bookkeeping, small beside the server's 250 ms (a generous proportion)
+    s = res.summary
+    assert s.schedule_lateness_ms.p50 is not None and s.e2e_ms.p50 is not None
+    assert 0 <= s.schedule_lateness_ms.p50 < s.e2e_ms.p50 / 10
 
 
 def test_closed_loop_never_exceeds_its_concurrency(stub: Any) -> None:
@@ -91,7 +98,11 @@ def test_open_loop_sends_on_its_precomputed_schedule(stub: Any) -> None:
     lateness = np.array([r.lateness_ms for r in res.requests])
     assert np.all(lateness >= 0)
     assert res.summary.schedule_lateness_ms.count == 60
-    assert res.summary.requests_per_s == pytest.approx(40, rel=0.1)
+    # throughput is what completed inside the window over its length (not a stopwatch figure)
+    lo, hi = res.summary.window_s
+    done = sum(r.ok and lo <= r.sent_s + r.e2e_ms / 1000 <= hi for r in res.requests)
+    assert res.summary.requests_per_s == pytest.approx(done / (hi - lo))
+    assert 0 < done <= 60
 
 
 def test_target_errors_are_counted_by_kind_and_the_run_goes_on(stub: Any, tmp_path: Path) -> None:
@@ -253,3 +264,38 @@ async def test_execute_works_from_inside_a_running_event_loop(stub: Any) -> None
     stub.configure(tokens=2)
     res = run(stub, concurrency=1, requests=2)  # a sync call made while a loop runs here
     assert res.summary.requests_completed == 2
+
+
+def test_the_scenario_as_run_shows_the_load_that_ran(stub: Any, tmp_path: Path) -> None:
+    """chat-short's file says rate 10; a closed-loop run at concurrency 2 must say so."""
+    from deploylab.loadtest.report import write_report
+
+    stub.configure(ttft_ms=5, itl_ms=1, tokens=2)
+    res = run(stub, concurrency=2, requests=4)
+    ran = res.scenario.definition["load"]
+    assert ran["concurrency"] == 2 and ran["rate"] is None and ran["requests"] == 4
+    assert ran["duration_s"] is None
+    html = write_report(res, tmp_path / "report.html").read_text()
+    assert "&quot;concurrency&quot;: 2" in html or '"concurrency": 2' in html
+
+
+LONG_THINK = SESSIONS.replace("think_time_s: 0.05", "think_time_s: 30")
+
+
+def test_sessions_do_not_sleep_through_think_times_past_the_duration(
+    stub: Any, tmp_path: Path
+) -> None:
+    """Turns due after --duration are never sent, so nothing waits for their think time."""
+    from datetime import timedelta
+
+    from deploylab.loadtest.findings import overrun_note
+
+    stub.configure(ttft_ms=1, tokens=2)
+    res = run(stub, scenario_file(tmp_path, LONG_THINK), concurrency=2, duration_s=1.0)
+    took = (res.finished_at - res.started_at).total_seconds()
+    assert {r.turn for r in res.requests} == {1}
+    assert took < 20  # the law: a 30 s think time was not waited for (it was before)
+    assert overrun_note(res) is None
+    slow = res.model_copy(update={"finished_at": res.started_at + timedelta(seconds=40)})
+    note = overrun_note(slow)
+    assert note is not None and "took 40 s for a 1 s --duration" in note

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from deploylab.cli.loadtest_summary import print_summary
 from deploylab.cli.loadtest_sweep import sweep as sweep_command
 from deploylab.cli.report import write_run_report
 from deploylab.errors import DeploylabError, UsageError
@@ -55,6 +56,11 @@ def loadtest(
     ),
     scrape_interval: float = typer.Option(
         1.0, "--scrape-interval", help="Seconds between scrapes of the target's /metrics; 0: off."
+    ),
+    slo_profile: str | None = typer.Option(
+        None,
+        "--slo-profile",
+        help="Judge by the scenario's SLOs for a deployment class: gpu (default) or cpu.",
     ),
 ) -> None:
     """Load-test an OpenAI-compatible endpoint with a business scenario.
@@ -108,6 +114,7 @@ def loadtest(
         show_progress=progress,
         serve_timeout=serve_timeout,
         scrape_interval=scrape_interval,
+        slo_profile=slo_profile,
     )
 
 
@@ -120,6 +127,7 @@ def _run(
     show_progress: bool,
     serve_timeout: float,
     scrape_interval: float = 1.0,
+    slo_profile: str | None = None,
 ) -> None:
     from deploylab.catalog import DEFAULT_MODEL
     from deploylab.loadtest.config import resolve_load
@@ -129,7 +137,7 @@ def _run(
     from deploylab.loadtest.runner import execute, prepare_run
 
     console = Console(stderr=True)
-    loaded = load_scenario(scenario)
+    loaded = load_scenario(scenario).with_slo_profile(slo_profile)
     load = resolve_load(loaded.scenario.load, **overrides)
     server = None
     try:
@@ -150,6 +158,8 @@ def _run(
             highlight=False,
         )
         console.print(f"Target {prepared.base_url}, load: {_describe_load(load)}", highlight=False)
+        for note in prepared.notes:
+            console.print(f"[yellow]warning:[/] {note}", highlight=False)
         if show_progress:
             with LiveProgress(console, load.duration_s, load.requests) as live:
                 results = execute(prepared, load, live.update, scrape_interval or None)
@@ -179,53 +189,6 @@ def _describe_load(load: Any) -> str:
     if load.duration_s is None and load.requests is None:
         bound = "the whole trace"
     return f"{shape}, {bound}, {load.workers} worker(s)"
-
-
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def print_summary(results: Any, path: Path) -> None:
-    """Print the run's summary table and where the results are."""
-    console = Console()
-    s = results.summary
-    title = f"{results.scenario.name}: {s.requests_completed} completed, {s.requests_failed} failed"
-    if results.interrupted:
-        title += " (interrupted: partial results)"
-    table = Table(title=title)
-    for column in ("metric (ms)", "mean", "p50", "p90", "p95", "p99", "max"):
-        table.add_column(column, justify="right")
-    rows = (
-        ("TTFT (service)", s.ttft_ms),
-        ("TTFT (response)", s.ttft_response_ms),
-        ("ITL", s.itl_ms),
-        ("TPOT", s.tpot_ms),
-        ("E2E (service)", s.e2e_ms),
-        ("E2E (response)", s.e2e_response_ms),
-        ("schedule lateness", s.schedule_lateness_ms),
-    )
-    for name, st in rows:
-        table.add_row(
-            name, *(_fmt(getattr(st, k)) for k in ("mean", "p50", "p90", "p95", "p99", "max"))
-        )
-    console.print(table)
-    console.print(
-        f"throughput: {_fmt(s.output_tokens_per_s)} output tok/s, {_fmt(s.requests_per_s, 2)} "
-        f"req/s, goodput {_fmt(s.goodput_rps, 2)} req/s; error rate "
-        f"{_fmt(None if s.error_rate is None else 100 * s.error_rate, 2)} %",
-        highlight=False,
-    )
-    if s.errors_by_kind:
-        console.print("errors: " + ", ".join(f"{k} {n}" for k, n in s.errors_by_kind.items()))
-    for check in s.slo:
-        mark = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[yellow]n/a[/]"}[check.passed]
-        label = (
-            check.metric if check.percentile is None else f"{check.metric} p{check.percentile:g}"
-        )
-        console.print(f"SLO {label} <= {check.limit:g}: measured {_fmt(check.measured, 3)} {mark}")
-    verdict = {True: "[green]met[/]", False: "[red]missed[/]", None: "[yellow]unknown[/]"}
-    console.print(f"SLO verdict: {verdict[s.slo_passed]}")
-    console.print(f"results: {path}", highlight=False)
 
 
 @app.command("scenarios")

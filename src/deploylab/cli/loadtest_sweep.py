@@ -45,6 +45,9 @@ def sweep(
         1.0, "--scrape-interval", help="Seconds between scrapes of the target's /metrics; 0: off."
     ),
     progress: bool = typer.Option(True, help="Show live progress of each step."),
+    slo_profile: str | None = typer.Option(
+        None, "--slo-profile", help="The scenario's SLOs for a deployment class: gpu or cpu."
+    ),
     serve_timeout: float = typer.Option(300.0, help="Seconds to wait for the local server."),
 ) -> None:
     """Find the highest rate (or concurrency) at which the scenario's SLOs hold.
@@ -75,7 +78,7 @@ def sweep(
         max_load=max_load,
     )
     options.check()
-    loaded = load_scenario(scenario)
+    loaded = load_scenario(scenario).with_slo_profile(slo_profile)
     slo = loaded.scenario.slo
     if not slo.bounds() and slo.error_rate is None:
         raise UsageError(
@@ -108,7 +111,7 @@ def _sweep(
     scrape_interval: float,
 ) -> None:
     from deploylab.catalog import DEFAULT_MODEL
-    from deploylab.cli.loadtest import print_summary
+    from deploylab.cli.loadtest_summary import print_summary
     from deploylab.cli.report import write_run_report
     from deploylab.loadtest.capacity import CapacityStep
     from deploylab.loadtest.config import LoadConfig, resolve_load
@@ -168,4 +171,13 @@ def _sweep(
         f"({capacity.limited_by}; {len(capacity.steps)} loads run)",
         highlight=False,
     )
+    if capacity.capacity is not None and capacity.highest_passed is not None:
+        if capacity.capacity < capacity.highest_passed:
+            Console().print(
+                f"(the highest passing offer was {capacity.highest_passed:.4g} {capacity.unit}; "
+                "the capacity is what that load was measured to hold)",
+                highlight=False,
+            )
+    for note in capacity.notes:
+        Console().print(f"[yellow]note:[/] {note}", highlight=False)
     write_run_report(results, out)

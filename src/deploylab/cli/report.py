@@ -81,7 +81,12 @@ def compare(
 ) -> None:
     """Compare runs side by side (deltas against the first, overlaid CDFs) in compare.html;
     with --fail-if, exit 1 when a run regresses past a bound."""
-    from deploylab.loadtest.compare import deltas, parse_rule, run_gate
+    from deploylab.loadtest.compare import (
+        comparability_warnings,
+        deltas,
+        parse_rule,
+        run_gate,
+    )
     from deploylab.loadtest.report import write_compare
     from deploylab.loadtest.results import load_results
 
@@ -107,6 +112,8 @@ def compare(
             cells.append("-" if v is None else f"{v:.4g}{change}")
         table.add_row(d.metric, *cells)
     console.print(table)
+    for warning in comparability_warnings(loaded, labels):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     console.print(f"compare: {path}", highlight=False)
     failed = [c for c in checks if c.failed]
     for c in checks:

@@ -38,6 +38,12 @@ def run_sim(
     show_config: bool = typer.Option(
         False, "--show-config", help="Print the effective config as YAML and exit."
     ),
+    tokenizer: str | None = typer.Option(
+        None,
+        "--tokenizer",
+        help="Count prompts with this tokenizer (folder, .gguf or model name, e.g. "
+        "smollm2-135m-instruct); default: the config's, else an approximation.",
+    ),
 ) -> None:
     """Run a simulated OpenAI-compatible LLM server with a configurable performance model."""
     from deploylab.loadtest.sim import dump_config, load_config, serve_forever
@@ -45,10 +51,14 @@ def run_sim(
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port} is not a TCP port; use 0-65535.")
     cfg = load_config(config, preset)
+    if tokenizer is not None:
+        cfg = cfg.model_copy(update={"tokenizer": tokenizer})
     if show_config:
         typer.echo(dump_config(cfg), nl=False)
         return
     console = Console(stderr=True)
+    if cfg.tokenizer:
+        console.print(f"Loading tokenizer {cfg.tokenizer} ...", highlight=False)
 
     def ready(bound: int) -> None:
         models = ", ".join(cfg.model_names()[:5]) + (" ..." if len(cfg.model_names()) > 5 else "")

@@ -52,8 +52,10 @@ class Capacity(_Model):
 
     by: Literal["rate", "concurrency"]
     unit: str  # req/s or concurrent requests
-    capacity: float | None  # None: even the lowest load tried missed the SLO
-    highest_passed: float | None
+    # never above a rate measured to hold: by rate, the lower of the highest passing offered
+    # rate and what that step completed per second; None: even the lowest load tried missed
+    capacity: float | None
+    highest_passed: float | None  # offered load of the highest passing step
     lowest_failed: float | None
     # slo: a passing and a missing load bracket it; max_load / max_steps: the search stopped
     # before any load missed; no_passing_load: even the lowest load tried missed
@@ -64,3 +66,5 @@ class Capacity(_Model):
     max_steps: int
     steps: list[CapacityStep]
     result_step: int  # the step whose full results are in this file
+    # why the answer may not be stable (steps too short, a passing step that fell behind)
+    notes: list[str] = Field(default_factory=list)

@@ -206,3 +206,29 @@ def deltas(
             continue
         out.append(Delta(name, better(name), values, changes, verdicts))
     return out
+
+
+def comparability_warnings(runs: Sequence[Results], labels: Sequence[str]) -> list[str]:
+    """Why a side-by-side comparison may mislead: runs of another scenario or target than the
+    baseline, or interrupted runs (their numbers cover only part of the planned load)."""
+    base, warnings = runs[0], []
+    for run, label in zip(runs[1:], labels[1:], strict=True):
+        if run.scenario.name != base.scenario.name:
+            warnings.append(
+                f"{label} ran scenario '{run.scenario.name}', the baseline {labels[0]} ran "
+                f"'{base.scenario.name}': the workloads differ."
+            )
+        if run.target.url != base.target.url and not (
+            run.target.started_locally and base.target.started_locally
+        ):
+            warnings.append(
+                f"{label} measured {run.target.url}, the baseline {labels[0]} measured "
+                f"{base.target.url}: the deltas are between targets, not versions of one."
+            )
+    for run, label in zip(runs, labels, strict=True):
+        if run.interrupted:
+            warnings.append(
+                f"{label} was interrupted (Ctrl-C): its numbers cover only the "
+                f"{run.summary.window_s[1] - run.summary.window_s[0]:.1f} s measured before."
+            )
+    return warnings

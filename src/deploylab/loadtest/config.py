@@ -35,10 +35,19 @@ class LoadConfig(BaseModel):
     def _consistent(self) -> LoadConfig:
         if self.concurrency is not None and self.rate is not None:
             raise ValueError("give either concurrency or rate, not both")
-        if self.duration_s is not None and self.warmup_s + self.cooldown_s >= self.duration_s:
+        duration = self.duration_s
+        if duration is not None and self.warmup_s + self.cooldown_s >= duration:
             raise ValueError(
                 f"warm-up ({self.warmup_s:g} s) plus cool-down ({self.cooldown_s:g} s) leave "
-                f"nothing of the {self.duration_s:g} s run to measure"
+                f"nothing of the {duration:g} s run to measure: lower --warmup and --cooldown "
+                f"(e.g. --warmup {duration / 10:g} --cooldown {duration / 10:g}) or raise "
+                "--duration"
+            )
+        if duration is not None and self.ramp_up_s >= duration:
+            raise ValueError(
+                f"the ramp-up ({self.ramp_up_s:g} s) is as long as the whole {duration:g} s "
+                f"run, so the load never reaches its target: lower --ramp-up (e.g. --ramp-up "
+                f"{duration / 4:g}) or raise --duration"
             )
         return self
 

@@ -21,6 +21,12 @@ class LoadedScenario:
     scenario: Scenario
     source: str  # "builtin:NAME" or the file path
     folder: Path
+    slo_profile: str | None = None  # the SLO profile `scenario.slo` was taken from
+
+    def with_slo_profile(self, profile: str | None) -> LoadedScenario:
+        """The same scenario judged by another SLO profile (see Scenario.with_slo_profile)."""
+        scenario = self.scenario.with_slo_profile(profile)
+        return LoadedScenario(scenario, self.source, self.folder, profile)
 
 
 def _builtin_folder() -> Path:

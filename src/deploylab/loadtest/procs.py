@@ -79,9 +79,9 @@ def _process_main(
 
 def run_processes(
     tasks: list[WorkerTask], progress: ProgressFn | None
-) -> tuple[list[RawRecord], int, bool]:
-    """Run each task in its own process; return merged records, the start instant and whether
-    the run was interrupted."""
+) -> tuple[list[RawRecord], int, int | None]:
+    """Run each task in its own process; return merged records, the start instant and when
+    the run was interrupted (perf_counter_ns; None when it was not)."""
     ctx = mp.get_context("spawn")
     result_q: Queue[Any] = ctx.Queue()
     stop_evt = ctx.Event()
@@ -95,10 +95,11 @@ def run_processes(
         )
         for i, task in enumerate(tasks)
     ]
-    state = {"interrupted": False}
+    state: dict[str, Any] = {"interrupted": False}
 
     def on_sigint(signum: int, frame: Any) -> None:
         state["interrupted"] = True
+        state.setdefault("stopped_ns", time.perf_counter_ns())
         stop_evt.set()
 
     on_main = threading.current_thread() is threading.main_thread()
@@ -135,7 +136,8 @@ def run_processes(
         worker, trace = next(iter(errors.items()))
         raise DeploylabError(f"Load-test worker {worker} failed:\n{trace}")
     merged = [rec for w in sorted(records) for rec in records[w]]
-    return merged, start_ns, state["interrupted"]
+    stopped = state.get("stopped_ns", start_ns) if state["interrupted"] else None
+    return merged, start_ns, stopped
 
 
 def _receive(

@@ -86,17 +86,27 @@ def to_record(
 
 
 def measurement_window(
-    raws: Sequence[RawRecord], start_ns: int, load: LoadConfig
+    raws: Sequence[RawRecord],
+    start_ns: int,
+    load: LoadConfig,
+    stopped_ns: int | None = None,
 ) -> tuple[float, float]:
     """[warm-up end, send phase end - cool-down] in seconds since the start.
 
     The send phase ends at `duration_s` when the run is bounded by time, else when the last
-    request finished. If warm-up and cool-down leave nothing, the whole run is measured.
+    request finished; an interrupted run (`stopped_ns`: when Ctrl-C came) ends there at the
+    latest, and its cool-down is not taken off (the run never reached it). If warm-up and
+    cool-down leave nothing, the whole run is measured.
     """
     last_end = max((r.end_ns for r in raws), default=start_ns)
     run_end = (last_end - start_ns) / 1e9
     end = load.duration_s if load.duration_s is not None else run_end
-    window = (load.warmup_s, end - load.cooldown_s)
+    cooldown = load.cooldown_s
+    if stopped_ns is not None:
+        stopped_s = max((stopped_ns - start_ns) / 1e9, 0.0)
+        if stopped_s < end:
+            end, cooldown = stopped_s, 0.0
+    window = (load.warmup_s, end - cooldown)
     if window[1] <= window[0]:
         return (0.0, max(end, 0.0))
     return window

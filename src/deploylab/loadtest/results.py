@@ -145,6 +145,7 @@ class RunConfig(_Model):
     tokenizer: str | None
     exact_token_counts: bool
     trace: str | None = None
+    slo_profile: str | None = None  # --slo-profile; None: the scenario's default SLOs
     deploylab_version: str
 
 
@@ -158,6 +159,7 @@ class Results(_Model):
     started_at: datetime
     finished_at: datetime
     interrupted: bool = False
+    notes: list[str] = Field(default_factory=list)  # warnings found before the run
     summary: Summary
     requests: list[RequestRecord]
     server_metrics: ServerMetrics | None = None  # the target's Prometheus series (scrape.py)

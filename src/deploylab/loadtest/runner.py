@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from deploylab import __version__
 from deploylab.errors import UsageError
 from deploylab.loadtest.client import RawRecord
 from deploylab.loadtest.config import LoadConfig
+from deploylab.loadtest.fit import check_fit
 from deploylab.loadtest.library import LoadedScenario
 from deploylab.loadtest.plan import body_options, make_generator, worker_tasks
 from deploylab.loadtest.procs import new_runner, run_processes
@@ -34,18 +35,20 @@ from deploylab.loadtest.records import (
     to_record,
 )
 from deploylab.loadtest.results import Results, RunConfig, ScenarioInfo, TargetInfo
+from deploylab.loadtest.scenario import LoadDefaults, Scenario
 from deploylab.loadtest.scrape import Scraper
 from deploylab.loadtest.stats import summarize
 from deploylab.loadtest.target import (
     endpoint_url,
+    models_listing,
     normalize_base_url,
     parse_model_map,
     plan_models,
-    served_models,
 )
 from deploylab.loadtest.text import WordSet, approximate_words, load_tokenizer, words_for_tokenizer
 from deploylab.loadtest.traces import TraceEntry, read_trace
 from deploylab.loadtest.worker import ProgressFn, WorkerTask, run_worker
+from deploylab.loadtest.workload import WorkloadGenerator
 
 
 @dataclass
@@ -61,6 +64,7 @@ class PreparedRun:
     trace: list[TraceEntry] | None
     trace_path: str | None
     target: TargetInfo
+    notes: list[str] = field(default_factory=list)  # warnings found before the run
 
 
 def _trace_for(loaded: LoadedScenario, trace: Path | None) -> tuple[list[TraceEntry], str] | None:
@@ -101,8 +105,10 @@ def prepare_run(
     traced = _trace_for(loaded, trace)
     entries = traced[0] if traced else None
     probe = make_generator(loaded.scenario, words, 0, entries)
-    served = served_models(base_url)
+    listing = models_listing(base_url)
+    served = None if listing is None else list(listing)
     models = plan_models(probe.model_names(), probe.needs_default_model(), served, model, pairs)
+    notes = _fit_notes(loaded, probe, listing, models.default_model, models.mapping)
     target = TargetInfo(
         url=base_url,
         models_served=served,
@@ -121,19 +127,38 @@ def prepare_run(
         trace=entries,
         trace_path=traced[1] if traced else None,
         target=target,
+        notes=notes,
     )
+
+
+def _fit_notes(
+    loaded: LoadedScenario,
+    generator: WorkloadGenerator,
+    listing: dict[str, int | None] | None,
+    default_model: str,
+    mapping: dict[str, str],
+) -> list[str]:
+    """A warning when the target's advertised context is too short for the scenario."""
+    if not listing:
+        return []
+    used = [default_model, *mapping.values()]
+    limits = [n for name in used if (n := listing.get(name)) is not None]
+    if not limits:
+        return []
+    warning = check_fit(generator, min(limits)).warning(loaded.scenario.name)
+    return [] if warning is None else [warning]
 
 
 def _run_in_process(
     task: WorkerTask, progress: ProgressFn | None
-) -> tuple[list[RawRecord], int, bool]:
+) -> tuple[list[RawRecord], int, int | None]:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return _run_here(task, progress)
     # this thread already runs an event loop (a caller's, or a sync API built on one): run
     # the worker's own loop in a helper thread instead
-    result: list[tuple[list[RawRecord], int, bool]] = []
+    result: list[tuple[list[RawRecord], int, int | None]] = []
     failure: list[BaseException] = []
 
     def target() -> None:
@@ -150,8 +175,11 @@ def _run_in_process(
     return result[0]
 
 
-def _run_here(task: WorkerTask, progress: ProgressFn | None) -> tuple[list[RawRecord], int, bool]:
-    """Run the worker on a new event loop in this thread; Ctrl-C stops it (main thread)."""
+def _run_here(
+    task: WorkerTask, progress: ProgressFn | None
+) -> tuple[list[RawRecord], int, int | None]:
+    """Run the worker on a new event loop in this thread; Ctrl-C stops it (main thread).
+    Returns the records, the start instant and when Ctrl-C came (None: not interrupted)."""
     state: dict[str, Any] = {}
 
     async def main() -> list[RawRecord]:
@@ -159,7 +187,12 @@ def _run_here(task: WorkerTask, progress: ProgressFn | None) -> tuple[list[RawRe
         loop = asyncio.get_running_loop()
         on_main = threading.current_thread() is threading.main_thread()
         if on_main:
-            loop.add_signal_handler(signal.SIGINT, stop.set)
+
+            def on_sigint() -> None:
+                state.setdefault("stopped_ns", time.perf_counter_ns())
+                stop.set()
+
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
 
         async def start() -> int:
             state["start_ns"] = time.perf_counter_ns()
@@ -174,7 +207,8 @@ def _run_here(task: WorkerTask, progress: ProgressFn | None) -> tuple[list[RawRe
 
     with new_runner() as runner:
         raws = runner.run(main())
-    return raws, int(state["start_ns"]), bool(state["interrupted"])
+    stopped = state.get("stopped_ns", time.perf_counter_ns()) if state["interrupted"] else None
+    return raws, int(state["start_ns"]), stopped
 
 
 def execute(
@@ -204,15 +238,16 @@ def execute(
     started_at = datetime.now(UTC)
     try:
         if len(tasks) == 1:
-            raws, start_ns, interrupted = _run_in_process(tasks[0], progress)
+            raws, start_ns, stopped_ns = _run_in_process(tasks[0], progress)
         else:
-            raws, start_ns, interrupted = run_processes(tasks, progress)
+            raws, start_ns, stopped_ns = run_processes(tasks, progress)
     finally:
         if scraper is not None:
             scraper.stop()
     finished_at = datetime.now(UTC)
     raws.sort(key=lambda r: (r.scheduled_ns, r.index, r.turn))
-    window = measurement_window(raws, start_ns, load)
+    interrupted = stopped_ns is not None
+    window = measurement_window(raws, start_ns, load, stopped_ns)
     outputs = output_token_counts(raws, prepared.tokenizer)
     records = [to_record(r, start_ns, out, window) for r, out in zip(raws, outputs, strict=True)]
     keys = scenario.class_keys()
@@ -226,7 +261,7 @@ def execute(
             description=scenario.description,
             bottleneck=scenario.bottleneck,
             workload_kind=scenario.workload.kind,
-            definition=scenario.model_dump(mode="json", by_alias=True),
+            definition=definition_as_run(scenario, load),
         ),
         target=prepared.target,
         config=RunConfig(
@@ -236,15 +271,26 @@ def execute(
             tokenizer=prepared.tokenizer_name,
             exact_token_counts=prepared.words.exact,
             trace=prepared.trace_path,
+            slo_profile=prepared.loaded.slo_profile,
             deploylab_version=__version__,
         ),
         started_at=started_at,
         finished_at=finished_at,
         interrupted=interrupted,
+        notes=list(prepared.notes),
         summary=summary,
         requests=records,
         server_metrics=None if scraper is None else scraper.result(start_ns),
     )
+
+
+def definition_as_run(scenario: Scenario, load: LoadConfig) -> dict[str, Any]:
+    """The scenario as it ran: its `load` section holds the load actually offered (command-line
+    overrides applied), not the scenario file's defaults."""
+    definition = scenario.model_dump(mode="json", by_alias=True)
+    ran = load.model_dump(mode="json")
+    definition["load"] = {k: ran[k] for k in LoadDefaults.model_fields if k in ran}
+    return definition
 
 
 def run_load(

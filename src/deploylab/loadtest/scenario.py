@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from deploylab.errors import UsageError
 from deploylab.loadtest.distributions import Distribution, Fixed
 
 SCENARIO_SCHEMA_VERSION = 1
@@ -225,7 +226,25 @@ class Scenario(_Strict):
     request: RequestOptions = Field(default_factory=lambda: RequestOptions())
     load: LoadDefaults = Field(default_factory=lambda: LoadDefaults())
     slo: SLO = Field(default_factory=lambda: SLO())
+    # other SLO sets by deployment class (e.g. cpu), chosen with --slo-profile; `slo` is the
+    # default (the built-ins' is for a GPU deployment, also selectable as `gpu`)
+    slo_profiles: dict[str, SLO] = Field(default_factory=dict)
     workload: Workload
+
+    def with_slo_profile(self, profile: str | None) -> Scenario:
+        """This scenario judged by SLO profile `profile` (None or `default`: `slo`; `gpu`,
+        unless the file defines it, is the default too). UsageError for an unknown one."""
+        if profile is None or profile == "default":
+            return self
+        if profile in self.slo_profiles:
+            return self.model_copy(update={"slo": self.slo_profiles[profile]})
+        if profile == "gpu":
+            return self
+        known = ", ".join(["default", "gpu", *sorted(self.slo_profiles)])
+        raise UsageError(
+            f"Scenario '{self.name}' has no SLO profile '{profile}'; it has: {known}. Add one "
+            "under `slo_profiles:` in a copy of the scenario file."
+        )
 
     def class_keys(self) -> list[str]:
         """The per-request classes results are broken down by."""

@@ -2,7 +2,9 @@
 
 Latency statistics cover requests whose scheduled send falls in the measurement window.
 Throughput counts what the server delivered inside the window: requests that completed in it
-and streamed chunks that arrived in it, divided by the window's length.
+and streamed chunks that arrived in it, divided by the window's length. Goodput counts only
+measured requests (sent in the window) that completed in it and met every SLO, so it is never
+above the completed count of measured requests.
 """
 
 from __future__ import annotations
@@ -183,7 +185,9 @@ def summarize(
         schedule_lateness_ms=latency_stats(r.lateness_ms for r in measured),
         output_tokens_per_s=per_s(tokens),
         requests_per_s=per_s(len(finished)),
-        goodput_rps=per_s(sum(meets_slo(r, slo) for r in finished)),
+        # measured requests only: one sent in the warm-up that finished in the window is in
+        # requests_per_s (throughput) but never in goodput
+        goodput_rps=per_s(sum(r.in_window and meets_slo(r, slo) for r in finished)),
         error_rate=error_rate,
         errors_by_kind=dict(Counter(r.error_kind for r in failed if r.error_kind)),
         output_tokens_total=sum(r.output_tokens for r in ok),

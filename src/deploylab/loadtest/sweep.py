@@ -31,6 +31,8 @@ RunStep = Callable[[LoadConfig], Results]
 OnStep = Callable[[CapacityStep], None]
 
 _KEEP_AWAY = 0.25  # interpolated points stay this share of the bracket away from its ends
+_KEPT_UP = 0.95  # a passing rate step that completed less than this share of its offer fell behind
+_STEP_E2E = 5.0  # a step's window should be at least this many E2E p99s long
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,48 @@ class _Search:
             self.kept.append("hi" if self.lo is not lo_before else "lo")
 
 
+def sustained(step: CapacityStep) -> float:
+    """The load a passing step was measured to hold: by rate, the lower of the offered rate and
+    the rate it completed (a short step can pass an offer the target did not keep up with)."""
+    if step.mode == "open" and step.requests_per_s is not None:
+        return min(step.load, step.requests_per_s)
+    return step.load
+
+
+def _capacity_value(steps: list[CapacityStep]) -> float | None:
+    """The highest load a passing search step was measured to hold."""
+    held = [sustained(st) for st in steps if st.phase == "search" and st.passed]
+    return max(held) if held else None
+
+
+def stability_notes(steps: list[CapacityStep], base: LoadConfig) -> list[str]:
+    """Plain-language reasons why the capacity found may not be stable."""
+    notes = []
+    window = None
+    if base.duration_s is not None:
+        window = base.duration_s - base.warmup_s - base.cooldown_s
+    for st in steps:
+        if st.phase != "search" or not st.passed or st.mode != "open":
+            continue
+        done = st.requests_per_s
+        if done is not None and done < _KEPT_UP * st.load:
+            notes.append(
+                f"step {st.index} passed at {st.load:.4g} req/s offered but completed only "
+                f"{done:.4g} req/s: the step was too short for a queue to build up, so the "
+                f"capacity is capped at what was measured to hold. Give longer steps "
+                f"(--duration) for a stable answer."
+            )
+    e2e = max((st.e2e_ms_p99 or 0.0 for st in steps if st.phase == "search"), default=0.0)
+    if window is not None and e2e > 0 and window < _STEP_E2E * e2e / 1000:
+        enough = base.warmup_s + base.cooldown_s + _STEP_E2E * e2e / 1000
+        notes.append(
+            f"each step measures {window:.3g} s, less than {_STEP_E2E:g} x the E2E p99 seen "
+            f"({e2e / 1000:.3g} s): rates just above capacity can pass before their queue "
+            f"grows. Give --duration of at least {enough:.0f} s."
+        )
+    return notes
+
+
 def search_capacity(
     run: RunStep,
     base: LoadConfig,
@@ -229,7 +273,7 @@ def search_capacity(
     capacity = Capacity(
         by=options.by,
         unit="req/s" if options.by == "rate" else "concurrent requests",
-        capacity=None if lo is None else lo.load,
+        capacity=_capacity_value(search.steps),
         highest_passed=None if lo is None else lo.load,
         lowest_failed=None if hi is None else hi.load,
         limited_by=limited,
@@ -239,5 +283,6 @@ def search_capacity(
         max_steps=options.max_steps,
         steps=search.steps,
         result_step=chosen_step.index,
+        notes=stability_notes(search.steps, base),
     )
     return capacity, chosen

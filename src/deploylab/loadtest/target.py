@@ -56,6 +56,13 @@ def http_get(url: str, timeout_s: float = _CHECK_TIMEOUT_S) -> tuple[int, bytes]
 
 def served_models(base_url: str) -> list[str] | None:
     """Model ids from `/v1/models`; None when the target has no such route."""
+    listing = models_listing(base_url)
+    return None if listing is None else list(listing)
+
+
+def models_listing(base_url: str) -> dict[str, int | None] | None:
+    """Model id -> its advertised `max_model_len` (vLLM, SGLang, `deploylab serve`, the sim;
+    None where not given), from `/v1/models`; None when the target has no such route."""
     status, body = http_get(base_url + "/v1/models")
     if status in (404, 405):
         return None
@@ -66,12 +73,17 @@ def served_models(base_url: str) -> list[str] | None:
         )
     try:
         data = json.loads(body)
-        return [str(m["id"]) for m in data["data"]]
+        return {str(m["id"]): _context_length(m) for m in data["data"]}
     except (ValueError, KeyError, TypeError) as exc:
         raise TargetUnreachableError(
             f"The target at {base_url} answered /v1/models with something that is not an "
             "OpenAI model list; is --url an OpenAI-compatible server?"
         ) from exc
+
+
+def _context_length(model: dict[str, object]) -> int | None:
+    value = model.get("max_model_len")
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def parse_model_map(items: Sequence[str]) -> list[tuple[str, str]]:

@@ -126,6 +126,8 @@ class _Worker:
         history: list[str] = []
         for k, turn in enumerate(item.turns):
             if k > 0:  # scheduled at the previous answer's end plus the think time
+                if self.deadline_ns is not None and scheduled_ns >= self.deadline_ns:
+                    return  # due after the send phase: do not sleep through the think time
                 await sleep_until(scheduled_ns)
             if not self._may_send():
                 return

@@ -132,3 +132,17 @@ def test_a_results_file_that_is_not_json_is_a_clear_error(
     path.write_text("{ not json")
     assert main(["report", "render", str(path)]) == 2
     assert "is not readable JSON" in capsys.readouterr().err
+
+
+def test_compare_warns_when_runs_are_not_like_for_like(
+    runs: Runs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _compare([runs.base, runs.same], tmp_path) == 0
+    assert "warning" not in capsys.readouterr().out  # same scenario, same target, complete
+    cut = load_results(runs.same / "results.json").model_copy(update={"interrupted": True})
+    cut.save(tmp_path / "cut")
+    assert _compare([runs.base, runs.regressed, tmp_path / "cut"], tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "ran scenario 'law-sessions'" in out  # the regressed run is another scenario
+    assert "cut was interrupted" in out
+    assert "Read with care" in (tmp_path / "c.html").read_text()

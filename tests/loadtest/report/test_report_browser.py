@@ -26,6 +26,20 @@ def _assert_drawn(facts: dict[str, dict[str, float]], expected: set[str]) -> Non
         assert fact["texts"] >= 4, f"plot {name} has no axis labels: {fact}"
 
 
+def _drawn_above(page: Any, below: str, above: str) -> bool:
+    """Both marker sets are drawn, visible, and `above` is painted after (over) `below`."""
+    for sel in (below, above):
+        box = page.locator(sel).bounding_box()
+        if box is None or box["width"] <= 0 or box["height"] <= 0:
+            return False
+    following = page.evaluate(
+        "([a, b]) => document.querySelector(a).compareDocumentPosition("
+        "document.querySelector(b)) & Node.DOCUMENT_POSITION_FOLLOWING",
+        [below, above],
+    )
+    return bool(following)
+
+
 def test_run_report_opens_offline_with_every_plot_and_the_verdict(
     runs: Runs, browser_context: Any, artifacts: Path
 ) -> None:
@@ -42,6 +56,10 @@ def test_run_report_opens_offline_with_every_plot_and_the_verdict(
         facts = plot_facts(page)
         _assert_drawn(facts, RUN_PLOTS | SERVER_PLOTS)
         assert page.locator("#server-metrics").is_visible()
+        # the server's side (the why) comes right after the verdict, before the client charts
+        headings = page.locator("h2").all_inner_texts()
+        assert headings[0] == "Server metrics", headings
+        assert _drawn_above(page, "#ttft_ms-p99", "#ttft_ms-p50")
         assert page.locator("#errors-none").is_visible()
         assert page.locator("#configuration").is_visible()
         config = page.locator("#configuration ~ div").first.inner_text()
@@ -62,6 +80,10 @@ def test_report_of_a_failing_run_shows_the_miss_classes_and_errors(
         assert turns == ["1", "2", "3"]
         errors = page.locator("table.errors").inner_text()
         assert "http_500" in errors and "planted failure" in errors
+        why = page.locator("#slo-why")  # one sentence per failed bound, and what to try
+        assert why.is_visible()
+        assert "ttft p99" in why.inner_text() and "deploylab loadtest sweep" in why.inner_text()
+        assert _drawn_above(page, "#e2e_ms-p99", "#e2e_ms-p50")
         _assert_drawn(plot_facts(page), RUN_PLOTS)
     finally:
         page.close()

@@ -62,7 +62,9 @@ def test_run_series_match_what_the_changing_stub_served(law: Any, tmp_path: Path
     served = law.log()
     metrics = results.server_metrics
     assert metrics is not None and metrics.available and metrics.flavor == "vllm"
-    assert metrics.failed_scrapes == 0 and metrics.scrapes == len(served) >= 10
+    # probe, at least one in the run, the last after it; never more often than the interval
+    # (missed slots are skipped, not caught up): at most 2.0 / 0.2 + the probe and the last
+    assert metrics.failed_scrapes == 0 and 3 <= metrics.scrapes == len(served) <= 12
     series = metrics.series
     for key, field in (
         ("kv_cache_usage", "kv"),
@@ -75,14 +77,15 @@ def test_run_series_match_what_the_changing_stub_served(law: Any, tmp_path: Path
     assert series["prefix_cache_hit_rate"].values == pytest.approx([0.3] * (len(served) - 1))
     # the stub counts every token it streamed; the last scrape follows the run's end
     assert series["generation_tokens_total"].values[-1] == 2 * results.summary.requests_completed
-    # same clock: every sample sits at the time the stub served it (one constant offset)
+    # same clock: the samples are stamped in the order the stub served them, each one after
+    # the previous sample was served (a stamp is the middle of its own request)
     t = np.array(series["kv_cache_usage"].t_s)
     served_s = np.array([s["ns"] for s in served]) / 1e9
-    offset = served_s - t
-    assert np.ptp(offset) < 0.1, offset  # each sample within its request's round trip
+    assert np.all(np.diff(t) > 0) and np.all(np.diff(served_s) > 0)
+    offset = float(np.median(served_s - t))  # the run's start on the stub's clock
+    assert np.all(t[1:] + offset > served_s[:-1]) and np.all(t[:-1] + offset < served_s[1:])
     assert t[0] <= 0.0 < t[1]  # probed before the start
     assert t[-1] >= 2.0  # and once more after the end
-    assert float(np.median(np.diff(t))) == pytest.approx(0.2, abs=0.05)
 
 
 def test_sglang_target_is_scraped_under_its_names(law: Any) -> None:

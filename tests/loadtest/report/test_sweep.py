@@ -72,10 +72,12 @@ def test_rate_capacity_matches_the_slots_law(law: Any, tmp_path: Path) -> None:
     assert capacity.saturation_rps is not None and 30 < capacity.saturation_rps < 42
     assert capacity.capacity == pytest.approx(40, rel=0.1), capacity.steps
     assert capacity.limited_by == "slo"
-    # the results kept are the run at capacity, and it met the SLO
-    assert results.config.load.rate == capacity.capacity
+    # the results kept are the run at the highest passing offer, and it met the SLO
+    assert results.config.load.rate == capacity.highest_passed
+    held = [min(s.load, s.requests_per_s or 0) for s in seen if s.passed and s.phase == "search"]
+    assert capacity.capacity == max(held)
     assert results.summary.slo_passed is True
-    assert capacity.result_step == next(s.index for s in seen if s.load == capacity.capacity)
+    assert capacity.result_step == next(s.index for s in seen if s.load == capacity.highest_passed)
 
 
 def test_margin_is_the_worst_ratio_to_the_limit() -> None:
@@ -117,3 +119,67 @@ def test_sweep_of_a_scenario_without_slo_is_refused(
                  "--out", str(tmp_path / "o")])  # fmt: skip
     assert code == 2
     assert "sets no SLO" in capsys.readouterr().err
+
+
+def _fake_results(load: Any, completed_rps: float, ttft_p99: float, window: float) -> Any:
+    """Results of one step of a fake target (only what the search reads)."""
+    from deploylab.loadtest.results import (
+        LatencyStats,
+        Results,
+        RunConfig,
+        ScenarioInfo,
+        SLOCheck,
+        Summary,
+        TargetInfo,
+    )
+
+    lat = LatencyStats(count=100, p50=ttft_p99 / 2, p99=ttft_p99)
+    check = SLOCheck(
+        metric="ttft_ms", percentile=99, limit=500, measured=ttft_p99, passed=ttft_p99 <= 500
+    )
+    summary = Summary(
+        requests_completed=100, requests_failed=0, ttft_ms=lat, itl_ms=lat, tpot_ms=lat,
+        e2e_ms=lat, ttft_response_ms=lat, e2e_response_ms=lat, schedule_lateness_ms=lat,
+        output_tokens_per_s=1.0, requests_per_s=completed_rps, goodput_rps=completed_rps,
+        error_rate=0.0, window_s=(0.0, window), slo=[check], slo_passed=check.passed,
+    )  # fmt: skip
+    return Results(
+        scenario=ScenarioInfo(name="f", source="f", description="", bottleneck="",
+                              workload_kind="synthetic", definition={}),
+        target=TargetInfo(url="http://x", models_served=None, default_model="m", model_map={}),
+        config=RunConfig(load=load, mode=load.mode, api="chat", tokenizer=None,
+                         exact_token_counts=False, deploylab_version="0"),
+        started_at="2026-12-06T00:00:00Z", finished_at="2026-12-06T00:00:10Z",
+        summary=summary, requests=[],
+    )  # fmt: skip
+
+
+def test_capacity_is_never_above_a_rate_measured_to_hold() -> None:
+    """Short steps flatter rates above what the target sustains (20.5 req/s here): the queue
+    has no time to grow, so an offer of 23 req/s passes while only 20.5 req/s complete."""
+    from deploylab.loadtest.config import LoadConfig
+
+    def run(load: LoadConfig) -> Any:
+        offered = load.rate if load.rate is not None else 30.0
+        done = min(offered, 20.5)
+        ttft = 100 if offered <= 23.5 else 900  # passes up to 23.5 req/s offered
+        return _fake_results(load, done, ttft, window=4.0)
+
+    base = LoadConfig(rate=1, duration_s=6, warmup_s=1, cooldown_s=1)
+    capacity, _ = search_capacity(run, base, SweepOptions(max_steps=12, start=16))
+    assert capacity.highest_passed is not None and capacity.highest_passed > 20.5
+    assert capacity.capacity == 20.5  # what the passing step completed, not what it was offered
+    assert any("completed only 20.5 req/s" in n and "--duration" in n for n in capacity.notes)
+
+
+def test_short_steps_are_said_to_be_short() -> None:
+    from deploylab.loadtest.config import LoadConfig
+
+    def run(load: LoadConfig) -> Any:  # E2E p99 of 2 s: a 4 s window is too short to judge
+        res = _fake_results(load, load.rate or 10.0, 100 if (load.rate or 0) < 12 else 900, 4.0)
+        res.summary.e2e_response_ms = res.summary.e2e_response_ms.model_copy(update={"p99": 2000})
+        return res
+
+    base = LoadConfig(rate=1, duration_s=6, warmup_s=1, cooldown_s=1)
+    capacity, _ = search_capacity(run, base, SweepOptions(max_steps=8, start=8))
+    assert any("less than 5 x the E2E p99" in n for n in capacity.notes), capacity.notes

@@ -37,7 +37,7 @@ async def test_official_openai_client_streams_with_usage() -> None:
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert text == " the of and to"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
-    assert chunks[-1].usage.prompt_tokens == 6  # Coun,t,to,ten,plea,se
+    assert chunks[-1].usage.prompt_tokens == 4  # Count, to, ten, please
     assert chunks[-2].choices[0].finish_reason == "length"
     # Without max_tokens and ignore_eos, the output length comes from the distribution.
     assert chat.usage is not None and chat.usage.completion_tokens == 7

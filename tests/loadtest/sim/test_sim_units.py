@@ -73,7 +73,7 @@ def test_output_length_rules() -> None:
 
 
 def test_token_counting_rule() -> None:
-    assert len(text_pieces("hello world")) == 4  # hell o worl d
+    assert len(text_pieces("hello world")) == 2  # common words: one token each
     assert len(text_pieces("  a  bb   ccc dddd ")) == 4
     assert len(text_pieces("")) == 0
     chat = render_chat([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])

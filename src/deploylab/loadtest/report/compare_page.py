@@ -6,7 +6,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from deploylab.loadtest.compare import Delta, GateCheck, deltas, metric_names
+from deploylab.loadtest.compare import (
+    Delta,
+    GateCheck,
+    comparability_warnings,
+    deltas,
+    metric_names,
+)
 from deploylab.loadtest.report.charts import PALETTE, figure, log_scale_if_wide, no_data, to_svg
 from deploylab.loadtest.report.html import Cell, esc, num, page, plot, table, verdict_banner
 from deploylab.loadtest.report.series import cdf, latency_values
@@ -150,8 +156,14 @@ def render_compare(
         f'<p class="muted">Baseline: {esc(labels[0])}. Changes are relative to it; green is '
         "better, red worse (changes within 2 % count as the same).</p>",
         verdict_banner(overall, detail),
-        _runs_table(runs, labels, paths),
     ]
+    warnings = comparability_warnings(runs, labels)
+    if warnings:
+        items = "".join(f"<li>{esc(w)}</li>" for w in warnings)
+        parts.append(
+            f'<div id="compare-warnings" class="fail"><b>Read with care:</b><ul>{items}</ul></div>'
+        )
+    parts.append(_runs_table(runs, labels, paths))
     if checks:
         parts.append(_gate_section(checks))
     parts.append("<h2>Summary deltas</h2>" + _deltas_table(runs, labels))

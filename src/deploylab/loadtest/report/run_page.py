@@ -1,12 +1,15 @@
-"""`report.html` of one run: the SLO verdict up front, then capacity (after a sweep), summary,
-latency CDFs, latency and load over time, server metrics, per-class tables, errors, and the
-exact configuration and target."""
+"""`report.html` of one run: the SLO verdict up front with why each bound failed, then the
+server metrics (the why), capacity (after a sweep), summary, latency CDFs, latency and load
+over time, per-class tables, errors, and the exact configuration and target."""
 
 from __future__ import annotations
 
 import json
+import re
 
 from deploylab.loadtest.capacity import Capacity
+from deploylab.loadtest.explain import explain_failures, next_steps
+from deploylab.loadtest.findings import error_examples, run_findings
 from deploylab.loadtest.report import run_plots
 from deploylab.loadtest.report.html import esc, num, page, pct, plot, table, verdict_banner
 from deploylab.loadtest.report.series import time_bins
@@ -50,7 +53,28 @@ def _slo_section(results: Results) -> str:
         verdict_banner(s.slo_passed, detail)
         + table(["SLO bound", "limit", "measured", "result"], rows, "slo")
         + note
+        + _why_section(results)
     )
+
+
+def _code(html: str) -> str:
+    """`quoted` commands as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html)
+
+
+def _why_section(results: Results) -> str:
+    """Why each bound failed, what to try next, and warnings about the run itself."""
+    reasons = explain_failures(results)
+    step = next_steps(results)
+    out = ""
+    if reasons or step:
+        items = "".join(f"<li>{esc(r)}</li>" for r in reasons)
+        tail = f"<p>{_code(esc(step[0].upper() + step[1:]))}</p>" if step else ""
+        out += f'<div id="slo-why"><b>Why:</b><ul>{items}</ul>{tail}</div>'
+    profile = results.config.slo_profile
+    if profile:
+        out += f'<p class="muted">SLO profile: {esc(profile)}.</p>'
+    return out + _notes(run_findings(results), "run-warnings")
 
 
 def _latency_rows(stats: dict[str, LatencyStats]) -> list[list[str]]:
@@ -146,8 +170,15 @@ def _capacity_section(cap: Capacity, checks: list[SLOCheck]) -> str:
         + plots
         + table(headers, rows)
         + '<p class="muted">margin: worst measured/limit over the SLO bounds (≤ 1 passes). '
-        f"The sections below show step {cap.result_step}.</p>"
+        f"The sections below show step {cap.result_step}.</p>" + _notes(cap.notes, "capacity-notes")
     )
+
+
+def _notes(notes: list[str], element_id: str) -> str:
+    if not notes:
+        return ""
+    items = "".join(f"<li>{esc(n)}</li>" for n in notes)
+    return f'<div id="{element_id}" class="fail"><b>Note:</b><ul>{items}</ul></div>'
 
 
 def _charts_section(results: Results) -> str:
@@ -224,15 +255,12 @@ def _errors_section(results: Results) -> str:
     kinds = results.summary.errors_by_kind
     if not kinds:
         return '<h2>Errors</h2><p id="errors-none">No request failed.</p>'
-    examples: dict[str, str] = {}
-    for r in results.requests:
-        if r.error_kind and r.error_kind not in examples:
-            examples[r.error_kind] = r.error_detail or ""
+    examples = error_examples(results)
     rows = [
-        [esc(k), num(n), esc(examples.get(k, ""))[:300]]
+        [esc(k), num(n), "<br>".join(esc(m) for m in examples.get(k, []))]
         for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])
     ]
-    return "<h2>Errors</h2>" + table(["kind", "count", "example"], rows, "errors")
+    return "<h2>Errors</h2>" + table(["kind", "count", "first messages"], rows, "errors")
 
 
 def _config_section(results: Results) -> str:
@@ -285,13 +313,13 @@ def render_run(results: Results) -> str:
     )
     if results.interrupted:
         head += '<p class="fail"><b>Interrupted:</b> partial results.</p>'
-    body = [head, _slo_section(results)]
+    # the verdict, then the server's side (the "why"), then the client's detail
+    body = [head, _slo_section(results), _server_section(results)]
     if results.capacity is not None:
         body.append(_capacity_section(results.capacity, s.slo))
     body += [
         _summary_section(results),
         _charts_section(results),
-        _server_section(results),
         _classes_section(results),
         _errors_section(results),
         _config_section(results),

@@ -87,8 +87,12 @@ def over_time(results: Results, bins: TimeBins) -> str:
             strict=True,
         ):  # fmt: skip
             _shade_excluded(ax, window, end)
-            ax.plot(bins.t, p50, color=PALETTE[0], marker=".", label=f"{name} p50")
-            ax.plot(bins.t, p99, color=PALETTE[1], marker=".", label=f"{name} p99")
+            # p99 first, as large hollow rings with a dashed line; p50 on top as smaller filled
+            # dots: where an interval holds one request the two coincide and both stay visible
+            ax.plot(bins.t, p99, color=PALETTE[1], ls="--", marker="o", ms=7, mfc="none",
+                    mew=1.3, zorder=2, label=f"{name} p99", gid=f"{metric}-p99")  # fmt: skip
+            ax.plot(bins.t, p50, color=PALETTE[0], marker="o", ms=4, zorder=3,
+                    label=f"{name} p50", gid=f"{metric}-p50")  # fmt: skip
             check = slo_limit(results.summary.slo, metric)
             if check is not None:
                 ax.axhline(check.limit, color=SLO_COLOR, ls=":", lw=1.4, label="SLO")

@@ -49,9 +49,14 @@ class TimeBins:
     tokens_per_s: np.ndarray
 
 
-def _bin_width(span_s: float) -> float:
-    """About 40 intervals, at a round width of at least 0.1 s."""
-    raw = max(span_s / 40, 0.1)
+_MIN_PER_BIN = 3  # with few requests, intervals wide enough to hold a few each
+
+
+def _bin_width(span_s: float, requests: int = 10**9) -> float:
+    """About 40 intervals (fewer with few requests: about 3 per interval, at least 4
+    intervals), at a round width of at least 0.1 s."""
+    intervals = min(40, max(4, requests // _MIN_PER_BIN))
+    raw = max(span_s / intervals, 0.1)
     for width in (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600):
         if width >= raw:
             return float(width)
@@ -74,7 +79,7 @@ def time_bins(records: Sequence[RequestRecord]) -> TimeBins | None:
         return None
     ends = [r.sent_s + r.e2e_ms / 1000 for r in records]
     span = max(max(ends), max(r.sent_s for r in records))
-    width = _bin_width(span)
+    width = _bin_width(span, len(records))
     n = max(1, int(np.ceil(span / width)))
 
     def index(times: Iterable[float]) -> np.ndarray:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from deploylab.loadtest.sim.tokens import render_chat, text_pieces
+from deploylab.loadtest.sim.tokens import PromptCounter
 
 
 class RequestError(Exception):
@@ -52,11 +52,11 @@ def _bool(body: dict[str, Any], key: str) -> bool:
     return value
 
 
-def _prompt_tokens(prompt: Any) -> Sequence[Any]:
+def _prompt_tokens(prompt: Any, counter: PromptCounter) -> Sequence[Any]:
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]  # a batch of one
     if isinstance(prompt, str):
-        return text_pieces(prompt)
+        return counter.text(prompt)
     if isinstance(prompt, list) and all(
         isinstance(t, int) and not isinstance(t, bool) for t in prompt
     ):
@@ -69,8 +69,12 @@ def _prompt_tokens(prompt: Any) -> Sequence[Any]:
     )
 
 
-def parse_body(raw: bytes, chat: bool) -> ParsedBody:
-    """Parse a /v1/completions (chat=False) or /v1/chat/completions body."""
+_PSEUDO = PromptCounter()
+
+
+def parse_body(raw: bytes, chat: bool, counter: PromptCounter = _PSEUDO) -> ParsedBody:
+    """Parse a /v1/completions (chat=False) or /v1/chat/completions body; `counter` counts
+    the prompt (a real tokenizer, or the documented approximation)."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -86,14 +90,14 @@ def parse_body(raw: bytes, chat: bool) -> ParsedBody:
             raise RequestError(400, "messages must be a non-empty list", "messages")
         if not all(isinstance(m, dict) for m in messages):
             raise RequestError(400, "each message must be an object", "messages")
-        tokens: Sequence[Any] = text_pieces(render_chat(messages))
+        tokens: Sequence[Any] = counter.chat(messages)
         max_tokens = _int(body, "max_completion_tokens", 1)
         if max_tokens is None:
             max_tokens = _int(body, "max_tokens", 1)
     else:
         if "prompt" not in body:
             raise RequestError(400, "prompt is required", "prompt")
-        tokens = _prompt_tokens(body["prompt"])
+        tokens = _prompt_tokens(body["prompt"], counter)
         max_tokens = _int(body, "max_tokens", 1)
     if not tokens:
         raise RequestError(400, "the prompt is empty", "prompt")

@@ -167,6 +167,11 @@ class SimConfig(_Strict):
     description: str = ""
     seed: int = 0
     precise_timer: bool = Field(default=True, description="timerfd-driven timer (Linux), sub-ms")
+    tokenizer: str | None = Field(
+        default=None,
+        description="count prompts with this tokenizer (folder, .gguf or model name); "
+        "default: a documented approximation",
+    )
     engine: EngineLimits = Field(default_factory=EngineLimits)
     ttft: TTFTLaw = Field(default_factory=TTFTLaw)
     itl: ITLLaw = Field(default_factory=ITLLaw)

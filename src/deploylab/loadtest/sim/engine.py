@@ -32,6 +32,23 @@ from deploylab.loadtest.sim.timer import Entry, PreciseTimer
 _NEW, _LOADING, _WAITING, _RUNNING, _DONE = range(5)
 
 
+@dataclass(slots=True)
+class Scheduled:
+    """What the engine intended for one request (times on time.monotonic), recorded when
+    `SimEngine.schedule` is a list: the laws checked without a stopwatch."""
+
+    rid: str
+    model: str
+    prompt_tokens: int
+    arrival: float  # its last byte was read
+    admitted_at: float  # intended admission (after model loads and KV queueing)
+    others: int  # requests already running at admission
+    cached: int  # prompt tokens found in the prefix cache
+    token_due: list[float] = field(default_factory=list)  # intended time of every token
+    token_others: list[int] = field(default_factory=list)  # others running when each next
+    # token was scheduled (the batch term of the ITL law)
+
+
 @dataclass(slots=True, eq=False)
 class SimRequest:
     """One request's inputs and its progress through the simulated engine."""
@@ -65,6 +82,7 @@ class SimRequest:
     timer: Entry | None = None
     stalled: bool = False
     continuous_usage: bool = False
+    scheduled: Scheduled | None = None  # filled when the engine records its schedule
 
     @property
     def kv_need(self) -> int:
@@ -93,6 +111,7 @@ class SimEngine:
         self.lateness = LatenessHistogram()
         self.first_token_lateness = LatenessHistogram()
         self.aborted = 0
+        self.schedule: list[Scheduled] | None = None  # a list: record every request's plan
 
     # -- admission --------------------------------------------------------------------------
     def submit(self, req: SimRequest) -> None:
@@ -161,6 +180,11 @@ class SimEngine:
         req.cached = self.prefix.lookup(req.blocks, req.prompt_tokens)
         req.due = at + self.law.ttft_s(req.prompt_tokens, req.cached, others)
         req.timer = self.timer.call_at(req.due, self._emit, req)
+        if self.schedule is not None:
+            req.scheduled = Scheduled(
+                req.rid, req.model, req.prompt_tokens, req.arrival, at, others, req.cached
+            )
+            self.schedule.append(req.scheduled)
 
     # -- tokens -----------------------------------------------------------------------------
     def _emit(self, req: SimRequest) -> None:
@@ -178,6 +202,8 @@ class SimEngine:
                 req.timer = self.timer.call_at(req.due, self._emit, req)
                 return
         self.lateness.add(now - req.due)
+        if req.scheduled is not None:
+            req.scheduled.token_due.append(req.due)
         stats = self.models[req.model]
         if k == 0:
             req.first_token_at = now
@@ -209,6 +235,8 @@ class SimEngine:
             return
         req.due += self.law.itl_s(self.running - 1)
         req.timer = self.timer.call_at(req.due, self._emit, req)
+        if req.scheduled is not None:
+            req.scheduled.token_others.append(self.running - 1)
 
     def _full(self, req: SimRequest) -> bytes:
         return full_response(

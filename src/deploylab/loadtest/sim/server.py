@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
 import itertools
 import json
@@ -17,20 +18,27 @@ from prometheus_client import CollectorRegistry, generate_latest
 from deploylab import __version__
 from deploylab.loadtest.sim.api import RequestError, parse_body
 from deploylab.loadtest.sim.config import SimConfig
-from deploylab.loadtest.sim.engine import SimEngine, SimRequest
+from deploylab.loadtest.sim.engine import Scheduled, SimEngine, SimRequest
 from deploylab.loadtest.sim.http import HttpConnection, HttpRequest
 from deploylab.loadtest.sim.metrics import SimCollector
 from deploylab.loadtest.sim.openai_format import StreamFormat, error_body
 from deploylab.loadtest.sim.stats import LatenessHistogram
 from deploylab.loadtest.sim.timer import PreciseTimer
-from deploylab.loadtest.sim.tokens import block_hashes
+from deploylab.loadtest.sim.tokens import PromptCounter, block_hashes
 
 
 class SimServer:
     """An HTTP server on the running event loop that serves the simulated deployment."""
 
-    def __init__(self, config: SimConfig) -> None:
+    def __init__(self, config: SimConfig, tokenizer: Any | None = None) -> None:
+        """`tokenizer`: a loaded tokenizer to count prompts with (else `config.tokenizer` is
+        loaded, else prompts are counted by the documented approximation)."""
         self.config = config
+        if tokenizer is None and config.tokenizer:
+            from deploylab.loadtest.text import load_tokenizer
+
+            tokenizer, _ = load_tokenizer(config.tokenizer)
+        self.counter = PromptCounter(tokenizer)
         self._base_of = {n: n for m in config.models for n in m.names()}
         self._base_of.update({n: a.base for a in config.adapters for n in a.names()})
         self._adapters = {n for a in config.adapters for n in a.names()}
@@ -127,7 +135,7 @@ class SimServer:
         assert engine is not None
         arrival = req.received
         try:
-            body = parse_body(req.body, chat)
+            body = parse_body(req.body, chat, self.counter)
             model = body.model or self._default_model
             base = self._base_of.get(model)
             if base is None:
@@ -224,8 +232,14 @@ class SimServer:
 class SimThread:
     """Runs a SimServer on its own event loop in a background thread (tests, benchmarks)."""
 
-    def __init__(self, config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.server = SimServer(config)
+    def __init__(
+        self,
+        config: SimConfig,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tokenizer: Any | None = None,
+    ) -> None:
+        self.server = SimServer(config, tokenizer)
         self._host, self._port = host, port
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="sim")
@@ -238,6 +252,20 @@ class SimThread:
     def stats(self) -> dict[str, Any]:
         """SimServer.stats(), read on the server's loop."""
         return self._call(self._async_stats())
+
+    def record_schedule(self) -> None:
+        """From now on, keep what the engine intends for every request (tests of the laws)."""
+        assert self.server.engine is not None
+        self.server.engine.schedule = []
+
+    def schedule(self) -> list[Scheduled]:
+        """The recorded plans, in order of admission (copied on the server's loop)."""
+        return list(self._call(self._async_schedule()))
+
+    async def _async_schedule(self) -> list[Scheduled]:
+        engine = self.server.engine
+        assert engine is not None and engine.schedule is not None
+        return [copy.deepcopy(s) for s in engine.schedule]
 
     async def _async_stats(self) -> dict[str, Any]:
         return json.loads(json.dumps(self.server.stats()))
