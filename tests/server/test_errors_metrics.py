@@ -101,7 +101,8 @@ def test_metrics_parse_and_counters_move(server: Any) -> None:
     assert r.status_code == 200
     after = metrics(server.url)
     for name in ("vllm:num_requests_running", "vllm:num_requests_waiting",
-                 "vllm:kv_cache_usage_perc"):  # fmt: skip
+                 "vllm:kv_cache_usage_perc", "vllm:num_preemptions_total",
+                 "deploylab:recomputed_tokens_total"):  # fmt: skip
         assert name in after
     assert after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"] == 5
     assert after["vllm:prompt_tokens_total"] > before["vllm:prompt_tokens_total"]
