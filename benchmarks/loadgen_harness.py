@@ -27,6 +27,7 @@ import numpy as np
 
 from deploylab.loadtest.config import LoadConfig
 from deploylab.loadtest.library import load_scenario_file
+from deploylab.loadtest.results import Results
 from deploylab.loadtest.runner import PreparedRun, execute, prepare_run
 from deploylab.loadtest.sim.tokens import render_chat, text_pieces
 
@@ -117,13 +118,19 @@ workload: {{kind: synthetic, input_tokens: {input_tokens}, output_tokens: {outpu
 class Ours:
     """deploylab's load generator, through `prepare_run` / `execute`."""
 
-    def __init__(self, url: str, workdir: Path, input_tokens: int, output_tokens: int) -> None:
+    def __init__(
+        self, url: str, workdir: Path, input_tokens: int, output_tokens: int, **prepare: Any
+    ) -> None:
         path = workdir / f"scenario-{input_tokens}-{output_tokens}.yaml"
         path.write_text(scenario_yaml("chat", input_tokens, output_tokens))
-        self.prepared: PreparedRun = prepare_run(load_scenario_file(path), url)
+        self.prepared: PreparedRun = prepare_run(load_scenario_file(path), url, **prepare)
 
     def run(self, load: LoadConfig, label: str) -> Measured:
-        results = execute(self.prepared, load)
+        return self.measure(execute(self.prepared, load), label)
+
+    @staticmethod
+    def measure(results: Results, label: str) -> Measured:
+        """The per-request numbers of a run's measured requests."""
         window = results.summary.window_s
         out = Measured("deploylab", label, window[1] - window[0])
         for r in results.requests:
@@ -148,9 +155,16 @@ class Ours:
 class GuideLLM:
     """GuideLLM's `guidellm run` in its own virtualenv, fed a scenario file."""
 
-    def __init__(self, exe: Path, tokenizer_dir: Path, workdir: Path, workers: int | None) -> None:
+    def __init__(
+        self,
+        exe: Path,
+        tokenizer_dir: Path,
+        workdir: Path,
+        workers: int | None,
+        model: str = MODEL,
+    ) -> None:
         self.exe, self.tokenizer_dir, self.workdir = exe, tokenizer_dir, workdir
-        self.workers = workers
+        self.workers, self.model = workers, model
 
     def run(
         self,
@@ -165,7 +179,7 @@ class GuideLLM:
         out = self.workdir / f"guidellm-{time.monotonic_ns()}.json"
         spec = {
             "spec": {
-                "backend": {"kind": "openai_http", "target": url, "model": MODEL},
+                "backend": {"kind": "openai_http", "target": url, "model": self.model},
                 "profile": profile,
                 "data": [
                     {
