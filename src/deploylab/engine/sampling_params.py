@@ -16,11 +16,11 @@ SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # what a torch.Generator accepts
 class SamplingParams:
     """Per-request decoding settings (vLLM semantics).
 
-    temperature 0 (or below 1e-5) means greedy. `top_k` -1 (or 0) disables top-k. `max_tokens` None means
-    "until the context is full". `logprobs` N returns, for every generated token, its logprob
-    and the N most likely alternatives (0 = the sampled token only), taken from the model's
-    raw distribution (before penalties and temperature). `seed` makes sampling reproducible
-    whatever the other requests in the batch are.
+    temperature 0 (or below 1e-5) means greedy. `top_k` -1 (or 0) disables top-k. `max_tokens`
+    None means "until the context is full". `logprobs` N returns, for every generated token,
+    its logprob and the N most likely alternatives (0 = the sampled token only), taken from the
+    model's raw distribution (before penalties and temperature). `seed` makes sampling
+    reproducible whatever the other requests in the batch are.
     """
 
     max_tokens: int | None = 16
@@ -91,7 +91,9 @@ class SamplingParams:
             value = getattr(self, name)
             if not -2.0 <= value <= 2.0:
                 raise bad(name, f"{name} must be in [-2, 2], got {value!r}.")
-        if self.seed is not None and (not is_int(self.seed) or not SEED_MIN <= self.seed <= SEED_MAX):
+        if self.seed is not None and (
+            not is_int(self.seed) or not SEED_MIN <= self.seed <= SEED_MAX
+        ):
             raise bad(
                 "seed", f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}], got {self.seed!r}."
             )
