@@ -33,6 +33,8 @@ CASES = [
     (COMP, comp(stop_token_ids=[10**30]), "stop_token_ids", None),
     (COMP, comp(stop_token_ids=[-1]), "stop_token_ids", None),
     (COMP, comp(prompt=[1, 2, 10**6]), "prompt", None),
+    (COMP, comp(prompt=[1, 2, 10**6], stream=True), "prompt", None),
+    (COMP, comp(prompt="word " * 9000, stream=True), "prompt", "context"),
     (COMP, comp(max_tokens=10**6), "max_tokens", "maximum context length"),
     (COMP, comp(max_tokens=2, min_tokens=10**6), "min_tokens", None),
     (CHAT, chat(max_completion_tokens=10**6), "max_completion_tokens", "context"),

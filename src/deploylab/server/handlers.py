@@ -192,9 +192,9 @@ class GenerationHandler:
             return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
         runner = self._run(p)
+        # Start the engine request before the first byte, so its errors become an HTTP status.
+        first_delta = await anext(runner, None)
         try:
-            # Start the engine request before the first byte, so admission errors become a 4xx.
-            first_delta = await anext(runner, None)
             if p.chat:
                 role = {"index": 0, "delta": {"role": "assistant", "content": ""}}
                 yield frame([role | {"logprobs": None, "finish_reason": None}])
