@@ -181,6 +181,6 @@ def test_admission_control_then_shutdown_timeout(server_factory: Any) -> None:
         assert t.lines[-1] == "data: [DONE]"
         err = json.loads(t.lines[-2][len("data: ") :])["error"]
         assert err["code"] == 503 and "shut down" in err["message"]
-        assert any("\"text\"" in line for line in t.lines[:-2]), t.lines[:5]
+        assert any('"text"' in line for line in t.lines[:-2]), t.lines[:5]
     for t in refused:  # still waiting, so no 200 yet: a 503 body
         assert t.status == 503 and json.loads(t.body)["error"]["code"] == 503
