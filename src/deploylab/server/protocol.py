@@ -19,6 +19,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_TOP_LOGPROBS = 20
 
 TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
 
 
 class FieldError(ValueError):
@@ -49,7 +50,7 @@ class _Request(StrictModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
-    stop: str | list[str] | None = None
+    stop: NonEmptyStr | list[NonEmptyStr] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int = 1
@@ -87,7 +88,12 @@ class _Request(StrictModel):
 class CompletionRequest(_Request):
     """`POST /v1/completions`."""
 
-    prompt: str | list[int] | list[str] | list[list[int]]
+    prompt: (
+        NonEmptyStr
+        | Annotated[list[TokenId], Field(min_length=1)]
+        | Annotated[list[NonEmptyStr], Field(min_length=1)]
+        | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)]
+    )
     logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool | None = False
 
@@ -126,17 +132,10 @@ class ChatMessage(StrictModel):
 class ChatCompletionRequest(_Request):
     """`POST /v1/chat/completions`."""
 
-    messages: list[ChatMessage]
+    messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
-
-    @field_validator("messages")
-    @classmethod
-    def _not_empty(cls, value: list[ChatMessage]) -> list[ChatMessage]:
-        if not value:
-            raise ValueError("messages must contain at least one message")
-        return value
 
     @model_validator(mode="after")
     def _merge_max_tokens(self) -> ChatCompletionRequest:
@@ -197,18 +196,30 @@ def field_range(schema: type[BaseModel], name: str) -> str | None:
     return None
 
 
+def _is_union_tag(part: Any) -> bool:
+    """True for the union-member labels pydantic puts in error locations ("list[int]")."""
+    return isinstance(part, str) and (not part.isidentifier() or part in _TYPE_TAGS)
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
 def describe_validation_error(
     schema: type[BaseModel], exc: ValidationError
 ) -> tuple[str, str | None]:
-    """A user-facing message and the field at fault (`param`) for a request's first error."""
-    first = exc.errors()[0]
+    """A user-facing message and the field at fault (`param`) for a request's first error.
+
+    Of a union's alternatives, the error that got deepest into the input is reported, a
+    broken constraint before a wrong type."""
+    errors = exc.errors()
+    first = max(errors, key=lambda e: (len(e["loc"]), not e["type"].endswith("_type")))
     ctx = first.get("ctx") or {}
     err = ctx.get("error")
     if isinstance(err, FieldError):
         return f"Invalid field '{err.param}': {err}", err.param
     if first["type"] == "json_invalid":
         return f"Invalid JSON body: {ctx.get('error', first['msg'])}", None
-    loc = [str(p) for p in first["loc"]]
+    loc = [str(p) for p in first["loc"] if not _is_union_tag(p)]
     if not loc:
         if first["type"] == "model_type":
             return "The JSON body must be an object.", None
