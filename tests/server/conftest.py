@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,3 +96,30 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]
     yield start
     for srv in started:
         srv.stop(signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def serve_in_thread(engine: object) -> Iterator[str]:
+    """The real app and uvicorn on a loopback port, in this process, around `engine` (for
+    tests that reach inside the engine, e.g. to inject a fault); yields the base URL."""
+    import uvicorn
+
+    from deploylab.server.app import ServerState, create_app
+
+    state = ServerState(served_model_name=MODEL, engine=engine)
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(state), host="127.0.0.1", port=port, log_level="warning", access_log=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "in-process server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(60)

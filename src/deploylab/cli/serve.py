@@ -21,10 +21,16 @@ def serve(
     served_model_name: str | None = typer.Option(
         None, help="Model name in the API (default: --model)."
     ),
-    max_waiting: int = typer.Option(256, help="Waiting-queue bound; past it requests get 429."),
+    max_waiting: int = typer.Option(
+        256, help="Waiting-queue bound; past it requests get 429 with Retry-After at once."
+    ),
     kv_cache_gib: float = typer.Option(1.0, help="KV-cache size on the CPU, GiB."),
-    drain_seconds: float = typer.Option(
-        30.0, help="On SIGTERM, how long in-flight requests may finish."
+    shutdown_timeout: float = typer.Option(
+        30.0,
+        "--shutdown-timeout",
+        "--drain-seconds",
+        help="On SIGTERM, seconds in-flight requests may take to finish before they fail "
+        "(0: fail them at once).",
     ),
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API."""
@@ -34,6 +40,8 @@ def serve(
 
     if device not in ("auto", "cpu", "cuda"):
         raise UsageError(f"--device must be auto, cpu or cuda, got '{device}'.")
+    if not shutdown_timeout >= 0:
+        raise UsageError(f"--shutdown-timeout must be >= 0 seconds, got {shutdown_timeout}.")
     if not 0 < port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {port}.")
     resolve_model(model)  # fail fast, before binding, on a model that is not here
@@ -57,6 +65,6 @@ def serve(
         served_model_name or model,
         host=host,
         port=port,
-        drain_seconds=drain_seconds,
+        shutdown_timeout=shutdown_timeout,
         on_ready=lambda url: typer.echo(f"deploylab serve: ready at {url}", err=True),
     )

@@ -8,7 +8,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from deploylab.engine.async_engine import AsyncEngine, EngineDeadError, RequestStream
+    from deploylab.engine.async_engine import (
+        AsyncEngine,
+        EngineDeadError,
+        RequestFailedError,
+        RequestStream,
+    )
     from deploylab.engine.config import EngineConfig
     from deploylab.engine.llm import LLM
     from deploylab.engine.llm_engine import LLMEngine
@@ -19,6 +24,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "AsyncEngine": "deploylab.engine.async_engine",
     "EngineDeadError": "deploylab.engine.async_engine",
+    "RequestFailedError": "deploylab.engine.async_engine",
     "RequestStream": "deploylab.engine.async_engine",
     "EngineConfig": "deploylab.engine.config",
     "LLM": "deploylab.engine.llm",
@@ -38,6 +44,7 @@ __all__ = [
     "EngineStats",
     "LLMEngine",
     "RequestDelta",
+    "RequestFailedError",
     "RequestOutput",
     "RequestStream",
     "SamplingParams",

@@ -4,6 +4,11 @@ Callers (any number of asyncio tasks) call `add_request`, which validates and to
 caller's thread (so bad input raises at once) and returns a `RequestStream` of deltas. The
 engine thread applies queued adds/aborts between steps, runs `LLMEngine.step()`, and hands
 each event loop its deltas in one `call_soon_threadsafe` per step.
+
+A request that fails inside a step gets `RequestFailedError` and the loop goes on; a step that
+fails as a whole ends the requests of that step. Only `MAX_STEP_FAILURES` failed steps in a row
+(a broken model or device, not a bad request) end the loop: then every caller gets
+`EngineDeadError` and `is_running` is False.
 """
 
 from __future__ import annotations
@@ -25,9 +30,15 @@ from deploylab.errors import DeploylabError, EngineOverloadedError, InvalidReque
 
 logger = logging.getLogger(__name__)
 
+MAX_STEP_FAILURES = 3  # consecutive failed steps after which the engine is declared dead
+
 
 class EngineDeadError(DeploylabError):
     """The engine's step loop failed or was shut down; the server must be restarted."""
+
+
+class RequestFailedError(DeploylabError):
+    """The engine failed while running this request (a server fault, not a bad request)."""
 
 
 class RequestStream:
@@ -104,7 +115,26 @@ class AsyncEngine:
     @property
     def is_running(self) -> bool:
         """True while the step loop is alive."""
-        return self._thread.is_alive() and self._error is None
+        return self._thread.is_alive() and self._error is None and not self._stopping
+
+    @property
+    def dead_reason(self) -> str | None:
+        """Why the engine no longer runs (None while it does)."""
+        if self._error is not None:
+            return f"The engine loop failed: {self._error!r}"
+        if self._stopping or not self._thread.is_alive():
+            return "The engine has been shut down."
+        return None
+
+    def check_admission(self) -> None:
+        """Raise EngineDeadError or EngineOverloadedError now, before any work on a request."""
+        self._check_alive()
+        waiting = self.engine.scheduler.num_waiting + self._pending_adds
+        if waiting >= self.engine.config.max_waiting:
+            raise EngineOverloadedError(
+                f"The engine has {waiting} requests waiting (max_waiting="
+                f"{self.engine.config.max_waiting}); retry later."
+            )
 
     def stats(self) -> EngineStats:
         """The latest snapshot (updated after every step), waiting count included."""
@@ -121,17 +151,11 @@ class AsyncEngine:
         when `max_waiting` requests already wait, EngineDeadError when the loop has died.
         """
         loop = asyncio.get_running_loop()
-        self._check_alive()
         if request_id in self._streams:
             raise InvalidRequestError(
                 f"Request id '{request_id}' is already in use.", param="request_id"
             )
-        waiting = self.engine.scheduler.num_waiting + self._pending_adds
-        if waiting >= self.engine.config.max_waiting:
-            raise EngineOverloadedError(
-                f"The engine has {waiting} requests waiting (max_waiting="
-                f"{self.engine.config.max_waiting}); retry later."
-            )
+        self.check_admission()
         seq = self.engine.make_sequence(request_id, prompt, params)
         stream = RequestStream(request_id, self)
         self._streams[request_id] = stream
@@ -166,14 +190,14 @@ class AsyncEngine:
         self._thread.join(timeout)
 
     def _check_alive(self) -> None:
-        if self._error is not None:
-            raise EngineDeadError(f"The engine loop failed: {self._error!r}") from self._error
-        if self._stopping or not self._thread.is_alive():
-            raise EngineDeadError("The engine has been shut down.")
+        reason = self.dead_reason
+        if reason is not None:
+            raise EngineDeadError(reason) from self._error
 
     # ---- engine thread -----------------------------------------------------------------
     def _run(self) -> None:
         engine = self.engine
+        failed_steps = 0
         try:
             while not self._stopping:
                 if not self._commands and not engine.has_unfinished_requests():
@@ -183,7 +207,15 @@ class AsyncEngine:
                     continue
                 deltas = self._apply_commands()
                 if engine.has_unfinished_requests():
-                    deltas += engine.step()
+                    try:
+                        deltas += engine.step()
+                        failed_steps = 0
+                    except Exception as exc:  # noqa: BLE001 - end the step's requests, go on
+                        failed_steps += 1
+                        logger.exception("engine step failed (%d in a row)", failed_steps)
+                        if failed_steps >= MAX_STEP_FAILURES:
+                            raise
+                        deltas += engine.fail_step(exc)
                 self._stats = engine.stats()
                 self._deliver(deltas)
         except BaseException as exc:  # noqa: BLE001 - hand any failure to every caller
@@ -202,8 +234,8 @@ class AsyncEngine:
                 loop = cmd[2]
                 try:
                     self.engine.add_sequence(seq)
-                except DeploylabError as exc:
-                    self._send(loop, [(seq.request_id, exc)])
+                except Exception as exc:  # noqa: BLE001 - this request's fault only
+                    self._send(loop, [(seq.request_id, _request_error(seq.request_id, exc))])
                     continue
                 self._loops[seq.request_id] = loop
             else:
@@ -213,18 +245,22 @@ class AsyncEngine:
         return deltas
 
     def _deliver(self, deltas: list[RequestDelta]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[RequestDelta]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[str, Any]]] = {}
         for delta in deltas:
-            loop = self._loops.get(delta.request_id)
+            rid = delta.request_id
+            loop = self._loops.get(rid)
             if delta.finished:
-                self._loops.pop(delta.request_id, None)
+                self._loops.pop(rid, None)
+            item: RequestDelta | BaseException = delta
+            if delta.finish_reason == "error":
+                item = _request_error(rid, self.engine.failures.pop(rid, None))
             if loop is not None:
-                by_loop.setdefault(loop, []).append(delta)
+                by_loop.setdefault(loop, []).append((rid, item))
         for loop, batch in by_loop.items():
-            if not self._send(loop, [(d.request_id, d) for d in batch]):
-                for delta in batch:  # the caller's loop is closed: nobody listens any more
-                    if not delta.finished:
-                        self.abort(delta.request_id)
+            if not self._send(loop, batch):
+                for rid, item in batch:  # the caller's loop is closed: nobody listens any more
+                    if isinstance(item, RequestDelta) and not item.finished:
+                        self.abort(rid)
 
     def _send(
         self,
@@ -261,3 +297,14 @@ class AsyncEngine:
         for stream in list(self._streams.values()):
             stream._put(error)
         self._streams.clear()
+
+
+def _request_error(request_id: str, exc: BaseException | None) -> BaseException:
+    """What a caller gets for a request that failed in the engine: its own error when it was
+    the caller's (a DeploylabError), else RequestFailedError (the server's fault)."""
+    if isinstance(exc, DeploylabError):
+        return exc
+    return RequestFailedError(
+        f"The engine failed while running request '{request_id}': {exc!r}. Other requests "
+        "are not affected; retry, and report the error if it repeats."
+    )

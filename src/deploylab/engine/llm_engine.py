@@ -87,6 +87,9 @@ class LLMEngine:
             self.runner.enable_cuda_graphs(config.max_num_seqs, self.max_model_len)
         self.sampler = Sampler(self.device, config.seed, self.eos_token_ids)
         self._seqs: dict[str, Sequence] = {}
+        # Errors of requests that failed inside a step (finish_reason "error"), by request id.
+        self.failures: dict[str, BaseException] = {}
+        self._batch: list[Sequence] | None = None  # the current step's sequences
         self._arrivals = itertools.count()
         self._prompt_tokens = 0
         self._generation_tokens = 0
@@ -148,6 +151,13 @@ class LLMEngine:
             params.validate()
         else:
             raise InvalidRequestError("sampling params must be a SamplingParams", param="params")
+        vocab = self.model_config.vocab_size
+        bad_stop = [t for t in params.stop_token_ids if t >= vocab]
+        if bad_stop:
+            raise InvalidRequestError(
+                f"stop_token_ids must be token ids in [0, {vocab}); got {bad_stop[:3]}.",
+                param="stop_token_ids",
+            )
         text: str | None = None
         if isinstance(prompt, str):
             if not prompt:
@@ -156,7 +166,6 @@ class LLMEngine:
             ids = self.tokenize(prompt)
         else:
             ids = list(prompt)
-            vocab = self.model_config.vocab_size
             bad = [
                 t
                 for t in ids
@@ -215,24 +224,51 @@ class LLMEngine:
 
     # ---- the step ----------------------------------------------------------------------
     def step(self) -> list[RequestDelta]:
-        """Run one batch; deltas of the requests that produced a token or finished."""
+        """Run one batch; deltas of the requests that produced a token or finished.
+
+        An error in one request's own work (sampling params, stop checks) fails only that
+        request (finish_reason "error", the exception in `failures`); any other error is
+        raised, and `fail_step` then ends the step's requests.
+        """
+        self._batch = None
         out = self.scheduler.schedule()
         if out.is_empty:
             return []
+        self._batch = [item.seq for item in out.scheduled]
         self._steps += 1
         seqs, logits = self.runner.execute(out)
         self.scheduler.update_after_step(out)
         if logits is None:
             return []
+        faults: dict[int, BaseException] = {}
         with torch.inference_mode():
-            tokens, logprobs = self.sampler(logits, seqs)
+            tokens, logprobs = self.sampler(logits, seqs, faults)
         self._generation_tokens += len(tokens)
         deltas = []
         with self.tokenizer_lock:
-            for seq, token, lp in zip(seqs, tokens, logprobs, strict=True):
-                self._append_token(seq, token, lp)
-                deltas.append(self._delta(seq))
+            for i, (seq, token, lp) in enumerate(zip(seqs, tokens, logprobs, strict=True)):
+                if i not in faults:
+                    try:
+                        self._append_token(seq, token, lp)
+                        deltas.append(self._delta(seq))
+                        continue
+                    except Exception as exc:  # noqa: BLE001 - this request's fault only
+                        faults[i] = exc
+                deltas.append(self._fail(seq, faults[i]))
         return deltas
+
+    def fail_step(self, exc: BaseException) -> list[RequestDelta]:
+        """After `step` raised: end the requests of that step (all running ones if the batch
+        was not formed yet) with finish_reason "error", so the engine can go on."""
+        victims = self._batch if self._batch is not None else list(self.scheduler.running)
+        self._batch = None
+        return [self._fail(seq, exc) for seq in victims if not seq.is_finished]
+
+    def _fail(self, seq: Sequence, exc: BaseException) -> RequestDelta:
+        logger.error("request %s failed inside the engine: %r", seq.request_id, exc)
+        self.scheduler.finish(seq, "error")
+        self.failures[seq.request_id] = exc
+        return self._finish_delta(seq)
 
     def _append_token(self, seq: Sequence, token: int, lp: TokenLogprobs | None) -> None:
         params = seq.params

@@ -27,7 +27,7 @@ class RequestDelta:
     request_id: str
     new_token_ids: list[int]
     new_text: str
-    finish_reason: str | None = None  # "stop", "length" or "abort"
+    finish_reason: str | None = None  # "stop", "length", "abort" or "error"
     stop_reason: int | str | None = None  # the stop token id or stop string that matched
     logprobs: list[TokenLogprobs] | None = None
     num_prompt_tokens: int = 0

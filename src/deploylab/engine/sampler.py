@@ -38,7 +38,7 @@ def apply_penalties(row: torch.Tensor, seq: Sequence, params: SamplingParams) ->
 def apply_top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:
     """Mask (to -inf) everything outside each row's top-k and top-p nucleus."""
     vocab = logits.shape[-1]
-    ks = [k if k > 0 else vocab for k in top_k]
+    ks = [min(k, vocab) if k > 0 else vocab for k in top_k]
     if all(p >= 1.0 for p in top_p):
         kmax = min(max(ks), vocab)
         top_vals = logits.topk(kmax, dim=-1).values
@@ -88,26 +88,47 @@ class Sampler:
         return seq.generator
 
     def __call__(
-        self, logits: torch.Tensor, seqs: list[Sequence]
+        self,
+        logits: torch.Tensor,
+        seqs: list[Sequence],
+        faults: dict[int, BaseException] | None = None,
     ) -> tuple[list[int], list[TokenLogprobs | None]]:
-        """Tokens for `seqs` from float32 `logits` [len(seqs), V] (modified in place)."""
+        """Tokens for `seqs` from float32 `logits` [len(seqs), V] (modified in place).
+
+        With `faults`, an error in one row's own work (penalties, stop-token bans, its seeded
+        generator) is recorded there under the row index instead of raised: the other rows are
+        still sampled and the faulty row's token is meaningless.
+        """
         params = [s.params for s in seqs]
         raw_logprobs = None
         if any(p.logprobs is not None for p in params):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
         for i, (seq, p) in enumerate(zip(seqs, params, strict=True)):
-            if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
-                apply_penalties(logits[i], seq, p)
-            if seq.num_output_tokens < p.min_tokens:
-                banned = self._stop_ids(p)
-                if banned:
-                    logits[i, banned] = float("-inf")
-        tokens = self._pick(logits, seqs, params)
+            try:
+                self._prepare_row(logits[i], seq, p)
+            except Exception as exc:
+                if faults is None:
+                    raise
+                faults[i] = exc
+                logits[i] = 0.0
+        tokens = self._pick(logits, seqs, params, faults)
         token_list: list[int] = tokens.tolist()
         return token_list, self._logprobs(raw_logprobs, token_list, params)
 
+    def _prepare_row(self, row: torch.Tensor, seq: Sequence, p: SamplingParams) -> None:
+        if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
+            apply_penalties(row, seq, p)
+        if seq.num_output_tokens < p.min_tokens:
+            banned = self._stop_ids(p)
+            if banned:
+                row[banned] = float("-inf")
+
     def _pick(
-        self, logits: torch.Tensor, seqs: list[Sequence], params: list[SamplingParams]
+        self,
+        logits: torch.Tensor,
+        seqs: list[Sequence],
+        params: list[SamplingParams],
+        faults: dict[int, BaseException] | None = None,
     ) -> torch.Tensor:
         greedy = [p.greedy for p in params]
         if all(greedy):
@@ -126,7 +147,12 @@ class Sampler:
         noise = torch.empty_like(probs).exponential_(generator=self.generator)
         for i, (seq, p) in enumerate(zip(seqs, params, strict=True)):
             if p.seed is not None and not p.greedy:
-                noise[i].exponential_(generator=self._seq_generator(seq))
+                try:
+                    noise[i].exponential_(generator=self._seq_generator(seq))
+                except Exception as exc:
+                    if faults is None:
+                        raise
+                    faults[i] = exc
         sampled = (probs / noise).argmax(dim=-1)
         if any(greedy):
             mask = torch.tensor(greedy, device=logits.device)

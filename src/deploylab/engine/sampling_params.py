@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from deploylab.errors import InvalidRequestError
 
 MAX_LOGPROBS = 20
+SAMPLING_EPS = 1e-5  # temperatures below this decode greedily (as vLLM): 1/T would overflow
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # what a torch.Generator accepts
 
 
 @dataclass
 class SamplingParams:
     """Per-request decoding settings (vLLM semantics).
 
-    temperature 0 means greedy. `top_k` -1 (or 0) disables top-k. `max_tokens` None means
-    "until the context is full". `logprobs` N returns, for every generated token, its logprob
-    and the N most likely alternatives (0 = the sampled token only), taken from the model's
-    raw distribution (before penalties and temperature). `seed` makes sampling reproducible
-    whatever the other requests in the batch are.
+    temperature 0 (or below 1e-5) means greedy. `top_k` -1 (or 0) disables top-k. `max_tokens`
+    None means "until the context is full". `logprobs` N returns, for every generated token,
+    its logprob and the N most likely alternatives (0 = the sampled token only), taken from the
+    model's raw distribution (before penalties and temperature). `seed` makes sampling
+    reproducible whatever the other requests in the batch are.
     """
 
     max_tokens: int | None = 16
@@ -51,7 +54,7 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         """True when decoding is argmax (temperature 0)."""
-        return self.temperature == 0.0
+        return self.temperature < SAMPLING_EPS
 
     def validate(self) -> None:
         """Raise InvalidRequestError (with `param`) for the first invalid field."""
@@ -62,6 +65,13 @@ class SamplingParams:
         def is_int(v: object) -> bool:
             return isinstance(v, int) and not isinstance(v, bool)
 
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+                     "frequency_penalty"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad(name, f"{name} must be a number, got {value!r}.")
+            if not math.isfinite(value):
+                raise bad(name, f"{name} must be a finite number, got {value!r}.")
         if self.max_tokens is not None and (not is_int(self.max_tokens) or self.max_tokens < 1):
             raise bad("max_tokens", f"max_tokens must be at least 1, got {self.max_tokens!r}.")
         if not self.temperature >= 0.0:
@@ -81,8 +91,12 @@ class SamplingParams:
             value = getattr(self, name)
             if not -2.0 <= value <= 2.0:
                 raise bad(name, f"{name} must be in [-2, 2], got {value!r}.")
-        if self.seed is not None and not is_int(self.seed):
-            raise bad("seed", f"seed must be an integer, got {self.seed!r}.")
+        if self.seed is not None and (
+            not is_int(self.seed) or not SEED_MIN <= self.seed <= SEED_MAX
+        ):
+            raise bad(
+                "seed", f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}], got {self.seed!r}."
+            )
         if not is_int(self.min_tokens) or self.min_tokens < 0:
             raise bad("min_tokens", f"min_tokens must be >= 0, got {self.min_tokens!r}.")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:

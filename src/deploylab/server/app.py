@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,42 +14,34 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from deploylab.errors import (
-    DeploylabError,
-    EngineOverloadedError,
-    InvalidRequestError,
-    PromptTooLongError,
+from deploylab.errors import DeploylabError
+from deploylab.server.errors import (
+    APIError,
+    ErrorResponse,
+    ServerShuttingDownError,
+    api_error,
+    install_error_handlers,
 )
 from deploylab.server.handlers import GenerationHandler
 from deploylab.server.metrics import ServerMetrics
-from deploylab.server.protocol import ChatCompletionRequest, CompletionRequest, error_body, now
+from deploylab.server.openapi import install_request_schemas, request_body
+from deploylab.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    describe_validation_error,
+    now,
+)
 
 log = logging.getLogger(__name__)
 
-
-class APIError(Exception):
-    """An HTTP error with an OpenAI-style body."""
-
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.param = param
-
-    @property
-    def err_type(self) -> str:
-        return {
-            400: "BadRequestError",
-            404: "NotFoundError",
-            413: "RequestTooLargeError",
-            422: "BadRequestError",
-            429: "RateLimitError",
-            503: "ServiceUnavailableError",
-        }.get(self.status, "InternalServerError")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 404, 413, 429, 500, 503)
+}
 
 
 @dataclass
 class ServerState:
-    """What the routes share: the engine once loaded, names, limits and metrics."""
+    """What the routes share: the engine once loaded, names, limits, metrics, shutdown state."""
 
     served_model_name: str
     max_body_bytes: int = 4 * 1024 * 1024
@@ -58,15 +50,36 @@ class ServerState:
     metrics: ServerMetrics | None = None
     load_error: str | None = None
     ready: threading.Event = field(default_factory=threading.Event)
+    draining: bool = False
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def begin_shutdown(self, timeout: float) -> None:
+        """Stop taking requests; in-flight ones get `timeout` seconds, then fail with a 503
+        (streams: an error event and `[DONE]`). Safe to call from a signal handler."""
+        if self.draining:
+            return
+        self.draining = True
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.call_later, timeout, self._expire, timeout)
+
+    def _expire(self, timeout: float) -> None:
+        if self.handler is not None:
+            self.handler.abort_all(
+                ServerShuttingDownError(
+                    f"The server shut down before this request finished (shutdown timeout "
+                    f"{timeout:g} s); retry on another replica."
+                )
+            )
 
 
 def create_app(state: ServerState, load_engine: Callable[[], Any] | None = None) -> FastAPI:
     """Build the app; `load_engine` runs in a thread at start-up (health is 503 until it ends)."""
 
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        state.loop = asyncio.get_running_loop()
         task = None
         if load_engine is not None and state.engine is None:
-            task = asyncio.get_running_loop().run_in_executor(None, _load, state, load_engine)
+            task = state.loop.run_in_executor(None, _load, state, load_engine)
         elif state.engine is not None:
             _attach(state, state.engine)
         yield
@@ -76,18 +89,17 @@ def create_app(state: ServerState, load_engine: Callable[[], Any] | None = None)
             state.engine.shutdown()
 
     app = FastAPI(title="deploylab", lifespan=lifespan)
-
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        if state.metrics is not None:
-            state.metrics.observe_error(exc.status)
-        return JSONResponse(
-            error_body(str(exc), exc.err_type, exc.param, exc.status), status_code=exc.status
-        )
+    install_error_handlers(app, _observer(state))
+    install_request_schemas(app, [CompletionRequest, ChatCompletionRequest])
 
     def _handler() -> GenerationHandler:
+        if state.draining:
+            raise APIError(503, "The server is shutting down; retry on another replica.")
         if state.handler is None:
             raise APIError(503, state.load_error or "The model is still loading; retry shortly.")
+        dead = state.engine.dead_reason
+        if dead is not None:
+            raise APIError(503, f"{dead} The server must be restarted.")
         return state.handler
 
     async def _parse(request: Request, schema: type[Any]) -> Any:
@@ -100,17 +112,10 @@ def create_app(state: ServerState, load_engine: Callable[[], Any] | None = None)
             if len(body) > state.max_body_bytes:
                 raise APIError(413, f"Request body over the limit of {state.max_body_bytes} bytes.")
         try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise APIError(400, f"Invalid JSON body: {exc}") from None
-        if not isinstance(data, dict):
-            raise APIError(400, "The JSON body must be an object.")
-        try:
-            req = schema.model_validate(data)
+            req = schema.model_validate_json(bytes(body))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(p) for p in first["loc"]) or None
-            raise APIError(400, f"Invalid field '{param}': {first['msg']}", param) from None
+            message, param = describe_validation_error(schema, exc)
+            raise APIError(400, message, param) from None
         if req.model is not None and req.model != state.served_model_name:
             raise APIError(
                 404,
@@ -120,35 +125,37 @@ def create_app(state: ServerState, load_engine: Callable[[], Any] | None = None)
             )
         return req
 
-    async def _generate(req: Any, chat: bool) -> Response:
+    async def _generate(request: Request, req: Any, chat: bool) -> Response:
         handler = _handler()
         try:
+            handler.engine.check_admission()  # a full queue answers 429 before any work
             prepared = handler.prepare(req, chat)
             if req.stream:
                 stream = handler.stream(prepared)
-                first = await anext(stream)  # surfaces admission errors before the 200
+                # surfaces admission errors before the 200
+                first = await _unless_disconnected(request, anext(stream))
                 return StreamingResponse(
                     _prepend(first, stream),
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                 )
-            return JSONResponse(await handler.complete(prepared))
-        except PromptTooLongError as exc:
-            raise APIError(400, str(exc), exc.param or ("messages" if chat else "prompt")) from None
-        except InvalidRequestError as exc:
-            raise APIError(400, str(exc), exc.param) from None
-        except EngineOverloadedError as exc:
-            raise APIError(429, str(exc)) from None
+            return JSONResponse(await _unless_disconnected(request, handler.complete(prepared)))
+        except _ClientGone:
+            return Response(status_code=499)
         except DeploylabError as exc:
-            raise APIError(400, str(exc)) from None
+            raise api_error(exc, "messages" if chat else "prompt") from None
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=request_body(CompletionRequest), responses=_ERRORS)
     async def completions(request: Request) -> Response:
-        return await _generate(await _parse(request, CompletionRequest), chat=False)
+        return await _generate(request, await _parse(request, CompletionRequest), chat=False)
 
-    @app.post("/v1/chat/completions")
+    @app.post(
+        "/v1/chat/completions",
+        openapi_extra=request_body(ChatCompletionRequest),
+        responses=_ERRORS,
+    )
     async def chat_completions(request: Request) -> Response:
-        return await _generate(await _parse(request, ChatCompletionRequest), chat=True)
+        return await _generate(request, await _parse(request, ChatCompletionRequest), chat=True)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -166,6 +173,11 @@ def create_app(state: ServerState, load_engine: Callable[[], Any] | None = None)
         if state.handler is None:
             status = "error" if state.load_error else "loading"
             return JSONResponse({"status": status, "detail": state.load_error}, status_code=503)
+        if state.draining:
+            return JSONResponse({"status": "draining", "detail": None}, status_code=503)
+        dead = state.engine.dead_reason
+        if dead is not None:
+            return JSONResponse({"status": "error", "detail": dead}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics")
@@ -177,10 +189,48 @@ def create_app(state: ServerState, load_engine: Callable[[], Any] | None = None)
     return app
 
 
+class _ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
+    """Await `work`; if the client disconnects first, cancel it (its engine request is then
+    aborted and its KV blocks freed) and raise _ClientGone."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    if task.cancelled():
+        raise _ClientGone
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def _prepend(first: str, rest: Any) -> Any:
-    yield first
-    async for item in rest:
-        yield item
+    try:
+        yield first
+        async for item in rest:
+            yield item
+    finally:
+        await rest.aclose()  # on a disconnect: abort the engine request now, not at GC
+
+
+def _observer(state: ServerState) -> Callable[[int], None]:
+    def observe(status: int) -> None:
+        if state.metrics is not None:
+            state.metrics.observe_error(status)
+
+    return observe
 
 
 def _load(state: ServerState, load_engine: Callable[[], Any]) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from deploylab.engine.sampling_params import SamplingParams
+from deploylab.errors import DeploylabError, InvalidRequestError, PromptTooLongError
+from deploylab.server.errors import api_error
 from deploylab.server.metrics import ServerMetrics
 from deploylab.server.protocol import ChatCompletionRequest, CompletionRequest, new_id, now
 
@@ -54,6 +56,14 @@ class GenerationHandler:
         self.model_name = model_name
         self.metrics = metrics
         self.tokenizer = engine.tokenizer
+        # In-flight requests, with the error to raise if the server aborts them (shutdown).
+        self._active: dict[str, DeploylabError | None] = {}
+
+    def abort_all(self, cause: DeploylabError) -> None:
+        """Abort every in-flight request; each fails with `cause`."""
+        for rid in list(self._active):
+            self._active[rid] = cause
+            self.engine.abort(rid)
 
     def prepare(self, req: CompletionRequest | ChatCompletionRequest, chat: bool) -> Prepared:
         """Tokenize the prompt and build SamplingParams (raises InvalidRequestError)."""
@@ -79,33 +89,61 @@ class GenerationHandler:
             top_k=-1 if req.top_k is None else req.top_k,
             min_p=0.0 if req.min_p is None else req.min_p,
             repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
-            presence_penalty=req.presence_penalty,
-            frequency_penalty=req.frequency_penalty,
+            presence_penalty=req.presence_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0,
             seed=req.seed,
             stop=req.stop_list(),
             stop_token_ids=req.stop_token_ids or [],
-            min_tokens=req.min_tokens,
-            ignore_eos=req.ignore_eos,
+            min_tokens=req.min_tokens or 0,
+            ignore_eos=bool(req.ignore_eos),
             logprobs=top,
         )
+        self._check_context(len(ids), params, req, chat)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         rid = new_id("chatcmpl" if chat else "cmpl")
         return Prepared(rid, chat, ids, params, include_usage, top, echo)
 
-    async def _run(self, p: Prepared) -> AsyncIterator[Any]:
+    def _check_context(self, n_prompt: int, params: SamplingParams, req: Any, chat: bool) -> None:
+        """Prompt plus max_tokens (and min_tokens) must fit the context, as vLLM and OpenAI ask."""
+        limit = self.engine.max_model_len
+        where = "messages" if chat else "prompt"
+        if n_prompt >= limit:
+            raise PromptTooLongError(
+                f"The {where} has {n_prompt} tokens; this model's context is {limit} tokens, "
+                f"which must also hold at least one generated token. Shorten the {where}.",
+                param=where,
+            )
+        for name, value in (("max_tokens", params.max_tokens), ("min_tokens", params.min_tokens)):
+            if value is not None and n_prompt + value > limit:
+                if name == "max_tokens" and getattr(req, "max_completion_tokens", None):
+                    name = "max_completion_tokens"
+                raise InvalidRequestError(
+                    f"This model's maximum context length is {limit} tokens. However, you "
+                    f"requested {n_prompt + value} tokens ({n_prompt} in the {where}, {value} "
+                    f"{'in the completion' if name != 'min_tokens' else 'as min_tokens'}). "
+                    f"Reduce the length of the {where} or {name} (at most {limit - n_prompt}).",
+                    param=name,
+                )
+
+    async def _run(self, p: Prepared) -> AsyncGenerator[Any, None]:
         """Engine deltas of one request, with latency bookkeeping and abort on cancel."""
         timing = _Timing()
         n_out = 0
         finish = "abort"
         stream = self.engine.add_request(p.request_id, p.prompt_ids, p.params)
+        self._active[p.request_id] = None
         try:
             async for delta in stream:
+                cause = self._active.get(p.request_id)
+                if delta.finish_reason == "abort" and cause is not None:
+                    raise cause
                 n_out += len(delta.new_token_ids)
                 timing.tokens(len(delta.new_token_ids))
                 if delta.finish_reason is not None:
                     finish = delta.finish_reason
                 yield delta
         finally:
+            self._active.pop(p.request_id, None)
             if finish == "abort":
                 self.engine.abort(p.request_id)
             else:
@@ -154,22 +192,26 @@ class GenerationHandler:
             return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
         runner = self._run(p)
-        # Start the engine request before the first byte, so admission errors become a 4xx.
+        # Start the engine request before the first byte, so its errors become an HTTP status.
         first_delta = await anext(runner, None)
-        if p.chat:
-            role = {"index": 0, "delta": {"role": "assistant", "content": ""}}
-            yield frame([role | {"logprobs": None, "finish_reason": None}])
-        if first_delta is not None:
-            deltas = _chain(first_delta, runner)
-            async for delta in deltas:
-                n_out += len(delta.new_token_ids)
-                if not delta.new_text and not delta.finish_reason and not delta.logprobs:
-                    continue
-                yield frame(
-                    [self._choice(p, delta.new_text, delta.logprobs or [], delta.finish_reason)]
-                )
-        if p.include_usage:
-            yield frame([], _usage(len(p.prompt_ids), n_out))
+        try:
+            if p.chat:
+                role = {"index": 0, "delta": {"role": "assistant", "content": ""}}
+                yield frame([role | {"logprobs": None, "finish_reason": None}])
+            if first_delta is not None:
+                async for delta in _chain(first_delta, runner):
+                    n_out += len(delta.new_token_ids)
+                    if not delta.new_text and not delta.finish_reason and not delta.logprobs:
+                        continue
+                    yield frame(
+                        [self._choice(p, delta.new_text, delta.logprobs or [], delta.finish_reason)]
+                    )
+            if p.include_usage:
+                yield frame([], _usage(len(p.prompt_ids), n_out))
+        except DeploylabError as exc:  # after the 200: an error event, then [DONE]
+            yield f"data: {json.dumps(api_error(exc).body())}\n\n"
+        finally:
+            await runner.aclose()
         yield "data: [DONE]\n\n"
 
     def _choice(

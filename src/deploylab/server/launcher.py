@@ -1,5 +1,5 @@
 """Run the server: uvicorn on loopback by default, engine loaded in the background,
-graceful drain on SIGTERM."""
+graceful drain on SIGTERM (vLLM's `--shutdown-timeout` semantics)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -20,12 +21,13 @@ def serve(
     served_model_name: str,
     host: str = "127.0.0.1",
     port: int = 8000,
-    drain_seconds: float = 30.0,
+    shutdown_timeout: float = 30.0,
     max_body_bytes: int = 4 * 1024 * 1024,
     on_ready: Callable[[str], None] | None = None,
     log_level: str = "warning",
 ) -> None:
-    """Serve until SIGTERM/SIGINT; in-flight requests get `drain_seconds` to finish."""
+    """Serve until SIGTERM/SIGINT; in-flight requests get `shutdown_timeout` seconds to finish,
+    then fail with 503 (a stream with an error event and `[DONE]`); the process exits 0."""
     state = ServerState(served_model_name=served_model_name, max_body_bytes=max_body_bytes)
     app = create_app(state, load_engine)
     config = uvicorn.Config(
@@ -33,10 +35,11 @@ def serve(
         host=host,
         port=port,
         log_level=log_level,
-        timeout_graceful_shutdown=int(drain_seconds),
+        # uvicorn's own limit comes after ours, so aborted streams still send their last event
+        timeout_graceful_shutdown=int(shutdown_timeout) + _FLUSH_SECONDS,
         access_log=False,
     )
-    server = uvicorn.Server(config)
+    server = _DrainingServer(config, state, shutdown_timeout)
     if on_ready is None:
         on_ready = _ignore
     url_host = f"[{host}]" if ":" in host else host
@@ -54,6 +57,22 @@ def serve(
         signal.signal(signal.SIGTERM, previous)
     if state.load_error is not None:
         raise ModelLoadError(state.load_error)
+
+
+_FLUSH_SECONDS = 5
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn that, on SIGTERM/SIGINT, also starts the app's shutdown timeout."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState, timeout: float) -> None:
+        super().__init__(config)
+        self._state = state
+        self._timeout = timeout
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._state.begin_shutdown(self._timeout)
+        super().handle_exit(sig, frame)
 
 
 def _announce(

@@ -1,44 +1,69 @@
-"""OpenAI-compatible request and response schemas (the subset deploylab serves)."""
+"""OpenAI-compatible request and response schemas (the subset deploylab serves).
+
+Request models are strict, as vLLM's and OpenAI's are: JSON types are not coerced
+(`"stream": "yes"` and `"max_tokens": true` are errors), Infinity/NaN are rejected, and every
+number has the range vLLM (or, where vLLM has none, OpenAI) allows. Unknown fields are ignored.
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+INT32_MAX = 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_TOP_LOGPROBS = 20
+
+TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
 
 
-class StreamOptions(BaseModel):
+class FieldError(ValueError):
+    """A cross-field validation error that names the field at fault."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class StrictModel(BaseModel):
+    """Base of every request schema: strict JSON types, finite numbers, unknown fields ignored."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+
+class StreamOptions(StrictModel):
     """`stream_options` of the OpenAI API."""
 
-    include_usage: bool = False
+    include_usage: bool | None = False
 
 
-class _Request(BaseModel):
+class _Request(StrictModel):
     """Fields shared by completions and chat completions; unknown fields are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
-
     model: str | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
+    stop: NonEmptyStr | list[NonEmptyStr] | None = None
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int = 1
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
     user: str | None = None
     # vLLM extras that load tools send
-    ignore_eos: bool = False
-    min_tokens: int = 0
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    stop_token_ids: list[int] | None = None
+    ignore_eos: bool | None = False
+    min_tokens: int | None = Field(default=0, ge=0)
+    top_k: int | None = Field(default=None, ge=-1, le=INT32_MAX)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    stop_token_ids: list[TokenId] | None = None
 
     @field_validator("n")
     @classmethod
@@ -46,6 +71,12 @@ class _Request(BaseModel):
         if value != 1:
             raise ValueError("only n=1 is supported")
         return value
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> _Request:
+        if self.stream_options is not None and not self.stream:
+            raise FieldError("stream_options", "stream_options can only be set when stream is true")
+        return self
 
     def stop_list(self) -> list[str]:
         """The stop strings as a list."""
@@ -57,9 +88,14 @@ class _Request(BaseModel):
 class CompletionRequest(_Request):
     """`POST /v1/completions`."""
 
-    prompt: str | list[int] | list[str] | list[list[int]]
-    logprobs: int | None = Field(default=None, ge=0, le=20)
-    echo: bool = False
+    prompt: (
+        NonEmptyStr
+        | Annotated[list[TokenId], Field(min_length=1)]
+        | Annotated[list[NonEmptyStr], Field(min_length=1)]
+        | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)]
+    )
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: bool | None = False
 
     @field_validator("prompt")
     @classmethod
@@ -71,17 +107,15 @@ class CompletionRequest(_Request):
         return value
 
 
-class TextPart(BaseModel):
+class TextPart(StrictModel):
     """A `{"type": "text", "text": ...}` content part."""
 
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(StrictModel):
     """One chat message; `content` is a string or a list of text parts."""
-
-    model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[TextPart] | None = None
@@ -98,20 +132,15 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(_Request):
     """`POST /v1/chat/completions`."""
 
-    messages: list[ChatMessage]
-    max_completion_tokens: int | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
-
-    @field_validator("messages")
-    @classmethod
-    def _not_empty(cls, value: list[ChatMessage]) -> list[ChatMessage]:
-        if not value:
-            raise ValueError("messages must contain at least one message")
-        return value
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @model_validator(mode="after")
     def _merge_max_tokens(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise FieldError("top_logprobs", "top_logprobs requires logprobs to be true")
         if self.max_completion_tokens is not None:
             self.max_tokens = self.max_completion_tokens
         return self
@@ -138,3 +167,68 @@ def now() -> int:
 def error_body(message: str, err_type: str, param: str | None, code: int) -> dict[str, Any]:
     """The OpenAI error body: `{"error": {"message", "type", "param", "code"}}`."""
     return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+
+
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def field_range(schema: type[BaseModel], name: str) -> str | None:
+    """The allowed range of a top-level numeric field, as "[0, 2]" or ">= 1" (None if unbounded)."""
+    info = schema.model_fields.get(name)
+    if info is None:
+        return None
+    lo = hi = None
+    for m in info.metadata:
+        if isinstance(m, Ge):
+            lo = f"[{m.ge}"
+        elif isinstance(m, Gt):
+            lo = f"({m.gt}"
+        elif isinstance(m, Le):
+            hi = f"{m.le}]"
+        elif isinstance(m, Lt):
+            hi = f"{m.lt})"
+    if lo and hi:
+        return f"{lo}, {hi}"
+    if lo:
+        return (">= " if lo[0] == "[" else "> ") + lo[1:]
+    if hi:
+        return ("<= " if hi[-1] == "]" else "< ") + hi[:-1]
+    return None
+
+
+def _is_union_tag(part: Any) -> bool:
+    """True for the union-member labels pydantic puts in error locations ("list[int]")."""
+    return isinstance(part, str) and (not part.isidentifier() or part in _TYPE_TAGS)
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def describe_validation_error(
+    schema: type[BaseModel], exc: ValidationError
+) -> tuple[str, str | None]:
+    """A user-facing message and the field at fault (`param`) for a request's first error.
+
+    Of a union's alternatives, the error that got deepest into the input is reported, a
+    broken constraint before a wrong type."""
+    errors = exc.errors()
+    first = max(errors, key=lambda e: (len(e["loc"]), not e["type"].endswith("_type")))
+    ctx = first.get("ctx") or {}
+    err = ctx.get("error")
+    if isinstance(err, FieldError):
+        return f"Invalid field '{err.param}': {err}", err.param
+    if first["type"] == "json_invalid":
+        return f"Invalid JSON body: {ctx.get('error', first['msg'])}", None
+    loc = [str(p) for p in first["loc"] if not _is_union_tag(p)]
+    if not loc:
+        if first["type"] == "model_type":
+            return "The JSON body must be an object.", None
+        return f"Invalid request: {first['msg']}", None
+    param = ".".join(loc)
+    msg = first["msg"]
+    if first["type"] in _RANGE_ERRORS:
+        allowed = field_range(schema, loc[0]) if len(loc) == 1 else None
+        if allowed is not None:
+            where = f"in {allowed}" if allowed[0] in "[(" else allowed
+            msg = f"must be {where}, got {first['input']!r}"
+    return f"Invalid field '{param}': {msg}", param
