@@ -52,7 +52,7 @@ class RequestStream:
         if isinstance(item, BaseException):
             self.finished = True
             raise item
-        if item.finished:
+        if item.request_finished:
             self.finished = True
         return item
 
@@ -207,23 +207,21 @@ class AsyncEngine:
                     continue
                 self._loops[seq.request_id] = loop
             else:
-                delta = self.engine.abort_request(cmd[1])
-                if delta is not None:
-                    deltas.append(delta)
+                deltas += self.engine.abort(cmd[1])
         return deltas
 
     def _deliver(self, deltas: list[RequestDelta]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[RequestDelta]] = {}
         for delta in deltas:
             loop = self._loops.get(delta.request_id)
-            if delta.finished:
+            if delta.request_finished:
                 self._loops.pop(delta.request_id, None)
             if loop is not None:
                 by_loop.setdefault(loop, []).append(delta)
         for loop, batch in by_loop.items():
             if not self._send(loop, [(d.request_id, d) for d in batch]):
                 for delta in batch:  # the caller's loop is closed: nobody listens any more
-                    if not delta.finished:
+                    if not delta.request_finished:
                         self.abort(delta.request_id)
 
     def _send(
@@ -243,7 +241,7 @@ class AsyncEngine:
             stream = self._streams.get(request_id)
             if stream is None:
                 continue
-            if isinstance(item, BaseException) or item.finished:
+            if isinstance(item, BaseException) or item.request_finished:
                 del self._streams[request_id]
             stream._put(item)
 

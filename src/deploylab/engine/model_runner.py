@@ -65,6 +65,10 @@ class ModelRunner:
             if model.fuse_for_cuda() and max_model_len:  # fused projections, Triton small ops
                 model.model.rotary_emb.use_table(max_model_len, dtype)
         self.graphs: DecodeGraphs | None = None
+        # Filled by `execute` for prefill chunks of requests that want prompt logprobs:
+        # (sequence, position of the chunk's first token, float32 logits of every row).
+        self.prompt_logits: list[tuple[Sequence, int, torch.Tensor]] = []
+        self._prompt_rows: list[tuple[Sequence, int, int, int]] = []  # seq, row, len, pos
 
     def enable_cuda_graphs(self, max_batch: int, max_model_len: int) -> bool:
         """Capture decode steps as CUDA graphs (needs the paged decode kernel). The last
@@ -172,6 +176,8 @@ class ModelRunner:
                 if p0 > 0:
                     chunk.gather_index, chunk.mask = self._context_index(seq.block_table, p0, n)
             prefills.append(chunk)
+            if seq.params.prompt_logprobs is not None and p0 < seq.num_prompt_tokens:
+                self._prompt_rows.append((seq, start, n, p0))
             if item.samples:
                 sample_rows.append(start + n - 1)
                 sample_seqs.append(seq)
@@ -299,6 +305,7 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> tuple[list[Sequence], torch.Tensor | None]:
         """Run the step; returns the sequences that sample and their float32 logits."""
         self.kv_cache.copy_blocks(out.block_copies)
+        self.prompt_logits, self._prompt_rows = [], []
         graphs = self.graphs
         if (
             graphs is not None
@@ -308,6 +315,9 @@ class ModelRunner:
             return self._execute_graph(out.scheduled)
         input_ids, positions, meta, rows, seqs = self.prepare(out.scheduled)
         hidden = self.model(input_ids, positions, meta, self.kv_cache.layers)
+        for seq, row, n, p0 in self._prompt_rows:
+            chunk_logits = self.model.compute_logits(hidden[row : row + n])
+            self.prompt_logits.append((seq, p0, chunk_logits))
         if not rows:
             return seqs, None
         index = self._to_device(torch.tensor(rows, dtype=torch.int64))
