@@ -51,7 +51,10 @@ def test_n_samples_share_prompt_blocks_and_match_separate_requests(smol: ModelPa
     llm = smol.llm(enable_prefix_caching=False)
     separate = llm.generate(
         [PROMPT] * 4,
-        [SamplingParams(temperature=1.0, seed=11 + i, max_tokens=12, ignore_eos=True) for i in range(4)],
+        [
+            SamplingParams(temperature=1.0, seed=11 + i, max_tokens=12, ignore_eos=True)
+            for i in range(4)
+        ],
     )
     assert [forked[i] for i in range(4)] == [o.token_ids for o in separate]
     assert len({tuple(v) for v in forked.values()}) > 1  # the samples differ
@@ -92,9 +95,7 @@ def hf_smol(smol: ModelParts) -> Any:
 
 
 @pytest.mark.parametrize("chunk", [512, 16])  # one prefill chunk, or chunks of 16 tokens
-def test_prompt_logprobs_match_transformers(
-    smol: ModelParts, hf_smol: Any, chunk: int
-) -> None:
+def test_prompt_logprobs_match_transformers(smol: ModelParts, hf_smol: Any, chunk: int) -> None:
     ids = smol.tokenizer.encode("The quick brown fox jumps over the lazy dog because it was")
     ids = ids + smol.tokenizer.encode(" very happy about the weather in Paris today.")
     engine = smol.engine(max_num_batched_tokens=chunk, max_num_seqs=4)
@@ -146,14 +147,15 @@ def test_json_schema_output_is_valid_for_every_sample(smol: ModelParts) -> None:
         add_generation_prompt=True,
     )
     ids = list(enc["input_ids"] if hasattr(enc, "keys") else enc)
-    params = SamplingParams(
-        n=3, temperature=1.0, seed=3, max_tokens=40, structured_output=spec
-    )
+    params = SamplingParams(n=3, temperature=1.0, seed=3, max_tokens=40, structured_output=spec)
     outs = smol.llm().generate(ids, params)
     for out in outs:
         assert out.finish_reason == "stop", out.text
         value = json.loads(out.text)
-        assert set(value) == {"city", "capital"} and value["city"] in SCHEMA["properties"]["city"]["enum"]  # type: ignore[index]
+        assert (
+            set(value) == {"city", "capital"}
+            and value["city"] in SCHEMA["properties"]["city"]["enum"]
+        )  # type: ignore[index]
         assert isinstance(value["capital"], bool)
 
 

@@ -74,9 +74,7 @@ class SamplingParams:
             return isinstance(v, int) and not isinstance(v, bool)
 
         least = 0 if self.prompt_logprobs is not None else 1
-        if self.max_tokens is not None and (
-            not is_int(self.max_tokens) or self.max_tokens < least
-        ):
+        if self.max_tokens is not None and (not is_int(self.max_tokens) or self.max_tokens < least):
             raise bad(
                 "max_tokens",
                 f"max_tokens must be at least {least}, got {self.max_tokens!r}"

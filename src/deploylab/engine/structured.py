@@ -83,7 +83,9 @@ class StructuredState:
     def advance(self, token: int) -> bool:
         """Consume the appended token; True when the grammar has ended (stop here)."""
         if not self.matcher.consume_token(token):
-            logger.warning("structured output: token %d rejected: %s", token, self.matcher.get_error())
+            logger.warning(
+                "structured output: token %d rejected: %s", token, self.matcher.get_error()
+            )
             return True
         return bool(self.matcher.is_stopped())
 
