@@ -7,11 +7,18 @@ Prints one table row per library: the tokenizer set-up (once per server), the sc
 compile time (once per request), and the median and p90 per-token mask cost.
 
     PYTHONPATH=src .venv/bin/python benchmarks/structured_mask.py [--repeats 5]
+
+xgrammar is not a dependency of deploylab (only this comparison uses it; its wheel pulls
+triton): `pip install --no-deps xgrammar apache-tvm-ffi`. Without it its row is skipped.
+
+Then, with the real model in the engine (batch of one, greedy, 128 tokens), the time per
+token without a grammar and with one that allows every token (full mask cost, same output).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import time
@@ -97,9 +104,37 @@ def bench_llguidance(tok: Any, ids: list[int], vocab: int) -> Timings:
     return setup_s, compile_s, times
 
 
+def bench_engine(tokens: int) -> None:
+    """Greedy decode of one request with and without a grammar that allows every token
+    (`(.|\\n)*`): the same tokens, so the difference is the mask's cost inside a step."""
+    from deploylab.engine import LLM, SamplingParams
+    from deploylab.engine.structured import StructuredOutput
+
+    llm = LLM(model="smollm2-135m-instruct", device="cpu", dtype="float32")
+    prompt = "Once upon a time, in a small village by the sea,"
+    free = StructuredOutput("regex", "(.|\\n)*")
+    best: dict[str, float] = {}
+    texts: dict[str, str] = {}
+    for _ in range(3):  # alternate the two, keep each one's best (the machine is shared)
+        for label, spec in (("no grammar", None), ("llguidance mask", free)):
+            params = SamplingParams(
+                temperature=0, max_tokens=tokens, ignore_eos=True, structured_output=spec
+            )
+            llm.generate(prompt, params)  # warm-up (and the tokenizer conversion)
+            start = time.perf_counter()
+            out = llm.generate(prompt, params)[0]
+            per_token = (time.perf_counter() - start) / len(out.token_ids)
+            best[label] = min(best.get(label, per_token), per_token)
+            texts[label] = out.text
+    assert texts["no grammar"] == texts["llguidance mask"], "a grammar allowing all changed tokens"
+    for label, seconds in best.items():
+        print(f"{label:<16} {tokens} tokens  {seconds * 1e3:.2f} ms/token (best of 3)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--engine-tokens", type=int, default=128, help="0 skips the engine run")
     args = parser.parse_args()
     torch.set_num_threads(1)
     tok = load_tokenizer()
@@ -111,6 +146,9 @@ def main() -> None:
         f"{'p90 us/token':>13}"
     )
     for name, fn in (("xgrammar", bench_xgrammar), ("llguidance", bench_llguidance)):
+        if importlib.util.find_spec(name) is None:
+            print(f"{name:<12} not installed: skipped")
+            continue
         setups, compiles, per_token = [], [], []
         for _ in range(args.repeats):
             s, c, times = fn(tok, ids, vocab)
@@ -124,6 +162,8 @@ def main() -> None:
             f"{statistics.median(compiles) * 1e3:>10.1f} "
             f"{statistics.median(per_token) * 1e6:>16.1f} {p90 * 1e6:>13.1f}"
         )
+    if args.engine_tokens:
+        bench_engine(args.engine_tokens)
 
 
 if __name__ == "__main__":
