@@ -166,3 +166,26 @@ def test_bad_schema_is_rejected_up_front(smol: ModelParts) -> None:
         engine.add_request("x", PROMPT, SamplingParams(structured_output=bad))
     assert err.value.param == "response_format"
     assert not engine.has_unfinished_requests()
+
+
+def test_prompt_logprobs_through_one_token_chunks(smol: ModelParts, hf_smol: Any) -> None:
+    """A 15-token prompt beside it leaves one token of a 16-token budget: the logprobs prompt
+    then computes a one-token chunk (a decode-shaped row) that must still be scored."""
+    engine = smol.engine(max_num_batched_tokens=16, max_num_seqs=2, enable_prefix_caching=False)
+    engine.add_request("other", list(range(2000, 2015)), SamplingParams(max_tokens=8))
+    ids = list(range(3000, 3030))
+    engine.add_request("lp", ids, SamplingParams(max_tokens=1, prompt_logprobs=0))
+    engine.step()
+    assert engine._seqs["lp"].num_computed_tokens == 1
+    got = None
+    while engine.has_unfinished_requests():
+        for d in engine.step():
+            if d.request_id == "lp" and d.prompt_logprobs is not None:
+                got = d.prompt_logprobs
+    assert got is not None and len(got) == len(ids)
+    with torch.inference_mode():
+        ref = torch.log_softmax(hf_smol(torch.tensor([ids])).logits[0].float(), dim=-1)
+    for t in range(1, len(ids)):
+        entry = got[t]
+        assert entry is not None
+        assert entry.logprob == pytest.approx(ref[t - 1, ids[t]].item(), abs=1e-3)

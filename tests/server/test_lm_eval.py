@@ -1,5 +1,5 @@
 """lm-evaluation-harness's `local-completions` model against the real server, on a small
-multiple-choice log-likelihood task whose data ships in benchmarks/lm_eval (no internet):
+multiple-choice log-likelihood task whose data ships in benchmarks/lm_eval_task (no internet):
 every log-likelihood it gets must equal transformers' on the same model and tokens."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def test_lm_eval_loglikelihoods_equal_transformers(
         model="local-completions",
         model_args=args,
         tasks=[TASK],
-        task_manager=TaskManager(include_path=str(ROOT / "benchmarks" / "lm_eval")),
+        task_manager=TaskManager(include_path=str(ROOT / "benchmarks" / "lm_eval_task")),
         log_samples=True,
     )
     assert out is not None

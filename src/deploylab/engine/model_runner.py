@@ -153,6 +153,8 @@ class ModelRunner:
             slots.append(slot)
             ctx_lens.append(p + 1)
             tables.append(seq.block_table)
+            if _wants_prompt_logits(seq):  # a one-token chunk inside a prompt
+                self._prompt_rows.append((seq, row, 1, p))
             if item.samples:
                 sample_rows.append(row)
                 sample_seqs.append(seq)
@@ -176,7 +178,7 @@ class ModelRunner:
                 if p0 > 0:
                     chunk.gather_index, chunk.mask = self._context_index(seq.block_table, p0, n)
             prefills.append(chunk)
-            if seq.params.prompt_logprobs is not None and p0 < seq.num_prompt_tokens:
+            if _wants_prompt_logits(seq):
                 self._prompt_rows.append((seq, start, n, p0))
             if item.samples:
                 sample_rows.append(start + n - 1)
@@ -311,6 +313,7 @@ class ModelRunner:
             graphs is not None
             and len(out.scheduled) <= graphs.max_batch
             and all(s.num_new_tokens == 1 for s in out.scheduled)
+            and not any(_wants_prompt_logits(s.seq) for s in out.scheduled)
         ):
             return self._execute_graph(out.scheduled)
         input_ids, positions, meta, rows, seqs = self.prepare(out.scheduled)
@@ -322,3 +325,10 @@ class ModelRunner:
             return seqs, None
         index = self._to_device(torch.tensor(rows, dtype=torch.int64))
         return seqs, self.model.compute_logits(hidden.index_select(0, index))
+
+
+def _wants_prompt_logits(seq: Sequence) -> bool:
+    """True while a request that asked for prompt logprobs is still computing its prompt."""
+    return (
+        seq.params.prompt_logprobs is not None and seq.num_computed_tokens < seq.num_prompt_tokens
+    )
