@@ -307,6 +307,7 @@ def test_tool_choice_required_named_auto_none(server: Any) -> None:
             },
             "response_format",
         ),
+        ({"response_format": {"type": "json_object"}, "min_tokens": 3}, "min_tokens"),
         ({"n": 0}, "n"),
         ({"n": 1000}, "n"),
     ],

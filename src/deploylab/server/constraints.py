@@ -53,6 +53,17 @@ class Constraint:
 
 def plan(req: CompletionRequest | ChatCompletionRequest) -> Constraint:
     """The request's constraint; an unsupported combination raises InvalidRequestError."""
+    constraint = _plan(req)
+    if constraint.structured is not None and req.min_tokens:
+        raise InvalidRequestError(
+            "min_tokens cannot be combined with response_format or tools: the grammar decides "
+            "where the output ends. Drop min_tokens.",
+            param="min_tokens",
+        )
+    return constraint
+
+
+def _plan(req: CompletionRequest | ChatCompletionRequest) -> Constraint:
     fmt = req.response_format
     json_fmt = fmt is not None and fmt.type != "text"
     if isinstance(req, CompletionRequest) or not req.tools:
