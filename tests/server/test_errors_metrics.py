@@ -68,7 +68,7 @@ BAD_REQUESTS = [
     (CHAT, {"model": MODEL, "messages": []}, 400, "messages"),
     (CHAT, {"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages"),
     (CHAT, {"model": MODEL, "messages": "hello"}, 400, "messages"),
-    (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n"),
+    (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 0}, 400, "n"),
     (COMP, b"x" * (5 * 1024 * 1024), 413, None),
 ]
 

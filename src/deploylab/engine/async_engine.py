@@ -63,7 +63,7 @@ class RequestStream:
         if isinstance(item, BaseException):
             self.finished = True
             raise item
-        if item.finished:
+        if item.request_finished:
             self.finished = True
         return item
 
@@ -239,9 +239,7 @@ class AsyncEngine:
                     continue
                 self._loops[seq.request_id] = loop
             else:
-                delta = self.engine.abort_request(cmd[1])
-                if delta is not None:
-                    deltas.append(delta)
+                deltas += self.engine.abort(cmd[1])
         return deltas
 
     def _deliver(self, deltas: list[RequestDelta]) -> None:
@@ -249,17 +247,21 @@ class AsyncEngine:
         for delta in deltas:
             rid = delta.request_id
             loop = self._loops.get(rid)
-            if delta.finished:
-                self._loops.pop(rid, None)
             item: RequestDelta | BaseException = delta
             if delta.finish_reason == "error":
+                # One sample failed: the request fails as a whole (its other samples stop).
                 item = _request_error(rid, self.engine.failures.pop(rid, None))
+                if not delta.request_finished:
+                    self.abort(rid)
+                self._loops.pop(rid, None)
+            elif delta.request_finished:
+                self._loops.pop(rid, None)
             if loop is not None:
                 by_loop.setdefault(loop, []).append((rid, item))
         for loop, batch in by_loop.items():
             if not self._send(loop, batch):
                 for rid, item in batch:  # the caller's loop is closed: nobody listens any more
-                    if isinstance(item, RequestDelta) and not item.finished:
+                    if isinstance(item, RequestDelta) and not item.request_finished:
                         self.abort(rid)
 
     def _send(
@@ -279,7 +281,7 @@ class AsyncEngine:
             stream = self._streams.get(request_id)
             if stream is None:
                 continue
-            if isinstance(item, BaseException) or item.finished:
+            if isinstance(item, BaseException) or item.request_finished:
                 del self._streams[request_id]
             stream._put(item)
 

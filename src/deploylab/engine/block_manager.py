@@ -102,8 +102,8 @@ class BlockManager:
     def lookup_prefix(self, seq: Sequence) -> list[int]:
         """Cached blocks holding a prefix of `seq` (at least one token is left to compute,
         so the step that finishes the prompt has logits to sample from)."""
-        if not self.enable_prefix_caching:
-            return []
+        if not self.enable_prefix_caching or seq.params.prompt_logprobs is not None:
+            return []  # prompt logprobs need every prompt position computed
         max_blocks = (seq.num_tokens - 1) // self.block_size
         self._ensure_hashes(seq, max_blocks)
         hits: list[int] = []
@@ -171,6 +171,7 @@ class BlockManager:
             self._ref(block)
         child.block_table = list(parent.block_table)
         child.num_computed_tokens = parent.num_computed_tokens
+        child.num_hashed_blocks = parent.num_hashed_blocks
 
     def cache_full_blocks(self, seq: Sequence) -> None:
         """Register `seq`'s full, computed blocks in the prefix cache."""

@@ -33,7 +33,8 @@ class LLM:
         prompts: Prompt | Seq[Prompt],
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
     ) -> list[RequestOutput]:
-        """Generate for one prompt or a list of prompts (text or token-id lists)."""
+        """Generate for one prompt or a list of prompts (text or token-id lists); a request
+        with `n` samples gives `n` outputs in a row (their `index` 0..n-1)."""
         if isinstance(prompts, str) or (
             isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
         ):
@@ -56,19 +57,21 @@ class LLM:
             self._counter += 1
             seqs.append(engine.make_sequence(f"llm-{self._counter}", prompt, params))
         results = {
-            s.request_id: RequestOutput(s.request_id, s.prompt, s.prompt_token_ids) for s in seqs
+            (s.request_id, i): RequestOutput(s.request_id, s.prompt, s.prompt_token_ids, index=i)
+            for s in seqs
+            for i in range(s.params.n)
         }
         for seq in seqs:
             engine.add_sequence(seq)
         try:
             while engine.has_unfinished_requests():
                 for delta in engine.step():
-                    results[delta.request_id].add(delta)
+                    results[delta.request_id, delta.index].add(delta)
         finally:
-            for rid, result in results.items():
+            for (rid, _), result in results.items():
                 if not result.finished:
-                    engine.abort_request(rid)
-        return [results[s.request_id] for s in seqs]
+                    engine.abort(rid)
+        return list(results.values())
 
     def chat(
         self,

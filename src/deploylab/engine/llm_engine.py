@@ -19,11 +19,13 @@ from deploylab.engine.model_runner import ModelRunner
 from deploylab.engine.models.config import LlamaConfig
 from deploylab.engine.models.llama import LlamaForCausalLM
 from deploylab.engine.outputs import EngineStats, RequestDelta, TokenLogprobs
+from deploylab.engine.prompt_logprobs import record_prompt_logprobs
 from deploylab.engine.sampler import Sampler
 from deploylab.engine.sampling_params import SamplingParams
 from deploylab.engine.scheduler import Scheduler
 from deploylab.engine.sequence import Sequence
 from deploylab.engine.stop import find_stop_string, holdback
+from deploylab.engine.structured import StructuredBackend
 from deploylab.engine.tokenizer import eos_token_ids
 from deploylab.errors import ConfigError, InvalidRequestError, PromptTooLongError
 
@@ -86,10 +88,12 @@ class LLMEngine:
         if config.cuda_graphs and self.device.type == "cuda":
             self.runner.enable_cuda_graphs(config.max_num_seqs, self.max_model_len)
         self.sampler = Sampler(self.device, config.seed, self.eos_token_ids)
-        self._seqs: dict[str, Sequence] = {}
         # Errors of requests that failed inside a step (finish_reason "error"), by request id.
         self.failures: dict[str, BaseException] = {}
         self._batch: list[Sequence] | None = None  # the current step's sequences
+        self._seqs: dict[str, Sequence] = {}  # request id -> its first sample
+        self._forks: dict[str, list[Sequence]] = {}  # request id -> samples 1..n-1
+        self.structured = StructuredBackend(tokenizer, self.model_config.vocab_size)
         self._arrivals = itertools.count()
         self._prompt_tokens = 0
         self._generation_tokens = 0
@@ -178,6 +182,12 @@ class LLMEngine:
                 )
         if not ids:
             raise InvalidRequestError("The prompt is empty (no tokens).", param="prompt")
+        if params.n > self.config.max_num_seqs:
+            raise InvalidRequestError(
+                f"n ({params.n}) exceeds this engine's max_num_seqs "
+                f"({self.config.max_num_seqs}); ask for fewer samples.",
+                param="n",
+            )
         if len(ids) >= self.max_model_len:
             raise PromptTooLongError(
                 f"The prompt has {len(ids)} tokens; this engine's context is "
@@ -186,11 +196,17 @@ class LLMEngine:
                 param="prompt",
             )
         seq = Sequence(request_id, ids, params, next(self._arrivals), prompt=text)
+        self._attach_state(seq)
+        return seq
+
+    def _attach_state(self, seq: Sequence) -> None:
+        """Give a new sample its detokenizer and, with structured output, its grammar state."""
         if self.tokenizer is not None:
             seq.detokenizer = IncrementalDetokenizer(
-                self.tokenizer, ids, params.skip_special_tokens
+                self.tokenizer, seq.prompt_token_ids, seq.params.skip_special_tokens
             )
-        return seq
+        if seq.params.structured_output is not None:
+            seq.structured = self.structured.start(seq.params.structured_output)
 
     def add_sequence(self, seq: Sequence) -> None:
         """Queue a sequence made by `make_sequence`."""
@@ -210,13 +226,23 @@ class LLMEngine:
         self.add_sequence(seq)
         return seq
 
+    def abort(self, request_id: str) -> list[RequestDelta]:
+        """Stop all samples of a request now and free their blocks; their final deltas."""
+        deltas = []
+        for seq in self._group(request_id):
+            if not seq.is_finished:
+                self.scheduler.finish(seq, "abort")
+                deltas.append(self._finish_delta(seq))
+        return deltas
+
     def abort_request(self, request_id: str) -> RequestDelta | None:
-        """Stop a request now and free its blocks; its final delta (None if unknown)."""
-        seq = self._seqs.get(request_id)
-        if seq is None:
-            return None
-        self.scheduler.finish(seq, "abort")
-        return self._finish_delta(seq)
+        """`abort`, returning the request's last delta (None if unknown)."""
+        deltas = self.abort(request_id)
+        return deltas[-1] if deltas else None
+
+    def _group(self, request_id: str) -> list[Sequence]:
+        first = self._seqs.get(request_id)
+        return [first, *self._forks.get(request_id, ())] if first is not None else []
 
     def has_unfinished_requests(self) -> bool:
         """True while a request is waiting or running."""
@@ -238,12 +264,15 @@ class LLMEngine:
         self._steps += 1
         seqs, logits = self.runner.execute(out)
         self.scheduler.update_after_step(out)
+        for seq, p0, chunk_logits in self.runner.prompt_logits:
+            record_prompt_logprobs(seq, p0, chunk_logits)
         if logits is None:
             return []
+        if any(s.pending_forks for s in seqs):
+            seqs, logits = self._fork_samples(seqs, logits)
         faults: dict[int, BaseException] = {}
         with torch.inference_mode():
             tokens, logprobs = self.sampler(logits, seqs, faults)
-        self._generation_tokens += len(tokens)
         deltas = []
         with self.tokenizer_lock:
             for i, (seq, token, lp) in enumerate(zip(seqs, tokens, logprobs, strict=True)):
@@ -270,8 +299,35 @@ class LLMEngine:
         self.failures[seq.request_id] = exc
         return self._finish_delta(seq)
 
+    def _fork_samples(
+        self, seqs: list[Sequence], logits: torch.Tensor
+    ) -> tuple[list[Sequence], torch.Tensor]:
+        """Fork the other `n - 1` samples of requests whose prompt was just computed: they
+        share its KV blocks (the partial last block is copied on write) and its logits row."""
+        rows: list[int] = []
+        out: list[Sequence] = []
+        for i, seq in enumerate(seqs):
+            rows.append(i)
+            out.append(seq)
+            forks = self._forks.setdefault(seq.request_id, []) if seq.pending_forks else []
+            for index in range(1, seq.pending_forks + 1):
+                child = seq.fork(index)
+                self.block_manager.fork(seq, child)
+                self._attach_state(child)
+                self.scheduler.add_forked(child)
+                forks.append(child)
+                rows.append(i)
+                out.append(child)
+            seq.pending_forks = 0
+        index_t = torch.tensor(rows, dtype=torch.int64, device=logits.device)
+        return out, logits.index_select(0, index_t)
+
     def _append_token(self, seq: Sequence, token: int, lp: TokenLogprobs | None) -> None:
         params = seq.params
+        if params.max_tokens == 0:  # prompt logprobs only: nothing is generated
+            self.scheduler.finish(seq, "length")
+            return
+        self._generation_tokens += 1
         seq.token_ids.append(token)
         if lp is not None:
             seq.logprobs.append(lp)
@@ -293,6 +349,8 @@ class LLMEngine:
                 stop, at = found
                 seq.text = seq.text[: at + len(stop) if params.include_stop_str_in_output else at]
                 reason, stop_reason = "stop", stop
+            elif seq.structured is not None and seq.structured.advance(token):
+                reason = "stop"  # the grammar has ended: nothing else may follow
         if reason is None and (
             (params.max_tokens is not None and n_out >= params.max_tokens)
             or seq.num_tokens >= self.max_model_len
@@ -310,11 +368,15 @@ class LLMEngine:
         return self._make_delta(seq, max(visible, seq.num_emitted_chars))
 
     def _finish_delta(self, seq: Sequence) -> RequestDelta:
-        self._seqs.pop(seq.request_id, None)
-        self._finished += 1
-        return self._make_delta(seq, len(seq.text))
+        rid = seq.request_id
+        done = all(s.is_finished for s in self._group(rid))
+        if done:
+            self._seqs.pop(rid, None)
+            self._forks.pop(rid, None)
+            self._finished += 1
+        return self._make_delta(seq, len(seq.text), done)
 
-    def _make_delta(self, seq: Sequence, visible_chars: int) -> RequestDelta:
+    def _make_delta(self, seq: Sequence, visible_chars: int, done: bool = False) -> RequestDelta:
         first_tok = seq.num_prompt_tokens + seq.num_emitted_tokens
         new_ids = seq.token_ids[first_tok:]
         logprobs = None
@@ -323,6 +385,9 @@ class LLMEngine:
         new_text = seq.text[seq.num_emitted_chars : visible_chars]
         seq.num_emitted_tokens += len(new_ids)
         seq.num_emitted_chars = max(seq.num_emitted_chars, visible_chars)
+        prompt_logprobs = None
+        if seq.params.prompt_logprobs is not None and not seq.prompt_logprobs_sent:
+            prompt_logprobs, seq.prompt_logprobs_sent = seq.prompt_logprobs, True
         return RequestDelta(
             request_id=seq.request_id,
             new_token_ids=new_ids,
@@ -332,6 +397,9 @@ class LLMEngine:
             logprobs=logprobs,
             num_prompt_tokens=seq.num_prompt_tokens,
             num_cached_tokens=seq.num_cached_tokens,
+            index=seq.index,
+            request_finished=done,
+            prompt_logprobs=prompt_logprobs,
         )
 
     def stats(self) -> EngineStats:

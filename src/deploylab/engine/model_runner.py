@@ -65,6 +65,10 @@ class ModelRunner:
             if model.fuse_for_cuda() and max_model_len:  # fused projections, Triton small ops
                 model.model.rotary_emb.use_table(max_model_len, dtype)
         self.graphs: DecodeGraphs | None = None
+        # Filled by `execute` for prefill chunks of requests that want prompt logprobs:
+        # (sequence, position of the chunk's first token, float32 logits of every row).
+        self.prompt_logits: list[tuple[Sequence, int, torch.Tensor]] = []
+        self._prompt_rows: list[tuple[Sequence, int, int, int]] = []  # seq, row, len, pos
 
     def enable_cuda_graphs(self, max_batch: int, max_model_len: int) -> bool:
         """Capture decode steps as CUDA graphs (needs the paged decode kernel). The last
@@ -149,6 +153,8 @@ class ModelRunner:
             slots.append(slot)
             ctx_lens.append(p + 1)
             tables.append(seq.block_table)
+            if _wants_prompt_logits(seq):  # a one-token chunk inside a prompt
+                self._prompt_rows.append((seq, row, 1, p))
             if item.samples:
                 sample_rows.append(row)
                 sample_seqs.append(seq)
@@ -172,6 +178,8 @@ class ModelRunner:
                 if p0 > 0:
                     chunk.gather_index, chunk.mask = self._context_index(seq.block_table, p0, n)
             prefills.append(chunk)
+            if _wants_prompt_logits(seq):
+                self._prompt_rows.append((seq, start, n, p0))
             if item.samples:
                 sample_rows.append(start + n - 1)
                 sample_seqs.append(seq)
@@ -299,16 +307,28 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> tuple[list[Sequence], torch.Tensor | None]:
         """Run the step; returns the sequences that sample and their float32 logits."""
         self.kv_cache.copy_blocks(out.block_copies)
+        self.prompt_logits, self._prompt_rows = [], []
         graphs = self.graphs
         if (
             graphs is not None
             and len(out.scheduled) <= graphs.max_batch
             and all(s.num_new_tokens == 1 for s in out.scheduled)
+            and not any(_wants_prompt_logits(s.seq) for s in out.scheduled)
         ):
             return self._execute_graph(out.scheduled)
         input_ids, positions, meta, rows, seqs = self.prepare(out.scheduled)
         hidden = self.model(input_ids, positions, meta, self.kv_cache.layers)
+        for seq, row, n, p0 in self._prompt_rows:
+            chunk_logits = self.model.compute_logits(hidden[row : row + n])
+            self.prompt_logits.append((seq, p0, chunk_logits))
         if not rows:
             return seqs, None
         index = self._to_device(torch.tensor(rows, dtype=torch.int64))
         return seqs, self.model.compute_logits(hidden.index_select(0, index))
+
+
+def _wants_prompt_logits(seq: Sequence) -> bool:
+    """True while a request that asked for prompt logprobs is still computing its prompt."""
+    return (
+        seq.params.prompt_logprobs is not None and seq.num_computed_tokens < seq.num_prompt_tokens
+    )

@@ -32,10 +32,14 @@ class RequestDelta:
     logprobs: list[TokenLogprobs] | None = None
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
+    index: int = 0  # which of the request's `n` samples (the choice index)
+    request_finished: bool = False  # True on the request's last delta (all samples done)
+    # The prompt tokens' logprobs (first entry None), on the sample's first delta only.
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
     @property
     def finished(self) -> bool:
-        """True for the request's last delta."""
+        """True for this sample's last delta."""
         return self.finish_reason is not None
 
 
@@ -52,6 +56,8 @@ class RequestOutput:
     stop_reason: int | str | None = None
     logprobs: list[TokenLogprobs] | None = None
     num_cached_tokens: int = 0
+    index: int = 0
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
     @property
     def finished(self) -> bool:
@@ -67,6 +73,8 @@ class RequestOutput:
                 self.logprobs = []
             self.logprobs.extend(delta.logprobs)
         self.num_cached_tokens = delta.num_cached_tokens
+        if delta.prompt_logprobs is not None:
+            self.prompt_logprobs = delta.prompt_logprobs
         if delta.finish_reason is not None:
             self.finish_reason = delta.finish_reason
             self.stop_reason = delta.stop_reason

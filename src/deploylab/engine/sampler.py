@@ -1,7 +1,8 @@
 """`Sampler`: logits -> next tokens, with penalties, truncation, seeds and logprobs.
 
 Order per row: logprobs are taken from the raw distribution; then repetition, presence and
-frequency penalties; stop tokens are banned until `min_tokens`; greedy rows take the argmax;
+frequency penalties; stop tokens are banned until `min_tokens`; a request with structured
+output masks the tokens its grammar forbids (`structured.py`); greedy rows take the argmax;
 the others are divided by their temperature, cut by top-k, top-p and min-p, and sampled.
 
 Sampling uses the exponential race (argmax of p / E with E ~ Exp(1)), which draws exactly one
@@ -84,7 +85,8 @@ class Sampler:
     def _seq_generator(self, seq: Sequence) -> torch.Generator:
         if seq.generator is None:
             assert seq.params.seed is not None
-            seq.generator = torch.Generator(device=self.device).manual_seed(seq.params.seed)
+            seed = seq.params.seed + seq.index  # sample i of n: its own reproducible stream
+            seq.generator = torch.Generator(device=self.device).manual_seed(seed)
         return seq.generator
 
     def __call__(
@@ -122,6 +124,8 @@ class Sampler:
             banned = self._stop_ids(p)
             if banned:
                 row[banned] = float("-inf")
+        if seq.structured is not None:
+            seq.structured.mask(row)
 
     def _pick(
         self,

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from deploylab.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from deploylab.engine.structured import StructuredOutput
 
 MAX_LOGPROBS = 20
 SAMPLING_EPS = 1e-5  # temperatures below this decode greedily (as vLLM): 1/T would overflow
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # what a torch.Generator accepts
+MAX_N = 128
 
 
 @dataclass
@@ -20,7 +25,10 @@ class SamplingParams:
     None means "until the context is full". `logprobs` N returns, for every generated token,
     its logprob and the N most likely alternatives (0 = the sampled token only), taken from the
     model's raw distribution (before penalties and temperature). `seed` makes sampling
-    reproducible whatever the other requests in the batch are.
+    reproducible whatever the other requests in the batch are (sample i of `n` uses seed + i).
+    `n` samples share the prompt's KV blocks (forked after prefill). `prompt_logprobs` N
+    returns the prompt tokens' logprobs too (then `max_tokens` may be 0: prefill only).
+    `structured_output` constrains decoding to a JSON schema or grammar (structured.py).
     """
 
     max_tokens: int | None = 16
@@ -39,6 +47,9 @@ class SamplingParams:
     logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    n: int = 1
+    prompt_logprobs: int | None = None
+    structured_output: StructuredOutput | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -72,8 +83,22 @@ class SamplingParams:
                 raise bad(name, f"{name} must be a number, got {value!r}.")
             if not math.isfinite(value):
                 raise bad(name, f"{name} must be a finite number, got {value!r}.")
-        if self.max_tokens is not None and (not is_int(self.max_tokens) or self.max_tokens < 1):
-            raise bad("max_tokens", f"max_tokens must be at least 1, got {self.max_tokens!r}.")
+        least = 0 if self.prompt_logprobs is not None else 1
+        if self.max_tokens is not None and (not is_int(self.max_tokens) or self.max_tokens < least):
+            raise bad(
+                "max_tokens",
+                f"max_tokens must be at least {least}, got {self.max_tokens!r}"
+                + (" (0 needs prompt logprobs)." if least else "."),
+            )
+        if not is_int(self.n) or not 1 <= self.n <= MAX_N:
+            raise bad("n", f"n must be an integer in [1, {MAX_N}], got {self.n!r}.")
+        if self.prompt_logprobs is not None and (
+            not is_int(self.prompt_logprobs) or not 0 <= self.prompt_logprobs <= MAX_LOGPROBS
+        ):
+            raise bad(
+                "prompt_logprobs",
+                f"prompt_logprobs must be in [0, {MAX_LOGPROBS}], got {self.prompt_logprobs!r}.",
+            )
         if not self.temperature >= 0.0:
             raise bad("temperature", f"temperature must be >= 0, got {self.temperature!r}.")
         if not 0.0 < self.top_p <= 1.0:
@@ -96,6 +121,12 @@ class SamplingParams:
         ):
             raise bad(
                 "seed", f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}], got {self.seed!r}."
+            )
+        if self.seed is not None and is_int(self.n) and self.seed + self.n - 1 > SEED_MAX:
+            raise bad(
+                "seed",
+                f"seed + n - 1 must stay <= {SEED_MAX} (sample i uses seed + i), got seed "
+                f"{self.seed} with n {self.n}.",
             )
         if not is_int(self.min_tokens) or self.min_tokens < 0:
             raise bad("min_tokens", f"min_tokens must be >= 0, got {self.min_tokens!r}.")

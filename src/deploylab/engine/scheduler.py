@@ -101,6 +101,11 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         self.waiting.append(seq)
 
+    def add_forked(self, seq: Sequence) -> None:
+        """Run a sample forked from a running sequence (it shares the parent's blocks)."""
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         self.running.remove(seq)
         self.block_manager.free(seq)
@@ -146,8 +151,12 @@ class Scheduler:
 
     def _admit(self, out: SchedulerOutput, budget: int) -> int:
         bm = self.block_manager
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+        # Samples still to fork from running sequences hold their slots already.
+        reserved = sum(s.pending_forks for s in self.running)
+        while self.waiting and budget > 0:
             seq = self.waiting[0]
+            if len(self.running) + reserved + 1 + seq.pending_forks > self.max_num_seqs:
+                break  # room for all `n` samples, forked once the prompt is computed
             cached = bm.lookup_prefix(seq)
             num_cached = len(cached) * bm.block_size
             n = min(seq.num_tokens - num_cached, budget)
@@ -163,6 +172,7 @@ class Scheduler:
                 seq.admitted = True
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
+            reserved += seq.pending_forks
             out.scheduled.append(ScheduledSeq(seq, n))
             budget -= n
         return budget

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
     from deploylab.engine.detokenizer import IncrementalDetokenizer
     from deploylab.engine.outputs import TokenLogprobs
+    from deploylab.engine.structured import StructuredState
 
 
 class SequenceStatus(enum.Enum):
@@ -39,8 +40,12 @@ class Sequence:
         params: SamplingParams,
         arrival: int,
         prompt: str | None = None,
+        index: int = 0,
     ) -> None:
         self.request_id = request_id
+        self.index = index  # which of the request's `n` samples this is (its choice index)
+        # Samples still to fork from this one once its prompt is computed (n - 1 at first).
+        self.pending_forks = params.n - 1 if index == 0 else 0
         self.prompt = prompt
         self.params = params
         self.arrival = arrival
@@ -61,6 +66,10 @@ class Sequence:
         self.stop_reason: int | str | None = None
         self.generator: torch.Generator | None = None
         self.logprobs: list[TokenLogprobs] = []
+        # Prompt-token logprobs (`params.prompt_logprobs`): None for the first token.
+        self.prompt_logprobs: list[TokenLogprobs | None] = []
+        self.prompt_logprobs_sent = False
+        self.structured: StructuredState | None = None  # a grammar's token mask (structured.py)
         self.detokenizer: IncrementalDetokenizer | None = None
         self.text = ""
         self.num_emitted_tokens = 0  # tokens already reported in a delta
@@ -97,6 +106,19 @@ class Sequence:
             f"computed={self.num_computed_tokens}, blocks={len(self.block_table)}, "
             f"{self.status.value})"
         )
+
+    def fork(self, index: int) -> Sequence:
+        """A sibling sample that shares this sequence's prompt (its blocks are shared by
+        `BlockManager.fork`); its own generator, logprobs and text start empty."""
+        child = Sequence(
+            self.request_id, self.prompt_token_ids, self.params, self.arrival, self.prompt, index
+        )
+        child.prompt_array = self.prompt_array
+        child.admitted = True
+        child.num_cached_tokens = self.num_cached_tokens
+        child.block_hashes = list(self.block_hashes)
+        child.prompt_logprobs = self.prompt_logprobs
+        return child
 
     def input_ids(self, start: int, end: int) -> array:
         """Token ids `[start, end)` as packed int64."""
