@@ -21,8 +21,9 @@ from deploylab.engine.models.llama import LlamaForCausalLM
 from deploylab.engine.outputs import EngineStats, RequestDelta, TokenLogprobs
 from deploylab.engine.sampler import Sampler
 from deploylab.engine.sampling_params import SamplingParams
-from deploylab.engine.scheduler import Scheduler
+from deploylab.engine.scheduler import Scheduler, SchedulerOutput
 from deploylab.engine.sequence import Sequence
+from deploylab.engine.spec_decode import SpecDecoder, parse_speculative_config
 from deploylab.engine.stop import find_stop_string, holdback
 from deploylab.engine.tokenizer import eos_token_ids
 from deploylab.errors import ConfigError, InvalidRequestError, PromptTooLongError
@@ -86,6 +87,10 @@ class LLMEngine:
         if config.cuda_graphs and self.device.type == "cuda":
             self.runner.enable_cuda_graphs(config.max_num_seqs, self.max_model_len)
         self.sampler = Sampler(self.device, config.seed, self.eos_token_ids)
+        spec_config = parse_speculative_config(config.speculative_config)
+        self.spec: SpecDecoder | None = None  # the speculative-decoding hook (off: None)
+        if spec_config is not None:
+            self.spec = SpecDecoder(spec_config, self.scheduler, self.max_model_len)
         self._seqs: dict[str, Sequence] = {}
         self._arrivals = itertools.count()
         self._prompt_tokens = 0
@@ -216,11 +221,18 @@ class LLMEngine:
     # ---- the step ----------------------------------------------------------------------
     def step(self) -> list[RequestDelta]:
         """Run one batch; deltas of the requests that produced a token or finished."""
+        spec = self.spec
+        if spec is not None:
+            spec.propose()
         out = self.scheduler.schedule()
+        if spec is not None:
+            spec.reconcile(out)
         if out.is_empty:
             return []
         self._steps += 1
         seqs, logits = self.runner.execute(out)
+        if spec is not None and spec.drafting:
+            return self._spec_step(out, seqs, logits)
         self.scheduler.update_after_step(out)
         if logits is None:
             return []
@@ -232,6 +244,27 @@ class LLMEngine:
             for seq, token, lp in zip(seqs, tokens, logprobs, strict=True):
                 self._append_token(seq, token, lp)
                 deltas.append(self._delta(seq))
+        return deltas
+
+    def _spec_step(
+        self, out: SchedulerOutput, seqs: list[Sequence], logits: torch.Tensor | None
+    ) -> list[RequestDelta]:
+        """A step that verified speculative drafts: append each sequence's accepted tokens
+        (up to a stop), then mark the valid tokens computed and roll back the rest."""
+        assert self.spec is not None
+        with torch.inference_mode():
+            results = self.spec.verify(out, seqs, logits, self.sampler)
+        deltas = []
+        with self.tokenizer_lock:
+            for seq, tokens, logprobs in results:
+                for token, lp in zip(tokens, logprobs, strict=True):
+                    self._append_token(seq, token, lp)
+                    self._generation_tokens += 1
+                    if seq.is_finished:
+                        break
+                deltas.append(self._delta(seq))
+        self.scheduler.update_after_step(out)
+        self.spec.rollback(out)
         return deltas
 
     def _append_token(self, seq: Sequence, token: int, lp: TokenLogprobs | None) -> None:

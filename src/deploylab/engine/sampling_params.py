@@ -17,7 +17,8 @@ class SamplingParams:
     "until the context is full". `logprobs` N returns, for every generated token, its logprob
     and the N most likely alternatives (0 = the sampled token only), taken from the model's
     raw distribution (before penalties and temperature). `seed` makes sampling reproducible
-    whatever the other requests in the batch are.
+    whatever the other requests in the batch are. `num_speculative_tokens` (deploylab's own)
+    caps this request's draft tokens per step when the engine speculates (0: never).
     """
 
     max_tokens: int | None = 16
@@ -36,6 +37,7 @@ class SamplingParams:
     logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    num_speculative_tokens: int | None = None  # per-request draft limit (None: engine's k)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -95,6 +97,12 @@ class SamplingParams:
         ):
             raise bad(
                 "logprobs", f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs!r}."
+            )
+        k = self.num_speculative_tokens
+        if k is not None and (not is_int(k) or k < 0):
+            raise bad(
+                "num_speculative_tokens",
+                f"num_speculative_tokens must be an integer >= 0, got {k!r}.",
             )
         for s in self.stop:
             if not isinstance(s, str) or not s:
