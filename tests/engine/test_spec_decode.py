@@ -190,3 +190,28 @@ def test_bad_speculative_config_is_explained(tiny: ModelParts, config: Any, matc
 def test_bad_per_request_k_is_explained() -> None:
     with pytest.raises(InvalidRequestError, match="num_speculative_tokens"):
         SamplingParams(num_speculative_tokens=-1)
+
+
+def test_engine_stats_and_prometheus_counters(tiny: ModelParts) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from deploylab.server.metrics import ServerMetrics
+
+    engine = tiny.engine(speculative_config=NGRAM)
+    run(engine, looping_prompts(3), greedy_params(3, spec_off_every=99))
+    s = engine.stats()
+    spec = engine.spec.stats  # type: ignore[union-attr]
+    assert s.spec_num_drafts_total == spec.num_drafts > 0
+    assert sum(s.spec_accepted_per_position) == s.spec_num_accepted_tokens_total > 0
+    assert list(s.spec_accepted_per_position) == sorted(s.spec_accepted_per_position, reverse=True)
+    text = ServerMetrics(engine.stats, "m").render().decode()
+    samples = {
+        (x.name, x.labels.get("position")): x.value
+        for fam in text_string_to_metric_families(text)
+        for x in fam.samples
+    }
+    assert samples[("vllm:spec_decode_num_draft_tokens_total", None)] == s.spec_num_draft_tokens_total
+    assert samples[("vllm:spec_decode_num_accepted_tokens_per_pos_total", "0")] == (
+        s.spec_accepted_per_position[0]
+    )
+    assert tiny.engine().stats().spec_num_drafts_total is None

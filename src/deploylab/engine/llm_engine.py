@@ -334,6 +334,7 @@ class LLMEngine:
     def stats(self) -> EngineStats:
         """A snapshot of queue sizes, KV usage and token counters."""
         bm = self.block_manager
+        spec = self.spec.stats if self.spec is not None else None
         return EngineStats(
             num_running=self.scheduler.num_running,
             num_waiting=self.scheduler.num_waiting,
@@ -347,4 +348,8 @@ class LLMEngine:
             num_recomputed_tokens_total=self.scheduler.num_recomputed_tokens,
             num_requests_finished_total=self._finished,
             num_steps_total=self._steps,
+            spec_num_drafts_total=spec.num_drafts if spec else None,
+            spec_num_draft_tokens_total=spec.num_draft_tokens if spec else 0,
+            spec_num_accepted_tokens_total=spec.num_accepted_tokens if spec else 0,
+            spec_accepted_per_position=tuple(spec.accepted_per_position) if spec else (),
         )
