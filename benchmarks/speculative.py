@@ -1,7 +1,8 @@
 """Speculative decoding in the engine: prompt lookup (n-gram) vs no speculation, same run.
 
 For each prompt set (chat questions; RAG-style prompts whose answers quote their context) and
-each batch size, the same greedy requests run through two engines sharing the model's
+each batch size, the same greedy requests (at least --min-requests, run in groups of the batch
+size: batch 1 runs them one at a time) go through two engines sharing the model's
 weights: one plain, one with `speculative_config`. Reported per row: target passes (engine
 steps), output tokens, tokens per target pass per sequence (1 + accepted drafts per drafting
 step), draft acceptance rate, wall-clock time of both sides and the speed-up. Greedy outputs
@@ -98,14 +99,19 @@ class Row:
         return self.plain_s / self.spec_s
 
 
-def run_side(llm: Any, convs: list[Any], params: Any) -> tuple[float, list[list[int]], int]:
-    """Wall time, output token ids and target passes of one generate call."""
+def run_side(
+    llm: Any, convs: list[Any], params: Any, batch: int
+) -> tuple[float, list[list[int]], int]:
+    """Wall time, output token ids and target passes of generating `convs` in groups of
+    `batch` requests (one `chat` call per group)."""
     engine = llm.llm_engine
     steps0 = engine.stats().num_steps_total
+    ids: list[list[int]] = []
     t0 = time.perf_counter()
-    outs = llm.chat(convs, params)
+    for i in range(0, len(convs), batch):
+        ids += [o.token_ids for o in llm.chat(convs[i : i + batch], params)]
     dt = time.perf_counter() - t0
-    return dt, [o.token_ids for o in outs], engine.stats().num_steps_total - steps0
+    return dt, ids, engine.stats().num_steps_total - steps0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -118,6 +124,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lookup-max", type=int, default=4)
     p.add_argument("--lookup-min", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--min-requests", type=int, default=8, help="requests per row (batch 1: one at a time)"
+    )
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     return p.parse_args(argv)
 
@@ -143,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.prompt_sets:
         for batch in args.batch_sizes:
-            convs = prompt_set(name, batch)
+            convs = prompt_set(name, max(batch, args.min_requests))
             sides = []
             for cfg in (None, spec_cfg):
                 config = EngineConfig(
@@ -153,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 llm = LLM(llm_engine=LLMEngine(config, model=model, tokenizer=tok))
                 llm.chat([[{"role": "user", "content": "hi"}]], SamplingParams(max_tokens=2))
                 llm.llm_engine.block_manager.evict_cached()
-                sides.append((llm, *run_side(llm, convs, params)))
+                sides.append((llm, *run_side(llm, convs, params, batch)))
             (_, plain_s, plain_ids, plain_n), (spec_llm, spec_s, spec_ids, spec_n) = sides
             st = spec_llm.llm_engine.spec.stats
             row = Row(

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 import torch
+from tests.engine.conftest import ModelParts
 
 from deploylab.engine import LLMEngine, SamplingParams
 from deploylab.engine.kv_cache import bytes_per_block
 from deploylab.engine.outputs import RequestOutput
 from deploylab.errors import ConfigError, InvalidRequestError
-from tests.engine.conftest import ModelParts
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1}
 
@@ -174,8 +174,12 @@ def test_stop_strings_and_eos_exact(tiny_tok: ModelParts) -> None:
         ({"method": "ngram", "num_speculative_tokens": 0}, r"in \[1, 32\]"),
         ({"method": "ngram", "num_speculative_tokens": 2, "lookahead": 1}, "unknown keys"),
         (
-            {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 5,
-             "prompt_lookup_max": 3},
+            {
+                "method": "ngram",
+                "num_speculative_tokens": 2,
+                "prompt_lookup_min": 5,
+                "prompt_lookup_max": 3,
+            },
             "must not exceed",
         ),  # fmt: skip
         ("{not json", "not valid JSON"),
@@ -210,8 +214,11 @@ def test_engine_stats_and_prometheus_counters(tiny: ModelParts) -> None:
         for fam in text_string_to_metric_families(text)
         for x in fam.samples
     }
-    assert samples[("vllm:spec_decode_num_draft_tokens_total", None)] == s.spec_num_draft_tokens_total
-    assert samples[("vllm:spec_decode_num_accepted_tokens_per_pos_total", "0")] == (
-        s.spec_accepted_per_position[0]
+    assert (
+        samples[("vllm:spec_decode_num_draft_tokens_total", None)] == s.spec_num_draft_tokens_total
+    )
+    assert (
+        samples[("vllm:spec_decode_num_accepted_tokens_per_pos_total", "0")]
+        == (s.spec_accepted_per_position[0])
     )
     assert tiny.engine().stats().spec_num_drafts_total is None

@@ -9,10 +9,10 @@ from collections.abc import Sequence as Seq
 
 import pytest
 from scipy.stats import chisquare
+from tests.engine.conftest import ModelParts
 
 from deploylab.engine import LLMEngine, SamplingParams
 from deploylab.engine.sequence import Sequence
-from tests.engine.conftest import ModelParts
 
 PROMPT = [17, 301, 45, 99, 230, 17, 301, 45, 88, 411, 5, 17]
 TOP_K = 3
@@ -119,5 +119,3 @@ def test_seeded_requests_reproduce(tiny: ModelParts) -> None:
         runs.append(seq.output_token_ids)
         assert all(s.is_finished for s in extra)
     assert runs[0] == runs[1]
-
-

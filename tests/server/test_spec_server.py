@@ -11,7 +11,6 @@ from typing import Any
 
 import openai
 import pytest
-
 from tests.server.conftest import MODEL, start_server
 from tests.server.test_errors_metrics import metrics
 
@@ -33,9 +32,7 @@ def answer(url: str) -> str:
     return r.choices[0].message.content or ""
 
 
-def test_speculative_server_answers_like_the_plain_one(
-    server: Any, tmp_path: Path
-) -> None:
+def test_speculative_server_answers_like_the_plain_one(server: Any, tmp_path: Path) -> None:
     spec = start_server(tmp_path, "--speculative-config", json.dumps(NGRAM))
     try:
         got = answer(spec.url)
@@ -44,8 +41,10 @@ def test_speculative_server_answers_like_the_plain_one(
         spec.stop()
     assert got == answer(server.url)
     assert m["vllm:spec_decode_num_drafts_total"] > 0
-    assert 0 < m["vllm:spec_decode_num_accepted_tokens_total"] <= (
-        m["vllm:spec_decode_num_draft_tokens_total"]
+    assert (
+        0
+        < m["vllm:spec_decode_num_accepted_tokens_total"]
+        <= (m["vllm:spec_decode_num_draft_tokens_total"])
     )
     assert "vllm:spec_decode_num_drafts_total" not in metrics(server.url)
 

@@ -70,14 +70,12 @@ def parse_speculative_config(raw: Any) -> SpeculativeConfig | None:
         raise ConfigError("speculative_config.num_speculative_tokens is required (e.g. 4).")
     hi = _int_field(raw, "prompt_lookup_max", 1, 64)
     lo = _int_field(raw, "prompt_lookup_min", 1, 64)
-    if hi is None and lo is None:
-        hi, lo = SpeculativeConfig.prompt_lookup_max, SpeculativeConfig.prompt_lookup_min
-    hi = hi if hi is not None else lo
-    lo = lo if lo is not None else min(hi, SpeculativeConfig.prompt_lookup_min)  # type: ignore[type-var]
-    assert hi is not None and lo is not None
+    if hi is None:
+        hi = lo if lo is not None else SpeculativeConfig.prompt_lookup_max
+    if lo is None:
+        lo = min(hi, SpeculativeConfig.prompt_lookup_min)
     if lo > hi:
         raise ConfigError(
-            f"speculative_config.prompt_lookup_min ({lo}) must not exceed prompt_lookup_max "
-            f"({hi})."
+            f"speculative_config.prompt_lookup_min ({lo}) must not exceed prompt_lookup_max ({hi})."
         )
     return SpeculativeConfig(method, k, hi, lo)
