@@ -222,3 +222,22 @@ def test_engine_stats_and_prometheus_counters(tiny: ModelParts) -> None:
         == (s.spec_accepted_per_position[0])
     )
     assert tiny.engine().stats().spec_num_drafts_total is None
+
+
+def test_real_model_greedy_identity_on_a_quoting_prompt(smol: ModelParts) -> None:
+    context = (
+        "Context: The Rhine begins in the Swiss Alps, flows through Germany and the "
+        "Netherlands, and empties into the North Sea."
+    )
+    convs = [
+        [{"role": "user", "content": context + "\nRepeat the context word for word."}],
+        [{"role": "user", "content": "What is the capital of France?"}],
+    ]
+    params = SamplingParams(temperature=0, max_tokens=24)
+    expected = smol.llm().chat(convs, params)
+    llm = smol.llm(speculative_config=NGRAM)
+    got = llm.chat(convs, params)
+    assert [o.token_ids for o in got] == [o.token_ids for o in expected]
+    assert [o.text for o in got] == [o.text for o in expected]
+    assert llm.llm_engine.stats().spec_num_accepted_tokens_total > 0
+    assert llm.llm_engine.stats().num_steps_total < len(expected[0].token_ids)
