@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import typer
 
 from deploylab.catalog import DEFAULT_MODEL, resolve_model
-from deploylab.errors import UsageError
+from deploylab.errors import ConfigError, UsageError
 
 
 def serve(
@@ -25,6 +26,11 @@ def serve(
         256, help="Waiting-queue bound; past it requests get 429 with Retry-After at once."
     ),
     kv_cache_gib: float = typer.Option(1.0, help="KV-cache size on the CPU, GiB."),
+    speculative_config: str | None = typer.Option(
+        None,
+        help='Speculative decoding as JSON (vLLM names), e.g. \'{"method": "ngram", '
+        '"num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}\'.',
+    ),
     shutdown_timeout: float = typer.Option(
         30.0,
         "--shutdown-timeout",
@@ -36,6 +42,7 @@ def serve(
     """Serve a model over an OpenAI-compatible HTTP API."""
     from deploylab.engine.async_engine import AsyncEngine
     from deploylab.engine.config import EngineConfig
+    from deploylab.engine.spec_decode import parse_speculative_config
     from deploylab.server.launcher import serve as run_server
 
     if device not in ("auto", "cpu", "cuda"):
@@ -45,8 +52,13 @@ def serve(
     if not 0 < port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {port}.")
     resolve_model(model)  # fail fast, before binding, on a model that is not here
+    try:
+        spec = parse_speculative_config(speculative_config)
+    except ConfigError as exc:
+        raise UsageError(f"--speculative-config: {exc}") from None
     config = EngineConfig(
         model=model,
+        speculative_config=asdict(spec) if spec is not None else None,
         device=device,
         dtype=dtype,
         max_num_seqs=max_num_seqs,

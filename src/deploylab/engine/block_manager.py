@@ -163,6 +163,13 @@ class BlockManager:
         seq.block_table = []
         seq.num_hashed_blocks = 0
 
+    def trim(self, seq: Sequence) -> None:
+        """Release the tail blocks past `seq`'s computed tokens (rejected speculative drafts;
+        never hashed, as only computed full blocks are offered to the prefix cache)."""
+        keep = -(-seq.num_computed_tokens // self.block_size)
+        while len(seq.block_table) > keep:
+            self._release(seq.block_table.pop())
+
     def fork(self, parent: Sequence, child: Sequence) -> None:
         """Let `child` share all of `parent`'s blocks (written blocks are copied on write)."""
         if child.block_table:

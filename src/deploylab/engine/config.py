@@ -28,7 +28,8 @@ class EngineConfig:
     `gpu_memory_utilization` of the device memory minus what the weights and a working reserve
     use. `max_waiting` bounds the waiting queue of `AsyncEngine` (admission control).
     `random_weights` names a shape preset (e.g. "llama-3.2-1b") to serve random weights
-    instead of loading `model` (benchmarks; token-id prompts only).
+    instead of loading `model` (benchmarks; token-id prompts only). `speculative_config`
+    turns on speculative decoding (see `spec_decode.parse_speculative_config`).
     """
 
     model: str = DEFAULT_MODEL
@@ -46,6 +47,8 @@ class EngineConfig:
     random_weights: str | None = None
     num_threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
     cuda_graphs: bool = True  # capture decode steps on CUDA (with the Triton decode kernel)
+    # vLLM's speculative_config, e.g. {"method": "ngram", "num_speculative_tokens": 4}
+    speculative_config: dict[str, Any] | str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -84,6 +87,9 @@ class EngineConfig:
             raise ConfigError(
                 f"EngineConfig.dtype '{self.dtype}' is not one of auto, {', '.join(_DTYPES)}."
             )
+        from deploylab.engine.spec_decode.config import parse_speculative_config
+
+        parse_speculative_config(self.speculative_config)
         dev = self.device
         if dev not in ("auto", "cpu") and not (dev == "cuda" or dev.startswith("cuda:")):
             raise ConfigError(f"EngineConfig.device '{dev}' is not one of auto, cpu, cuda[:N].")

@@ -22,8 +22,9 @@ from deploylab.engine.outputs import EngineStats, RequestDelta, TokenLogprobs
 from deploylab.engine.prompt_logprobs import record_prompt_logprobs
 from deploylab.engine.sampler import Sampler
 from deploylab.engine.sampling_params import SamplingParams
-from deploylab.engine.scheduler import Scheduler
+from deploylab.engine.scheduler import Scheduler, SchedulerOutput
 from deploylab.engine.sequence import Sequence
+from deploylab.engine.spec_decode import SpecDecoder, parse_speculative_config
 from deploylab.engine.stop import find_stop_string, holdback
 from deploylab.engine.structured import StructuredBackend
 from deploylab.engine.tokenizer import eos_token_ids
@@ -91,6 +92,10 @@ class LLMEngine:
         # Errors of requests that failed inside a step (finish_reason "error"), by request id.
         self.failures: dict[str, BaseException] = {}
         self._batch: list[Sequence] | None = None  # the current step's sequences
+        spec_config = parse_speculative_config(config.speculative_config)
+        self.spec: SpecDecoder | None = None  # the speculative-decoding hook (off: None)
+        if spec_config is not None:
+            self.spec = SpecDecoder(spec_config, self.scheduler, self.max_model_len)
         self._seqs: dict[str, Sequence] = {}  # request id -> its first sample
         self._forks: dict[str, list[Sequence]] = {}  # request id -> samples 1..n-1
         self.structured = StructuredBackend(tokenizer, self.model_config.vocab_size)
@@ -257,15 +262,26 @@ class LLMEngine:
         raised, and `fail_step` then ends the step's requests.
         """
         self._batch = None
+        spec = self.spec
+        if spec is not None:
+            spec.propose()
         out = self.scheduler.schedule()
+        if spec is not None:
+            spec.reconcile(out)
+            if any(item.samples and item.seq.pending_forks for item in out.scheduled):
+                spec.drop_all(out)  # a step that forks n samples runs without drafts
         if out.is_empty:
             return []
         self._batch = [item.seq for item in out.scheduled]
         self._steps += 1
         seqs, logits = self.runner.execute(out)
-        self.scheduler.update_after_step(out)
         for seq, p0, chunk_logits in self.runner.prompt_logits:
             record_prompt_logprobs(seq, p0, chunk_logits)
+        if spec is not None and spec.drafting:
+            return self._spec_step(out, seqs, logits)
+        self.scheduler.update_after_step(out)
+        if spec is not None:
+            spec.release_dropped()
         if logits is None:
             return []
         if any(s.pending_forks for s in seqs):
@@ -321,6 +337,26 @@ class LLMEngine:
             seq.pending_forks = 0
         index_t = torch.tensor(rows, dtype=torch.int64, device=logits.device)
         return out, logits.index_select(0, index_t)
+
+    def _spec_step(
+        self, out: SchedulerOutput, seqs: list[Sequence], logits: torch.Tensor | None
+    ) -> list[RequestDelta]:
+        """A step that verified speculative drafts: append each sequence's accepted tokens
+        (up to a stop), then mark the valid tokens computed and roll back the rest."""
+        assert self.spec is not None
+        with torch.inference_mode():
+            results = self.spec.verify(out, seqs, logits, self.sampler)
+        deltas = []
+        with self.tokenizer_lock:
+            for seq, tokens, logprobs in results:
+                for token, lp in zip(tokens, logprobs, strict=True):
+                    self._append_token(seq, token, lp)
+                    if seq.is_finished:
+                        break
+                deltas.append(self._delta(seq))
+        self.scheduler.update_after_step(out)
+        self.spec.rollback(out)
+        return deltas
 
     def _append_token(self, seq: Sequence, token: int, lp: TokenLogprobs | None) -> None:
         params = seq.params
@@ -405,6 +441,7 @@ class LLMEngine:
     def stats(self) -> EngineStats:
         """A snapshot of queue sizes, KV usage and token counters."""
         bm = self.block_manager
+        spec = self.spec.stats if self.spec is not None else None
         return EngineStats(
             num_running=self.scheduler.num_running,
             num_waiting=self.scheduler.num_waiting,
@@ -418,4 +455,8 @@ class LLMEngine:
             num_recomputed_tokens_total=self.scheduler.num_recomputed_tokens,
             num_requests_finished_total=self._finished,
             num_steps_total=self._steps,
+            spec_num_drafts_total=spec.num_drafts if spec else None,
+            spec_num_draft_tokens_total=spec.num_draft_tokens if spec else 0,
+            spec_num_accepted_tokens_total=spec.num_accepted_tokens if spec else 0,
+            spec_accepted_per_position=tuple(spec.accepted_per_position) if spec else (),
         )

@@ -129,7 +129,8 @@ class ModelRunner:
     ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int], list[Sequence]]:
         """input ids, positions, attention metadata, rows to sample from and their seqs.
 
-        Token order: single-token items (decodes) first, then multi-token prefill chunks.
+        Token order: single-token items (decodes) first, then multi-token prefill chunks. A
+        chunk ending in speculative drafts samples from each draft position and the last one.
         """
         bs = self.block_size
         # Longest context first, so decode groups of similar lengths waste little padding.
@@ -180,9 +181,10 @@ class ModelRunner:
             prefills.append(chunk)
             if _wants_prompt_logits(seq):
                 self._prompt_rows.append((seq, start, n, p0))
-            if item.samples:
-                sample_rows.append(start + n - 1)
-                sample_seqs.append(seq)
+            if item.samples:  # speculative drafts: every draft position's row, then the bonus
+                for row in range(start + n - 1 - seq.num_draft_tokens, start + n):
+                    sample_rows.append(row)
+                    sample_seqs.append(seq)
             start += n
         # One host-to-device copy: token ids, the positions and cache slots made on the host,
         # the prefill kernel's chunk table, the decode kernel's block tables and lengths.

@@ -96,6 +96,11 @@ class EngineStats:
     num_recomputed_tokens_total: int = 0  # tokens computed again after preemptions
     num_requests_finished_total: int = 0
     num_steps_total: int = 0
+    # Speculative decoding (None when off): sequence-steps with drafts, drafts, accepted ones.
+    spec_num_drafts_total: int | None = None
+    spec_num_draft_tokens_total: int = 0
+    spec_num_accepted_tokens_total: int = 0
+    spec_accepted_per_position: tuple[int, ...] = ()  # accepted drafts at positions 0..k-1
 
     @property
     def prefix_cache_hit_rate(self) -> float:

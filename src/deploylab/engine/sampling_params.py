@@ -29,6 +29,8 @@ class SamplingParams:
     `n` samples share the prompt's KV blocks (forked after prefill). `prompt_logprobs` N
     returns the prompt tokens' logprobs too (then `max_tokens` may be 0: prefill only).
     `structured_output` constrains decoding to a JSON schema or grammar (structured.py).
+    `num_speculative_tokens` (deploylab's own) caps this request's draft tokens per step when
+    the engine speculates (0: never).
     """
 
     max_tokens: int | None = 16
@@ -50,6 +52,7 @@ class SamplingParams:
     n: int = 1
     prompt_logprobs: int | None = None
     structured_output: StructuredOutput | None = None
+    num_speculative_tokens: int | None = None  # per-request draft limit (None: engine's k)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -140,6 +143,12 @@ class SamplingParams:
         ):
             raise bad(
                 "logprobs", f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs!r}."
+            )
+        k = self.num_speculative_tokens
+        if k is not None and (not is_int(k) or k < 0):
+            raise bad(
+                "num_speculative_tokens",
+                f"num_speculative_tokens must be an integer >= 0, got {k!r}.",
             )
         for s in self.stop:
             if not isinstance(s, str) or not s:

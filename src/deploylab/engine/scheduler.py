@@ -121,8 +121,8 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         decodes, chunks = [], []
         for s in self.running:
-            left = len(s.token_ids) - s.num_computed_tokens
-            if left == 1:
+            left = len(s.token_ids) - s.num_computed_tokens - s.num_draft_tokens
+            if left == 1:  # a decode (with its speculative drafts, if any)
                 decodes.append(s)
             elif left > 1:
                 chunks.append(s)

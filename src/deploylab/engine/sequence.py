@@ -61,6 +61,7 @@ class Sequence:
         self.block_table: list[int] = []
         self.block_hashes: list[int] = []  # chained hashes of the full blocks of token_ids
         self.num_hashed_blocks = 0  # leading blocks of block_table offered to the prefix cache
+        self.num_draft_tokens = 0  # speculative drafts at the end of token_ids (this step only)
         self.status = SequenceStatus.WAITING
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None

@@ -64,6 +64,28 @@ class _EngineCollector(Collector):
             "Tokens computed again after a preemption (not served from the prefix cache).",
             s.num_recomputed_tokens_total,
         )
+        if s.spec_num_drafts_total is not None:
+            yield from _spec_metrics(s, labels, value)
+
+
+def _spec_metrics(s: EngineStats, labels: list[str], value: list[str]) -> Iterator[Any]:
+    """vLLM's speculative-decoding counters (only when the engine speculates)."""
+    for name, doc, v in (
+        ("num_drafts", "Sequence-steps that verified draft tokens.", s.spec_num_drafts_total),
+        ("num_draft_tokens", "Draft tokens proposed and verified.", s.spec_num_draft_tokens_total),
+        ("num_accepted_tokens", "Draft tokens accepted.", s.spec_num_accepted_tokens_total),
+    ):
+        c = CounterMetricFamily(f"vllm:spec_decode_{name}", doc, labels=labels)
+        c.add_metric(value, float(v or 0))
+        yield c
+    per_pos = CounterMetricFamily(
+        "vllm:spec_decode_num_accepted_tokens_per_pos",
+        "Draft tokens accepted, by position in the draft.",
+        labels=[*labels, "position"],
+    )
+    for i, v in enumerate(s.spec_accepted_per_position):
+        per_pos.add_metric([*value, str(i)], float(v))
+    yield per_pos
 
 
 class ServerMetrics:

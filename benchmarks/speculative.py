@@ -1,0 +1,207 @@
+"""Speculative decoding in the engine: prompt lookup (n-gram) vs no speculation, same run.
+
+For each prompt set (chat questions; RAG-style prompts whose answers quote their context) and
+each batch size, the same greedy requests (at least --min-requests, run in groups of the batch
+size: batch 1 runs them one at a time) go through two engines sharing the model's
+weights: one plain, one with `speculative_config`. Reported per row: target passes (engine
+steps), output tokens, tokens per target pass per sequence (1 + accepted drafts per drafting
+step), draft acceptance rate, wall-clock time of both sides and the speed-up. Greedy outputs
+of both sides are compared token for token (they must be identical).
+
+    python benchmarks/speculative.py --batch-sizes 1 8 32 --max-tokens 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+PASSAGES = [
+    "The Great Barrier Reef is the world's largest coral reef system, composed of over 2,900 "
+    "individual reefs and 900 islands stretching for over 2,300 kilometres. It is located in "
+    "the Coral Sea, off the coast of Queensland, Australia.",
+    "Photosynthesis is the process by which green plants use sunlight, water and carbon "
+    "dioxide to make glucose and oxygen. It takes place in the chloroplasts, which contain "
+    "the green pigment chlorophyll.",
+    "The Rhine is a river that begins in the Swiss Alps, flows through Germany and the "
+    "Netherlands, and empties into the North Sea. It is about 1,230 kilometres long and is "
+    "one of the most important waterways in Europe.",
+    "Marie Curie was a physicist and chemist who conducted pioneering research on "
+    "radioactivity. She was the first woman to win a Nobel Prize and the only person to win "
+    "Nobel Prizes in two different sciences, physics and chemistry.",
+    "The Python programming language was created by Guido van Rossum and first released in "
+    "1991. Its design philosophy emphasizes code readability with the use of significant "
+    "indentation.",
+    "Mount Kilimanjaro is a dormant volcano in Tanzania. It has three volcanic cones, Kibo, "
+    "Mawenzi and Shira, and its highest point, Uhuru Peak, is 5,895 metres above sea level.",
+    "The printing press was invented by Johannes Gutenberg around 1440 in Mainz, Germany. "
+    "His movable-type printing press made books cheaper and helped spread the Renaissance "
+    "and the Reformation.",
+    "Honey bees live in colonies with one queen, thousands of female worker bees and a few "
+    "hundred male drones. Worker bees collect nectar and pollen, build the comb and care for "
+    "the young.",
+]
+QUESTIONS = [
+    "Using only the context, answer: what is it and where is it? Quote the context.",
+    "Summarise the context in two sentences, reusing its exact wording.",
+    "Repeat the most important sentence of the context word for word, then explain it.",
+    "What does the context say? Answer by quoting it.",
+]
+CHAT = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain in two sentences why the sky is blue.",
+    "List three prime numbers and say why they are prime.",
+    "Give me a tip for learning to cook.",
+    "What is the difference between a virus and a bacterium?",
+    "Write a short story opening about a lighthouse keeper.",
+    "How do I make a cup of tea?",
+]
+
+
+def prompt_set(name: str, n: int) -> list[list[dict[str, str]]]:
+    """n conversations (distinct where the set allows) of the named set."""
+    out = []
+    for i in range(n):
+        if name == "chat":
+            text = CHAT[i % len(CHAT)]
+        else:
+            passage = PASSAGES[i % len(PASSAGES)]
+            question = QUESTIONS[(i // len(PASSAGES) + i) % len(QUESTIONS)]
+            text = f"Context:\n{passage}\n\nQuestion: {question}"
+        out.append([{"role": "user", "content": text}])
+    return out
+
+
+@dataclass
+class Row:
+    """One prompt set at one batch size, both sides."""
+
+    prompts: str
+    batch: int
+    output_tokens: int
+    plain_passes: int
+    spec_passes: int
+    tokens_per_pass: float  # per sequence: 1 + accepted drafts per drafting step
+    acceptance: float
+    plain_s: float
+    spec_s: float
+    identical: bool
+
+    @property
+    def speedup(self) -> float:
+        return self.plain_s / self.spec_s
+
+
+def run_side(
+    llm: Any, convs: list[Any], params: Any, batch: int
+) -> tuple[float, list[list[int]], int]:
+    """Wall time, output token ids and target passes of generating `convs` in groups of
+    `batch` requests (one `chat` call per group)."""
+    engine = llm.llm_engine
+    steps0 = engine.stats().num_steps_total
+    ids: list[list[int]] = []
+    t0 = time.perf_counter()
+    for i in range(0, len(convs), batch):
+        ids += [o.token_ids for o in llm.chat(convs[i : i + batch], params)]
+    dt = time.perf_counter() - t0
+    return dt, ids, engine.stats().num_steps_total - steps0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--prompt-sets", nargs="+", default=["rag", "chat"], choices=["rag", "chat"])
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--k", type=int, default=4, help="num_speculative_tokens")
+    p.add_argument("--lookup-max", type=int, default=4)
+    p.add_argument("--lookup-min", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--min-requests", type=int, default=8, help="requests per row (batch 1: one at a time)"
+    )
+    p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from deploylab.catalog import resolve_model
+    from deploylab.engine import LLM, EngineConfig, LLMEngine, SamplingParams
+    from deploylab.engine.models.loader import load_model
+    from deploylab.engine.tokenizer import load_tokenizer
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    path = resolve_model(args.model)
+    model, _ = load_model(path, torch.float32, torch.device("cpu"))
+    tok = load_tokenizer(path)
+    spec_cfg = {
+        "method": "ngram",
+        "num_speculative_tokens": args.k,
+        "prompt_lookup_max": args.lookup_max,
+        "prompt_lookup_min": args.lookup_min,
+    }
+    params = SamplingParams(temperature=0, max_tokens=args.max_tokens)
+    rows = []
+    for name in args.prompt_sets:
+        for batch in args.batch_sizes:
+            convs = prompt_set(name, max(batch, args.min_requests))
+            sides = []
+            for cfg in (None, spec_cfg):
+                config = EngineConfig(
+                    model=str(path), device="cpu", dtype="float32", kv_cache_gib=0.5,
+                    max_num_seqs=max(batch, 1), speculative_config=cfg,
+                )  # fmt: skip
+                llm = LLM(llm_engine=LLMEngine(config, model=model, tokenizer=tok))
+                llm.chat([[{"role": "user", "content": "hi"}]], SamplingParams(max_tokens=2))
+                llm.llm_engine.block_manager.evict_cached()
+                sides.append((llm, *run_side(llm, convs, params, batch)))
+            (_, plain_s, plain_ids, plain_n), (spec_llm, spec_s, spec_ids, spec_n) = sides
+            st = spec_llm.llm_engine.spec.stats
+            row = Row(
+                prompts=name,
+                batch=batch,
+                output_tokens=sum(len(t) for t in spec_ids),
+                plain_passes=plain_n,
+                spec_passes=spec_n,
+                tokens_per_pass=1 + st.num_accepted_tokens / max(st.num_drafts, 1),
+                acceptance=st.num_accepted_tokens / max(st.num_draft_tokens, 1),
+                plain_s=plain_s,
+                spec_s=spec_s,
+                identical=plain_ids == spec_ids,
+            )
+            rows.append(row)
+            print(
+                f"{name:5s} batch {batch:3d}: {row.output_tokens:5d} tokens, passes "
+                f"{plain_n} -> {spec_n}, {row.tokens_per_pass:.2f} tok/pass/seq, accept "
+                f"{row.acceptance:.2f}, {plain_s:.1f}s -> {spec_s:.1f}s = {row.speedup:.2f}x, "
+                f"identical {row.identical}",
+                flush=True,
+            )
+    print(f"\nconfig: {json.dumps(spec_cfg)}, max_tokens {args.max_tokens}, "
+          f"threads {args.threads}")  # fmt: skip
+    print("| prompts | batch | output tokens | target passes (plain → spec) | tokens/pass/seq "
+          "| acceptance | plain s | spec s | speed-up | identical |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        print(
+            f"| {r.prompts} | {r.batch} | {r.output_tokens} | {r.plain_passes} → "
+            f"{r.spec_passes} | {r.tokens_per_pass:.2f} | {r.acceptance:.2f} | "
+            f"{r.plain_s:.1f} | {r.spec_s:.1f} | {r.speedup:.2f}× | "
+            f"{'yes' if r.identical else 'NO'} |"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([asdict(r) | {"speedup": r.speedup} for r in rows], f, indent=1)
+    return 0 if all(r.identical for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""`SpecDecoder`: the engine's speculative-decoding hook.
+
+Per step, around the ordinary continuous-batching step:
+
+1. `propose` (before scheduling): each running sequence that decodes gets up to k draft
+   tokens appended to `token_ids` (`seq.num_draft_tokens` says how many are drafts), so the
+   scheduler and model runner see one multi-token chunk after cached context.
+2. `reconcile` (after scheduling): drafts the batch could not hold (token budget, preempted
+   or unscheduled sequences) are dropped again.
+3. `verify` (after the forward pass): the drafts are removed from `token_ids`, checked
+   against the target's logits at every draft position, and the accepted tokens plus one
+   target token are returned for the engine to append; the scheduled token count shrinks to
+   the tokens whose keys and values are valid.
+4. `rollback` (after `Scheduler.update_after_step`): blocks that hold only rejected tokens
+   are freed. Blocks are offered to the prefix cache only up to the valid tokens, so no
+   rejected token is ever hashed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from deploylab.engine.block_manager import BlockManager
+from deploylab.engine.outputs import TokenLogprobs
+from deploylab.engine.sampler import Sampler
+from deploylab.engine.scheduler import Scheduler, SchedulerOutput
+from deploylab.engine.sequence import Sequence
+from deploylab.engine.spec_decode.config import SpeculativeConfig
+from deploylab.engine.spec_decode.ngram import NgramProposer
+from deploylab.engine.spec_decode.proposer import Proposer
+from deploylab.engine.spec_decode.verify import verify_drafts
+
+StepResult = tuple[Sequence, list[int], list[TokenLogprobs | None]]
+
+
+@dataclass
+class SpecStats:
+    """Counters since start (vLLM's spec_decode metrics)."""
+
+    num_drafts: int = 0  # sequence-steps that verified at least one draft token
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    accepted_per_position: list[int] = field(default_factory=list)
+
+
+class SpecDecoder:
+    """Proposes drafts for running sequences and verifies them in the same target pass."""
+
+    def __init__(
+        self,
+        config: SpeculativeConfig,
+        scheduler: Scheduler,
+        max_model_len: int,
+        proposer: Proposer | None = None,
+    ) -> None:
+        self.config = config
+        self.scheduler = scheduler
+        self.block_manager: BlockManager = scheduler.block_manager
+        self.max_model_len = max_model_len
+        self.proposer: Proposer = proposer or NgramProposer(
+            config.prompt_lookup_max, config.prompt_lookup_min
+        )
+        self.stats = SpecStats(accepted_per_position=[0] * config.num_speculative_tokens)
+        self.drafting: list[Sequence] = []  # sequences holding drafts this step
+        self.dropped: list[Sequence] = []  # drafts taken back before the step (drop_all)
+
+    def num_tokens_for(self, seq: Sequence) -> int:
+        """How many drafts `seq` may get now: its request's k (engine default when unset),
+        never past max_tokens or the context, 0 with penalties (they depend on the drafts)."""
+        params = seq.params
+        k = params.num_speculative_tokens
+        k = self.config.num_speculative_tokens if k is None else k
+        if params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
+            return 0
+        if seq.structured is not None or params.n > 1:  # grammar masks, forks: not verified here
+            return 0
+        left = self.max_model_len - seq.num_tokens - 1
+        if params.max_tokens is not None:
+            left = min(left, params.max_tokens - seq.num_output_tokens - 1)
+        return max(0, min(k, left, self.config.num_speculative_tokens))
+
+    def _block_room(self, seqs: list[Sequence], ks: list[int]) -> list[int]:
+        """Cut ks so that the drafts' extra blocks fit in the free pool (never preempt for a
+        guess), earliest arrivals first."""
+        bm = self.block_manager
+        bs = bm.block_size
+        room = bm.num_free_blocks - self.scheduler.watermark_blocks
+        room -= sum(max(0, -(-s.num_tokens // bs) - len(s.block_table)) for s in seqs)
+        out = []
+        for seq, k in zip(seqs, ks, strict=True):
+            base = max(-(-seq.num_tokens // bs), len(seq.block_table))
+            while k and -(-(seq.num_tokens + k) // bs) - base > room:
+                k -= 1
+            room -= max(0, -(-(seq.num_tokens + k) // bs) - base)
+            out.append(k)
+        return out
+
+    def propose(self) -> None:
+        """Append drafts to the running sequences that decode this step."""
+        seqs = [s for s in self.scheduler.running if s.num_tokens - s.num_computed_tokens == 1]
+        ks = self._block_room(seqs, [self.num_tokens_for(s) for s in seqs])
+        self.drafting = []
+        if not any(ks):
+            return
+        for seq, k, drafts in zip(seqs, ks, self.proposer.propose(seqs, ks), strict=True):
+            if drafts and k:
+                seq.token_ids.extend(drafts[:k])
+                seq.num_draft_tokens = len(drafts[:k])
+                self.drafting.append(seq)
+
+    def reconcile(self, out: SchedulerOutput) -> None:
+        """Keep only the drafts the scheduled batch computes."""
+        scheduled = {id(item.seq): item.num_new_tokens for item in out.scheduled}
+        kept = []
+        for seq in self.drafting:
+            n = scheduled.get(id(seq), 0)
+            keep = max(0, n - 1) if seq.num_computed_tokens else 0  # preempted: recomputes
+            if keep < seq.num_draft_tokens:
+                del seq.token_ids[len(seq.token_ids) - seq.num_draft_tokens + keep :]
+                seq.num_draft_tokens = keep
+            if keep:
+                kept.append(seq)
+        self.drafting = kept
+
+    def verify(
+        self,
+        out: SchedulerOutput,
+        seqs: list[Sequence],
+        logits: torch.Tensor | None,
+        sampler: Sampler,
+    ) -> list[StepResult]:
+        """Tokens each sampling sequence emits this step (rows of a drafting sequence are
+        consecutive in `seqs`/`logits`); the other rows go through the sampler as usual."""
+        if logits is None:
+            return []
+        plain_rows: list[int] = []
+        plain: list[Sequence] = []
+        results: dict[int, StepResult] = {}
+        row = 0
+        while row < len(seqs):
+            seq = seqs[row]
+            k = seq.num_draft_tokens
+            if not k:
+                plain_rows.append(row)
+                plain.append(seq)
+                row += 1
+                continue
+            results[id(seq)] = self._verify_one(seq, logits[row : row + k + 1], sampler)
+            row += k + 1
+        if plain:
+            index = torch.tensor(plain_rows, dtype=torch.int64, device=logits.device)
+            tokens, lps = sampler(logits.index_select(0, index), plain)
+            for seq, token, lp in zip(plain, tokens, lps, strict=True):
+                results[id(seq)] = (seq, [token], [lp])
+        drafting = {id(s) for s in self.drafting}
+        for item in out.scheduled:  # valid keys and values: the input token + accepted drafts
+            if id(item.seq) in drafting:
+                item.num_new_tokens = len(results[id(item.seq)][1])
+        return [results[id(seq)] for seq in dict.fromkeys(seqs)]
+
+    def _verify_one(self, seq: Sequence, logits: torch.Tensor, sampler: Sampler) -> StepResult:
+        k = seq.num_draft_tokens
+        drafts = seq.token_ids[-k:]
+        del seq.token_ids[-k:]
+        seq.num_draft_tokens = 0
+        params = seq.params
+        banned = list(params.stop_token_ids)
+        if not params.ignore_eos:
+            banned += sampler.eos_token_ids
+        gen = sampler._seq_generator(seq) if params.seed is not None else sampler.generator
+        result = verify_drafts(logits, drafts, seq, banned, gen)
+        st = self.stats
+        st.num_drafts += 1
+        st.num_draft_tokens += k
+        st.num_accepted_tokens += result.num_accepted
+        for i in range(result.num_accepted):
+            st.accepted_per_position[i] += 1
+        return seq, result.tokens, result.logprobs
+
+    def drop_all(self, out: SchedulerOutput) -> None:
+        """Take back every draft of this step before it runs (the step then decodes one token
+        per sequence, as without speculation); `release_dropped` frees their blocks after."""
+        drafting = {id(s) for s in self.drafting}
+        for item in out.scheduled:
+            seq = item.seq
+            k = seq.num_draft_tokens
+            if id(seq) in drafting and k:
+                del seq.token_ids[-k:]
+                item.num_new_tokens -= k
+                seq.num_draft_tokens = 0
+        self.dropped, self.drafting = self.drafting, []
+
+    def release_dropped(self) -> None:
+        """After a step whose drafts were dropped: free the blocks only the drafts needed."""
+        for seq in self.dropped:
+            if not seq.is_finished:
+                self.block_manager.trim(seq)
+        self.dropped = []
+
+    def rollback(self, out: SchedulerOutput) -> None:
+        """Free the blocks that hold only rejected draft tokens."""
+        for seq in self.drafting:
+            if not seq.is_finished:
+                self.block_manager.trim(seq)
+        self.drafting = []

@@ -1,0 +1,68 @@
+"""Verify one sequence's drafts against the target's logits with the exact rules of
+`engine/spec/single.py` (greedy: `greedy_verify`; sampled: `speculative_sampling` with the
+proposer's point-mass draft distribution)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from deploylab.engine.outputs import TokenLogprobs
+from deploylab.engine.sampler import Sampler, apply_min_p, apply_top_k_top_p
+from deploylab.engine.sequence import Sequence
+from deploylab.engine.spec.single import greedy_verify, speculative_sampling
+
+
+@dataclass
+class Verified:
+    """The tokens a sequence emits this step (accepted drafts, then one target token)."""
+
+    tokens: list[int]
+    logprobs: list[TokenLogprobs | None]
+    num_accepted: int
+
+
+def target_probs(logits: torch.Tensor, seq: Sequence, banned: list[int]) -> torch.Tensor:
+    """The distribution the sampler would draw from at each of the rows (k + 1, V): stop
+    tokens banned below min_tokens, then temperature, top-k, top-p and min-p."""
+    params = seq.params
+    n_out = seq.num_output_tokens
+    for j in range(logits.shape[0]):
+        if n_out + j < params.min_tokens and banned:
+            logits[j, banned] = float("-inf")
+    if params.greedy:  # float64: no ties created by rounding that argmax of logits lacks
+        return logits.double().softmax(dim=-1)
+    rows = logits.shape[0]
+    scaled = logits / params.temperature
+    if params.top_k > 0 or params.top_p < 1.0:
+        scaled = apply_top_k_top_p(scaled, [params.top_k] * rows, [params.top_p] * rows)
+    if params.min_p > 0.0:
+        scaled = apply_min_p(scaled, [params.min_p] * rows)
+    return scaled.softmax(dim=-1)
+
+
+def verify_drafts(
+    logits: torch.Tensor,
+    drafts: list[int],
+    seq: Sequence,
+    banned: list[int],
+    generator: torch.Generator,
+) -> Verified:
+    """Accept a prefix of `drafts` from float32 `logits` (len(drafts) + 1, V) (modified in
+    place); the emitted tokens follow the target's distribution exactly."""
+    params = seq.params
+    raw = torch.log_softmax(logits, dim=-1) if params.logprobs is not None else None
+    p = target_probs(logits, seq, banned)
+    d = torch.tensor([drafts], dtype=torch.int64, device=logits.device)
+    if params.greedy:
+        result = greedy_verify(p[None], d)
+    else:
+        q = torch.nn.functional.one_hot(d, p.shape[-1]).to(p.dtype)
+        result = speculative_sampling(p[None], q, d, generator)
+    n = int(result.num_accepted[0])
+    tokens: list[int] = result.tokens[0, : n + 1].tolist()
+    logprobs: list[TokenLogprobs | None] = [None] * len(tokens)
+    if raw is not None:
+        logprobs = Sampler._logprobs(raw[: n + 1], tokens, [params] * len(tokens))
+    return Verified(tokens, logprobs, n)

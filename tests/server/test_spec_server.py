@@ -1,0 +1,66 @@
+"""`deploylab serve --speculative-config`: same greedy answers as the plain server through
+the official openai client, vLLM's spec-decode counters on /metrics, bad configs exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from tests.server.conftest import MODEL, start_server
+from tests.server.test_errors_metrics import metrics
+
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2}
+CONTEXT = (
+    "Context: The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris. "
+    "It is named after the engineer Gustave Eiffel, whose company designed and built it."
+)
+
+
+def answer(url: str) -> str:
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none")
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": CONTEXT + "\nRepeat the context word for word."}],
+        max_tokens=32,
+        temperature=0,
+    )
+    return r.choices[0].message.content or ""
+
+
+def test_speculative_server_answers_like_the_plain_one(server: Any, tmp_path: Path) -> None:
+    spec = start_server(tmp_path, "--speculative-config", json.dumps(NGRAM))
+    try:
+        got = answer(spec.url)
+        m = metrics(spec.url)
+    finally:
+        spec.stop()
+    assert got == answer(server.url)
+    assert m["vllm:spec_decode_num_drafts_total"] > 0
+    assert (
+        0
+        < m["vllm:spec_decode_num_accepted_tokens_total"]
+        <= (m["vllm:spec_decode_num_draft_tokens_total"])
+    )
+    assert "vllm:spec_decode_num_drafts_total" not in metrics(server.url)
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [("{bad", "not valid JSON"), ('{"method": "eagle", "num_speculative_tokens": 2}', "eagle")],
+)
+def test_bad_speculative_config_exits_2(value: str, needle: str) -> None:
+    exe = Path(sys.executable).with_name("deploylab")
+    r = subprocess.run(
+        [str(exe), "serve", "--speculative-config", value],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2
+    assert "--speculative-config" in r.stderr and needle in r.stderr
+    assert "Traceback" not in r.stderr
