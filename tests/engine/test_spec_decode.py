@@ -241,3 +241,23 @@ def test_real_model_greedy_identity_on_a_quoting_prompt(smol: ModelParts) -> Non
     assert [o.text for o in got] == [o.text for o in expected]
     assert llm.llm_engine.stats().spec_num_accepted_tokens_total > 0
     assert llm.llm_engine.stats().num_steps_total < len(expected[0].token_ids)
+
+
+def test_n_samples_and_prompt_logprobs_beside_drafting_requests(tiny: ModelParts) -> None:
+    """Requests with n > 1 (forked in the step their prompt ends) and with prompt logprobs
+    share steps with drafting requests: every output, sampled samples included (seeded, never
+    drafted), equals the plain engine's, and no block leaks."""
+    prompts = looping_prompts(6, seed=3)
+    params = greedy_params(len(prompts))
+    params[1] = SamplingParams(temperature=0.8, seed=7, n=3, max_tokens=10, ignore_eos=True)
+    params[4] = SamplingParams(temperature=0, max_tokens=6, prompt_logprobs=2, ignore_eos=True)
+    plain = tiny.llm().generate(prompts, params)
+    llm = tiny.llm(speculative_config=NGRAM)
+    got = llm.generate(prompts, params)
+    assert [o.token_ids for o in got] == [o.token_ids for o in plain]
+    assert len(got) == len(prompts) + 2  # three samples of the second prompt
+    assert got[6].prompt_logprobs == plain[6].prompt_logprobs
+    engine = llm.llm_engine
+    assert engine.spec.stats.num_accepted_tokens > 0  # type: ignore[union-attr]
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+    engine.block_manager.check_invariants()
