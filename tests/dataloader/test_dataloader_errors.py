@@ -93,15 +93,19 @@ def test_empty_dataset_is_a_clear_usage_error() -> None:
         sweep_workers(Numbers(length=0), {"batch_size": 4}, workers=[0])
 
 
-def test_iterable_and_non_datasets_are_refused() -> None:
+def test_empty_streams_and_non_datasets_are_refused() -> None:
     class Stream(IterableDataset[int]):
         def __iter__(self) -> Any:
-            return iter(range(3))
+            return iter(())
 
-    with pytest.raises(UsageError, match="IterableDataset.*map-style"):
+    with pytest.raises(UsageError, match="Stream yields no samples"):
         diagnose(Stream())
-    with pytest.raises(UsageError, match="not a map-style dataset"):
+    with pytest.raises(UsageError, match="not a dataset"):
         diagnose(42)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="precision must be between 0 and 1"):
+        diagnose(Numbers(), {}, precision=2)
+    with pytest.raises(UsageError, match="confidence must be between 0 and 1"):
+        diagnose(Numbers(), {}, confidence=1)
 
 
 def test_bad_loader_settings_are_usage_errors() -> None:

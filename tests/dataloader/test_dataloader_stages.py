@@ -138,48 +138,62 @@ class FolderWithTransform(Dataset[Any]):
         return image, label
 
 
-def test_transform_dataset_finds_its_files_and_decoder(small_pngs: Path) -> None:
+def test_transform_dataset_finds_its_files_and_reads_them_from_ram(small_pngs: Path) -> None:
     ds = FolderWithTransform(small_pngs, to_tensor)
     ablation = plan_ablation(ds, [0, 4, 8])
-    assert ablation.adapter == "transform"
-    found = plans(ablation)
-    decode_only = found[VariantName.SYNTHETIC_DECODE]
-    assert decode_only.dataset is not None
-    assert "`samples`" in decode_only.note and "PIL" in decode_only.note
-    image, label = decode_only.dataset[1]
-    assert label == ds[4][1]
-    no_aug = found[VariantName.NO_AUGMENTATION].dataset
-    assert torch.equal(image, no_aug[4][0])  # the same pixels, through the same cheap transform
-    assert spec_of(image) == spec_of(ds[4][0])
-    assert found[VariantName.NO_AUGMENTATION].dataset.transform is not ds.transform
-    assert ds.transform is to_tensor  # the user's dataset is left as it was
+    try:
+        assert ablation.adapter == "transform"
+        found = plans(ablation)
+        decode_only = found[VariantName.SYNTHETIC_DECODE]
+        assert decode_only.dataset is not None
+        assert "`samples`" in decode_only.note and "RAM" in decode_only.note
+        # Entry 1 now reads the RAM copy of the file of cached sample 4, label kept.
+        path, label = decode_only.dataset.samples[1]
+        assert label == ds.samples[1][1] and path != str(ds.samples[4][0])
+        assert Path(path).read_bytes() == Path(ds.samples[4][0]).read_bytes()
+        image, _ = decode_only.dataset[1]
+        no_aug = found[VariantName.NO_AUGMENTATION].dataset
+        assert torch.equal(image, no_aug[4][0])  # the same pixels, through the same stand-in
+        assert spec_of(image) == spec_of(ds[4][0])
+        assert no_aug.transform is not ds.transform
+        assert ds.transform is to_tensor  # the user's dataset is left as it was
+        assert ds.samples[1][0] == sorted(small_pngs.glob("*.png"))[1]
+        copies = Path(path).parent
+    finally:
+        ablation.close()
+    assert not copies.exists()  # the RAM copies are removed after the diagnosis
 
 
-def test_transform_dataset_whose_input_is_not_a_plain_decode(small_pngs: Path) -> None:
+def test_work_between_decoding_and_transform_stays_in_every_variant(small_pngs: Path) -> None:
     found = plans(plan_ablation(FolderWithTransform(small_pngs, to_tensor, shrink=True), [0]))
-    assert found[VariantName.NO_AUGMENTATION].dataset is not None
-    reason = found[VariantName.SYNTHETIC_DECODE].skipped_reason
-    assert reason and "not the file in `samples` decoded by PIL" in reason
+    assert all(plan.dataset is not None for plan in found.values()), found
+    assert spec_of(found[VariantName.SYNTHETIC_DECODE].dataset[0][0]) == (
+        "tensor",
+        (3, 16, 16),
+        "torch.float32",
+    )
 
 
 def test_transform_none_skips_no_augmentation(small_pngs: Path) -> None:
     found = plans(plan_ablation(FolderWithTransform(small_pngs, None), [0, 1]))
-    assert found[VariantName.NO_AUGMENTATION].skipped_reason == "its `transform` is None"
+    assert "`transform` is None" in found[VariantName.NO_AUGMENTATION].skipped_reason
     assert found[VariantName.SYNTHETIC_DECODE].dataset is not None
 
 
-def test_transform_result_used_in_ways_we_cannot_follow(small_pngs: Path) -> None:
+def test_work_after_the_transform_is_followed(small_pngs: Path) -> None:
     class PostProcessed(FolderWithTransform):
         def __getitem__(self, index: int) -> tuple[Any, int]:
             path, label = self.samples[index]
-            return self.transform(Image.open(path).convert("RGB")).half(), label
+            return self.transform(Image.open(path).convert("RGB")).half() * 2, label
 
-    ablation = plan_ablation(PostProcessed(small_pngs, to_tensor), [0])
-    found = plans(ablation)
-    assert ablation.adapter == "transform (not followed)"
-    reason = found[VariantName.NO_AUGMENTATION].skipped_reason
-    assert "with `transform` replaced" in reason and "StagedDataset" in reason
-    assert found[VariantName.SYNTHETIC_READ].dataset is not None
+    ds = PostProcessed(small_pngs, to_tensor)
+    found = plans(plan_ablation(ds, [0]))
+    assert all(plan.dataset is not None for plan in found.values()), found
+    image, _ = found[VariantName.NO_AUGMENTATION].dataset[0]
+    assert spec_of(image) == spec_of(ds[0][0])
+    pixels = np.asarray(Image.open(ds.samples[0][0]).convert("RGB"), dtype=np.float32)
+    # The stand-in hands the decoded pixels on (as float32 CHW), and the .half() * 2 ran.
+    assert torch.equal(image, torch.from_numpy(pixels.transpose(2, 0, 1).copy()).half() * 2)
 
 
 def test_variant_with_other_shapes_is_skipped_not_faked() -> None:
@@ -195,13 +209,31 @@ def test_variant_with_other_shapes_is_skipped_not_faked() -> None:
     assert reason and "instead of" in reason and "would not be fair" in reason
 
 
-def test_opaque_dataset_only_replays(arrays: Path) -> None:
+def test_dataset_without_transform_or_file_list_says_what_would_enable_them(
+    arrays: Path,
+) -> None:
     from dataloader_planted import SmallArrays
 
     ablation = plan_ablation(SmallArrays(arrays), [0, 3])
     found = plans(ablation)
     assert ablation.adapter == "opaque"
-    assert found[VariantName.NO_AUGMENTATION].dataset is None
-    assert found[VariantName.SYNTHETIC_DECODE].dataset is None
-    assert "StagedDataset" in found[VariantName.NO_AUGMENTATION].skipped_reason
-    assert "cached baseline samples" in found[VariantName.SYNTHETIC_READ].note
+    no_aug = found[VariantName.NO_AUGMENTATION]
+    assert no_aug.dataset is None and "no `transform` attribute" in no_aug.skipped_reason
+    assert "self.transform = transform" in no_aug.enable
+    assert found[VariantName.SYNTHETIC_DECODE].dataset is not None  # its `files` are listed
+    ablation.close()
+
+    class Numbered(Dataset[Any]):
+        def __init__(self, root: Path) -> None:
+            self.root = root
+
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, index: int) -> torch.Tensor:
+            return torch.from_numpy(np.load(self.root / f"arr_{index:03d}.npy"))
+
+    found = plans(plan_ablation(Numbered(arrays), [0, 1]))
+    decode = found[VariantName.SYNTHETIC_DECODE]
+    assert decode.dataset is None and "lists its files" in decode.skipped_reason
+    assert "self.files = sorted(root.glob" in decode.enable

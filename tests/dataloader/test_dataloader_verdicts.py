@@ -35,22 +35,21 @@ def rates(report: DiagnoseReport) -> str:
 
 
 @pytest.mark.usefixtures("no_leftover_children")
-def test_slow_reads_that_wait_without_cpu_are_data_access(small_pngs: Path) -> None:
+def test_waits_inside_the_datasets_own_code_are_data_access(small_pngs: Path) -> None:
+    # The wait sits in __getitem__ itself, not in the listed files: reading those from RAM
+    # does not remove it, the workers stay blocked, and the doctor says so.
     report = diagnose(SlowDiskImages(small_pngs), LOADER, steps=6, min_seconds=0.3)
     assert report.adapter == "transform"
     assert all(v.status == "measured" for v in report.variants), report.variants
     assert report.verdict.bottleneck == "data_access", rates(report)
     base = report.variant(VariantName.BASELINE).measurement
-    decode_only = report.variant(VariantName.SYNTHETIC_DECODE).measurement
-    assert base is not None and decode_only is not None
-    # The evidence behind it: skipping the reads is much faster, and the workers were idle.
-    assert decode_only.samples_per_s > 1.5 * base.samples_per_s
+    assert base is not None
     # CPU time per sample, unlike CPU %, does not depend on other load on the machine.
     assert base.cpu_ms_per_sample < 1000 * SLOW_READ_S / 2
     assert base.workers_seen == 2
     assert base.read_call_bytes is None or base.read_call_bytes > 0
-    assert any("skipping the reads" in line for line in report.verdict.evidence)
-    assert any("num_workers" in s for s in report.verdict.suggestions)
+    assert any("still blocked" in line for line in report.verdict.evidence), rates(report)
+    assert any("past the core count" in s for s in report.verdict.suggestions)
     assert "Data access" in report.verdict.headline
 
 
@@ -89,13 +88,15 @@ def test_slow_training_step_is_not_the_dataloader(arrays: Path) -> None:
     report = diagnose(SmallArrays(arrays), LOADER, slow_step, steps=8, min_seconds=0.3)
     assert report.adapter == "opaque"
     assert report.verdict.bottleneck == "not_dataloader", rates(report)
+    assert report.verdict.confidence is not None
     assert "not what slows training" in report.verdict.headline
     # Stages it can't isolate are skipped with the reason, never faked.
     skipped = {v.name for v in report.variants if v.status == "skipped"}
-    assert skipped == {VariantName.NO_AUGMENTATION, VariantName.SYNTHETIC_DECODE}
+    assert skipped == {VariantName.NO_AUGMENTATION}
     for v in report.variants:
         if v.status == "skipped":
             assert v.skipped_reason and "transform" in v.skipped_reason
+            assert v.enable and "self.transform" in v.enable
             assert v.measurement is None
     base = report.variant(VariantName.BASELINE).measurement
     assert base is not None and base.data_wait_share < 0.2

@@ -118,8 +118,9 @@ def _measure_columns(table: Table) -> None:
 
 def _print_diagnosis(report: DiagnoseReport, console: Console) -> None:
     loader = report.loader
+    size = "stream" if report.dataset_length is None else f"{report.dataset_length} samples"
     console.print(
-        f"[bold]{report.dataset_type}[/] ({report.dataset_length} samples, stages found: "
+        f"[bold]{report.dataset_type}[/] ({size}, stages found: "
         f"{report.adapter}), batch_size={loader.batch_size}, num_workers={loader.num_workers}, "
         f"step: {report.step or 'none (loader timed alone)'}, "
         f"{report.environment.cpu_count} CPU cores"
@@ -130,14 +131,20 @@ def _print_diagnosis(report: DiagnoseReport, console: Console) -> None:
     table.add_column("variant", no_wrap=True)
     _measure_columns(table)
     for result in report.variants:
-        if result.measurement is not None:
-            table.add_row(result.name.value, *_row(result.measurement))
+        m = result.measurement
+        if m is not None:
+            cells = _row(m)
+            if m.rate_ci is not None:
+                cells[0] += f" +-{100 * m.rate_ci:.0f}%"
+            table.add_row(result.name.value, *cells)
         else:
-            table.add_row(result.name.value, "skipped", *[""] * 7)
+            table.add_row(result.name.value, "not built", *[""] * 7)
     console.print(table)
     for result in report.variants:
         if result.skipped_reason:
-            console.print(f"  {result.name.value} skipped: {result.skipped_reason}")
+            console.print(f"  {result.name.value} not built: {result.skipped_reason}")
+            if result.enable:
+                console.print(f"    to enable it: {result.enable}")
         if result.note:
             console.print(f"  {result.name.value}: {result.note}")
     if not report.environment.io_counters:
@@ -152,6 +159,8 @@ def _print_diagnosis(report: DiagnoseReport, console: Console) -> None:
         console.print("[bold]Suggestions:[/]")
         for line in verdict.suggestions:
             console.print(f"  - {line}")
+    if report.elapsed_s is not None:
+        console.print(f"Verdict in {report.elapsed_s:.1f} s.")
 
 
 def _write_json(model: Any, path: Path | None, console: Console) -> None:
@@ -165,17 +174,29 @@ def _write_json(model: Any, path: Path | None, console: Console) -> None:
 @app.command("diagnose")
 def diagnose_command(
     script: Path = typer.Argument(..., help=_SCRIPT_HELP),
-    steps: int = typer.Option(30, "--steps", help="Fewest measured steps per variant and round."),
+    steps: int = typer.Option(10, "--steps", help="Fewest measured steps per variant and round."),
     min_seconds: float = typer.Option(
-        1.0, "--min-seconds", help="Measure each variant and round for at least this long."
+        0.2, "--min-seconds", help="Measure each variant and round for at least this long."
+    ),
+    precision: float = typer.Option(
+        0.05,
+        "--precision",
+        help="Stop a variant once its time per sample is known within this share of the "
+        "baseline's (95% confidence interval).",
+    ),
+    max_seconds: float = typer.Option(
+        4.0, "--max-seconds", help="Stop a variant after this long even if less precise."
+    ),
+    confidence: float = typer.Option(
+        0.95, "--confidence", help="Run more rounds while the verdict is less sure than this."
     ),
     rounds: int = typer.Option(
-        2, "--rounds", help="Rounds per variant, in alternating order; the fastest is kept."
+        1, "--rounds", help="Rounds per variant, in alternating order; the fastest is kept."
     ),
     max_rounds: int | None = typer.Option(
         None,
         "--max-rounds",
-        help="Extra rounds, up to this many, while the best is unconfirmed (default rounds+2).",
+        help="Rounds at most, while the verdict is unsure (default rounds+2).",
     ),
     warmup: int | None = typer.Option(
         None, "--warmup", help="Warm-up steps per variant (default: workers x prefetch + 1)."
@@ -208,6 +229,9 @@ def diagnose_command(
             max_rounds=max_rounds,
             warmup=warmup,
             chart_path=None if no_chart else chart,
+            precision=precision,
+            max_seconds=max_seconds,
+            confidence=confidence,
         )
     _print_diagnosis(report, console)
     if report.chart.png:

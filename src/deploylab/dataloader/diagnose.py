@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,13 @@ from deploylab.dataloader.report import (
     Environment,
     LoaderSettings,
     Measurement,
+    StageCosts,
     VariantName,
     VariantResult,
+    Verdict,
 )
 from deploylab.dataloader.suggest import facts_from
-from deploylab.dataloader.variants import VariantPlan, cache_indices
+from deploylab.dataloader.variants import Ablation, VariantPlan, cache_indices
 from deploylab.dataloader.verdict import decide
 from deploylab.errors import UsageError
 
@@ -49,17 +52,15 @@ def environment() -> Environment:
     )
 
 
-def check_dataset(dataset: Any) -> int:
-    """The dataset's length, or a `UsageError` saying why it can't be diagnosed."""
+def check_dataset(dataset: Any) -> int | None:
+    """The dataset's length (None for an IterableDataset), or a `UsageError` saying why it
+    can't be diagnosed."""
     if isinstance(dataset, IterableDataset):
-        raise UsageError(
-            f"{type(dataset).__name__} is an IterableDataset; the doctor needs a map-style "
-            "dataset (with __len__ and __getitem__) to cache and replay samples by index."
-        )
+        return None
     if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
         raise UsageError(
-            f"{type(dataset).__name__} is not a map-style dataset: give an object with "
-            "__len__ and __getitem__ (e.g. a torch.utils.data.Dataset)."
+            f"{type(dataset).__name__} is not a dataset: give a map-style dataset (with "
+            "__len__ and __getitem__) or a torch.utils.data.IterableDataset."
         )
     length = len(dataset)
     if length == 0:
@@ -150,49 +151,56 @@ def diagnose(
     loader_kwargs: Mapping[str, Any] | None = None,
     step: Step | None = None,
     *,
-    steps: int = 30,
-    min_seconds: float = 1.0,
-    rounds: int = 2,
+    steps: int = 10,
+    min_seconds: float = 0.2,
+    rounds: int = 1,
     max_rounds: int | None = None,
     warmup: int | None = None,
     cache_size: int = 16,
     chart_path: str | Path | None = None,
+    precision: float | None = 0.05,
+    max_seconds: float = 4.0,
+    confidence: float = 0.95,
 ) -> DiagnoseReport:
     """Find what slows an input pipeline by timing four variants of it.
 
-    `dataset` is a map-style dataset (a `StagedDataset`, one with a `transform` attribute, or
-    any other); `loader_kwargs` are the DataLoader keyword arguments; `step(batch)` is one
+    `dataset` is a map-style or iterable dataset, written any of the common ways (see
+    `adapters`); `loader_kwargs` are the DataLoader keyword arguments; `step(batch)` is one
     training step (it must block until done; None times the loader alone). Each variant runs
-    `rounds` to `max_rounds` times (see `best_of_rounds`; its fastest round is kept), each
-    time `warmup` steps (default: enough to start the workers and fill their queues), then
-    at least `steps` measured steps lasting at least `min_seconds`. `cache_size` samples are
-    cached for the synthetic variants. With `chart_path`, a bar chart of the variants is
-    written there as PNG.
+    `warmup` steps (default: enough to start the workers and fill their queues), then at least
+    `steps` measured steps lasting at least `min_seconds`, and goes on until its rate is known
+    within +-`precision` (95% confidence interval) or `max_seconds` have passed. After
+    `rounds` rounds (alternating order; each variant keeps its fastest round), more rounds
+    run, up to `max_rounds` (default `rounds + 2`), while the verdict is less sure than
+    `confidence`. `cache_size` samples are cached for the synthetic variants. With
+    `chart_path`, a bar chart of the variants is written there as PNG.
     """
+    started = time.perf_counter()
     length = check_dataset(dataset)
     kwargs = check_loader_kwargs(loader_kwargs)
     check_counts(steps, rounds, warmup, min_seconds)
+    check_precision(precision, max_seconds, confidence)
     warm = default_warmup(kwargs) if warmup is None else warmup
-    ablation = plan_ablation(dataset, cache_indices(length, max(1, cache_size)))
-    measurable = [plan for plan in ablation.plans if plan.dataset is not None]
-
-    def runner(plan: VariantPlan) -> Callable[[], Measurement]:
-        what = "your dataset"
-        if plan.name is not VariantName.BASELINE:
-            what += f" ({plan.name.value} variant)"
-        assert plan.dataset is not None
-        data = plan.dataset
-        return lambda: measure(data, kwargs, step, steps, warm, what, min_seconds)
-
-    measured = dict(
-        zip(
-            [plan.name for plan in measurable],
-            best_of_rounds([runner(plan) for plan in measurable], rounds, max_rounds),
-            strict=True,
+    count = max(1, cache_size)
+    indices = list(range(count)) if length is None else cache_indices(length, count)
+    ablation = plan_ablation(dataset, indices, kwargs)
+    try:
+        measured, done_rounds, verdict_costs = _run_rounds(
+            ablation,
+            kwargs,
+            step,
+            steps,
+            warm,
+            min_seconds,
+            precision,
+            max_seconds,
+            rounds,
+            max_rounds,
+            confidence,
         )
-    )
+    finally:
+        ablation.close()
     results: list[VariantResult] = []
-    runs: dict[VariantName, Measurement | None] = {}
     for plan in ablation.plans:
         best, rates, steady = measured.get(plan.name, (None, [], False))
         results.append(
@@ -201,22 +209,23 @@ def diagnose(
                 description=VARIANT_TITLES[plan.name],
                 status="skipped" if best is None else "measured",
                 skipped_reason=plan.skipped_reason,
+                enable=plan.enable,
                 note=plan.note,
                 measurement=best,
                 round_rates=rates,
                 steady=steady,
             )
         )
-        runs[plan.name] = best
     env = environment()
-    verdict, costs = decide(runs, facts_from(kwargs, env.cpu_count, step is not None))
+    verdict, costs = verdict_costs
     unsteady = [r.name.value for r in results if r.measurement is not None and not r.steady]
-    if unsteady and rounds >= 2:
+    if unsteady and done_rounds >= 2:
         verdict.evidence.append(
             f"Rates were unsteady between rounds for {', '.join(unsteady)} (no second round "
             f"within {100 * STEADY_TOLERANCE:.0f}% of the best): other load on the machine "
             "disturbed the runs; weigh the verdict with care, or rerun with more --min-seconds."
         )
+    verdict.evidence.append(confidence_line(verdict, results, done_rounds))
     chart = BarChart(
         title=f"{type(dataset).__name__}: samples/s per variant",
         x_label="variant",
@@ -233,9 +242,126 @@ def diagnose(
         loader=settings_of(kwargs),
         step=None if step is None else getattr(step, "__qualname__", type(step).__name__),
         environment=env,
-        rounds=rounds,
+        rounds=done_rounds,
         variants=results,
         stage_costs=costs,
         verdict=verdict,
         chart=chart,
+        elapsed_s=time.perf_counter() - started,
+    )
+
+
+Measured = dict[VariantName, tuple[Measurement, list[float], bool]]
+
+
+def _run_rounds(
+    ablation: Ablation,
+    kwargs: dict[str, Any],
+    step: Step | None,
+    steps: int,
+    warm: int,
+    min_seconds: float,
+    precision: float | None,
+    max_seconds: float,
+    rounds: int,
+    max_rounds: int | None,
+    confidence: float,
+) -> tuple[Measured, int, tuple[Verdict, StageCosts | None]]:
+    """Measure the variants round after round (ABCD, DCBA, ...) until the verdict is sure
+    enough or `max_rounds` is reached; each keeps its fastest round."""
+    measurable = [plan for plan in ablation.plans if plan.dataset is not None]
+    limit = max(rounds, rounds + 2 if max_rounds is None else max_rounds)
+    done: dict[VariantName, list[Measurement]] = {plan.name: [] for plan in measurable}
+    facts = facts_from(kwargs, cpu_count(), step is not None)
+    r = 0
+    while True:
+        for plan in measurable if r % 2 == 0 else reversed(measurable):
+            base = done.get(VariantName.BASELINE) or []
+            reference = max((m.samples_per_s for m in base), default=None)
+            done[plan.name].append(
+                _measure_plan(
+                    plan, kwargs, step, steps, warm, min_seconds, precision, max_seconds, reference
+                )
+            )
+        r += 1
+        best = {name: max(ms, key=lambda m: m.samples_per_s) for name, ms in done.items()}
+        runs: dict[VariantName, Measurement | None] = {
+            plan.name: best.get(plan.name) for plan in ablation.plans
+        }
+        verdict_costs = decide(runs, facts, ablation.removed)
+        sure = (verdict_costs[0].confidence or 0.0) >= confidence
+        if r >= limit or (r >= rounds and sure):
+            break
+    measured = {
+        name: (best[name], [m.samples_per_s for m in ms], _steady([m.samples_per_s for m in ms]))
+        for name, ms in done.items()
+    }
+    return measured, r, verdict_costs
+
+
+def _measure_plan(
+    plan: VariantPlan,
+    kwargs: dict[str, Any],
+    step: Step | None,
+    steps: int,
+    warm: int,
+    min_seconds: float,
+    precision: float | None,
+    max_seconds: float,
+    reference: float | None,
+) -> Measurement:
+    what = "your dataset"
+    if plan.name is not VariantName.BASELINE:
+        what += f" ({plan.name.value} variant)"
+    settings = kwargs if plan.collate_fn is None else {**kwargs, "collate_fn": plan.collate_fn}
+    return measure(
+        plan.dataset,
+        settings,
+        step,
+        steps,
+        warm,
+        what,
+        min_seconds,
+        precision,
+        max_seconds,
+        reference,
+    )
+
+
+def check_precision(precision: float | None, max_seconds: float, confidence: float) -> None:
+    """Refuse precision, time-limit and confidence settings that can't be met."""
+    if precision is not None and not 0 < precision < 1:
+        raise UsageError(
+            f"precision must be between 0 and 1, e.g. 0.05 for +-5% (got {precision})."
+        )
+    if max_seconds <= 0:
+        raise UsageError(f"max_seconds must be more than 0 (got {max_seconds}).")
+    if not 0 < confidence < 1:
+        raise UsageError(f"confidence must be between 0 and 1, e.g. 0.95 (got {confidence}).")
+
+
+def confidence_line(verdict: Verdict, results: list[VariantResult], rounds: int) -> str:
+    """How sure the verdict is, in words, from the rates' confidence intervals."""
+    if verdict.confidence is None:
+        return (
+            f"How sure: not computed (too few steps for a confidence interval of every rate; "
+            f"{rounds} round(s)); rerun with more --steps."
+        )
+    sure = f"How sure: {100 * verdict.confidence:.0f}%"
+    base = results[0].measurement
+    if verdict.bottleneck in ("not_dataloader", "loader_overhead") or base is None:
+        return (
+            f"{sure} that the dataset's work is under 15% of the time per sample, from the "
+            f"rates' 95% confidence intervals ({rounds} round(s))."
+        )
+    parts = [
+        f"{s.stage} {s.ms:.1f} +- {s.ms_ci:.1f} ms"
+        if s.ms_ci is not None
+        else f"{s.stage} {s.ms:.1f} ms"
+        for s in verdict.stages
+    ]
+    return (
+        f"{sure} that {verdict.bottleneck} costs the most and at least 15% of the "
+        f"{1000 / base.samples_per_s:.1f} ms per sample (95% intervals: {', '.join(parts)}; "
+        f"{rounds} round(s))."
     )

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import psutil
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from deploylab.dataloader.monitor import ProcessMonitor
+from deploylab.dataloader.precision import ratio_half_width, relative_half_width
 from deploylab.dataloader.report import Measurement
 from deploylab.dataloader.usercode import user_code
 from deploylab.errors import UsageError
@@ -67,11 +68,30 @@ def loader_batch_size(kwargs: Mapping[str, Any]) -> int | None:
     return kwargs.get("batch_size", 1)
 
 
+class Endless(IterableDataset[Any]):
+    """An IterableDataset started again each time it ends, so a run never stops mid-way."""
+
+    def __init__(self, dataset: IterableDataset[Any]) -> None:
+        self.dataset = dataset
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            empty = True
+            for item in self.dataset:
+                empty = False
+                yield item
+            if empty:
+                raise UsageError("The IterableDataset yields no samples: nothing to time.")
+
+
 def build_loader(
     dataset: Dataset[Any], loader_kwargs: Mapping[str, Any], batches: int
 ) -> DataLoader[Any]:
-    """The user's DataLoader, with a sampler that lasts for `batches` batches."""
+    """The user's DataLoader, with a sampler that lasts for `batches` batches (an
+    IterableDataset is instead restarted whenever it ends)."""
     kwargs = dict(loader_kwargs)
+    if isinstance(dataset, IterableDataset):
+        return _make_loader(Endless(dataset), kwargs, loader_kwargs)
     length = len(dataset)  # type: ignore[arg-type]
     batch_sampler = kwargs.pop("batch_sampler", None)
     if batch_sampler is not None:
@@ -83,6 +103,12 @@ def build_loader(
             length, batches * per_batch, shuffle, kwargs.pop("sampler", None)
         )
         kwargs["drop_last"] = False
+    return _make_loader(dataset, kwargs, loader_kwargs)
+
+
+def _make_loader(
+    dataset: Dataset[Any], kwargs: dict[str, Any], loader_kwargs: Mapping[str, Any]
+) -> DataLoader[Any]:
     try:
         with _more_workers_than_cores_is_fine():
             return DataLoader(dataset, **kwargs)
@@ -169,11 +195,23 @@ def measure(
     warmup: int,
     what: str = "your dataset",
     min_seconds: float = 0.0,
+    precision: float | None = None,
+    max_seconds: float = math.inf,
+    reference_rate: float | None = None,
 ) -> Measurement:
     """Run `warmup` steps (next batch + `step(batch)`), then measure at least `steps` steps
-    and keep going until the measured steps have lasted `min_seconds`."""
+    lasting at least `min_seconds`; with `precision`, keep going until the 95% confidence
+    interval of the time per sample is within +-`precision` of the time per sample at
+    `reference_rate` (default: this run's own rate), or `max_seconds` have passed."""
     batch_size = loader_batch_size(loader_kwargs)
     by_sampler = loader_kwargs.get("batch_sampler") is not None
+    if isinstance(dataset, IterableDataset) and batch_size is None:
+        by_sampler = True  # a pipeline that batches itself: count the batches' first dimension
+    block = max(1, int(loader_kwargs.get("num_workers", 0) or 0))
+    ci: float | None = None
+    cpu_ci: float | None = None
+    marks: list[tuple[float, int]] = []
+    target = precision
     loader = build_loader(dataset, loader_kwargs, _ENDLESS)
     before = {p.pid for p in psutil.Process().children()}
     waits: list[float] = []
@@ -189,7 +227,9 @@ def measure(
             if index == warmup:
                 monitor.start()
                 start = time.perf_counter()
-            elif index >= warmup + steps and time.perf_counter() - start >= min_seconds:
+            elif index >= warmup + steps and _done(
+                totals, block, time.perf_counter() - start, min_seconds, target, max_seconds
+            ):
                 break
             t0 = time.perf_counter()
             with user_code(what):
@@ -201,14 +241,19 @@ def measure(
                     if torch.cuda.is_initialized():  # the step's GPU work counts in its time
                         torch.cuda.synchronize()
             t2 = time.perf_counter()
+            if index == warmup + steps - 1 and precision is not None:
+                target = _target(precision, reference_rate, samples, t2 - start)
             if index >= warmup:
                 waits.append(t1 - t0)
                 totals.append(t2 - t0)
                 # batch_size=None turns batching off: each step is one sample.
                 samples += _batch_len(batch, 1) if by_sampler else (batch_size or 1)
+                marks.append((t2, samples))
             index += 1
         elapsed = time.perf_counter() - start
         usage = monitor.stop()
+        ci = relative_half_width(totals, block)
+        cpu_ci = ratio_half_width(monitor.timeline, marks)
     finally:
         try:
             monitor.close()
@@ -222,6 +267,8 @@ def measure(
         samples_per_s=samples / elapsed if elapsed > 0 else math.inf,
         step_time_ms=1000 * float(np.mean(totals)),
         step_time_p90_ms=1000 * float(np.percentile(totals, 90)),
+        rate_ci=ci,
+        cpu_ci=cpu_ci,
         data_wait_share=float(sum(waits) / elapsed) if elapsed > 0 else 0.0,
         main_cpu_percent=100 * usage.main_cpu_s / elapsed,
         workers_cpu_percent=100 * usage.workers_cpu_s / elapsed,
@@ -236,6 +283,34 @@ def measure(
         disk_read_bytes=usage.disk_read_bytes,
         read_call_bytes=usage.read_call_bytes,
     )
+
+
+def _target(precision: float, reference_rate: float | None, samples: int, elapsed: float) -> float:
+    """The relative precision this run needs so its time per sample is known within
+    `precision` of the reference's: a run much faster than the reference needs less."""
+    if reference_rate is None or samples <= 0 or elapsed <= 0:
+        return precision
+    return precision * max(1.0, (samples / elapsed) / reference_rate)
+
+
+def _done(
+    totals: list[float],
+    block: int,
+    elapsed: float,
+    min_seconds: float,
+    precision: float | None,
+    max_seconds: float,
+) -> bool:
+    """Whether a run with enough steps may stop: time is up, or its rate is precise enough."""
+    if elapsed < min_seconds:
+        return False
+    if precision is None or elapsed >= max_seconds:
+        return True
+    # Checking every step would cost O(n^2); every `block` steps is often enough.
+    if len(totals) % block:
+        return False
+    ci = relative_half_width(totals, block)
+    return ci is not None and ci <= precision
 
 
 def default_warmup(loader_kwargs: Mapping[str, Any]) -> int:

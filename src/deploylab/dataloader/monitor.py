@@ -7,6 +7,7 @@ so a background thread polls the children and keeps the last counters seen for e
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 import psutil
@@ -70,13 +71,14 @@ class ProcessMonitor:
     """Polls the main process's children every `interval_s` while running."""
 
     exclude: set[int] = field(default_factory=set)
-    interval_s: float = 0.05
+    interval_s: float = 0.02
     _main: psutil.Process = field(default_factory=psutil.Process)
     _first: dict[int, Counters] = field(default_factory=dict)
     _last: dict[int, Counters] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _main_start: Counters | None = None
+    timeline: list[tuple[float, float]] = field(default_factory=list)
 
     def start(self) -> None:
         """Take the starting counters and begin polling."""
@@ -90,19 +92,23 @@ class ProcessMonitor:
             self._poll()
 
     def _poll(self) -> None:
+        now = time.perf_counter()
         try:
             children = self._main.children(recursive=True)
+            times = self._main.cpu_times()
         except psutil.Error:
             return
         for child in children:
             if child.pid in self.exclude:
                 continue
             try:
-                now = _counters(child)
+                counters = _counters(child)
             except psutil.Error:
                 continue  # ended between listing and reading
-            self._first.setdefault(child.pid, now)
-            self._last[child.pid] = now
+            self._first.setdefault(child.pid, counters)
+            self._last[child.pid] = counters
+        workers = sum(c.cpu_s - self._first[p].cpu_s for p, c in self._last.items())
+        self.timeline.append((now, times.user + times.system + workers))
 
     def close(self) -> None:
         """Stop polling without computing usage (safe to call more than once)."""

@@ -35,6 +35,16 @@ class Measurement(BaseModel):
     samples_per_s: float
     step_time_ms: float = Field(description="mean wall time of one step: wait for data + train")
     step_time_p90_ms: float
+    rate_ci: float | None = Field(
+        default=None,
+        description="half-width of the 95% confidence interval of samples/s, relative to it "
+        "(batch means over the measured steps); None with too few steps to tell",
+    )
+    cpu_ci: float | None = Field(
+        default=None,
+        description="half-width of the 95% confidence interval of CPU ms/sample, relative "
+        "to it (ratio estimate over blocks of the run); None with too short a run",
+    )
     data_wait_share: float = Field(description="share of the wall time spent waiting for data")
     main_cpu_percent: float = Field(description="CPU of the main process, 100 = one core")
     workers_cpu_percent: float = Field(description="CPU of all worker processes, 100 = one core")
@@ -69,6 +79,9 @@ class VariantResult(BaseModel):
     description: str
     status: Literal["measured", "skipped"]
     skipped_reason: str | None = None
+    enable: str | None = Field(
+        default=None, description="the one-line change to the dataset that would let it be built"
+    )
     note: str | None = Field(default=None, description="how the variant was formed, if special")
     measurement: Measurement | None = Field(default=None, description="the fastest round")
     round_rates: list[float] = Field(
@@ -116,6 +129,17 @@ Bottleneck = Literal[
 ]
 
 
+class StageShare(BaseModel):
+    """A stage that costs a significant share of the time per sample."""
+
+    stage: Bottleneck
+    ms: float = Field(description="its cost per sample (wall time, ms)")
+    share: float = Field(description="its share of the baseline's time per sample")
+    ms_ci: float | None = Field(
+        default=None, description="half-width of the 95% confidence interval of `ms`"
+    )
+
+
 class Verdict(BaseModel):
     """The reading of the ablation in plain words."""
 
@@ -123,6 +147,16 @@ class Verdict(BaseModel):
     headline: str
     evidence: list[str]
     suggestions: list[str]
+    stages: list[StageShare] = Field(
+        default_factory=list,
+        description="every stage costing a significant share, largest first (the first is "
+        "the bottleneck)",
+    )
+    confidence: float | None = Field(
+        default=None,
+        description="probability that the named stage is right given the rates' confidence "
+        "intervals (normal approximation); None where it can't be computed",
+    )
 
 
 class BarChart(BaseModel):
@@ -158,8 +192,11 @@ class DiagnoseReport(BaseModel):
     """The result of `diagnose`: the variants, the stage costs and the verdict."""
 
     dataset_type: str
-    dataset_length: int
-    adapter: str = Field(description="how the stages were found: staged, transform, opaque")
+    dataset_length: int | None = Field(description="None for an IterableDataset")
+    adapter: str = Field(
+        description="how the stages were found: staged, transform, opaque, hugging face "
+        "datasets, webdataset pipeline, iterable"
+    )
     loader: LoaderSettings
     step: str | None = Field(description="the training step's name, None = loader timed alone")
     environment: Environment
@@ -168,6 +205,7 @@ class DiagnoseReport(BaseModel):
     stage_costs: StageCosts | None
     verdict: Verdict
     chart: BarChart
+    elapsed_s: float | None = Field(default=None, description="time to the verdict (s)")
 
     def variant(self, name: VariantName | str) -> VariantResult:
         """The result of one variant by name."""

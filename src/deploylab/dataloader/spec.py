@@ -76,19 +76,34 @@ def _fit(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
 
 
 class CheapTransform:
-    """The cheapest transform with the reference output's shapes and dtypes.
+    """The cheapest transform with the reference output's structure, shapes and dtypes.
 
+    Learned from one real call of the user's transform (`reference` is what it returned).
     Array-like inputs (PIL images, arrays, tensors) are cropped or zero-padded to the
-    reference shape and cast to its dtype, so the real pixels still flow to the step; when the
-    input cannot be related to the reference, a copy of the reference output is returned.
+    reference shape and cast to its dtype, so the real pixels still flow on; dicts, tuples and
+    lists are followed part by part (a dict's key is looked up in the input, else its main
+    image or array is used); parts that cannot be related to the input are copies of the
+    reference (`fixed` is then set).
     """
 
     def __init__(self, reference: Any) -> None:
         self.reference = reference
-        self.fixed = False  # set when the last call had to return the reference itself
+        self.fixed = False  # set when a call had to return (part of) the reference itself
 
     def __call__(self, x: Any) -> Any:
-        ref = self.reference
+        return self._make(self.reference, x)
+
+    def _make(self, ref: Any, x: Any) -> Any:
+        if isinstance(ref, Mapping):
+            return {k: self._make(v, _pick(x, k)) for k, v in ref.items()}
+        if isinstance(ref, tuple | list) and ref:
+            if isinstance(x, tuple | list) and len(x) == len(ref):
+                parts = [self._make(r, xi) for r, xi in zip(ref, x, strict=True)]
+            elif isinstance(x, list) and isinstance(ref, list) and x:  # a batch of other size
+                parts = [self._make(ref[0], xi) for xi in x]
+            else:
+                parts = [self._make(r, x) for r in ref]
+            return _rebuild(ref, parts)
         if isinstance(ref, torch.Tensor | np.ndarray):
             arr = _as_array(x)
             fitted = None if arr is None else _fit(arr, tuple(ref.shape))
@@ -96,8 +111,41 @@ class CheapTransform:
                 if isinstance(ref, torch.Tensor):
                     return torch.from_numpy(fitted).to(ref.dtype)
                 return fitted.astype(ref.dtype, copy=False)
+        elif _is_pil(ref) and _is_pil(x):
+            return _fit_pil(x, ref)
+        elif isinstance(ref, int | float | str | bytes | bool) or ref is None:
+            return ref  # labels and other plain values pass as they were
         self.fixed = True
         return _copy(ref)
+
+
+def _is_arraylike(obj: Any) -> bool:
+    return isinstance(obj, torch.Tensor | np.ndarray) or _is_pil(obj)
+
+
+def _is_list_of_arrays(obj: Any) -> bool:
+    return isinstance(obj, tuple | list) and bool(obj) and _is_arraylike(obj[0])
+
+
+def _pick(x: Any, key: Any) -> Any:
+    """The part of input `x` that output `key` comes from: `x[key]`, else its main array."""
+    if not isinstance(x, Mapping):
+        return x
+    if key in x:
+        return x[key]
+    for value in x.values():
+        if _is_arraylike(value) or _is_list_of_arrays(value):
+            return value
+    return None
+
+
+def _fit_pil(x: Any, ref: Any) -> Any:
+    """`x` in the mode and size of PIL image `ref` (cropped, or padded with black)."""
+    if x.mode != ref.mode:
+        x = x.convert(ref.mode)
+    if x.size != ref.size:
+        x = x.crop((0, 0, ref.size[0], ref.size[1]))
+    return x
 
 
 def _copy(obj: Any) -> Any:

@@ -47,22 +47,44 @@ def suggestions(kind: Bottleneck, base: Measurement, facts: LoaderFacts) -> list
     workers, cores = facts.num_workers, facts.cpu_count
     share = worker_time(base, workers)
     busy_share = base.main_cpu_percent / 100 if share is None else share.busy
-    io_bound = busy_share < 0.3 if share is None or share.blocked is None else share.blocked > 0.5
+    blocked = None if share is None else share.blocked
+    # Blocked on I/O or sleeps (not computing, not waiting for a core): more loaders overlap
+    # more waits, past the core count. Judged from the same split the evidence prints.
+    # Where the split is unknown, only reading is presumed to wait when the CPU use is low.
+    if blocked is None:
+        io_bound = kind in ("data_access", "dataset") and busy_share < 0.3
+    else:
+        io_bound = blocked > 0.5
     if share is not None and share.starved is not None and share.starved > 0.3:
         out.append(
             f"The workers waited {100 * share.starved:.0f}% of their time for a free core: "
             f"other programs compete for the {cores} cores, or there are more busy workers "
             "than cores. Rates measured on a quieter machine will be higher."
         )
+    loading = kind in ("data_access", "augmentation", "decoding", "dataset")
+    if loading and workers == 0:
+        out.append(f"Set num_workers (try {max(2, cores)}) so loading overlaps with training.")
+    elif loading and io_bound:
+        waited = "mostly waited" if blocked is None else f"were blocked {100 * blocked:.0f}%"
+        out.append(
+            f"Raise num_workers (now {workers}) past the core count ({cores}): the workers "
+            f"computed only {100 * busy_share:.0f}% of the time and {waited} of it (on I/O "
+            "or sleeps), so more of them overlap more waits."
+        )
+    elif loading and workers < cores:
+        out.append(
+            f"Raise num_workers to the core count ({cores}; now {workers}): the workers "
+            f"computed {100 * busy_share:.0f}% of the time, so more parallel workers help "
+            "until the cores are busy."
+        )
+    elif loading:
+        out.append(
+            f"More workers won't help: {workers} workers on {cores} cores already share "
+            f"the CPU (they computed {100 * busy_share:.0f}% of the time and were blocked "
+            f"only {100 * (blocked or 0.0):.0f}%); the stage itself must get cheaper or "
+            "move off the CPU."
+        )
     if kind == "data_access":
-        if workers == 0:
-            out.append(f"Set num_workers (try {max(2, cores)}) so reads overlap with training.")
-        elif io_bound:
-            out.append(
-                f"Raise num_workers (now {workers}) past the core count ({cores}): the workers "
-                f"computed only {100 * busy_share:.0f}% of the time and mostly waited on I/O, "
-                "so more of them overlap more reads."
-            )
         prefetch = facts.prefetch_factor or 2
         if workers:
             out.append(f"Raise prefetch_factor (now {prefetch}) to keep more reads in flight.")
@@ -74,17 +96,6 @@ def suggestions(kind: Bottleneck, base: Measurement, facts: LoaderFacts) -> list
             "Pack many small files into large shards read sequentially (WebDataset tar "
             "files, LMDB, Parquet, or one memory-mapped array)."
         )
-    if kind in ("augmentation", "decoding", "dataset"):
-        if workers < cores:
-            out.append(
-                f"Raise num_workers to the core count ({cores}; now {workers}): this stage "
-                "burns CPU, so more parallel workers help until the cores are busy."
-            )
-        else:
-            out.append(
-                f"More workers won't help: {workers} workers on {cores} cores already share "
-                "the CPU; the stage itself must get cheaper or move off the CPU."
-            )
     if kind == "augmentation":
         out.append(
             "Move augmentation to the GPU on whole batches (torchvision.transforms.v2 on CUDA "
@@ -107,8 +118,9 @@ def suggestions(kind: Bottleneck, base: Measurement, facts: LoaderFacts) -> list
         )
     if kind == "dataset":
         out.append(
-            "Wrap the dataset in deploylab.dataloader.StagedDataset(sources, read, decode, "
-            "augment) so the next diagnosis can tell which stage is slow."
+            "Keep the transforms in `self.transform` and the file paths in a list attribute "
+            "(or wrap the dataset in deploylab.dataloader.StagedDataset) so the next "
+            "diagnosis can tell which stage is slow."
         )
     if kind in ("data_access", "augmentation", "decoding", "dataset") and workers:
         if not facts.persistent_workers:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from deploylab.dataloader.report import VariantName
 from deploylab.dataloader.spec import fill_slot
@@ -58,22 +58,68 @@ class DecodeOnlyDataset(Dataset[Any]):
         return fill_slot(self.templates[k], sample)
 
 
+class ReplayIterable(IterableDataset[Any]):
+    """An endless stream cycling over a few cached items (variant 3 of an IterableDataset)."""
+
+    def __init__(self, items: Sequence[Any]) -> None:
+        self.items = list(items)
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            yield from self.items
+
+
+class CycledDataset(Dataset[Any]):
+    """`length` items cycling over the items of a small map-style dataset (fetched each time)."""
+
+    def __init__(self, inner: Any, length: int) -> None:
+        self.inner = inner
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Any:
+        return self.inner[index % len(self.inner)]
+
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        keys = [i % len(self.inner) for i in indices]
+        getitems = getattr(self.inner, "__getitems__", None)
+        if getitems is not None:
+            return list(getitems(keys))
+        return [self.inner[k] for k in keys]
+
+
 @dataclass
 class VariantPlan:
-    """A variant ready to measure (`dataset`) or skipped (`skipped_reason`)."""
+    """A variant ready to measure (`dataset`) or skipped (`skipped_reason`, and `enable`: the
+    one-line change that would let the doctor build it)."""
 
     name: VariantName
-    dataset: Dataset[Any] | None
+    dataset: Any | None
     skipped_reason: str | None = None
     note: str | None = None
+    enable: str | None = None
+    collate_fn: Callable[[Any], Any] | None = None  # replaces the loader's collate_fn
 
 
 @dataclass
 class Ablation:
-    """The four variants formed for one dataset, and how its stages were found."""
+    """The four variants formed for one dataset, and how its stages were found.
+
+    `removed` says what variant 2 turned off ("the dataset's transform", "collate_fn", ...);
+    `cleanup` runs when the diagnosis is over (e.g. removing files copied to RAM).
+    """
 
     adapter: str
     plans: list[VariantPlan]
+    removed: str = "the dataset's transforms"
+    cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Release what the variants hold (RAM copies of files)."""
+        for fn in self.cleanup:
+            fn()
 
 
 def cache_indices(length: int, count: int) -> list[int]:

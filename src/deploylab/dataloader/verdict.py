@@ -14,6 +14,14 @@ costs wall time.
 
 from __future__ import annotations
 
+from deploylab.dataloader.confidence import (
+    SIGNIFICANT,  # noqa: E402,F401
+    Form,
+    cpu_stage_confidence,
+    not_dataloader_confidence,
+    ranked_shares,
+    stage_confidence,
+)
 from deploylab.dataloader.report import (
     Bottleneck,
     Measurement,
@@ -23,7 +31,6 @@ from deploylab.dataloader.report import (
 )
 from deploylab.dataloader.suggest import LoaderFacts, WorkerTime, suggestions, worker_time
 
-SIGNIFICANT = 0.15  # share of the baseline's time per sample a stage must cost to count
 CONTENDED = 0.3  # share of their time the loading processes waited for a core: a busy machine
 CPU_DOMINANT = 0.5  # share of the baseline's CPU per sample that names a stage when contended
 
@@ -57,6 +64,8 @@ def stage_costs(runs: dict[VariantName, Measurement | None]) -> StageCosts | Non
             costs.read_ms = t2 - t4
         elif t3 is not None:
             costs.read_and_decode_ms = t2 - t3
+    elif t4 is not None:  # no augmentation to turn off: variant 4 is formed from the baseline
+        costs.read_ms = t1 - t4
     if t4 is not None and t3 is not None:
         costs.decode_ms = t4 - t3
     c = {name: m.cpu_ms_per_sample for name, m in runs.items() if m is not None}
@@ -65,7 +74,7 @@ def stage_costs(runs: dict[VariantName, Measurement | None]) -> StageCosts | Non
     costs.baseline_cpu_ms = c1
     costs.pipeline_cpu_ms = _minus(c1, c3)
     costs.augment_cpu_ms = _minus(c1, c2)
-    costs.read_cpu_ms = _minus(c2, c4 if c4 is not None else c3)
+    costs.read_cpu_ms = _minus(c2 if c2 is not None else c1, c4 if c4 is not None else c3)
     costs.decode_cpu_ms = _minus(c4, c3)
     return costs
 
@@ -111,7 +120,9 @@ def _rate_line(label: str, a: Measurement, b: Measurement) -> str:
 
 
 def decide(
-    runs: dict[VariantName, Measurement | None], facts: LoaderFacts
+    runs: dict[VariantName, Measurement | None],
+    facts: LoaderFacts,
+    removed: str = "the dataset's transforms",
 ) -> tuple[Verdict, StageCosts | None]:
     """The verdict, with its evidence and suggestions, and the stage costs it rests on."""
     costs = stage_costs(runs)
@@ -133,41 +144,36 @@ def decide(
     share = _clamp(costs.pipeline_ms / costs.baseline_ms)
     if share < SIGNIFICANT:
         kind: Bottleneck = "not_dataloader" if facts.has_step else "loader_overhead"
-        return _verdict(kind, evidence, runs, facts, share), costs
+        verdict = _verdict(kind, evidence, runs, facts, share, removed)
+        verdict.confidence = not_dataloader_confidence(runs, costs)
+        return verdict, costs
 
-    stages: dict[Bottleneck, float] = {}
-    no_aug = runs.get(VariantName.NO_AUGMENTATION)
-    decode_only = runs.get(VariantName.SYNTHETIC_DECODE)
-    if no_aug is not None and costs.augment_ms is not None:
-        stages["augmentation"] = costs.augment_ms
-        evidence.append(_rate_line("Turning augmentation off", base, no_aug))
-        if costs.read_ms is not None and decode_only is not None:
-            stages["data_access"] = costs.read_ms
-            stages["decoding"] = costs.decode_ms or 0.0
-            evidence.append(
-                _rate_line("Then skipping the reads (cached bytes decoded)", no_aug, decode_only)
-            )
-            evidence.append(_rate_line("Then skipping decoding too", decode_only, replay))
-        else:
-            stages["data_access"] = costs.read_and_decode_ms or 0.0
-            evidence.append(_rate_line("Then skipping reads and decoding", no_aug, replay))
-    else:
-        stages["dataset"] = costs.pipeline_ms
-    kind, cost = max(stages.items(), key=lambda kv: kv[1])
-    share = cost / costs.baseline_ms
+    stages, forms = _stages(runs, costs, evidence)
+    basis, by_cpu = costs, None
     spent = loading_time(base, facts.num_workers)
-    by_cpu = None
     if spent is not None and spent.starved is not None and spent.starved >= CONTENDED:
         evidence.append(_contention_line(spent.starved, costs, stages))
         # Loaders that mostly wait (on I/O, sleeps) are judged by wall time even then: their
         # CPU time per sample is small and mostly per-second overhead.
         if (spent.blocked or 0.0) <= CONTENDED:
             by_cpu = _by_cpu(stages, costs)
+        # Loaders mostly blocked are judged by wall time as they are; otherwise the time
+        # spent waiting for a core is taken out of each variant (`_uncontended`).
+        quiet = _uncontended(runs, facts.num_workers) if (spent.blocked or 0.0) <= 0.5 else None
+        if quiet is not None and _waits_explained(quiet, costs, spent, facts.num_workers, by_cpu):
+            stages, forms = _stages(runs, quiet, [])
+            basis, by_cpu = quiet, None
+            evidence.append(_quiet_line(stages, quiet))
+    ranked = sorted(stages.items(), key=lambda kv: kv[1], reverse=True)
+    kind, cost = ranked[0]
+    share = cost / basis.baseline_ms
     if by_cpu is not None:
         kind, share = by_cpu
-        verdict = _verdict(kind, evidence, runs, facts, _clamp(share))
+        verdict = _verdict(kind, evidence, runs, facts, _clamp(share), removed)
         verdict.headline = verdict.headline.replace("of the time per sample", "of the CPU time")
         verdict.headline += " (Judged by CPU time: the machine was busy.)"
+        verdict.stages = ranked_shares(ranked, basis, forms, runs, first=kind)
+        verdict.confidence = cpu_stage_confidence(kind, forms, runs, CPU_DOMINANT)
         return verdict, costs
     if share < SIGNIFICANT / 2:
         return Verdict(
@@ -177,7 +183,150 @@ def decide(
             evidence=evidence,
             suggestions=[],
         ), costs
-    return _verdict(kind, evidence, runs, facts, _clamp(share)), costs
+    waiting = _waits_in_decode(kind, runs, facts)
+    if waiting is not None:  # the "decoding" left after caching the files mostly waits
+        stages["data_access"] = stages.pop("decoding") + stages.get("data_access", 0.0)
+        forms["data_access"] = {
+            k: forms["decoding"].get(k, 0.0) + forms["data_access"].get(k, 0.0)
+            for k in {*forms["decoding"], *forms["data_access"]}
+        }
+        forms.pop("decoding")
+        ranked = sorted(stages.items(), key=lambda kv: kv[1], reverse=True)
+        kind, share = "data_access", stages["data_access"] / basis.baseline_ms
+        evidence.append(
+            f"With the listed files read from RAM, the workers were still blocked "
+            f"{100 * waiting:.0f}% of the time: the dataset waits on something else in its "
+            "own code (a network fetch, a lock, a sleep), counted here as data access."
+        )
+    verdict = _verdict(kind, evidence, runs, facts, _clamp(share), removed)
+    verdict.stages = ranked_shares(ranked, basis, forms, runs, first=kind)
+    verdict.confidence = stage_confidence(kind, stages, forms, runs, basis)
+    if len(verdict.stages) > 1:
+        second = verdict.stages[1]
+        verdict.headline += (
+            f" Second: {_STAGE_SHORT[second.stage]}, about {100 * second.share:.0f}%."
+        )
+    return verdict, costs
+
+
+def _uncontended(
+    runs: dict[VariantName, Measurement | None], num_workers: int
+) -> StageCosts | None:
+    """Stage costs from each variant's time per sample without the share its loaders spent
+    waiting for a free core: what the variants would take on a quiet machine, with waits on
+    I/O kept (None where the OS does not report the waiting)."""
+    quiet: dict[VariantName, Measurement | None] = {}
+    for name, m in runs.items():
+        if m is None:
+            quiet[name] = None
+            continue
+        spent = loading_time(m, num_workers)
+        if spent is None or spent.starved is None:
+            return None
+        rate = m.samples_per_s / max(0.05, 1.0 - spent.starved)
+        quiet[name] = m.model_copy(update={"samples_per_s": rate})
+    return stage_costs(quiet)
+
+
+def _waits_explained(
+    quiet: StageCosts,
+    costs: StageCosts,
+    spent: WorkerTime,
+    num_workers: int,
+    by_cpu: tuple[Bottleneck, float] | None,
+) -> bool:
+    """Whether to trust the quiet-machine costs over the CPU-time rule: they agree with it,
+    or the stage they name waits (costs more than its CPU time) no longer than the loaders
+    were actually blocked."""
+    stages, _ = _stages_of(quiet)
+    if not stages:
+        return False
+    kind = max(stages.items(), key=lambda kv: kv[1])[0]
+    if by_cpu is None or by_cpu[0] == kind:
+        return True
+    cpu = {
+        "augmentation": costs.augment_cpu_ms,
+        "data_access": costs.read_cpu_ms,
+        "decoding": costs.decode_cpu_ms,
+        "dataset": costs.pipeline_cpu_ms,
+    }.get(kind)
+    waiting = stages[kind] - max(0.0, cpu or 0.0) / max(1, num_workers)
+    return waiting <= 1.5 * (spent.blocked or 0.0) * costs.baseline_ms
+
+
+def _stages_of(costs: StageCosts) -> tuple[dict[Bottleneck, float], None]:
+    """The stage costs a `StageCosts` holds (the same choice as `_stages`, from costs only)."""
+    out: dict[Bottleneck, float] = {}
+    if costs.augment_ms is not None:
+        out["augmentation"] = costs.augment_ms
+    if costs.read_ms is not None:
+        out["data_access"] = costs.read_ms
+        out["decoding"] = costs.decode_ms or 0.0
+    elif costs.read_and_decode_ms is not None:
+        out["data_access"] = costs.read_and_decode_ms
+    if not out and costs.pipeline_ms is not None:
+        out["dataset"] = costs.pipeline_ms
+    return out, None
+
+
+def _quiet_line(stages: dict[Bottleneck, float], quiet: StageCosts) -> str:
+    parts = [f"{_STAGE_SHORT[k]} {v:.1f} ms" for k, v in stages.items()]
+    return (
+        "Judged by the time per sample without the loaders' waits for a free core (as on a "
+        f"quiet machine, waits on I/O kept): {quiet.baseline_ms:.1f} ms in the baseline; by "
+        f"stage: {', '.join(parts)}."
+    )
+
+
+def _waits_in_decode(
+    kind: Bottleneck, runs: dict[VariantName, Measurement | None], facts: LoaderFacts
+) -> float | None:
+    """The blocked share of the decode-only variant's loaders, if "decoding" mostly waits."""
+    decode_only = runs.get(VariantName.SYNTHETIC_DECODE)
+    if kind != "decoding" or decode_only is None:
+        return None
+    spent = loading_time(decode_only, facts.num_workers)
+    if spent is None or spent.blocked is None or spent.blocked <= 0.5:
+        return None
+    return spent.blocked
+
+
+_STAGE_SHORT: dict[str, str] = {
+    "augmentation": "augmentation",
+    "data_access": "data access (reading)",
+    "decoding": "decoding",
+    "dataset": "the dataset's work",
+}
+
+
+def _stages(
+    runs: dict[VariantName, Measurement | None], costs: StageCosts, evidence: list[str]
+) -> tuple[dict[Bottleneck, float], dict[Bottleneck, Form]]:
+    """The stages the measured variants isolate: their costs and their forms."""
+    base, replay = runs[VariantName.BASELINE], runs[VariantName.SYNTHETIC_READ]
+    no_aug = runs.get(VariantName.NO_AUGMENTATION)
+    decode_only = runs.get(VariantName.SYNTHETIC_DECODE)
+    assert base is not None and replay is not None
+    stages: dict[Bottleneck, float] = {}
+    forms: dict[Bottleneck, Form] = {}
+    before_read, t_before = (base, "1")
+    if no_aug is not None and costs.augment_ms is not None:
+        stages["augmentation"], forms["augmentation"] = costs.augment_ms, {"1": 1, "2": -1}
+        evidence.append(_rate_line("Turning augmentation off", base, no_aug))
+        before_read, t_before = no_aug, "2"
+    if decode_only is not None and costs.read_ms is not None:
+        stages["data_access"], forms["data_access"] = costs.read_ms, {t_before: 1, "4": -1}
+        stages["decoding"], forms["decoding"] = costs.decode_ms or 0.0, {"4": 1, "3": -1}
+        label = "Then skipping the reads" if no_aug is not None else "Skipping the reads"
+        evidence.append(_rate_line(f"{label} (cached bytes decoded)", before_read, decode_only))
+        evidence.append(_rate_line("Then skipping decoding too", decode_only, replay))
+    elif no_aug is not None:
+        stages["data_access"] = costs.read_and_decode_ms or 0.0
+        forms["data_access"] = {"2": 1, "3": -1}
+        evidence.append(_rate_line("Then skipping reads and decoding", no_aug, replay))
+    else:
+        stages["dataset"], forms["dataset"] = costs.pipeline_ms or 0.0, {"1": 1, "3": -1}
+    return stages, forms
 
 
 _CPU_LABELS: dict[str, str] = {
@@ -250,6 +399,7 @@ def _verdict(
     runs: dict[VariantName, Measurement | None],
     facts: LoaderFacts,
     share: float,
+    removed: str = "the dataset's transforms",
 ) -> Verdict:
     base = runs[VariantName.BASELINE]
     assert base is not None
@@ -270,9 +420,14 @@ def _verdict(
             "processes) sets the rate."
         )
     else:
-        headline = f"{_STAGE_WORDS[kind]}: about {100 * share:.0f}% of the time per sample."
+        words = _STAGE_WORDS[kind]
+        if kind == "augmentation":
+            words = f"Augmentations ({removed}) are the bottleneck"
+        headline = f"{words}: about {100 * share:.0f}% of the time per sample."
         if kind == "data_access" and runs.get(VariantName.SYNTHETIC_DECODE) is None:
             headline += " (This includes decoding, which could not be isolated.)"
+        if kind == "decoding" and runs.get(VariantName.NO_AUGMENTATION) is None:
+            headline += " (This includes the transforms, which could not be turned off.)"
     return Verdict(
         bottleneck=kind,
         headline=headline,

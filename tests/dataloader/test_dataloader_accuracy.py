@@ -1,0 +1,74 @@
+"""The accuracy suite: planted bottlenecks in datasets written the common ways, unmodified.
+
+Every shape (torchvision style, ImageFolder look-alike, Hugging Face, webdataset, a plain
+IterableDataset, work in collate_fn) x every case (slow storage with jitter, heavy
+augmentation, slow decoding, slow training step, storage + augmentation at once): all four
+variants must be built, the right stage named (both, largest first, for two at once), the
+verdict must say how sure it is, and every suggestion must agree with the evidence printed.
+Small images and short runs keep it fit for CI; benchmarks/dataloader_accuracy.py runs the
+same cases with the default settings and times them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from dataloader_cases import CASES, SHAPES, Costs, build_case
+
+from deploylab.dataloader import DiagnoseReport, diagnose
+
+# The planted costs dominate by wide margins; short runs (at most 1.5 s a variant, 2 rounds).
+FAST = {"precision": 0.1, "max_seconds": 1.5, "max_rounds": 2}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("planted")
+
+
+def named(report: DiagnoseReport) -> list[str]:
+    """The stages the verdict names, largest first (or its one-word verdict)."""
+    return [s.stage for s in report.verdict.stages] or [report.verdict.bottleneck]
+
+
+def explain(report: DiagnoseReport) -> str:
+    lines = [report.verdict.headline, *report.verdict.evidence]
+    for v in report.variants:
+        m = v.measurement
+        rate = "skipped" if m is None else f"{v.round_rates} +-{m.rate_ci} cpu {m.cpu_ms_per_sample:.2f}"
+        lines.append(f"{v.name.value}: {rate} {v.skipped_reason or ''}")
+    return "\n".join(lines)
+
+
+_SPLIT = re.compile(r"(\d+)% of their time computing, (\d+)% waiting for a free core and (\d+)%")
+
+
+def assert_advice_matches_evidence(report: DiagnoseReport) -> None:
+    """Each worker-count suggestion agrees with the workers' time split in the evidence."""
+    splits = [m for line in report.verdict.evidence if (m := _SPLIT.search(line))]
+    for suggestion in report.verdict.suggestions:
+        if "past the core count" in suggestion or "More workers won't help" in suggestion:
+            assert splits, f"{suggestion!r} without the workers' time split in the evidence"
+            blocked = int(splits[0].group(3))
+            if "past the core count" in suggestion:
+                assert blocked > 50 and f"blocked {blocked}%" in suggestion
+            else:
+                assert blocked <= 50 and f"blocked only {blocked}%" in suggestion
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.usefixtures("no_leftover_children")
+def test_planted_bottleneck_is_named_on_the_unmodified_dataset(
+    shape: str, case: str, root: Path
+) -> None:
+    planted = build_case(shape, case, root, Costs())
+    report = diagnose(planted.dataset, planted.loader_kwargs, planted.step, **FAST)
+    not_built = {v.name.value: v.skipped_reason for v in report.variants if v.status != "measured"}
+    assert not not_built, not_built
+    assert named(report)[: len(planted.expected)] == planted.expected, explain(report)
+    assert report.verdict.confidence is not None and 0 <= report.verdict.confidence <= 1
+    assert any(line.startswith("How sure:") for line in report.verdict.evidence)
+    assert_advice_matches_evidence(report)
