@@ -235,7 +235,7 @@ class DecodedFiles(Dataset[Any]):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        return np.asarray(Image.open(self.files[index]).convert("RGB")), index % 10
+        return np.array(Image.open(self.files[index]).convert("RGB")), index % 10
 
 
 class CollateWith:

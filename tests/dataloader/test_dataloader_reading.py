@@ -166,3 +166,49 @@ def test_knee_is_the_first_count_near_the_best() -> None:
     assert knee([10.0, 20.0, 40.0]) == 2
     assert default_worker_counts(2) == [0, 1, 2, 4]
     assert default_worker_counts(8) == [0, 1, 2, 4, 8, 16]
+
+
+def precise(rate: float, ci: float, **kw: float) -> Measurement:
+    return m(rate, **kw).model_copy(update={"rate_ci": ci, "cpu_ci": ci})
+
+
+def test_two_bottlenecks_are_named_largest_first_with_how_sure() -> None:
+    # 20 ms per sample: reading 10 ms, augmentation 7.5 ms, decoding 0.5 ms.
+    runs = {B: precise(50, 0.02), N: precise(80, 0.02), D: precise(400, 0.02), R: precise(500, 0.02)}
+    verdict, _ = decide(runs, FACTS)
+    assert [s.stage for s in verdict.stages] == ["data_access", "augmentation"]
+    assert verdict.stages[0].ms == pytest.approx(10) and verdict.stages[1].share == pytest.approx(0.375)
+    assert "Second: augmentation, about 38%" in verdict.headline
+    assert verdict.confidence is not None and verdict.confidence > 0.95
+    # Wider intervals on the same rates: less sure, never more.
+    loose = {k: v.model_copy(update={"rate_ci": 0.4}) for k, v in runs.items()}
+    unsure, _ = decide(loose, FACTS)
+    assert unsure.confidence is not None and unsure.confidence < verdict.confidence
+    # Without intervals there is no confidence to give.
+    bare, _ = decide({k: v.model_copy(update={"rate_ci": None}) for k, v in runs.items()}, FACTS)
+    assert bare.confidence is None
+
+
+def test_blocked_loaders_get_more_workers_than_cores_whatever_the_stage() -> None:
+    # 8 workers on 8 cores, computing 10% and blocked 85% of the time: the opaque dataset's
+    # work waits. The old advice said "More workers won't help" because of the core count.
+    full = LoaderFacts(**{**FACTS.__dict__, "num_workers": 8})
+    base = m(100, workers_cpu=80, cpu_wait=40)
+    verdict, _ = decide({B: base, N: None, D: None, R: m(1000)}, full)
+    assert verdict.bottleneck == "dataset"
+    assert not any("won't help" in s for s in verdict.suggestions)
+    assert any("past the core count (8)" in s and "blocked 85%" in s for s in verdict.suggestions)
+    assert any("85% blocked" in e for e in verdict.evidence)
+    # Computing, not blocked: then more workers than cores won't help, and it says why.
+    busy = m(100, workers_cpu=760, cpu_wait=0)
+    verdict, _ = decide({B: busy, N: None, D: None, R: m(1000)}, full)
+    assert any("won't help" in s and "blocked only 5%" in s for s in verdict.suggestions)
+    assert not any("past the core count" in s for s in verdict.suggestions)
+
+
+def test_waits_left_after_caching_the_files_count_as_data_access() -> None:
+    # Decode-only (files read from RAM) is still slow and its workers mostly blocked.
+    blocked = m(120, workers_cpu=10, cpu_wait=10)
+    verdict, _ = decide({B: m(100), N: m(105), D: blocked, R: m(1000)}, FACTS)
+    assert verdict.bottleneck == "data_access"
+    assert any("still blocked" in e for e in verdict.evidence)

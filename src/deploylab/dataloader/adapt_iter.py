@@ -62,7 +62,7 @@ def plan_iterable(ds: IterableDataset[Any], count: int) -> Ablation:
     baseline = baseline_items[0]
     plans = [VariantPlan(VariantName.BASELINE, ds)]
     stages = getattr(ds, "pipeline", None)
-    staged = isinstance(stages, list) and any(_stage_kind(s) in _MAPS + _DECODES for s in stages)
+    staged = isinstance(stages, list) and bool(stages) and not hasattr(ds, "transform")
     if staged:
         no_aug, why, hint = _swap_maps(ds)
     else:
