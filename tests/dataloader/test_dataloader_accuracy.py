@@ -19,8 +19,8 @@ from dataloader_cases import CASES, SHAPES, Costs, build_case
 
 from deploylab.dataloader import DiagnoseReport, diagnose
 
-# The planted costs dominate by wide margins; short runs (at most 1.5 s a variant, 2 rounds).
-FAST = {"precision": 0.1, "max_seconds": 1.5, "max_rounds": 2}
+# The planted costs dominate by wide margins; short runs (at most 0.8 s a variant, 1 round).
+FAST = {"steps": 10, "min_seconds": 0.1, "precision": 0.1, "max_seconds": 0.8, "max_rounds": 1}
 
 
 @pytest.fixture(scope="module")

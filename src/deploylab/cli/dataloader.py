@@ -185,7 +185,7 @@ def diagnose_command(
         "baseline's (95% confidence interval).",
     ),
     max_seconds: float = typer.Option(
-        4.0, "--max-seconds", help="Stop a variant after this long even if less precise."
+        3.0, "--max-seconds", help="Stop a variant after this long even if less precise."
     ),
     confidence: float = typer.Option(
         0.95, "--confidence", help="Run more rounds while the verdict is less sure than this."
@@ -196,7 +196,7 @@ def diagnose_command(
     max_rounds: int | None = typer.Option(
         None,
         "--max-rounds",
-        help="Rounds at most, while the verdict is unsure (default rounds+2).",
+        help="Rounds at most, while the verdict is unsure (default rounds+1).",
     ),
     warmup: int | None = typer.Option(
         None, "--warmup", help="Warm-up steps per variant (default: workers x prefetch + 1)."

@@ -159,7 +159,7 @@ def diagnose(
     cache_size: int = 16,
     chart_path: str | Path | None = None,
     precision: float | None = 0.05,
-    max_seconds: float = 4.0,
+    max_seconds: float = 3.0,
     confidence: float = 0.95,
 ) -> DiagnoseReport:
     """Find what slows an input pipeline by timing four variants of it.
@@ -171,7 +171,7 @@ def diagnose(
     `steps` measured steps lasting at least `min_seconds`, and goes on until its rate is known
     within +-`precision` (95% confidence interval) or `max_seconds` have passed. After
     `rounds` rounds (alternating order; each variant keeps its fastest round), more rounds
-    run, up to `max_rounds` (default `rounds + 2`), while the verdict is less sure than
+    run, up to `max_rounds` (default `rounds + 1`), while the verdict is less sure than
     `confidence`. `cache_size` samples are cached for the synthetic variants. With
     `chart_path`, a bar chart of the variants is written there as PNG.
     """
@@ -270,7 +270,7 @@ def _run_rounds(
     """Measure the variants round after round (ABCD, DCBA, ...) until the verdict is sure
     enough or `max_rounds` is reached; each keeps its fastest round."""
     measurable = [plan for plan in ablation.plans if plan.dataset is not None]
-    limit = max(rounds, rounds + 2 if max_rounds is None else max_rounds)
+    limit = max(rounds, rounds + 1 if max_rounds is None else max_rounds)
     done: dict[VariantName, list[Measurement]] = {plan.name: [] for plan in measurable}
     facts = facts_from(kwargs, cpu_count(), step is not None)
     r = 0
