@@ -37,7 +37,11 @@ def explain(report: DiagnoseReport) -> str:
     lines = [report.verdict.headline, *report.verdict.evidence]
     for v in report.variants:
         m = v.measurement
-        rate = "skipped" if m is None else f"{v.round_rates} +-{m.rate_ci} cpu {m.cpu_ms_per_sample:.2f}"
+        rate = (
+            "skipped"
+            if m is None
+            else f"{v.round_rates} +-{m.rate_ci} cpu {m.cpu_ms_per_sample:.2f}"
+        )
         lines.append(f"{v.name.value}: {rate} {v.skipped_reason or ''}")
     return "\n".join(lines)
 

@@ -174,10 +174,16 @@ def precise(rate: float, ci: float, **kw: float) -> Measurement:
 
 def test_two_bottlenecks_are_named_largest_first_with_how_sure() -> None:
     # 20 ms per sample: reading 10 ms, augmentation 7.5 ms, decoding 0.5 ms.
-    runs = {B: precise(50, 0.02), N: precise(80, 0.02), D: precise(400, 0.02), R: precise(500, 0.02)}
+    runs = {
+        B: precise(50, 0.02),
+        N: precise(80, 0.02),
+        D: precise(400, 0.02),
+        R: precise(500, 0.02),
+    }
     verdict, _ = decide(runs, FACTS)
     assert [s.stage for s in verdict.stages] == ["data_access", "augmentation"]
-    assert verdict.stages[0].ms == pytest.approx(10) and verdict.stages[1].share == pytest.approx(0.375)
+    assert verdict.stages[0].ms == pytest.approx(10)
+    assert verdict.stages[1].share == pytest.approx(0.375)
     assert "Second: augmentation, about 38%" in verdict.headline
     assert verdict.confidence is not None and verdict.confidence > 0.95
     # Wider intervals on the same rates: less sure, never more.

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from deploylab.dataloader.probe import Recorder
+from deploylab.dataloader.probe import Recorder, first_item
 from deploylab.dataloader.report import VariantName
 from deploylab.dataloader.spec import CheapTransform
 from deploylab.dataloader.usercode import call_user
@@ -63,7 +63,7 @@ def plan_hf(ds: Any, indices: Sequence[int]) -> Ablation:
         if plans[-1].dataset is None:
             no_aug = None
     source = ds if no_aug is None else no_aug
-    items = [call_user(f"your dataset[{i}]", lambda i=i: source[i]) for i in indices]
+    items = [first_item(source, i, "your dataset") for i in indices]
     plans.append(VariantPlan(VariantName.SYNTHETIC_READ, ReplayDataset(items, len(ds))))
     in_memory = call_user(
         "copying rows of your dataset to memory", lambda: _rows_in_memory(ds, indices)

@@ -314,6 +314,7 @@ def _measure_plan(
     if plan.name is not VariantName.BASELINE:
         what += f" ({plan.name.value} variant)"
     settings = kwargs if plan.collate_fn is None else {**kwargs, "collate_fn": plan.collate_fn}
+    assert plan.dataset is not None
     return measure(
         plan.dataset,
         settings,

@@ -14,6 +14,7 @@ costs wall time.
 
 from __future__ import annotations
 
+from deploylab.dataloader.busy import quiet_line, uncontended, waits_explained, waits_in_decode
 from deploylab.dataloader.confidence import (
     SIGNIFICANT,  # noqa: E402,F401
     Form,
@@ -22,6 +23,11 @@ from deploylab.dataloader.confidence import (
     ranked_shares,
     stage_confidence,
 )
+from deploylab.dataloader.costs import (
+    STAGE_SHORT,
+    loading_time,
+    stage_costs,
+)
 from deploylab.dataloader.report import (
     Bottleneck,
     Measurement,
@@ -29,7 +35,9 @@ from deploylab.dataloader.report import (
     VariantName,
     Verdict,
 )
-from deploylab.dataloader.suggest import LoaderFacts, WorkerTime, suggestions, worker_time
+from deploylab.dataloader.suggest import LoaderFacts, suggestions, worker_time
+
+__all__ = ["decide", "loading_time", "stage_costs"]
 
 CONTENDED = 0.3  # share of their time the loading processes waited for a core: a busy machine
 CPU_DOMINANT = 0.5  # share of the baseline's CPU per sample that names a stage when contended
@@ -41,59 +49,6 @@ _STAGE_WORDS: dict[str, str] = {
     "dataset": "The dataset's own work (reading, decoding and transforms together) is the "
     "bottleneck",
 }
-
-
-def _ms(m: Measurement | None) -> float | None:
-    return None if m is None or m.samples_per_s <= 0 else 1000.0 / m.samples_per_s
-
-
-def stage_costs(runs: dict[VariantName, Measurement | None]) -> StageCosts | None:
-    """Per-sample cost of each stage that the measured variants isolate (ms)."""
-    t1 = _ms(runs.get(VariantName.BASELINE))
-    if t1 is None:
-        return None
-    t2 = _ms(runs.get(VariantName.NO_AUGMENTATION))
-    t3 = _ms(runs.get(VariantName.SYNTHETIC_READ))
-    t4 = _ms(runs.get(VariantName.SYNTHETIC_DECODE))
-    costs = StageCosts(baseline_ms=t1, rest_ms=t3)
-    if t3 is not None:
-        costs.pipeline_ms = t1 - t3
-    if t2 is not None:
-        costs.augment_ms = t1 - t2
-        if t4 is not None:
-            costs.read_ms = t2 - t4
-        elif t3 is not None:
-            costs.read_and_decode_ms = t2 - t3
-    elif t4 is not None:  # no augmentation to turn off: variant 4 is formed from the baseline
-        costs.read_ms = t1 - t4
-    if t4 is not None and t3 is not None:
-        costs.decode_ms = t4 - t3
-    c = {name: m.cpu_ms_per_sample for name, m in runs.items() if m is not None}
-    c1, c2 = c.get(VariantName.BASELINE), c.get(VariantName.NO_AUGMENTATION)
-    c3, c4 = c.get(VariantName.SYNTHETIC_READ), c.get(VariantName.SYNTHETIC_DECODE)
-    costs.baseline_cpu_ms = c1
-    costs.pipeline_cpu_ms = _minus(c1, c3)
-    costs.augment_cpu_ms = _minus(c1, c2)
-    costs.read_cpu_ms = _minus(c2 if c2 is not None else c1, c4 if c4 is not None else c3)
-    costs.decode_cpu_ms = _minus(c4, c3)
-    return costs
-
-
-def _minus(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a - b
-
-
-def loading_time(m: Measurement, num_workers: int) -> WorkerTime | None:
-    """How the loading processes spent their time: the workers, or with num_workers=0 the
-    main process (None where the OS does not report time spent waiting for a core)."""
-    if num_workers > 0:
-        share = worker_time(m, num_workers)
-        return share if share is not None and share.starved is not None else None
-    if m.main_cpu_wait_percent is None:
-        return None
-    busy = min(1.0, m.main_cpu_percent / 100.0)
-    starved = min(1.0 - busy, m.main_cpu_wait_percent / 100.0)
-    return WorkerTime(busy, starved, max(0.0, 1.0 - busy - starved))
 
 
 def _by_cpu(stages: dict[Bottleneck, float], costs: StageCosts) -> tuple[Bottleneck, float] | None:
@@ -159,11 +114,11 @@ def decide(
             by_cpu = _by_cpu(stages, costs)
         # Loaders mostly blocked are judged by wall time as they are; otherwise the time
         # spent waiting for a core is taken out of each variant (`_uncontended`).
-        quiet = _uncontended(runs, facts.num_workers) if (spent.blocked or 0.0) <= 0.5 else None
-        if quiet is not None and _waits_explained(quiet, costs, spent, facts.num_workers, by_cpu):
+        quiet = uncontended(runs, facts.num_workers) if (spent.blocked or 0.0) <= 0.5 else None
+        if quiet is not None and waits_explained(quiet, costs, spent, facts.num_workers, by_cpu):
             stages, forms = _stages(runs, quiet, [])
             basis, by_cpu = quiet, None
-            evidence.append(_quiet_line(stages, quiet))
+            evidence.append(quiet_line(stages, quiet))
     ranked = sorted(stages.items(), key=lambda kv: kv[1], reverse=True)
     kind, cost = ranked[0]
     share = cost / basis.baseline_ms
@@ -183,7 +138,7 @@ def decide(
             evidence=evidence,
             suggestions=[],
         ), costs
-    waiting = _waits_in_decode(kind, runs, facts)
+    waiting = waits_in_decode(kind, runs, facts)
     if waiting is not None:  # the "decoding" left after caching the files mostly waits
         stages["data_access"] = stages.pop("decoding") + stages.get("data_access", 0.0)
         forms["data_access"] = {
@@ -204,99 +159,9 @@ def decide(
     if len(verdict.stages) > 1:
         second = verdict.stages[1]
         verdict.headline += (
-            f" Second: {_STAGE_SHORT[second.stage]}, about {100 * second.share:.0f}%."
+            f" Second: {STAGE_SHORT[second.stage]}, about {100 * second.share:.0f}%."
         )
     return verdict, costs
-
-
-def _uncontended(
-    runs: dict[VariantName, Measurement | None], num_workers: int
-) -> StageCosts | None:
-    """Stage costs from each variant's time per sample without the share its loaders spent
-    waiting for a free core: what the variants would take on a quiet machine, with waits on
-    I/O kept (None where the OS does not report the waiting)."""
-    quiet: dict[VariantName, Measurement | None] = {}
-    for name, m in runs.items():
-        if m is None:
-            quiet[name] = None
-            continue
-        spent = loading_time(m, num_workers)
-        if spent is None or spent.starved is None:
-            return None
-        rate = m.samples_per_s / max(0.05, 1.0 - spent.starved)
-        quiet[name] = m.model_copy(update={"samples_per_s": rate})
-    return stage_costs(quiet)
-
-
-def _waits_explained(
-    quiet: StageCosts,
-    costs: StageCosts,
-    spent: WorkerTime,
-    num_workers: int,
-    by_cpu: tuple[Bottleneck, float] | None,
-) -> bool:
-    """Whether to trust the quiet-machine costs over the CPU-time rule: they agree with it,
-    or the stage they name waits (costs more than its CPU time) no longer than the loaders
-    were actually blocked."""
-    stages, _ = _stages_of(quiet)
-    if not stages:
-        return False
-    kind = max(stages.items(), key=lambda kv: kv[1])[0]
-    if by_cpu is None or by_cpu[0] == kind:
-        return True
-    cpu = {
-        "augmentation": costs.augment_cpu_ms,
-        "data_access": costs.read_cpu_ms,
-        "decoding": costs.decode_cpu_ms,
-        "dataset": costs.pipeline_cpu_ms,
-    }.get(kind)
-    waiting = stages[kind] - max(0.0, cpu or 0.0) / max(1, num_workers)
-    return waiting <= 1.5 * (spent.blocked or 0.0) * costs.baseline_ms
-
-
-def _stages_of(costs: StageCosts) -> tuple[dict[Bottleneck, float], None]:
-    """The stage costs a `StageCosts` holds (the same choice as `_stages`, from costs only)."""
-    out: dict[Bottleneck, float] = {}
-    if costs.augment_ms is not None:
-        out["augmentation"] = costs.augment_ms
-    if costs.read_ms is not None:
-        out["data_access"] = costs.read_ms
-        out["decoding"] = costs.decode_ms or 0.0
-    elif costs.read_and_decode_ms is not None:
-        out["data_access"] = costs.read_and_decode_ms
-    if not out and costs.pipeline_ms is not None:
-        out["dataset"] = costs.pipeline_ms
-    return out, None
-
-
-def _quiet_line(stages: dict[Bottleneck, float], quiet: StageCosts) -> str:
-    parts = [f"{_STAGE_SHORT[k]} {v:.1f} ms" for k, v in stages.items()]
-    return (
-        "Judged by the time per sample without the loaders' waits for a free core (as on a "
-        f"quiet machine, waits on I/O kept): {quiet.baseline_ms:.1f} ms in the baseline; by "
-        f"stage: {', '.join(parts)}."
-    )
-
-
-def _waits_in_decode(
-    kind: Bottleneck, runs: dict[VariantName, Measurement | None], facts: LoaderFacts
-) -> float | None:
-    """The blocked share of the decode-only variant's loaders, if "decoding" mostly waits."""
-    decode_only = runs.get(VariantName.SYNTHETIC_DECODE)
-    if kind != "decoding" or decode_only is None:
-        return None
-    spent = loading_time(decode_only, facts.num_workers)
-    if spent is None or spent.blocked is None or spent.blocked <= 0.5:
-        return None
-    return spent.blocked
-
-
-_STAGE_SHORT: dict[str, str] = {
-    "augmentation": "augmentation",
-    "data_access": "data access (reading)",
-    "decoding": "decoding",
-    "dataset": "the dataset's work",
-}
 
 
 def _stages(
