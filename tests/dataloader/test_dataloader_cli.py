@@ -181,6 +181,29 @@ def test_error_in_a_worker_is_shown_with_its_traceback(
     assert "my_pipeline.py" in err and "raise OSError" in err
 
 
+def test_variants_not_built_say_what_would_enable_them(
+    tmp_path: Path, arrays: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A dataset that loads its arrays by number: no `transform`, no list of files.
+    body = (
+        "class ByNumber(torch.utils.data.Dataset):\n"
+        "        def __len__(self):\n"
+        "            return 8\n"
+        "        def __getitem__(self, i):\n"
+        "            return torch.from_numpy(np.load(files[i]))\n"
+        "    return Pipeline(ByNumber(), {'batch_size': 4})"
+    )
+    script = write_script(tmp_path, arrays, body=body)
+    args = ["dataloader", "diagnose", str(script), "--steps", "10", "--max-seconds", "0.5"]
+    assert main([*args, "--no-chart"]) == 0
+    out = capsys.readouterr().out
+    assert "no_augmentation not built: ByNumber has no `transform` attribute" in out
+    assert "synthetic_decode not built: no attribute of ByNumber lists its files" in out
+    assert "to enable it: keep the transforms in an attribute, `self.transform = transform`" in out
+    assert "to enable it: keep one file path per sample in a list attribute" in out
+    assert "How sure:" in out and "Verdict in" in out
+
+
 def test_empty_dataset_from_a_script(
     tmp_path: Path, arrays: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

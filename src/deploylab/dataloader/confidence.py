@@ -8,7 +8,6 @@ from deploylab.dataloader.precision import combination_se, prob_positive
 from deploylab.dataloader.report import Bottleneck, Measurement, StageCosts, StageShare, VariantName
 
 SIGNIFICANT = 0.15  # share of the baseline's time per sample a stage must cost to count
-SECOND_SURE = 0.9  # how sure a further stage must be of being significant to be named too
 
 # Each stage's cost as a combination of the variants' times per sample ("1" = baseline,
 # "2" = no augmentation, "3" = synthetic read, "4" = synthetic decode).
@@ -74,11 +73,7 @@ def ranked_shares(
     out = []
     for kind, ms in sorted(ranked, key=lambda kv: (kv[0] != first, -kv[1])):
         s = combination_se(forms.get(kind, {}), se) if kind in forms else None
-        excess = ms - SIGNIFICANT * costs.baseline_ms
-        # A further stage is named only if it is significant with 90% confidence (where its
-        # interval is known), so noise in a single-bottleneck pipeline names no second one.
-        sure = (prob_positive(excess, s) or 0.0) >= SECOND_SURE if s is not None else excess >= 0
-        if kind == first or sure:
+        if kind == first or ms >= SIGNIFICANT * costs.baseline_ms:
             out.append(
                 StageShare(
                     stage=kind,

@@ -175,17 +175,6 @@ class Slot:
         return "<sample slot>"
 
 
-def count_slots(obj: Any) -> int:
-    """How many `Slot`s an item template holds."""
-    if isinstance(obj, Slot):
-        return 1
-    if isinstance(obj, Mapping):
-        return sum(count_slots(v) for v in obj.values())
-    if isinstance(obj, tuple | list):
-        return sum(count_slots(v) for v in obj)
-    return 0
-
-
 def fill_slot(template: Any, value: Any) -> Any:
     """A copy of `template` with its `Slot` replaced by `value`."""
     if isinstance(template, Slot):
