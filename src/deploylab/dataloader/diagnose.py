@@ -361,6 +361,12 @@ def confidence_line(verdict: Verdict, results: list[VariantResult], rounds: int)
         else f"{s.stage} {s.ms:.1f} ms"
         for s in verdict.stages
     ]
+    if "Judged by CPU time" in verdict.headline:
+        return (
+            f"{sure} that {verdict.bottleneck} takes the most CPU time per sample and at least "
+            f"half of the baseline's {base.cpu_ms_per_sample:.2f} ms, from the CPU times' 95% "
+            f"confidence intervals ({rounds} round(s); wall-time costs: {', '.join(parts)})."
+        )
     return (
         f"{sure} that {verdict.bottleneck} costs the most and at least 15% of the "
         f"{1000 / base.samples_per_s:.1f} ms per sample (95% intervals: {', '.join(parts)}; "
