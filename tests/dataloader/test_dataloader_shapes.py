@@ -108,3 +108,28 @@ def test_hugging_face_dataset_without_transform_says_how_to_enable_variant_2(
     assert decode is not None and len(decode) == 4
     assert spec_of(decode[3]) == spec_of(ds[1])  # cycles over the 2 rows kept in memory
     ablation.close()
+
+
+def test_hugging_face_stream_map_functions_are_swapped() -> None:
+    import datasets
+    import numpy as np
+
+    calls: list[int] = []
+
+    def augment(example: dict[str, Any]) -> dict[str, Any]:
+        calls.append(1)
+        return {"x": np.asarray(example["x"], dtype=np.float32) * 2}
+
+    rows = {"x": [np.full(4, i, dtype=np.float32) for i in range(8)]}
+    stream = datasets.Dataset.from_dict(rows).to_iterable_dataset().map(augment)
+    ablation = plan_ablation(stream.with_format("torch"), [0, 1])
+    plans = {p.name: p for p in ablation.plans}
+    assert ablation.adapter == "hugging face stream"
+    no_aug = plans[VariantName.NO_AUGMENTATION].dataset
+    assert no_aug is not None
+    calls.clear()
+    item = next(iter(no_aug))
+    assert not calls  # the user's map function no longer runs
+    assert spec_of(item) == spec_of(next(iter(stream.with_format("torch"))))
+    decode = plans[VariantName.SYNTHETIC_DECODE]
+    assert decode.dataset is None and "save_to_disk" in (decode.enable or "")

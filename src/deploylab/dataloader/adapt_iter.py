@@ -5,6 +5,8 @@ come (the first few) rather than by index.
   -> `.decode()` -> `.map()` ...): variant 2 swaps the functions of its `map`, `map_dict`
   and `map_tuple` stages for cheap stand-ins; variant 4 caches the encoded samples that
   reach the first `decode` stage and runs the stages from there on;
+- a streaming Hugging Face `datasets.IterableDataset`: variant 2 swaps its `.map()`
+  functions (see `adapt_hf_stream`); variant 4 is not formed;
 - any other stream with a `transform` attribute: variant 2 swaps it; variant 4 points an
   attribute listing its files (or shards) at RAM copies of the first few.
 """
@@ -17,6 +19,7 @@ from typing import Any
 
 from torch.utils.data import IterableDataset
 
+from deploylab.dataloader.adapt_hf_stream import is_hf_stream, swap_stream_maps
 from deploylab.dataloader.probe import Recorder, first_items, swap_transform
 from deploylab.dataloader.report import VariantName
 from deploylab.dataloader.spec import CheapTransform
@@ -63,8 +66,11 @@ def plan_iterable(ds: IterableDataset[Any], count: int) -> Ablation:
     plans = [VariantPlan(VariantName.BASELINE, ds)]
     stages = getattr(ds, "pipeline", None)
     staged = isinstance(stages, list) and bool(stages) and not hasattr(ds, "transform")
+    stream = is_hf_stream(ds)
     if staged:
         no_aug, why, hint = _swap_maps(ds)
+    elif stream:
+        no_aug, why, hint = swap_stream_maps(ds)
     else:
         no_aug, why, hint = swap_transform(ds, 0)
     if no_aug is None:
@@ -74,10 +80,16 @@ def plan_iterable(ds: IterableDataset[Any], count: int) -> Ablation:
     source = plans[-1].dataset if plans[-1].dataset is not None else ds
     items = baseline_items if source is ds else first_items(source, count, "your dataset")
     plans.append(VariantPlan(VariantName.SYNTHETIC_READ, ReplayIterable(items)))
-    ablation = Ablation("webdataset pipeline" if staged else "iterable", plans)
+    adapter = "webdataset pipeline" if staged else "hugging face stream" if stream else "iterable"
+    ablation = Ablation(adapter, plans)
     if staged:
         plans.append(_cached_encoded(source, baseline, count))
         ablation.removed = "the pipeline's map stages"
+    elif stream:
+        ablation.removed = "the stream's map functions"
+        why = "a streaming dataset's rows come from its source files or shards one by one"
+        hint = "save it with `save_to_disk` (or load it without streaming) to cache rows by index"
+        plans.append(VariantPlan(VariantName.SYNTHETIC_DECODE, None, why, enable=hint))
     else:
         plans.append(_ram_variant(ablation, source, baseline, range(count), None, 0))
     return ablation
