@@ -16,7 +16,7 @@ import psutil
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from deploylab.dataloader.monitor import ProcessMonitor
+from deploylab.dataloader.monitor import ProcessMonitor, Usage
 from deploylab.dataloader.precision import ratio_half_width, relative_half_width
 from deploylab.dataloader.report import Measurement
 from deploylab.dataloader.usercode import user_code
@@ -259,6 +259,20 @@ def measure(
             monitor.close()
         finally:
             shutdown_workers(iterator, before)
+    return _measurement(totals, waits, samples, elapsed, warmup, usage, ci, cpu_ci)
+
+
+def _measurement(
+    totals: list[float],
+    waits: list[float],
+    samples: int,
+    elapsed: float,
+    warmup: int,
+    usage: Usage,
+    ci: float | None,
+    cpu_ci: float | None,
+) -> Measurement:
+    """The `Measurement` of a finished run from its step times and the processes' usage."""
     return Measurement(
         steps=len(totals),
         warmup_steps=warmup,
