@@ -23,7 +23,7 @@ from deploylab.dataloader import DiagnoseReport, diagnose
 # round only when the verdict is less than 95% sure).
 FAST = {"steps": 10, "min_seconds": 0.25, "precision": 0.1, "max_seconds": 0.8, "max_rounds": 2}
 # Verdicts at least this sure must be right; one less sure may miss, but must say it is unsure.
-SURE = 0.8
+SURE = 0.95
 # Outcomes of the cases run so far in this module: (right, confidence).
 TALLY: list[tuple[bool, float | None]] = []
 

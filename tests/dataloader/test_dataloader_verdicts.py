@@ -38,7 +38,9 @@ def rates(report: DiagnoseReport) -> str:
 def test_waits_inside_the_datasets_own_code_are_data_access(small_pngs: Path) -> None:
     # The wait sits in __getitem__ itself, not in the listed files: reading those from RAM
     # does not remove it, the workers stay blocked, and the doctor says so.
-    report = diagnose(SlowDiskImages(small_pngs), LOADER, steps=6, min_seconds=0.3)
+    report = diagnose(
+        SlowDiskImages(small_pngs), LOADER, steps=6, min_seconds=0.3, rounds=2, max_seconds=1.5
+    )
     assert report.adapter == "transform"
     assert all(v.status == "measured" for v in report.variants), report.variants
     assert report.verdict.bottleneck == "data_access", rates(report)
@@ -55,7 +57,9 @@ def test_waits_inside_the_datasets_own_code_are_data_access(small_pngs: Path) ->
 
 @pytest.mark.usefixtures("no_leftover_children")
 def test_cpu_heavy_augmentation_is_augmentation(arrays: Path) -> None:
-    report = diagnose(heavy_augment_dataset(arrays), LOADER, steps=6, min_seconds=0.3)
+    report = diagnose(
+        heavy_augment_dataset(arrays), LOADER, steps=6, min_seconds=0.3, rounds=2, max_seconds=1.5
+    )
     assert report.adapter == "staged"
     assert report.verdict.bottleneck == "augmentation", rates(report)
     base = report.variant(VariantName.BASELINE).measurement
@@ -71,7 +75,9 @@ def test_cpu_heavy_augmentation_is_augmentation(arrays: Path) -> None:
 
 @pytest.mark.usefixtures("no_leftover_children")
 def test_expensive_decoding_is_decoding(big_pngs: Path) -> None:
-    report = diagnose(big_png_dataset(big_pngs), LOADER, steps=6, min_seconds=0.4)
+    report = diagnose(
+        big_png_dataset(big_pngs), LOADER, steps=6, min_seconds=0.4, rounds=2, max_seconds=1.5
+    )
     assert report.verdict.bottleneck == "decoding", rates(report)
     decode_only = report.variant(VariantName.SYNTHETIC_DECODE).measurement
     replay = report.variant(VariantName.SYNTHETIC_READ).measurement
@@ -85,7 +91,9 @@ def test_expensive_decoding_is_decoding(big_pngs: Path) -> None:
 
 @pytest.mark.usefixtures("no_leftover_children")
 def test_slow_training_step_is_not_the_dataloader(arrays: Path) -> None:
-    report = diagnose(SmallArrays(arrays), LOADER, slow_step, steps=8, min_seconds=0.3)
+    report = diagnose(
+        SmallArrays(arrays), LOADER, slow_step, steps=8, min_seconds=0.3, rounds=2, max_seconds=1.5
+    )
     assert report.adapter == "opaque"
     assert report.verdict.bottleneck == "not_dataloader", rates(report)
     assert report.verdict.confidence is not None

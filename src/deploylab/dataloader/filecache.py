@@ -12,6 +12,7 @@ import copy
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,9 @@ class RamFiles:
         self.root = Path(tempfile.mkdtemp(prefix="deploylab-cache-", dir=base))
         self.bytes = 0
         self._copies: dict[int, str] = {}
+        # Removed when no longer used, at the latest when this process exits (never by a
+        # forked DataLoader worker, which shares the folder).
+        self._finalizer = weakref.finalize(self, _remove, self.root, os.getpid())
 
     def copy(self, entry: Any, key: int) -> str:
         """The RAM copy of the file named by `entry` (copied once per `key`)."""
@@ -95,7 +99,18 @@ class RamFiles:
 
     def close(self) -> None:
         """Remove the copies."""
-        shutil.rmtree(self.root, ignore_errors=True)
+        self._finalizer()
+
+
+def _remove(root: Path, owner: int) -> None:
+    if os.getpid() == owner:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class _RamList(list[Any]):
+    """A file list naming RAM copies; it keeps their `RamFiles` (and so the files) alive."""
+
+    ram: RamFiles
 
 
 def swapped_copy(dataset: Any, found: FileList, keys: Sequence[int], ram: RamFiles) -> Any:
@@ -104,7 +119,8 @@ def swapped_copy(dataset: Any, found: FileList, keys: Sequence[int], ram: RamFil
     copies = [ram.copy(found.entries[k], k) for k in keys]
     entries = [_with_path(entry, copies[i % len(copies)]) for i, entry in enumerate(found.entries)]
     out = copy.copy(dataset)
-    new: Any = type(found.entries)(entries) if isinstance(found.entries, tuple) else entries
+    new: Any = _RamList(entries)
+    new.ram = ram  # the copies live as long as the list that names them
     for name, value in vars(dataset).items():  # aliases too (ImageFolder's `imgs`)
         if value is found.entries:
             setattr(out, name, new)
