@@ -105,9 +105,11 @@ class RawServer:
 
 
 # -- building answers -------------------------------------------------------------------------
-def event(text: str) -> bytes:
-    """A completions stream event carrying `text`."""
-    return b"data: " + json.dumps({"choices": [{"index": 0, "text": text}]}).encode() + b"\n\n"
+def event(text: str, finish: str | None = None) -> bytes:
+    """A completions stream event carrying `text` (the last one names its `finish` reason;
+    a stream whose events name none was cut short, as llama-cpp-python's server does)."""
+    choice = {"index": 0, "text": text, "finish_reason": finish}
+    return b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n"
 
 
 USAGE = b'data: {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3}}\n\n'

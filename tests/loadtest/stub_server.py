@@ -24,6 +24,10 @@ DEFAULTS: dict = {
     "fail_every": 0,  # every k-th request answers fail_status
     "fail_status": 500,
     "drop_every": 0,  # every k-th request drops the connection after its first token
+    # peer quirks (llama-cpp-python's server)
+    "finish_reason": True,  # False: no event names a finish_reason
+    "truncate_every": 0,  # every k-th request ends with [DONE] after one token, no finish
+    "models_delay_ms": 0.0,  # /v1/models answers this late (busy one-at-a-time server)
 }
 
 
@@ -58,6 +62,7 @@ class Stub:
         )
 
     async def models(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(self.cfg["models_delay_ms"] / 1000)
         if not self.cfg["models_route"]:
             raise web.HTTPNotFound()
         data = [{"id": m, "object": "model", "owned_by": "stub"} for m in self.cfg["models"]]
@@ -107,6 +112,15 @@ class Stub:
             if i == 0 and cfg["drop_every"] and number % cfg["drop_every"] == 0:
                 request.transport.close()  # type: ignore[union-attr]
                 return resp
+            if i == 0 and cfg["truncate_every"] and number % cfg["truncate_every"] == 0:
+                await resp.write(b"data: [DONE]\n\n")  # cut: no finish_reason
+                await resp.write_eof()
+                return resp
+        if cfg["finish_reason"]:  # a separate event, as llama.cpp and vLLM send it
+            reason = "length" if n >= int(body.get("max_tokens") or 16) else "stop"
+            empty = {"delta": {}} if chat else {"text": ""}
+            finish = {"index": 0, **empty, "finish_reason": reason}
+            await resp.write(f"data: {json.dumps({'choices': [finish]})}\n\n".encode())
         include_usage = (body.get("stream_options") or {}).get("include_usage")
         if cfg["usage"] and include_usage:
             usage = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": n + 7}

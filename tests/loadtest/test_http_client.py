@@ -69,7 +69,7 @@ def assert_ok(rec: RawRecord, text: str, chunks: int) -> None:
     assert rec.sent_ns <= rec.chunk_ns[0] <= rec.chunk_ns[-1] <= rec.end_ns
 
 
-STREAM = [event(" a"), event(" b"), event(" c"), USAGE, DONE]
+STREAM = [event(" a"), event(" b"), event(" c", finish="length"), USAGE, DONE]
 
 
 async def test_chunked_stream(server: RawServer, pool: ConnectionPool) -> None:
@@ -82,7 +82,8 @@ async def test_sized_stream_and_sized_json_answer(server: RawServer, pool: Conne
     sse = b"".join(STREAM)
     rec = await fetch(pool, route(server, "/sized", head(Content_Length=str(len(sse))) + sse))
     assert_ok(rec, " a b c", 3)
-    answer = json.dumps({"choices": [{"message": {"content": "whole"}}]}).encode()
+    answer = json.dumps({"choices": [{"message": {"content": "whole"}, "finish_reason": "stop"}]})
+    answer = answer.encode()
     url = route(server, "/json", head(sse=False, Content_Length=str(len(answer))) + answer)
     assert_ok(await fetch(pool, url), "whole", 1)
 
@@ -107,7 +108,7 @@ async def test_one_byte_reads(server: RawServer, pool: ConnectionPool) -> None:
 async def test_event_split_across_reads_is_timed_by_its_last_byte(
     server: RawServer, pool: ConnectionPool
 ) -> None:
-    second = event(" b")
+    second = event(" b", finish="stop")
     replies: list[Reply] = []
 
     def script(reply: Reply, body: bytes) -> bool:
@@ -220,7 +221,7 @@ async def test_megabyte_bodies_both_ways(server: RawServer, pool: ConnectionPool
     big_text = "x" * (1 << 20)  # one event line of 1 MB, sent in 64 KB chunks
     line = event(big_text)
     pieces = [line[i : i + 65536] for i in range(0, len(line), 65536)]
-    many = [event(f" t{i}") for i in range(20000)]  # and 20,000 small events (~1 MB)
+    many = [event(f" t{i}") for i in range(19999)] + [event(" t19999", finish="length")]
 
     def script(reply: Reply, body: bytes) -> bool:
         answer = head(Transfer_Encoding="chunked") + b"".join(chunk(p) for p in pieces)

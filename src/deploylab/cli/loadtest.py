@@ -54,6 +54,12 @@ def loadtest(
     serve_timeout: float = typer.Option(
         300.0, help="Seconds to wait for the local `deploylab serve` to become healthy."
     ),
+    check_timeout: float = typer.Option(
+        10.0,
+        "--check-timeout",
+        help="Seconds the target may take to answer GET /v1/models before the run (a busy "
+        "one-request-at-a-time server answers late); 0: skip the check.",
+    ),
     scrape_interval: float = typer.Option(
         1.0, "--scrape-interval", help="Seconds between scrapes of the target's /metrics; 0: off."
     ),
@@ -72,6 +78,10 @@ def loadtest(
         return
     if scrape_interval < 0:
         raise UsageError(f"--scrape-interval {scrape_interval:g} must be 0 (off) or positive.")
+    if check_timeout < 0:
+        raise UsageError(
+            f"--check-timeout {check_timeout:g} must be 0 (skip the check) or positive."
+        )
     from deploylab.loadtest.library import builtin_names
 
     if scenario is None:
@@ -110,6 +120,7 @@ def loadtest(
             "tokenizer": tokenizer,
             "trace": trace,
             "api": api,
+            "check_timeout_s": check_timeout,
         },
         show_progress=progress,
         serve_timeout=serve_timeout,
@@ -173,6 +184,11 @@ def _run(
     write_run_report(results, out)
     if results.interrupted:
         raise typer.Exit(130)
+    if results.summary.requests_completed == 0 and results.summary.requests_failed == 0:
+        raise DeploylabError(
+            f"Nothing was measured ({results.summary.requests_excluded} requests, all in the "
+            f"warm-up or cool-down); lower --warmup / --cooldown or run longer. Results: {path}."
+        )
     if results.summary.requests_completed == 0 and results.summary.requests_failed > 0:
         kinds = ", ".join(f"{k}: {n}" for k, n in results.summary.errors_by_kind.items())
         raise DeploylabError(f"Every request failed ({kinds}); results are in {path}.")

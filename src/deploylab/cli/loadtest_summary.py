@@ -28,6 +28,12 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 def _latency_table(results: Any) -> Table:
     s = results.summary
     title = f"{results.scenario.name}: {s.requests_completed} completed, {s.requests_failed} failed"
+    if s.requests_short:
+        title += f" ({s.requests_short} of the completed stopped short)"
+    if s.requests_excluded:
+        title += f"; {s.requests_excluded} excluded (warm-up/cool-down)"
+        if s.excluded_failed:
+            title += f", {s.excluded_failed} of them failed"
     if results.interrupted:
         title += " (interrupted: partial results)"
     table = Table(title=title)
@@ -78,7 +84,7 @@ def _class_tables(results: Any) -> list[Table]:
 def print_summary(results: Any, path: Path) -> None:
     """Print the run's summary, the SLO verdict with its reasons, and where the results are."""
     from deploylab.loadtest.explain import explain_failures, next_steps
-    from deploylab.loadtest.findings import error_examples, run_findings
+    from deploylab.loadtest.findings import error_examples, rate_gap, run_findings, token_source
 
     console = Console()
     s = results.summary
@@ -86,9 +92,17 @@ def print_summary(results: Any, path: Path) -> None:
     console.print(
         f"throughput: {_fmt(s.output_tokens_per_s)} output tok/s, {_fmt(s.requests_per_s, 2)} "
         f"req/s, goodput {_fmt(s.goodput_rps, 2)} req/s; error rate "
-        f"{_fmt(None if s.error_rate is None else 100 * s.error_rate, 2)} %",
+        f"{_fmt(None if s.error_rate is None else 100 * s.error_rate, 2)} %"
+        + (
+            f" (whole run: {_fmt(s.output_tokens_per_s_run)} tok/s over {_fmt(s.run_s, 0)} s)"
+            if rate_gap(s)
+            else ""
+        ),
         highlight=False,
     )
+    source = token_source(s)
+    if source:
+        console.print(source, highlight=False)
     if s.errors_by_kind:
         console.print("errors: " + ", ".join(f"{k} {n}" for k, n in s.errors_by_kind.items()))
         for kind, messages in error_examples(results).items():

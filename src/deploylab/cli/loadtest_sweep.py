@@ -49,6 +49,9 @@ def sweep(
         None, "--slo-profile", help="The scenario's SLOs for a deployment class: gpu or cpu."
     ),
     serve_timeout: float = typer.Option(300.0, help="Seconds to wait for the local server."),
+    check_timeout: float = typer.Option(
+        10.0, "--check-timeout", help="Seconds GET /v1/models may take before the run; 0: skip."
+    ),
 ) -> None:
     """Find the highest rate (or concurrency) at which the scenario's SLOs hold.
 
@@ -67,6 +70,10 @@ def sweep(
         raise UsageError("Give --out DIR: the folder where results.json and report.html go.")
     if scrape_interval < 0:
         raise UsageError(f"--scrape-interval {scrape_interval:g} must be 0 (off) or positive.")
+    if check_timeout < 0:
+        raise UsageError(
+            f"--check-timeout {check_timeout:g} must be 0 (skip the check) or positive."
+        )
     if arrival is not None and arrival not in ("poisson", "constant", "gamma"):
         raise UsageError(f"--arrival '{arrival}' is not one of poisson, constant, gamma.")
     options = SweepOptions(
@@ -95,7 +102,13 @@ def sweep(
         "seed": seed,
         "timeout_s": timeout,
     }
-    prepare = {"model": model, "model_map": model_map, "tokenizer": tokenizer, "api": api}
+    prepare = {
+        "model": model,
+        "model_map": model_map,
+        "tokenizer": tokenizer,
+        "api": api,
+        "check_timeout_s": check_timeout,
+    }
     _sweep(loaded, url, out, overrides, prepare, options, progress, serve_timeout, scrape_interval)
 
 

@@ -40,6 +40,7 @@ class RawRecord:
     error_kind: str | None = None
     error_detail: str | None = None
     text: str = ""  # the answer (kept for history and, without usage, for counting)
+    finish_reasons: dict[int, str] = field(default_factory=dict)  # choice index -> reason
 
 
 def _content_of(event: dict[str, Any]) -> str:
@@ -57,6 +58,13 @@ def _content_of(event: dict[str, Any]) -> str:
     if isinstance(message, dict):
         return message.get("content") or ""
     return ""
+
+
+_TRUNCATED = (
+    "the answer ended without a finish_reason in any choice: the server cut it short "
+    "(llama-cpp-python's server does when another request waits for its model; start it "
+    "with --interrupt_requests False)"
+)
 
 
 class _Stream:
@@ -86,6 +94,11 @@ class _Stream:
         if content:
             self.rec.chunk_ns.append(now)
             self.pieces.append(content)
+        for choice in event.get("choices") or ():
+            if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
+                index = choice.get("index")
+                key = index if isinstance(index, int) else 0
+                self.rec.finish_reasons[key] = choice["finish_reason"]
         usage = event.get("usage")
         if isinstance(usage, dict):
             if isinstance(usage.get("completion_tokens"), int):
@@ -147,6 +160,8 @@ def _settle(exchange: Exchange, rec: RawRecord, cancelled: bool) -> None:
         stream.fail(*exchange.error)
     elif exchange.sse and not exchange.done:
         stream.fail("disconnected", "the stream ended without [DONE]")
+    elif exchange.status == 200 and not rec.finish_reasons:
+        stream.fail("truncated", _TRUNCATED)
     rec.end_ns = exchange.end_ns or time.perf_counter_ns()
     rec.text = "".join(stream.pieces)
     if rec.error_kind is None and not rec.chunk_ns:

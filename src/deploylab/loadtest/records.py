@@ -40,11 +40,27 @@ def output_token_counts(raws: Sequence[RawRecord], tokenizer: Any | None) -> lis
     return out
 
 
+def stopped_short(raw: RawRecord, n_out: int, ignore_eos: bool) -> bool:
+    """Whether an answer stopped (`stop`) before max_tokens although ignore_eos was asked: the
+    server ignores ignore_eos (llama.cpp does). Such an answer is completed-short, not failed."""
+    if not ignore_eos or raw.error_kind not in (None, "empty_output"):
+        return False
+    return raw.finish_reasons.get(0) == "stop" and n_out < raw.max_tokens
+
+
 def to_record(
-    raw: RawRecord, start_ns: int, output: tuple[int, str], window: tuple[float, float]
+    raw: RawRecord,
+    start_ns: int,
+    output: tuple[int, str],
+    window: tuple[float, float],
+    ignore_eos: bool = False,
 ) -> RequestRecord:
-    """One results record (times relative to the run's start)."""
+    """One results record (times relative to the run's start). With `ignore_eos` (asked of
+    the server), an answer that stopped before max_tokens is completed-short, never failed."""
     sent_ns = raw.sent_ns or raw.scheduled_ns
+    short = stopped_short(raw, output[0], ignore_eos)
+    if short:
+        raw.error_kind = raw.error_detail = None  # an empty answer that stopped at once
     ok = raw.error_kind is None
     chunks = raw.chunk_ns
     first = chunks[0] if chunks else None
@@ -82,6 +98,8 @@ def to_record(
         output_tokens=n_out,
         output_tokens_source=source,
         max_tokens=raw.max_tokens,
+        finish_reason=raw.finish_reasons.get(0),
+        completed_short=short,
     )
 
 

@@ -68,6 +68,9 @@ class Summary(_Model):
     requests_failed: int
     requests_cancelled: int = 0  # in flight when the run was interrupted
     requests_excluded: int = 0  # sent during warm-up or cool-down
+    excluded_failed: int = 0  # of those, how many failed
+    excluded_errors_by_kind: dict[str, int] = Field(default_factory=dict)
+    requests_short: int = 0  # completed-short: stopped early although ignore_eos was asked
     ttft_ms: LatencyStats  # service time: from the actual send
     itl_ms: LatencyStats
     tpot_ms: LatencyStats
@@ -75,7 +78,10 @@ class Summary(_Model):
     ttft_response_ms: LatencyStats  # response time: from the scheduled send
     e2e_response_ms: LatencyStats
     schedule_lateness_ms: LatencyStats  # actual send minus scheduled send
-    output_tokens_per_s: float | None
+    output_tokens_per_s: float | None  # tokens that arrived inside the window, per second
+    output_tokens_per_s_run: float | None = None  # every token of the run / run_s
+    run_s: float | None = None  # first send to last answer's end
+    output_tokens_sources: dict[str, int] = Field(default_factory=dict)  # usage|tokenizer|chunks
     requests_per_s: float | None
     goodput_rps: float | None  # completed requests meeting every SLO, per second
     error_rate: float | None
@@ -118,6 +124,8 @@ class RequestRecord(_Model):
     output_tokens: int
     output_tokens_source: str  # usage | tokenizer | chunks
     max_tokens: int
+    finish_reason: str | None = None  # the first choice's (None: the answer gave none)
+    completed_short: bool = False  # stopped before max_tokens although ignore_eos was asked
 
 
 class ScenarioInfo(_Model):

@@ -39,6 +39,7 @@ from deploylab.loadtest.scenario import LoadDefaults, Scenario
 from deploylab.loadtest.scrape import Scraper
 from deploylab.loadtest.stats import summarize
 from deploylab.loadtest.target import (
+    CHECK_TIMEOUT_S,
     endpoint_url,
     models_listing,
     normalize_base_url,
@@ -95,9 +96,11 @@ def prepare_run(
     api: str | None = None,
     started_locally: bool = False,
     server_command: list[str] | None = None,
+    check_timeout_s: float = CHECK_TIMEOUT_S,
 ) -> PreparedRun:
     """Validate inputs, load the tokenizer and trace, and check the target serves the models
-    the scenario needs. Raises UsageError / ConfigError / TargetUnreachableError."""
+    the scenario needs (`check_timeout_s`: how long `/v1/models` may take; 0 skips the check).
+    Raises UsageError / ConfigError / TargetUnreachableError (TargetSlowError: it timed out)."""
     base_url = normalize_base_url(url)
     pairs = parse_model_map(model_map)
     tok, tok_name = load_tokenizer(tokenizer) if tokenizer else (None, None)
@@ -105,7 +108,7 @@ def prepare_run(
     traced = _trace_for(loaded, trace)
     entries = traced[0] if traced else None
     probe = make_generator(loaded.scenario, words, 0, entries)
-    listing = models_listing(base_url)
+    listing = models_listing(base_url, check_timeout_s)
     served = None if listing is None else list(listing)
     models = plan_models(probe.model_names(), probe.needs_default_model(), served, model, pairs)
     notes = _fit_notes(loaded, probe, listing, models.default_model, models.mapping)
@@ -249,7 +252,10 @@ def execute(
     interrupted = stopped_ns is not None
     window = measurement_window(raws, start_ns, load, stopped_ns)
     outputs = output_token_counts(raws, prepared.tokenizer)
-    records = [to_record(r, start_ns, out, window) for r, out in zip(raws, outputs, strict=True)]
+    eos = bool(body_options(scenario.request).get("ignore_eos"))
+    records = [
+        to_record(r, start_ns, out, window, eos) for r, out in zip(raws, outputs, strict=True)
+    ]
     keys = scenario.class_keys()
     if "model_first_request" in keys:
         mark_first_requests(records)

@@ -177,11 +177,23 @@ def summarize(
                 groups[r.classes[key]].append(r)
         classes[key] = {value: _class_summary(recs, slo) for value, recs in _sorted(groups)}
 
+    excluded_failed = [
+        r for r in records if not r.in_window and not r.ok and r.error_kind != "cancelled"
+    ]
+    run_tokens, run_s = _whole_run(records)
     return Summary(
         requests_completed=len(ok),
         requests_failed=len(failed),
         requests_cancelled=len(cancelled),
         requests_excluded=len(records) - len(measured),
+        excluded_failed=len(excluded_failed),
+        excluded_errors_by_kind=dict(
+            Counter(r.error_kind for r in excluded_failed if r.error_kind)
+        ),
+        requests_short=sum(r.completed_short for r in ok),
+        output_tokens_per_s_run=run_tokens / run_s if run_s else None,
+        run_s=run_s,
+        output_tokens_sources=dict(Counter(r.output_tokens_source for r in ok)),
         schedule_lateness_ms=latency_stats(r.lateness_ms for r in measured),
         output_tokens_per_s=per_s(tokens),
         requests_per_s=per_s(len(finished)),
@@ -199,6 +211,18 @@ def summarize(
         classes=classes,
         **stats,
     )
+
+
+def _whole_run(records: Sequence[RequestRecord]) -> tuple[float, float | None]:
+    """Output tokens of every completed request, and seconds from the first send to the last
+    answer's end: the whole-run rate, beside the window's (a slow server keeps streaming long
+    after --duration)."""
+    if not records:
+        return 0.0, None
+    first = min(r.sent_s for r in records)
+    last = max(r.sent_s + r.e2e_ms / 1000 for r in records)
+    tokens = float(sum(r.output_tokens for r in records if r.ok))
+    return tokens, (last - first) if last > first else None
 
 
 def _sorted(groups: dict[str, list[RequestRecord]]) -> list[tuple[str, list[RequestRecord]]]:

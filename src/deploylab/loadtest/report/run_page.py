@@ -9,7 +9,7 @@ import re
 
 from deploylab.loadtest.capacity import Capacity
 from deploylab.loadtest.explain import explain_failures, next_steps
-from deploylab.loadtest.findings import error_examples, run_findings
+from deploylab.loadtest.findings import error_examples, run_findings, token_source
 from deploylab.loadtest.report import run_plots
 from deploylab.loadtest.report.html import esc, num, page, pct, plot, table, verdict_banner
 from deploylab.loadtest.report.series import time_bins
@@ -105,11 +105,13 @@ def _summary_section(results: Results) -> str:
         "schedule lateness": s.schedule_lateness_ms,
     }
     lo, hi = s.window_s
+    source = token_source(s)
     extra = (
         f'<p class="muted">Measured window {lo:.1f}–{hi:.1f} s; {s.requests_excluded} requests '
-        f"sent in warm-up or cool-down excluded, {s.requests_cancelled} cancelled. "
+        f"sent in warm-up or cool-down excluded ({s.excluded_failed} of them failed), "
+        f"{s.requests_cancelled} cancelled, {s.requests_short} completed short. "
         f"{num(s.output_tokens_total)} output tokens; mean input {num(s.input_tokens_mean)} "
-        "tokens.</p>"
+        f"tokens.{' ' + esc(source) + '.' if source else ''}</p>"
     )
     return (
         "<h2>Summary</h2>"
@@ -252,15 +254,19 @@ def _classes_section(results: Results) -> str:
 
 
 def _errors_section(results: Results) -> str:
-    kinds = results.summary.errors_by_kind
-    if not kinds:
+    s = results.summary
+    kinds, excluded = s.errors_by_kind, s.excluded_errors_by_kind
+    if not kinds and not excluded:
         return '<h2>Errors</h2><p id="errors-none">No request failed.</p>'
     examples = error_examples(results)
     rows = [
-        [esc(k), num(n), "<br>".join(esc(m) for m in examples.get(k, []))]
-        for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])
+        [esc(k), num(n), num(excluded.get(k, 0)), "<br>".join(esc(m) for m in examples.get(k, []))]
+        for k, n in sorted(
+            {**dict.fromkeys(excluded, 0), **kinds}.items(), key=lambda kv: (-kv[1], kv[0])
+        )
     ]
-    return "<h2>Errors</h2>" + table(["kind", "count", "first messages"], rows, "errors")
+    headers = ["kind", "measured", "excluded (warm-up, cool-down)", "first messages"]
+    return "<h2>Errors</h2>" + table(headers, rows, "errors")
 
 
 def _config_section(results: Results) -> str:
