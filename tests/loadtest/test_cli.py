@@ -115,6 +115,7 @@ def test_missing_models_fail_fast(stub: Any, tmp_path: Path) -> None:
         (["--slo-profile", "tpu"], "has no SLO profile 'tpu'; it has: default, gpu, cpu"),
         (["--arrival", "bursty"], "--arrival 'bursty' is not one of"),
         (["--model-map", "nonsense"], "is not FROM=TO"),
+        (["--check-timeout", "-1"], "--check-timeout -1 must be 0 (skip the check) or positive"),
         (["--concurrency", "2", "--workers", "3"], "--workers 3 exceeds --concurrency 2"),
         (["--tokenizer", "no-such-tokenizer"], "Unknown tokenizer 'no-such-tokenizer'"),
         (["--trace", "x.jsonl"], "--trace applies to replay scenarios"),

@@ -88,6 +88,20 @@ async def test_sized_stream_and_sized_json_answer(server: RawServer, pool: Conne
     assert_ok(await fetch(pool, url), "whole", 1)
 
 
+async def test_done_without_a_finish_reason_is_truncated(
+    server: RawServer, pool: ConnectionPool
+) -> None:
+    """llama-cpp-python cuts a stream with [DONE] when another request waits: not a success."""
+    cut = await fetch(pool, route(server, "/cut", chunked_stream([event(" a"), USAGE, DONE])))
+    assert cut.error_kind == "truncated" and cut.text == " a" and len(cut.chunk_ns) == 1
+    assert cut.finish_reasons == {}
+    # the finish reason in an event of its own, with no text, is a finished answer
+    finish = b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}\n\n'
+    whole = await fetch(pool, route(server, "/fin", chunked_stream([event(" a"), finish, DONE])))
+    assert_ok(whole, " a", 1)
+    assert whole.finish_reasons == {0: "length"}
+
+
 async def test_body_ended_by_close(server: RawServer, pool: ConnectionPool) -> None:
     url = route(server, "/close", head() + b"".join(STREAM), keep=False)
     assert_ok(await fetch(pool, url), " a b c", 3)
