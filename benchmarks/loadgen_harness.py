@@ -117,10 +117,12 @@ workload: {{kind: synthetic, input_tokens: {input_tokens}, output_tokens: {outpu
 class Ours:
     """deploylab's load generator, through `prepare_run` / `execute`."""
 
-    def __init__(self, url: str, workdir: Path, input_tokens: int, output_tokens: int) -> None:
+    def __init__(
+        self, url: str, workdir: Path, input_tokens: int, output_tokens: int, **prepare: Any
+    ) -> None:
         path = workdir / f"scenario-{input_tokens}-{output_tokens}.yaml"
         path.write_text(scenario_yaml("chat", input_tokens, output_tokens))
-        self.prepared: PreparedRun = prepare_run(load_scenario_file(path), url)
+        self.prepared: PreparedRun = prepare_run(load_scenario_file(path), url, **prepare)
 
     def run(self, load: LoadConfig, label: str) -> Measured:
         results = execute(self.prepared, load)
@@ -148,9 +150,16 @@ class Ours:
 class GuideLLM:
     """GuideLLM's `guidellm run` in its own virtualenv, fed a scenario file."""
 
-    def __init__(self, exe: Path, tokenizer_dir: Path, workdir: Path, workers: int | None) -> None:
+    def __init__(
+        self,
+        exe: Path,
+        tokenizer_dir: Path,
+        workdir: Path,
+        workers: int | None,
+        model: str = MODEL,
+    ) -> None:
         self.exe, self.tokenizer_dir, self.workdir = exe, tokenizer_dir, workdir
-        self.workers = workers
+        self.workers, self.model = workers, model
 
     def run(
         self,
@@ -165,7 +174,7 @@ class GuideLLM:
         out = self.workdir / f"guidellm-{time.monotonic_ns()}.json"
         spec = {
             "spec": {
-                "backend": {"kind": "openai_http", "target": url, "model": MODEL},
+                "backend": {"kind": "openai_http", "target": url, "model": self.model},
                 "profile": profile,
                 "data": [
                     {

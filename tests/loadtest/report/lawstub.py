@@ -138,6 +138,7 @@ class LawStub:
             choice = (
                 {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
             )
+            choice["finish_reason"] = "length" if i == n - 1 else None
             await resp.write(f"data: {json.dumps({'choices': [choice]})}\n\n".encode())
             self.tokens_sent += 1
         usage = {"prompt_tokens": 8, "completion_tokens": n, "total_tokens": n + 8}
