@@ -64,6 +64,21 @@ faults:
     assert all(r.output_tokens == 6 for r in ok)
 
 
+def test_streams_cut_without_a_finish_reason_are_truncated(tmp_path: Path) -> None:
+    """The sim cuts streams as llama-cpp-python does ([DONE], no finish_reason): counted as
+    `truncated`, never as successes with fewer tokens."""
+    sim_yaml = (
+        "ttft: {base_ms: 1}\nitl: {base_ms: 1}\nfaults:\n  truncate: {rate: 0.3, after_tokens: 2}\n"
+    )
+    results, stats = _run(tmp_path, sim_yaml, requests=60)
+    cut = [r for r in results.requests if r.error_kind == "truncated"]
+    assert results.summary.errors_by_kind == {"truncated": stats["faults"]["truncate"]}
+    assert len(cut) == stats["faults"]["truncate"] > 0
+    assert all(len(r.chunk_times_ms) == 2 and r.finish_reason is None for r in cut)
+    ok = [r for r in results.requests if r.ok]
+    assert ok and all(r.output_tokens == 6 and r.finish_reason == "length" for r in ok)
+
+
 @pytest.mark.parametrize(
     "fault",
     [

@@ -138,6 +138,10 @@ class Faults(_Strict):
     errors: dict[int, float] = Field(default_factory=dict, description="HTTP status -> rate")
     stall: StallFault = Field(default_factory=StallFault)
     drop: AfterTokensFault = Field(default_factory=AfterTokensFault)
+    truncate: AfterTokensFault = Field(
+        default_factory=AfterTokensFault,
+        description="end the stream with [DONE] and no finish_reason (llama-cpp-python's cut)",
+    )
     slow_first_byte: SlowFirstByteFault = Field(default_factory=SlowFirstByteFault)
 
     @field_validator("errors")

@@ -196,6 +196,10 @@ class SimEngine:
                 req.conn.abort()
                 self._finish(req, "abort", now, req.due)
                 return
+            if k == plan.truncate_before_token and req.stream:
+                req.conn.end_stream(DONE)  # cut short: no event names a finish_reason
+                self._finish(req, "abort", now, req.due)
+                return
             if k == plan.stall_before_token and not req.stalled:
                 req.stalled = True
                 req.due += plan.stall_s

@@ -19,6 +19,7 @@ class FaultPlan:
     stall_before_token: int = NO_TOKEN
     stall_s: float = 0.0
     drop_before_token: int = NO_TOKEN
+    truncate_before_token: int = NO_TOKEN  # streamed answers end here: [DONE], no finish
 
 
 class FaultInjector:
@@ -29,9 +30,15 @@ class FaultInjector:
         self._rng = rng
         self._errors = sorted(faults.errors.items())
         self.active = bool(
-            self._errors or faults.stall.rate or faults.drop.rate or faults.slow_first_byte.rate
+            self._errors
+            or faults.stall.rate
+            or faults.drop.rate
+            or faults.slow_first_byte.rate
+            or faults.truncate.rate
         )
-        self.counts: dict[str, int] = {"error": 0, "stall": 0, "drop": 0, "slow_first_byte": 0}
+        self.counts: dict[str, int] = {
+            "error": 0, "stall": 0, "drop": 0, "slow_first_byte": 0, "truncate": 0,
+        }  # fmt: skip
         self.errors_by_status: dict[int, int] = {}
 
     def plan(self) -> FaultPlan | None:
@@ -60,5 +67,9 @@ class FaultInjector:
         if rng.random() < faults.drop.rate:
             plan.drop_before_token = faults.drop.after_tokens
             self.counts["drop"] += 1
+            hit = True
+        if faults.truncate.rate and rng.random() < faults.truncate.rate:  # no draw when off
+            plan.truncate_before_token = faults.truncate.after_tokens
+            self.counts["truncate"] += 1
             hit = True
         return plan if hit else None
