@@ -27,6 +27,7 @@ import numpy as np
 
 from deploylab.loadtest.config import LoadConfig
 from deploylab.loadtest.library import load_scenario_file
+from deploylab.loadtest.results import Results
 from deploylab.loadtest.runner import PreparedRun, execute, prepare_run
 from deploylab.loadtest.sim.tokens import render_chat, text_pieces
 
@@ -125,7 +126,11 @@ class Ours:
         self.prepared: PreparedRun = prepare_run(load_scenario_file(path), url, **prepare)
 
     def run(self, load: LoadConfig, label: str) -> Measured:
-        results = execute(self.prepared, load)
+        return self.measure(execute(self.prepared, load), label)
+
+    @staticmethod
+    def measure(results: Results, label: str) -> Measured:
+        """The per-request numbers of a run's measured requests."""
         window = results.summary.window_s
         out = Measured("deploylab", label, window[1] - window[0])
         for r in results.requests:

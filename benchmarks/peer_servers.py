@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from deploylab.catalog import DEFAULT_MODEL, resolve_model  # noqa: E402
 from deploylab.loadtest.config import LoadConfig  # noqa: E402
 from deploylab.loadtest.local_server import LocalServer, free_port  # noqa: E402
+from deploylab.loadtest.runner import execute  # noqa: E402
 from loadgen_harness import GuideLLM, Measured, Ours, make_tokenizer_dir, pct  # noqa: E402
 
 EXE = str(Path(sys.executable).with_name("deploylab"))
@@ -135,37 +136,48 @@ def compare(args: argparse.Namespace, peers: list[str]) -> None:
         subprocess.run(cmd, check=False, timeout=300)
 
 
-def row(tool: str, m: Measured) -> dict[str, Any]:
-    tokens = sum(m.output_tokens)
+def row(tool: str, m: Measured, own: dict[str, float]) -> dict[str, Any]:
+    """Each tool's own summary figures, then the same per-request definitions for both
+    (TTFT from the actual send, mean inter-token gap per request; benchmarks/loadgen_harness)."""
     return {
         "tool": tool,
         "completed": m.completed,
         "failed": m.failed,
+        "own_ttft_p50_ms": own["ttft"],
+        "own_itl_p50_ms": own["itl"],
+        "own_output_tok_s": own["tok_s"],
         "ttft_p50_ms": pct(m.ttft_ms, 50),
-        "ttft_p90_ms": pct(m.ttft_ms, 90),
-        "itl_p50_ms": pct(m.mean_itl_ms, 50),
-        "output_tokens_mean": tokens / m.completed if m.completed else 0.0,
-        "output_tok_s": tokens / m.window_s if m.window_s > 0 else float("nan"),
+        "mean_itl_p50_ms": pct(m.mean_itl_ms, 50),
+        "output_tokens_mean": sum(m.output_tokens) / m.completed if m.completed else 0.0,
     }
 
 
 def guidellm_side_by_side(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """GuideLLM and deploylab, one after the other, same target and load: concurrency
-    `args.concurrency`, 128 tokens in, 64 out, `args.duration` seconds each."""
+    """GuideLLM, then deploylab, against the same target at the same load: concurrency
+    `args.concurrency`, 128 tokens in, 64 out (ignore_eos asked), `args.duration` seconds
+    each, every request counted (no warm-up for either)."""
     work = Path(tempfile.mkdtemp(prefix="peer-guidellm-"))
-    load = LoadConfig(
-        concurrency=args.concurrency, duration_s=args.duration, warmup_s=args.warmup,
-        cooldown_s=0.0,
-    )  # fmt: skip
-    ours = Ours(url, work, 128, 64, tokenizer=DEFAULT_MODEL, model=DEFAULT_MODEL)
     glm = GuideLLM(args.guidellm, make_tokenizer_dir(), work, None, model=DEFAULT_MODEL)
-    benches = glm.run(
+    bench = glm.run(
         url, {"kind": "concurrent", "streams": [args.concurrency]},
         [{"profile.streams": args.concurrency}], 128, 64,
         {"kind": "max_duration", "seconds": args.duration},
-    )  # fmt: skip
-    rows = [row("GuideLLM", GuideLLM.measured(benches[0], "c", args.warmup))]
-    rows.append(row("deploylab", ours.run(load, "c")))
+    )[0]  # fmt: skip
+    metric = bench["metrics"]
+    own = {
+        "ttft": metric["time_to_first_token_ms"]["successful"]["median"],
+        "itl": metric["inter_token_latency_ms"]["successful"]["median"],
+        "tok_s": metric["output_tokens_per_second"]["successful"]["mean"],
+    }
+    rows = [row("GuideLLM 0.8.1", GuideLLM.measured(bench, "c", None), own)]
+    ours = Ours(url, work, 128, 64, tokenizer=DEFAULT_MODEL, model=DEFAULT_MODEL)
+    load = LoadConfig(
+        concurrency=args.concurrency, duration_s=args.duration, warmup_s=0.0, cooldown_s=0.0
+    )
+    results = execute(ours.prepared, load)
+    s = results.summary
+    own = {"ttft": s.ttft_ms.p50, "itl": s.itl_ms.p50, "tok_s": s.output_tokens_per_s}
+    rows.append(row("deploylab", ours.measure(results, "c"), own))
     return rows
 
 
