@@ -84,7 +84,9 @@ class LlamaCppServer:
     def __enter__(self) -> LlamaCppServer:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = self.log.open("wb")
-        self._proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT)
+        # OpenMP threads that spin at barriers starve on a shared, oversubscribed machine
+        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+        self._proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -110,7 +112,8 @@ def loadtest(url: str, scenario: str, out: Path, args: argparse.Namespace) -> di
         "--model", DEFAULT_MODEL, "--concurrency", str(args.concurrency),
         "--duration", str(args.duration), "--warmup", str(args.warmup), "--cooldown", "0",
         "--ramp-up", "0",
-        "--seed", "0", "--check-timeout", "120", "--out", str(out), "--no-progress",
+        "--seed", "0", "--check-timeout", "120", "--timeout", str(args.timeout),
+        "--out", str(out), "--no-progress",
     ]  # fmt: skip
     if not scenario.startswith("interactive"):  # chat-short and the rag copy have CPU SLOs
         cmd += ["--slo-profile", "cpu"]
@@ -221,7 +224,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--guidellm", type=Path, default=None, help="guidellm executable")
-    parser.add_argument("--skip-ours", action="store_true")
+    parser.add_argument("--timeout", type=float, default=180.0, help="per-request timeout, s")
+    parser.add_argument(
+        "--skip-ours", action="store_true", help="reuse OUT/deploylab from an earlier run"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rag = args.out / "rag-8k.yaml"
@@ -238,7 +244,7 @@ def main() -> None:
         results["llama-cpp"] = run_peer("llama-cpp", llama.url, args, rag)
         if args.guidellm is not None:
             side = guidellm_side_by_side(llama.url, args)
-    compare(args, list(results))
+    compare(args, ["deploylab", *results] if args.skip_ours else list(results))
     print_table("deploylab loadtest, per server and scenario", summary_rows(results))
     if side:
         print_table("GuideLLM and deploylab on the llama.cpp server, same load", side)
