@@ -119,10 +119,16 @@ class Ours:
     """deploylab's load generator, through `prepare_run` / `execute`."""
 
     def __init__(
-        self, url: str, workdir: Path, input_tokens: int, output_tokens: int, **prepare: Any
+        self,
+        url: str,
+        workdir: Path,
+        input_tokens: int,
+        output_tokens: int,
+        api: str = "chat",
+        **prepare: Any,
     ) -> None:
         path = workdir / f"scenario-{input_tokens}-{output_tokens}.yaml"
-        path.write_text(scenario_yaml("chat", input_tokens, output_tokens))
+        path.write_text(scenario_yaml(api, input_tokens, output_tokens))
         self.prepared: PreparedRun = prepare_run(load_scenario_file(path), url, **prepare)
 
     def run(self, load: LoadConfig, label: str) -> Measured:
@@ -162,9 +168,13 @@ class GuideLLM:
         workdir: Path,
         workers: int | None,
         model: str = MODEL,
+        validate: bool = True,
+        request_format: str | None = None,
     ) -> None:
         self.exe, self.tokenizer_dir, self.workdir = exe, tokenizer_dir, workdir
         self.workers, self.model = workers, model
+        self.validate = validate  # False: no GET /health first (llama-cpp-python has none)
+        self.request_format = request_format  # e.g. "/v1/completions"; None: GuideLLM's own
 
     def run(
         self,
@@ -179,7 +189,13 @@ class GuideLLM:
         out = self.workdir / f"guidellm-{time.monotonic_ns()}.json"
         spec = {
             "spec": {
-                "backend": {"kind": "openai_http", "target": url, "model": self.model},
+                "backend": {
+                    "kind": "openai_http",
+                    "target": url,
+                    "model": self.model,
+                    "validate_backend": self.validate,
+                    **({"request_format": self.request_format} if self.request_format else {}),
+                },
                 "profile": profile,
                 "data": [
                     {

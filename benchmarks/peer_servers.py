@@ -84,7 +84,9 @@ class LlamaCppServer:
     def __enter__(self) -> LlamaCppServer:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = self.log.open("wb")
-        self._proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT)
+        # OpenMP threads that spin at barriers starve on a shared, oversubscribed machine
+        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+        self._proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -110,7 +112,8 @@ def loadtest(url: str, scenario: str, out: Path, args: argparse.Namespace) -> di
         "--model", DEFAULT_MODEL, "--concurrency", str(args.concurrency),
         "--duration", str(args.duration), "--warmup", str(args.warmup), "--cooldown", "0",
         "--ramp-up", "0",
-        "--seed", "0", "--check-timeout", "120", "--out", str(out), "--no-progress",
+        "--seed", "0", "--check-timeout", "120", "--timeout", str(args.timeout),
+        "--out", str(out), "--no-progress",
     ]  # fmt: skip
     if not scenario.startswith("interactive"):  # chat-short and the rag copy have CPU SLOs
         cmd += ["--slo-profile", "cpu"]
@@ -157,9 +160,14 @@ def row(tool: str, m: Measured, own: dict[str, float]) -> dict[str, Any]:
 def guidellm_side_by_side(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """GuideLLM, then deploylab, against the same target at the same load: concurrency
     `args.concurrency`, 128 tokens in, 64 out (ignore_eos asked), `args.duration` seconds
-    each, every request counted (no warm-up for either)."""
+    each, every request counted (no warm-up for either). Both on /v1/completions: GuideLLM's
+    chat messages carry content as a list of parts, which SmolLM2's chat template in
+    llama-cpp-python cannot render (HTTP 500 on every request)."""
     work = Path(tempfile.mkdtemp(prefix="peer-guidellm-"))
-    glm = GuideLLM(args.guidellm, make_tokenizer_dir(), work, None, model=DEFAULT_MODEL)
+    glm = GuideLLM(
+        args.guidellm, make_tokenizer_dir(), work, None, model=DEFAULT_MODEL, validate=False,
+        request_format="/v1/completions",
+    )  # fmt: skip
     bench = glm.run(
         url, {"kind": "concurrent", "streams": [args.concurrency]},
         [{"profile.streams": args.concurrency}], 128, 64,
@@ -172,7 +180,7 @@ def guidellm_side_by_side(url: str, args: argparse.Namespace) -> list[dict[str, 
         "tok_s": metric["output_tokens_per_second"]["successful"]["mean"],
     }
     rows = [row("GuideLLM 0.8.1", GuideLLM.measured(bench, "c", None), own)]
-    ours = Ours(url, work, 128, 64, tokenizer=DEFAULT_MODEL, model=DEFAULT_MODEL)
+    ours = Ours(url, work, 128, 64, api="completions", tokenizer=DEFAULT_MODEL, model=DEFAULT_MODEL)
     load = LoadConfig(
         concurrency=args.concurrency, duration_s=args.duration, warmup_s=0.0, cooldown_s=0.0
     )
@@ -217,11 +225,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("out/peers"))
     parser.add_argument("--duration", type=float, default=60.0)
-    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--guidellm", type=Path, default=None, help="guidellm executable")
-    parser.add_argument("--skip-ours", action="store_true")
+    parser.add_argument(
+        "--skip-scenarios", action="store_true", help="only GuideLLM beside deploylab"
+    )
+    parser.add_argument("--timeout", type=float, default=180.0, help="per-request timeout, s")
+    parser.add_argument(
+        "--skip-ours", action="store_true", help="reuse OUT/deploylab from an earlier run"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rag = args.out / "rag-8k.yaml"
@@ -235,11 +249,13 @@ def main() -> None:
             results["deploylab"] = run_peer("deploylab", server.base_url, args, rag)
     side: list[dict[str, Any]] = []
     with LlamaCppServer(gguf, args.threads, args.out / "llama-cpp.log") as llama:
-        results["llama-cpp"] = run_peer("llama-cpp", llama.url, args, rag)
+        if not args.skip_scenarios:
+            results["llama-cpp"] = run_peer("llama-cpp", llama.url, args, rag)
         if args.guidellm is not None:
             side = guidellm_side_by_side(llama.url, args)
-    compare(args, list(results))
-    print_table("deploylab loadtest, per server and scenario", summary_rows(results))
+    if not args.skip_scenarios:
+        compare(args, ["deploylab", *results] if args.skip_ours else list(results))
+        print_table("deploylab loadtest, per server and scenario", summary_rows(results))
     if side:
         print_table("GuideLLM and deploylab on the llama.cpp server, same load", side)
     print(f"load average after {os.getloadavg()}", flush=True)
