@@ -155,9 +155,9 @@ def test_admission_control_then_shutdown_timeout(server_factory: Any) -> None:
         with httpx.Client(timeout=60) as client, ThreadPoolExecutor(8) as pool:
             return list(pool.map(lambda _: client.post(srv.url + COMP, json=body), range(n)))
 
-    first = flood(200)
+    first = flood(100)
     rss_first = proc.memory_info().rss
-    second = flood(400)
+    second = flood(200)
     rss_second = proc.memory_info().rss
     for r in first + second:
         assert r.status_code == 429, r.text
