@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 import pytest
+from tests.faults import fail_first_call
 
 from deploylab.engine import AsyncEngine, EngineDeadError, RequestDelta, SamplingParams
 from deploylab.engine.async_engine import MAX_STEP_FAILURES, RequestFailedError
@@ -112,16 +113,9 @@ async def test_a_request_failing_in_its_stop_check_fails_alone(
 async def test_a_failed_step_ends_its_batch_and_the_loop_goes_on(tiny: ModelParts) -> None:
     core = tiny.engine()
     engine = AsyncEngine(engine=core)
-    real = core.runner.execute
-    calls = {"n": 0}
-
-    def fail_once(out: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise RuntimeError("device hiccup")
-        return real(out)
-
-    core.runner.execute = fail_once  # type: ignore[method-assign]
+    core.runner.execute = fail_first_call(  # type: ignore[method-assign]
+        core.runner.execute, RuntimeError("device hiccup")
+    )
     try:
         with pytest.raises(RequestFailedError, match="device hiccup"):
             await collect(engine, "a", [5, 6], ok_params())

@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 import torch
+from tests.faults import fail_first_call
 
 from deploylab.engine import AsyncEngine, EngineConfig, LLMEngine
 from deploylab.engine.async_engine import MAX_STEP_FAILURES
@@ -103,16 +104,9 @@ def test_a_request_failing_in_the_engine_fails_alone(parts: Any, poisoned: None)
 
 def test_a_failed_step_fails_its_requests_and_the_server_goes_on(parts: Any) -> None:
     engine = make_engine(parts)
-    real = engine.engine.runner.execute
-    calls = {"n": 0}
-
-    def fail_once(out: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise RuntimeError("device hiccup")
-        return real(out)
-
-    engine.engine.runner.execute = fail_once  # type: ignore[method-assign]
+    engine.engine.runner.execute = fail_first_call(  # type: ignore[method-assign]
+        engine.engine.runner.execute, RuntimeError("device hiccup")
+    )
     with serve_in_thread(engine) as url:
         with pytest.raises(openai.InternalServerError, match="device hiccup"):
             normal(url)

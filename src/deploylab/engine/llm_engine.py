@@ -268,8 +268,6 @@ class LLMEngine:
         out = self.scheduler.schedule()
         if spec is not None:
             spec.reconcile(out)
-            if any(item.samples and item.seq.pending_forks for item in out.scheduled):
-                spec.drop_all(out)  # a step that forks n samples runs without drafts
         if out.is_empty:
             return []
         self._batch = [item.seq for item in out.scheduled]

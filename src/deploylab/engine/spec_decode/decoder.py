@@ -111,7 +111,7 @@ class SpecDecoder:
                 self.drafting.append(seq)
 
     def reconcile(self, out: SchedulerOutput) -> None:
-        """Keep only the drafts the scheduled batch computes."""
+        """Keep only the drafts the scheduled batch computes (none in a step that forks)."""
         scheduled = {id(item.seq): item.num_new_tokens for item in out.scheduled}
         kept = []
         for seq in self.drafting:
@@ -123,6 +123,8 @@ class SpecDecoder:
             if keep:
                 kept.append(seq)
         self.drafting = kept
+        if kept and any(item.samples and item.seq.pending_forks for item in out.scheduled):
+            self.drop_all(out)  # a step that forks n samples runs without drafts
 
     def verify(
         self,
