@@ -11,12 +11,15 @@ import sys
 import pytest
 import torch
 
+from deploylab.engine import SamplingParams
 from deploylab.engine.tree_attention import (
     build_tree_plan,
     dense_tree_reference,
     tree_decode_reference,
 )
 from deploylab.engine.triton_attention import reference_decode
+
+from .conftest import ModelParts
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
@@ -228,3 +231,43 @@ def test_triton_kernel_on_cuda_matches_plain_kernel(width: int, prefix: int) -> 
     torch.testing.assert_close(
         got.float(), plain(q, k, v, padded, lens_t, 0.125).float(), atol=2e-2, rtol=2e-2
     )
+
+
+# --- the engine with tree attention (forced on the CPU: the grouped torch path) -------------
+
+TREE_PROMPT = list(range(2000, 2070))  # 70 tokens: four full shared blocks and a partial one
+
+
+def test_engine_n8_samples_with_tree_attention_match_separate_requests(smol: ModelParts) -> None:
+    """n = 8 with a seed: each branch, decoded with tree attention, is exactly the separate
+    request seeded seed + i (decoded with the plain path)."""
+    llm = smol.llm(tree_attention=True, enable_prefix_caching=False)
+    params = SamplingParams(n=8, temperature=1.0, seed=5, max_tokens=10, ignore_eos=True)
+    forked = [o.token_ids for o in llm.generate([TREE_PROMPT], params)]
+    assert llm.llm_engine.stats().num_tree_attention_steps_total >= 9  # every decode step
+    plain = smol.llm(enable_prefix_caching=False)
+    assert plain.llm_engine.runner.tree is None  # off by default on the CPU
+    separate = plain.generate(
+        [TREE_PROMPT] * 8,
+        [
+            SamplingParams(temperature=1.0, seed=5 + i, max_tokens=10, ignore_eos=True)
+            for i in range(8)
+        ],
+    )
+    assert forked == [o.token_ids for o in separate]
+    assert len({tuple(t) for t in forked}) > 1
+
+
+def test_engine_prefix_hits_decode_identically_with_tree_attention(smol: ModelParts) -> None:
+    """Requests sharing a cached prefix (shared blocks without forking): greedy output with
+    tree attention equals the plain path's, and no block leaks."""
+    prompts = [TREE_PROMPT + [3000 + i, 3100 + i] for i in range(5)]
+    greedy = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    tree = smol.llm(tree_attention=True)
+    tree.generate([prompts[0]], greedy)  # fill the prefix cache
+    got = [o.token_ids for o in tree.generate(prompts, greedy)]
+    assert tree.llm_engine.stats().num_tree_attention_steps_total > 0
+    bm = tree.llm_engine.block_manager
+    assert bm.num_free_blocks == bm.num_blocks
+    want = [o.token_ids for o in smol.llm().generate(prompts, greedy)]
+    assert got == want

@@ -47,6 +47,10 @@ class EngineConfig:
     random_weights: str | None = None
     num_threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
     cuda_graphs: bool = True  # capture decode steps on CUDA (with the Triton decode kernel)
+    # Tree attention: decode rows sharing KV blocks read them once, in steps where that saves
+    # enough reads (tree_attention.py). None: on CUDA with Triton; True: also on the CPU (the
+    # grouped torch path, slower than the CPU's own decode path; for tests); False: never.
+    tree_attention: bool | None = None
     # vLLM's speculative_config, e.g. {"method": "ngram", "num_speculative_tokens": 4}
     speculative_config: dict[str, Any] | str | None = None
 

@@ -8,6 +8,10 @@ and write their key/value to a scratch block that the block manager never hands 
 Needs the in-place paged decode kernel (no data-dependent gather shapes). Static inputs per
 bucket: token ids, positions, cache slots, padded block tables of a fixed width (the context
 length in blocks) and context lengths; the output is the bucket's logits.
+
+Steps whose rows share KV blocks (tree attention, see `triton_tree.py`) replay a second graph
+of the bucket, captured the first time it is needed, whose attention reads a fixed-capacity
+plan buffer instead of the block tables; a plan over the capacity runs the plain graph.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import logging
 from array import array
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -22,7 +27,9 @@ from deploylab.engine.attention import AttentionMetadata
 from deploylab.engine.block_manager import extend_with_tables
 from deploylab.engine.kv_cache import KVCache
 from deploylab.engine.models.llama import LlamaForCausalLM
+from deploylab.engine.tree_attention import TreePlan
 from deploylab.engine.triton_attention import PagedDecodeFn
+from deploylab.engine.triton_tree import StaticTreePlan, TreeDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +46,7 @@ class _Graph:
     lens: torch.Tensor
     logits: torch.Tensor | None = None
     graph: torch.cuda.CUDAGraph | None = None
+    tree: StaticTreePlan | None = None  # set for a tree-attention graph
 
 
 class DecodeGraphs:
@@ -52,6 +60,7 @@ class DecodeGraphs:
         max_batch: int,
         width: int,
         scratch_slot: int,
+        tree: TreeDecoder | None = None,
     ) -> None:
         self.model = model
         self.kv_cache = kv_cache
@@ -64,6 +73,8 @@ class DecodeGraphs:
         self.head_slots = torch.arange(kvh, device=self.device, dtype=torch.int64) * nb * bs
         self.sizes = sorted({b for b in BUCKETS if b < max_batch} | {max_batch})
         self.graphs: dict[int, _Graph] = {}
+        self.tree = tree
+        self.tree_graphs: dict[int, _Graph] = {}
 
     @property
     def max_batch(self) -> int:
@@ -86,7 +97,7 @@ class DecodeGraphs:
             num_tokens=g.size,
             write_index=(self.head_slots[:, None] + g.slots[None, :]).reshape(-1),
             num_decodes=g.size,
-            decode_kernel=self.kernel,
+            decode_kernel=g.tree or self.kernel,
             decode_tables=g.tables,
             decode_lens=g.lens,
         )
@@ -97,22 +108,39 @@ class DecodeGraphs:
     def capture(self) -> None:
         """Capture every bucket, largest first so the smaller ones share its memory pool."""
         pool = None
-        stream = torch.cuda.Stream(self.device)
         for size in reversed(self.sizes):
             g = self._new(size)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._forward(g)
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                g.logits = self._forward(g)
-            pool = graph.pool()
-            g.graph = graph
+            pool = self._capture_one(g, pool)
             self.graphs[size] = g
         torch.cuda.synchronize(self.device)
         logger.info("captured CUDA graphs for decode batches %s", self.sizes)
+
+    def _capture_one(self, g: _Graph, pool: Any) -> Any:
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._forward(g)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            g.logits = self._forward(g)
+        g.graph = graph
+        return graph.pool()
+
+    @torch.inference_mode()
+    def _tree_graph(self, size: int) -> _Graph:
+        """The bucket's tree-attention graph, captured on first use."""
+        g = self.tree_graphs.get(size)
+        if g is None:
+            assert self.tree is not None
+            g = self._new(size)
+            g.tree = StaticTreePlan(size, self.width, self.tree.rows_per_task, self.device)
+            self._capture_one(g, None)
+            torch.cuda.synchronize(self.device)
+            self.tree_graphs[size] = g
+            logger.info("captured a tree-attention CUDA graph for decode batch %d", size)
+        return g
 
     def run(
         self,
@@ -126,6 +154,9 @@ class DecodeGraphs:
         n = len(ids)
         size = next(s for s in self.sizes if s >= n)
         g = self.graphs[size]
+        plan = self.tree.plan(tables, lens) if self.tree is not None else None
+        if plan is not None:
+            g = self._with_tree_plan(size, plan) or g
         pad = size - n
         # One host-to-device copy of what this step reads. Of the tables only the n real
         # rows and the columns their contexts reach: the kernel reads no further, and the
@@ -143,6 +174,17 @@ class DecodeGraphs:
         g.lens.copy_(dev[3 * size : 4 * size])
         g.tables[:n, :width].copy_(dev[4 * size :].view(n, width))
         return self._replay(g)[:n]
+
+    def _with_tree_plan(self, size: int, plan: TreePlan) -> _Graph | None:
+        """The tree graph of the bucket with `plan` loaded, or None if it does not fit."""
+        assert self.tree is not None
+        g = self._tree_graph(size)
+        assert g.tree is not None
+        if not g.tree.fits(plan):
+            return None
+        g.tree.load(plan)
+        self.tree.steps += 1
+        return g
 
     def _replay(self, g: _Graph) -> torch.Tensor:
         assert g.graph is not None and g.logits is not None

@@ -85,7 +85,9 @@ class LLMEngine:
         self.scheduler = Scheduler(
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
         )
-        self.runner = ModelRunner(self.model, self.kv_cache, self.device, self.max_model_len)
+        self.runner = ModelRunner(
+            self.model, self.kv_cache, self.device, self.max_model_len, config.tree_attention
+        )
         if config.cuda_graphs and self.device.type == "cuda":
             self.runner.enable_cuda_graphs(config.max_num_seqs, self.max_model_len)
         self.sampler = Sampler(self.device, config.seed, self.eos_token_ids)
@@ -451,6 +453,7 @@ class LLMEngine:
             generation_tokens_total=self._generation_tokens,
             num_preemptions_total=self.scheduler.num_preemptions,
             num_recomputed_tokens_total=self.scheduler.num_recomputed_tokens,
+            num_tree_attention_steps_total=self.runner.tree.steps if self.runner.tree else 0,
             num_requests_finished_total=self._finished,
             num_steps_total=self._steps,
             spec_num_drafts_total=spec.num_drafts if spec else None,

@@ -17,6 +17,7 @@ from deploylab.engine.scheduler import ScheduledSeq, SchedulerOutput
 from deploylab.engine.sequence import Sequence
 from deploylab.engine.triton_attention import PagedDecodeFn, load_paged_decode
 from deploylab.engine.triton_prefill import PagedPrefillFn, PrefillBatch, load_paged_prefill
+from deploylab.engine.triton_tree import TreeDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class ModelRunner:
         kv_cache: KVCache,
         device: torch.device,
         max_model_len: int | None = None,
+        tree_attention: bool | None = None,
     ):
         self.model = model
         self.kv_cache = kv_cache
@@ -64,6 +66,10 @@ class ModelRunner:
             self.paged_prefill = load_paged_prefill(device, dtype)
             if model.fuse_for_cuda() and max_model_len:  # fused projections, Triton small ops
                 model.model.rotary_emb.use_table(max_model_len, dtype)
+        # Tree attention for decode steps whose rows share blocks (needs the paged kernel).
+        self.tree: TreeDecoder | None = None
+        if tree_attention or (tree_attention is None and self.paged_decode is not None):
+            self.tree = TreeDecoder(config.num_attention_heads, kvh, self.block_size)
         self.graphs: DecodeGraphs | None = None
         # Filled by `execute` for prefill chunks of requests that want prompt logprobs:
         # (sequence, position of the chunk's first token, float32 logits of every row).
@@ -78,7 +84,7 @@ class ModelRunner:
         width = -(-max_model_len // self.block_size)
         scratch = (self.kv_cache.num_blocks - 1) * self.block_size
         graphs = DecodeGraphs(
-            self.model, self.kv_cache, self.paged_decode, max_batch, width, scratch
+            self.model, self.kv_cache, self.paged_decode, max_batch, width, scratch, self.tree
         )
         try:
             graphs.capture()
@@ -199,6 +205,7 @@ class ModelRunner:
             packed.extend(c[i] for c in kernel_chunks)
         extend_with_tables(packed, kernel_tables, table_width)
         decode_at, decode_width = len(packed), 0
+        plan = self.tree.plan(tables, ctx_lens) if self.tree is not None and decodes else None
         if self.paged_decode is not None and decodes:
             decode_width = -(-max(ctx_lens) // bs)
             extend_with_tables(packed, tables, decode_width)
@@ -238,6 +245,9 @@ class ModelRunner:
             meta.decode_tables = dev[decode_at:lens_at].view(n, decode_width).to(torch.int32)
             meta.decode_lens = dev[lens_at : lens_at + n].to(torch.int32)
             ctx_lens = []  # no gather groups
+        if plan is not None and self.tree is not None:
+            meta.decode_kernel = self.tree.eager(plan, self.device)
+            ctx_lens = []
         start = 0
         for count in self._group_sizes(ctx_lens):
             meta.decode_groups.append(

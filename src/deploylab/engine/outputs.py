@@ -94,6 +94,7 @@ class EngineStats:
     generation_tokens_total: int = 0
     num_preemptions_total: int = 0
     num_recomputed_tokens_total: int = 0  # tokens computed again after preemptions
+    num_tree_attention_steps_total: int = 0  # decode steps that ran tree attention
     num_requests_finished_total: int = 0
     num_steps_total: int = 0
     # Speculative decoding (None when off): sequence-steps with drafts, drafts, accepted ones.

@@ -32,8 +32,9 @@ class TreePlan:
     """Tasks of a tree-attention step (host arrays; `to_device` packs them).
 
     A task reads `ntok` tokens of one block table starting at token `tok_off` of block
-    `blocks[block_start]` (absolute position `pos0` of its rows), for `nq` rows whose partial results go to slots `part_start ...
-    part_start + nq - 1`; `part_rows[slot]` is the row of a slot. Wide tasks (several rows)
+    `blocks[block_start]` (absolute position `pos0` of its rows), for `nq` rows whose
+    partial results go to slots `part_start ... part_start + nq - 1`; `part_rows[slot]` is
+    the row of a slot. Wide tasks (several rows)
     come first, then solo tasks (one row)."""
 
     tasks: np.ndarray  # [T, 6] int32: block_start, tok_off, ntok, part_start, nq, pos0
@@ -105,17 +106,29 @@ def build_tree_plan(
     *,
     chunk_tokens: int = 512,
     max_rows_per_task: int = 16,
+    max_wide_tasks: int | None = None,
 ) -> TreePlan:
     """Group a decode step's rows by the KV blocks they share (see the module docstring).
 
     `tables[r]` is row r's block table and `lens[r]` its context length (new token included).
-    Segments longer than `chunk_tokens` are split (more programs for the GPU), and a segment
-    with more than `max_rows_per_task` rows becomes several tasks."""
+    Segments longer than `chunk_tokens` are split (more programs for the GPU; the chunk
+    doubles until at most `max_wide_tasks` wide tasks remain), and a segment with more than
+    `max_rows_per_task` rows becomes several tasks."""
     if len(tables) != len(lens) or not lens or min(lens) < 1:
         raise ValueError("tree attention needs one block table and a length >= 1 per row")
+    segments = _segments(tables, lens, block_size)
+    while max_wide_tasks is not None:
+        count = sum(
+            -(-(e - a) // chunk_tokens) * -(-len(m) // max_rows_per_task)
+            for _, a, e, m in segments
+            if len(m) > 1
+        )
+        if count <= max_wide_tasks:
+            break
+        chunk_tokens *= 2
     wide: list[tuple[int, int, int, list[int]]] = []
     solo: list[tuple[int, int, int, list[int]]] = []
-    for row, a, e, members in _segments(tables, lens, block_size):
+    for row, a, e, members in segments:
         for c in range(a, e, chunk_tokens):
             for q in range(0, len(members), max_rows_per_task):
                 part = members[q : q + max_rows_per_task]

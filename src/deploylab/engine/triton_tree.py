@@ -20,7 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from deploylab.engine.tree_attention import NO_MASK, TreePlan
+from deploylab.engine.tree_attention import (
+    NO_MASK,
+    TreePlan,
+    build_tree_plan,
+    tree_decode_reference,
+)
 
 TILE = 64
 ROWS_WIDE = 64  # dot-product rows of a wide task: rows x padded query-head group
@@ -60,9 +65,13 @@ def to_device(plan: TreePlan, device: torch.device) -> DeviceTreePlan:
     if device.type == "cuda":
         flat = flat.pin_memory()
     dev = flat.to(device, non_blocking=True)
-    views = torch.split(dev, [p.size for p in parts])
+    tasks, blocks, part_rows, starts, row_parts = torch.split(dev, [p.size for p in parts])
     return DeviceTreePlan(
-        *views,
+        tasks,
+        blocks,
+        part_rows,
+        starts,
+        row_parts,
         num_tasks=len(plan.tasks),
         num_wide=plan.num_wide,
         num_parts=int(plan.part_rows.size),
@@ -233,3 +242,121 @@ def mask_arrays(
     s = torch.tensor([NO_MASK if x is None else x for x in starts], dtype=torch.int32)
     b = torch.tensor(bits, dtype=torch.int64)
     return s.to(device), b.to(device)
+
+
+class StaticTreePlan:
+    """Fixed-capacity plan buffers for a captured CUDA graph: the kernels' grids are the
+    capacities, unused tasks have no rows and no tokens, `load` refills the buffers in place."""
+
+    def __init__(
+        self, rows: int, max_blocks: int, rows_per_task: int, device: torch.device
+    ) -> None:
+        self.rows = rows
+        self.wide_cap = 256
+        self.solo_cap = 2 * rows + 64
+        self.parts_cap = self.wide_cap * rows_per_task + self.solo_cap
+        self.blocks_cap = rows * max_blocks + self.wide_cap + self.solo_cap
+        tasks = (self.wide_cap + self.solo_cap) * 6
+        self.sizes = [tasks, self.blocks_cap, self.parts_cap, rows + 1, self.parts_cap]
+        total = sum(self.sizes)
+        self.host = torch.zeros(total, dtype=torch.int32, pin_memory=device.type == "cuda")
+        self.buf = torch.zeros(total, dtype=torch.int32, device=device)
+        tasks_v, blocks, part_rows, starts, row_parts = torch.split(self.buf, self.sizes)
+        self.plan = DeviceTreePlan(
+            tasks_v,
+            blocks,
+            part_rows,
+            starts,
+            row_parts,
+            num_tasks=self.wide_cap + self.solo_cap,
+            num_wide=self.wide_cap,
+            num_parts=self.parts_cap,
+            num_rows=rows,
+        )
+
+    def fits(self, plan: TreePlan) -> bool:
+        """Whether `plan` fits these capacities."""
+        return (
+            plan.num_rows <= self.rows
+            and plan.num_wide <= self.wide_cap
+            and len(plan.tasks) - plan.num_wide <= self.solo_cap
+            and plan.part_rows.size <= self.parts_cap
+            and plan.blocks.size <= self.blocks_cap
+        )
+
+    def load(self, plan: TreePlan) -> None:
+        """Copy `plan` into the buffers (padding tasks empty, padding rows without partials)."""
+        h = self.host.numpy()
+        h[:] = 0
+        at = 0
+        tasks = np.zeros((self.wide_cap + self.solo_cap, 6), dtype=np.int32)
+        tasks[: plan.num_wide] = plan.tasks[: plan.num_wide]
+        solo = plan.tasks[plan.num_wide :]
+        tasks[self.wide_cap : self.wide_cap + len(solo)] = solo
+        h[: tasks.size] = tasks.reshape(-1)
+        at = self.sizes[0]
+        h[at : at + plan.blocks.size] = plan.blocks
+        at += self.sizes[1]
+        h[at : at + plan.part_rows.size] = plan.part_rows
+        at += self.sizes[2]
+        starts = h[at : at + self.rows + 1]
+        starts[: plan.num_rows + 1] = plan.row_part_start
+        starts[plan.num_rows + 1 :] = plan.row_part_start[-1]
+        at += self.sizes[3]
+        h[at : at + plan.row_parts.size] = plan.row_parts
+        self.buf.copy_(self.host, non_blocking=True)
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        tables: torch.Tensor | None,
+        lens: torch.Tensor | None,
+        scale: float,
+    ) -> torch.Tensor:
+        """The paged-decode signature; block tables and lengths come from the loaded plan."""
+        return tree_decode(q, k_cache, v_cache, self.plan, scale)
+
+
+class TreeDecoder:
+    """Decides per decode step whether tree attention pays and builds its plan."""
+
+    def __init__(
+        self, heads: int, kv_heads: int, block_size: int, min_savings: float = 0.25
+    ) -> None:
+        self.block_size = block_size
+        self.rows_per_task = rows_per_task(heads, kv_heads)
+        self.min_savings = min_savings
+        self.steps = 0  # decode steps that ran tree attention
+
+    def plan(self, tables: list[list[int]], lens: list[int]) -> TreePlan | None:
+        """The step's plan, or None when rows share no blocks or too few reads are saved."""
+        if len(lens) < 2 or len({t[0] for t in tables if t}) == len(tables):
+            return None  # the cheap test: shared blocks always include the first one
+        plan = build_tree_plan(
+            tables,
+            lens,
+            self.block_size,
+            max_rows_per_task=self.rows_per_task,
+            max_wide_tasks=256,
+        )
+        return plan if plan.savings >= self.min_savings else None
+
+    def eager(self, plan: TreePlan, device: torch.device) -> Callable[..., torch.Tensor]:
+        """A paged-decode-shaped kernel running `plan` (eager steps; the Triton kernels on
+        CUDA, the grouped torch path elsewhere)."""
+        if device.type != "cuda":
+
+            def grouped(q, k_cache, v_cache, tables, lens, scale):  # type: ignore[no-untyped-def]
+                return tree_decode_reference(q, k_cache, v_cache, plan, scale)
+
+            self.steps += 1
+            return grouped
+        dplan = to_device(plan, device)
+
+        def run(q, k_cache, v_cache, tables, lens, scale):  # type: ignore[no-untyped-def]
+            return tree_decode(q, k_cache, v_cache, dplan, scale)
+
+        self.steps += 1
+        return run

@@ -64,6 +64,11 @@ class _EngineCollector(Collector):
             "Tokens computed again after a preemption (not served from the prefix cache).",
             s.num_recomputed_tokens_total,
         )
+        yield counter(
+            "deploylab:tree_attention_steps",
+            "Decode steps whose rows shared KV blocks and ran tree attention.",
+            s.num_tree_attention_steps_total,
+        )
         if s.spec_num_drafts_total is not None:
             yield from _spec_metrics(s, labels, value)
 
