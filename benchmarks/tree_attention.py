@@ -148,6 +148,8 @@ def e2e(args: argparse.Namespace) -> list[dict[str, Any]]:
             dtype="bfloat16",
             max_model_len=args.e2e_prompt + args.e2e_tokens + 16,
             tree_attention=tree,
+            gpu_memory_utilization=0.4,
+            max_num_seqs=max(32, args.e2e_n),
         )
         prompt = [random.Random(0).randrange(1000, 30000) for _ in range(args.e2e_prompt)]
         params = SamplingParams(
