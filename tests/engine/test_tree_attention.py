@@ -238,7 +238,7 @@ def test_triton_kernel_on_cuda_matches_plain_kernel(width: int, prefix: int) -> 
 TREE_PROMPT = list(range(2000, 2070))  # 70 tokens: four full shared blocks and a partial one
 
 
-def test_engine_n8_samples_with_tree_attention_match_separate_requests(smol: ModelParts) -> None:
+def test_llm_n8_samples_with_tree_attention_match_separate_requests(smol: ModelParts) -> None:
     """n = 8 with a seed: each branch, decoded with tree attention, is exactly the separate
     request seeded seed + i (decoded with the plain path)."""
     llm = smol.llm(tree_attention=True, enable_prefix_caching=False)
@@ -258,7 +258,7 @@ def test_engine_n8_samples_with_tree_attention_match_separate_requests(smol: Mod
     assert len({tuple(t) for t in forked}) > 1
 
 
-def test_engine_prefix_hits_decode_identically_with_tree_attention(smol: ModelParts) -> None:
+def test_llm_prefix_hits_decode_identically_with_tree_attention(smol: ModelParts) -> None:
     """Requests sharing a cached prefix (shared blocks without forking): greedy output with
     tree attention equals the plain path's, and no block leaks."""
     prompts = [TREE_PROMPT + [3000 + i, 3100 + i] for i in range(5)]

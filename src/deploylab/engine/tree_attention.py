@@ -57,29 +57,32 @@ class TreePlan:
         return 1.0 - self.tokens_read / max(1, self.tokens_plain)
 
 
-def _padded(tables: Sequence[Sequence[int]], lens: Sequence[int], block_size: int) -> np.ndarray:
-    """Block tables cut to the blocks each row reads, padded with distinct negatives."""
-    nbs = [-(-n // block_size) for n in lens]
-    width = max(nbs)
-    out = -1 - np.arange(len(lens), dtype=np.int64)[:, None] * np.ones(width, dtype=np.int64)
-    for r, (t, nb) in enumerate(zip(tables, nbs, strict=True)):
-        out[r, :nb] = t[:nb]
-    return out
+def _common_blocks(a: Sequence[int], b: Sequence[int], hi: int) -> int:
+    """Length of the common prefix of two block tables, at most `hi` (binary search on
+    slice equality, which runs in C)."""
+    if hi == 0 or a[0] != b[0]:
+        return 0
+    lo = 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _segments(
     tables: Sequence[Sequence[int]], lens: Sequence[int], block_size: int
 ) -> list[tuple[int, int, int, list[int]]]:
     """(table row, first token, end token, rows) of every segment, shared ones first."""
-    t = _padded(tables, lens, block_size)
-    order = np.lexsort(t.T[::-1])
-    st = t[order]
-    ln = np.asarray(lens, dtype=np.int64)[order]
-    eq = st[1:] == st[:-1]
-    common = np.where(eq.all(axis=1), st.shape[1], eq.argmin(axis=1)) * block_size
-    lcp = np.minimum(common, np.minimum(ln[1:], ln[:-1])).tolist()
-    rows = order.tolist()
-    b = len(rows)
+    b = len(lens)
+    rows = sorted(range(b), key=tables.__getitem__)  # shared prefixes become neighbours
+    lcp = []
+    for x, y in zip(rows, rows[1:], strict=False):
+        hi = min(len(tables[x]), len(tables[y]))
+        common = _common_blocks(tables[x], tables[y], hi) * block_size
+        lcp.append(min(common, lens[x], lens[y]))
     shared: list[tuple[int, int, int, list[int]]] = []
     stack: list[tuple[int, int]] = [(0, 0)]  # (depth in tokens, leftmost sorted index)
     for i in range(b):
@@ -94,8 +97,8 @@ def _segments(
     own = []
     for i in range(b):
         start = max(lcp[i - 1] if i > 0 else 0, lcp[i] if i < b - 1 else 0)
-        if ln[i] > start:
-            own.append((rows[i], start, int(ln[i]), [rows[i]]))
+        if lens[rows[i]] > start:
+            own.append((rows[i], start, lens[rows[i]], [rows[i]]))
     return shared + own
 
 
@@ -128,21 +131,25 @@ def build_tree_plan(
         chunk_tokens *= 2
     wide: list[tuple[int, int, int, list[int]]] = []
     solo: list[tuple[int, int, int, list[int]]] = []
+    # A row's own segment is split only in small batches: many rows are parallel enough.
+    solo_chunk = chunk_tokens if len(lens) < 16 else 1 << 40
     for row, a, e, members in segments:
-        for c in range(a, e, chunk_tokens):
+        step = chunk_tokens if len(members) > 1 else solo_chunk
+        for c in range(a, e, step):
             for q in range(0, len(members), max_rows_per_task):
                 part = members[q : q + max_rows_per_task]
-                (wide if len(part) > 1 else solo).append((row, c, min(e, c + chunk_tokens), part))
-    tasks = np.zeros((len(wide) + len(solo), 6), dtype=np.int32)
+                (wide if len(part) > 1 else solo).append((row, c, min(e, c + step), part))
+    rows_: list[tuple[int, int, int, int, int, int]] = []
     blocks: list[int] = []
     part_rows: list[int] = []
     read = 0
-    for i, (row, a, e, members) in enumerate(wide + solo):
+    for row, a, e, members in wide + solo:
         first = a // block_size
-        tasks[i] = (len(blocks), a - first * block_size, e - a, len(part_rows), len(members), a)
+        rows_.append((len(blocks), a - first * block_size, e - a, len(part_rows), len(members), a))
         blocks.extend(tables[row][first : -(-e // block_size)])
         part_rows.extend(members)
         read += e - a
+    tasks = np.array(rows_, dtype=np.int32).reshape(-1, 6)
     pr = np.asarray(part_rows, dtype=np.int32)
     row_parts = np.argsort(pr, kind="stable").astype(np.int32)
     counts = np.bincount(pr, minlength=len(lens))
