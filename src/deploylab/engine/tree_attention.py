@@ -77,7 +77,7 @@ def _segments(
 ) -> list[tuple[int, int, int, list[int]]]:
     """(table row, first token, end token, rows) of every segment, shared ones first."""
     b = len(lens)
-    rows = sorted(range(b), key=tables.__getitem__)  # shared prefixes become neighbours
+    rows = sorted(range(b), key=lambda r: list(tables[r]))  # shared prefixes are neighbours
     lcp = []
     for x, y in zip(rows, rows[1:], strict=False):
         hi = min(len(tables[x]), len(tables[y]))
@@ -110,16 +110,25 @@ def build_tree_plan(
     chunk_tokens: int = 512,
     max_rows_per_task: int = 16,
     max_wide_tasks: int | None = None,
+    target_wide_tasks: int | None = None,
 ) -> TreePlan:
     """Group a decode step's rows by the KV blocks they share (see the module docstring).
 
     `tables[r]` is row r's block table and `lens[r]` its context length (new token included).
     Segments longer than `chunk_tokens` are split (more programs for the GPU; the chunk
     doubles until at most `max_wide_tasks` wide tasks remain), and a segment with more than
-    `max_rows_per_task` rows becomes several tasks."""
+    `max_rows_per_task` rows becomes several tasks. With `target_wide_tasks`, the chunk
+    shrinks (to 64 tokens at least) until shared segments give about that many tasks, so a
+    short shared prefix still occupies the GPU."""
     if len(tables) != len(lens) or not lens or min(lens) < 1:
         raise ValueError("tree attention needs one block table and a length >= 1 per row")
     segments = _segments(tables, lens, block_size)
+    if target_wide_tasks:
+        work = sum(
+            (e - a) * -(-len(m) // max_rows_per_task) for _, a, e, m in segments if len(m) > 1
+        )
+        fitted = -(-work // target_wide_tasks) // 64 * 64 + 64
+        chunk_tokens = max(64, min(chunk_tokens, fitted))
     while max_wide_tasks is not None:
         count = sum(
             -(-(e - a) // chunk_tokens) * -(-len(m) // max_rows_per_task)

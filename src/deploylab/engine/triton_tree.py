@@ -323,11 +323,18 @@ class TreeDecoder:
     """Decides per decode step whether tree attention pays and builds its plan."""
 
     def __init__(
-        self, heads: int, kv_heads: int, block_size: int, min_savings: float = 0.25
+        self,
+        heads: int,
+        kv_heads: int,
+        block_size: int,
+        min_savings: float = 0.25,
+        programs: int = 264,
     ) -> None:
         self.block_size = block_size
         self.rows_per_task = rows_per_task(heads, kv_heads)
         self.min_savings = min_savings
+        # Wide tasks to aim for: `programs` (about two per multiprocessor) over the KV heads.
+        self.target_wide_tasks = max(1, programs // kv_heads)
         self.steps = 0  # decode steps that ran tree attention
 
     def plan(self, tables: list[list[int]], lens: list[int]) -> TreePlan | None:
@@ -340,6 +347,7 @@ class TreeDecoder:
             self.block_size,
             max_rows_per_task=self.rows_per_task,
             max_wide_tasks=256,
+            target_wide_tasks=self.target_wide_tasks,
         )
         return plan if plan.savings >= self.min_savings else None
 
