@@ -95,7 +95,9 @@ class LLMEngine:
         spec_config = parse_speculative_config(config.speculative_config)
         self.spec: SpecDecoder | None = None  # the speculative-decoding hook (off: None)
         if spec_config is not None:
-            self.spec = SpecDecoder(spec_config, self.scheduler, self.max_model_len)
+            self.spec = SpecDecoder(
+                spec_config, self.scheduler, self.max_model_len, runner=self.runner
+            )
         self._seqs: dict[str, Sequence] = {}  # request id -> its first sample
         self._forks: dict[str, list[Sequence]] = {}  # request id -> samples 1..n-1
         self.structured = StructuredBackend(tokenizer, self.model_config.vocab_size)

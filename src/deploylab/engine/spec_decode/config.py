@@ -10,7 +10,7 @@ from deploylab.errors import ConfigError
 
 METHODS = ("ngram",)
 MAX_SPECULATIVE_TOKENS = 32
-_KEYS = ("method", "num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min")
+_KEYS = ("method", "num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min", "adaptive")
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class SpeculativeConfig:
     num_speculative_tokens: int = 4
     prompt_lookup_max: int = 4
     prompt_lookup_min: int = 2
+    adaptive: bool = True  # k per sequence and step from the measured cost model (policy.py)
 
 
 def _int_field(raw: dict[str, Any], name: str, low: int, high: int) -> int | None:
@@ -78,4 +79,7 @@ def parse_speculative_config(raw: Any) -> SpeculativeConfig | None:
         raise ConfigError(
             f"speculative_config.prompt_lookup_min ({lo}) must not exceed prompt_lookup_max ({hi})."
         )
-    return SpeculativeConfig(method, k, hi, lo)
+    adaptive = raw.get("adaptive", True)
+    if not isinstance(adaptive, bool):
+        raise ConfigError(f"speculative_config.adaptive must be true or false, got {adaptive!r}.")
+    return SpeculativeConfig(method, k, hi, lo, adaptive)
