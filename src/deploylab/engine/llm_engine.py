@@ -277,6 +277,8 @@ class LLMEngine:
         seqs, logits = self.runner.execute(out)
         for seq, p0, chunk_logits in self.runner.prompt_logits:
             record_prompt_logprobs(seq, p0, chunk_logits)
+        if spec is not None:
+            spec.after_forward(seqs)
         if spec is not None and spec.drafting:
             return self._spec_step(out, seqs, logits)
         self.scheduler.update_after_step(out)

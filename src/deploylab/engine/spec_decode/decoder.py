@@ -66,7 +66,9 @@ class SpecDecoder:
         self.scheduler = scheduler
         self.block_manager: BlockManager = scheduler.block_manager
         self.max_model_len = max_model_len
+        self.runner = runner
         self.proposer: Proposer = proposer or make_proposer(config, runner)
+        self._hidden: torch.Tensor | None = None  # this step's sampled rows' hidden states
         self.stats = SpecStats(accepted_per_position=[0] * config.num_speculative_tokens)
         self.drafting: list[Sequence] = []  # sequences holding drafts this step
         self.dropped: list[Sequence] = []  # drafts taken back before the step (drop_all)
@@ -176,6 +178,15 @@ class SpecDecoder:
         ):  # a pure decode step: time it for the cost model
             self._timing = (self._t0, out.num_tokens, len(self.drafting))
 
+    def after_forward(self, seqs: list[Sequence]) -> None:
+        """Hand the sampled rows' hidden states to a proposer that drafts from them (rows of
+        a step without drafts now; of a verifying step once `verify` knows what was kept)."""
+        observe = getattr(self.proposer, "observe", None)
+        hidden = self.runner.sample_hidden if self.runner is not None else None
+        self._hidden = hidden if observe is not None else None
+        if observe is not None and hidden is not None and not self.drafting:
+            observe(seqs, [s.num_tokens for s in seqs], hidden)
+
     def verify(
         self,
         out: SchedulerOutput,
@@ -189,6 +200,7 @@ class SpecDecoder:
             return []
         plain_rows: list[int] = []
         plain: list[Sequence] = []
+        self._rows_of: dict[int, int] = {}
         results: dict[int, StepResult] = {}
         row = 0
         while row < len(seqs):
@@ -200,17 +212,37 @@ class SpecDecoder:
                 row += 1
                 continue
             results[id(seq)] = self._verify_one(seq, logits[row : row + k + 1], sampler)
+            self._rows_of[id(seq)] = k + 1
             row += k + 1
         if plain:
             index = torch.tensor(plain_rows, dtype=torch.int64, device=logits.device)
             tokens, lps = sampler(logits.index_select(0, index), plain)
             for seq, token, lp in zip(plain, tokens, lps, strict=True):
                 results[id(seq)] = (seq, [token], [lp])
+        self._observe_verified(seqs, results)
         drafting = {id(s) for s in self.drafting}
         for item in out.scheduled:  # valid keys and values: the input token + accepted drafts
             if id(item.seq) in drafting:
                 item.num_new_tokens = len(results[id(item.seq)][1])
         return [results[id(seq)] for seq in dict.fromkeys(seqs)]
+
+    def _observe_verified(self, seqs: list[Sequence], results: dict[int, StepResult]) -> None:
+        """After verification: each sequence's hidden row that produced its last token."""
+        hidden = self._hidden
+        observe = getattr(self.proposer, "observe", None)
+        if hidden is None or observe is None:
+            return
+        rows, keep, positions = [], [], []
+        row = 0
+        while row < len(seqs):
+            seq = seqs[row]
+            n = len(results[id(seq)][1])  # tokens this step emits: row + n - 1 made the last
+            rows.append(row + n - 1)
+            keep.append(seq)
+            positions.append(seq.num_tokens + n - 1)
+            row += self._rows_of.get(id(seq), 1)
+        index = torch.tensor(rows, dtype=torch.int64, device=hidden.device)
+        observe(keep, positions, hidden.index_select(0, index))
 
     def _verify_one(self, seq: Sequence, logits: torch.Tensor, sampler: Sampler) -> StepResult:
         k = seq.num_draft_tokens

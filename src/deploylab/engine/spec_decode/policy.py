@@ -95,9 +95,7 @@ class AdaptivePolicy:
         self.cost = cost
         self.tracker = tracker or AcceptanceTracker()
 
-    def choose(
-        self, keys: Seq[tuple[str, int]], limits: Seq[int], num_decodes: int
-    ) -> list[int]:
+    def choose(self, keys: Seq[tuple[str, int]], limits: Seq[int], num_decodes: int) -> list[int]:
         """ks (each <= its limit) for the candidate sequences `keys`."""
         a, b, c = self.cost.coefficients
         alphas = [self.tracker.rate(key) for key in keys]

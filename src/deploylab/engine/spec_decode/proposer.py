@@ -30,5 +30,30 @@ class Proposer(Protocol):
 def make_proposer(config: SpeculativeConfig, runner: ModelRunner | None) -> Proposer:
     """The proposer `config.method` names."""
     from deploylab.engine.spec_decode.ngram import NgramProposer
+    from deploylab.errors import ConfigError
+
+    if config.method == "draft_model":
+        from deploylab.engine.spec_decode.draft_model import (
+            DraftModelProposer,
+            load_draft,
+            truncated_model,
+        )
+
+        if runner is None:
+            raise ConfigError('speculative_config method "draft_model" needs the model runner.')
+        target = runner.model
+        if config.model is not None:
+            draft = load_draft(config.model, target, runner.device)
+        else:
+            layers = config.draft_layers or max(1, target.config.num_hidden_layers // 4)
+            draft = truncated_model(target, layers)
+        return DraftModelProposer(draft, runner, runner.kv_cache.num_blocks)
+    if config.method == "head":
+        from deploylab.engine.spec_decode.head import HeadProposer, default_head_path, load_head_for
+
+        if runner is None:
+            raise ConfigError('speculative_config method "head" needs the engine\'s model runner.')
+        path = config.head_path or default_head_path("smollm2-135m-instruct")
+        return HeadProposer(load_head_for(path, runner), runner)
 
     return NgramProposer(config.prompt_lookup_max, config.prompt_lookup_min)
