@@ -16,7 +16,9 @@ _KEYS = (
     "prompt_lookup_max",
     "prompt_lookup_min",
     "adaptive",
-    "head_path", "model", "draft_layers",
+    "head_path",
+    "model",
+    "draft_layers",
 )
 
 

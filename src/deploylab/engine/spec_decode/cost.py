@@ -99,19 +99,19 @@ def _dummy_batch(batch: int, k: int, context: int, first_block: int, bs: int) ->
 def calibrate(
     runner: ModelRunner, num_free_blocks: int, k: int, max_batch: int, context: int = 64
 ) -> list[Observation]:
-    """Time forward passes (logits included) of dummy decode batches of 1, 4 and 16
-    sequences (capped by `max_batch` and the free blocks), without drafts and with k each.
+    """Time forward passes (logits included) of dummy decode batches of 1 and 8 sequences
+    (capped by `max_batch` and the free blocks), without drafts and with k each.
     Must run while the KV cache holds nothing (at engine start): it writes free blocks."""
     bs = runner.block_size
     per_seq = -(-(context + k + 1) // bs)
     cap = min(max_batch, num_free_blocks // per_seq)
-    sizes = sorted({min(b, cap) for b in (1, 4, 16) if cap >= 1})
+    sizes = sorted({min(b, cap) for b in (1, 8) if cap >= 1})
     obs: list[Observation] = []
     for batch in sizes:
         for drafts in (0, k):
             out = _dummy_batch(batch, drafts, context, 0, bs)
             best = float("inf")
-            for _ in range(3):  # the first run warms caches; keep the fastest
+            for _ in range(2):  # the first run warms caches; keep the fastest
                 t0 = time.perf_counter()
                 runner.execute(out)
                 if runner.device.type == "cuda":

@@ -88,6 +88,8 @@ class SpecDecoder:
         k = self.config.num_speculative_tokens
         with torch.inference_mode():
             obs = calibrate(runner, bm.num_free_blocks, k, self.scheduler.max_num_seqs)
+        if len(obs) < 3:  # one batch size and k = 1 only: too few points for three terms
+            return CostModel.from_coefficients(min(s for _, _, s in obs), 0.0, 0.0)
         return CostModel(obs)
 
     def num_tokens_for(self, seq: Sequence) -> int:
@@ -133,7 +135,7 @@ class SpecDecoder:
             self.policy.tracker.forget_except(running)
         t0, tokens, drafting = last
         cost = self.policy.cost
-        if now - t0 < 4 * cost.cost(tokens, drafting):  # longer: the engine sat idle
+        if now - t0 < 20 * cost.cost(tokens, drafting):  # longer: the engine sat idle
             cost.observe(tokens, drafting, now - t0)
 
     def propose(self) -> None:
