@@ -4,10 +4,12 @@ For each prompt set (chat questions; RAG-style prompts whose answers quote their
 each batch size, the same greedy requests (at least --min-requests, run in groups of the batch
 size: batch 1 runs them one at a time) go through engines sharing the model's weights: one
 plain, then one per proposer (--methods: ngram, head, draft_model) with `speculative_config`
-(adaptive k policy on; --fixed-k turns it off). Reported per row: target passes (engine
-steps), output tokens, tokens per target pass per sequence (1 + accepted drafts per drafting
-step), draft acceptance rate, wall-clock time of both sides and the speed-up. Greedy outputs
-are compared token for token with the plain engine's (they must be identical).
+(adaptive k policy on; --fixed-k turns it off); the engines take turns request group by
+request group, so load changes on a shared machine hit all sides alike. Reported per row:
+target passes (engine steps), output tokens, tokens per target pass per sequence
+(1 + accepted drafts per drafting step), draft acceptance rate, wall-clock time of both sides
+and the speed-up. Greedy outputs are compared token for token with the plain engine's (they
+must be identical).
 
     python benchmarks/speculative.py --batch-sizes 1 8 32 --max-tokens 64 --methods ngram head
 """
@@ -101,19 +103,24 @@ class Row:
         return self.plain_s / self.spec_s
 
 
-def run_side(
-    llm: Any, convs: list[Any], params: Any, batch: int
-) -> tuple[float, list[list[int]], int]:
-    """Wall time, output token ids and target passes of generating `convs` in groups of
-    `batch` requests (one `chat` call per group)."""
-    engine = llm.llm_engine
-    steps0 = engine.stats().num_steps_total
-    ids: list[list[int]] = []
-    t0 = time.perf_counter()
+def run_interleaved(
+    llms: list[Any], convs: list[Any], params: Any, batch: int
+) -> list[tuple[float, list[list[int]], int]]:
+    """Per engine: wall time, output token ids and target passes of generating `convs` in
+    groups of `batch` requests (one `chat` call per group). The engines take turns group by
+    group, so a change in the machine's load hits every side alike."""
+    out = []
+    for llm in llms:
+        out.append([0.0, [], llm.llm_engine.stats().num_steps_total])
     for i in range(0, len(convs), batch):
-        ids += [o.token_ids for o in llm.chat(convs[i : i + batch], params)]
-    dt = time.perf_counter() - t0
-    return dt, ids, engine.stats().num_steps_total - steps0
+        for llm, side in zip(llms, out, strict=True):
+            t0 = time.perf_counter()
+            side[1] += [o.token_ids for o in llm.chat(convs[i : i + batch], params)]
+            side[0] += time.perf_counter() - t0
+    return [
+        (side[0], side[1], llm.llm_engine.stats().num_steps_total - side[2])
+        for llm, side in zip(llms, out, strict=True)
+    ]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -173,10 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.prompt_sets:
         for batch in args.batch_sizes:
             convs = prompt_set(name, max(batch, args.min_requests))
-            plain_s, plain_ids, plain_n = run_side(engine(None, batch), convs, params, batch)
-            for method in args.methods:
-                spec_llm = engine(spec_config(method), batch)
-                spec_s, spec_ids, spec_n = run_side(spec_llm, convs, params, batch)
+            llms = [engine(None, batch)] + [engine(spec_config(m), batch) for m in args.methods]
+            sides = run_interleaved(llms, convs, params, batch)
+            plain_s, plain_ids, plain_n = sides[0]
+            for method, spec_llm, (spec_s, spec_ids, spec_n) in zip(
+                args.methods, llms[1:], sides[1:], strict=True
+            ):
                 st = spec_llm.llm_engine.spec.stats
                 row = Row(
                     method=method,
