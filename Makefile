@@ -51,9 +51,9 @@ run: setup
 		--warmup 5 --cooldown 5 --seed 0 --slo-profile $(SLO_PROFILE) --out $(RUN_OUT)
 
 # Distil the speculative-decoding draft head of the default model from its own generations
-# (CPU, 2 threads, minutes; overwrites the shipped head, docs/speculative.md "Learned head").
+# (CPU, 1 thread, minutes; overwrites the shipped head, docs/speculative.md "Learned head").
 spec-head: setup
-	$(BIN)/python -m deploylab.engine.spec_decode.train_head --threads 2
+	$(BIN)/python -m deploylab.engine.spec_decode.train_head
 
 lint: setup-test
 	$(BIN)/ruff check src tests benchmarks

@@ -96,29 +96,36 @@ class Row:
     acceptance: float
     plain_s: float
     spec_s: float
+    plain_cpu_s: float  # CPU time of this process (one torch thread): the work, less the wait
+    spec_cpu_s: float
     identical: bool
 
     @property
     def speedup(self) -> float:
         return self.plain_s / self.spec_s
 
+    @property
+    def cpu_speedup(self) -> float:
+        return self.plain_cpu_s / self.spec_cpu_s
+
 
 def run_interleaved(
     llms: list[Any], convs: list[Any], params: Any, batch: int
-) -> list[tuple[float, list[list[int]], int]]:
-    """Per engine: wall time, output token ids and target passes of generating `convs` in
-    groups of `batch` requests (one `chat` call per group). The engines take turns group by
-    group, so a change in the machine's load hits every side alike."""
-    out = []
+) -> list[tuple[float, float, list[list[int]], int]]:
+    """Per engine: wall time, process CPU time, output token ids and target passes of
+    generating `convs` in groups of `batch` requests (one `chat` call per group). The engines
+    take turns group by group, so a change in the machine's load hits every side alike."""
+    out: list[list[Any]] = []
     for llm in llms:
-        out.append([0.0, [], llm.llm_engine.stats().num_steps_total])
+        out.append([0.0, 0.0, [], llm.llm_engine.stats().num_steps_total])
     for i in range(0, len(convs), batch):
         for llm, side in zip(llms, out, strict=True):
-            t0 = time.perf_counter()
-            side[1] += [o.token_ids for o in llm.chat(convs[i : i + batch], params)]
+            t0, c0 = time.perf_counter(), time.process_time()
+            side[2] += [o.token_ids for o in llm.chat(convs[i : i + batch], params)]
             side[0] += time.perf_counter() - t0
+            side[1] += time.process_time() - c0
     return [
-        (side[0], side[1], llm.llm_engine.stats().num_steps_total - side[2])
+        (side[0], side[1], side[2], llm.llm_engine.stats().num_steps_total - side[3])
         for llm, side in zip(llms, out, strict=True)
     ]
 
@@ -182,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             convs = prompt_set(name, max(batch, args.min_requests))
             llms = [engine(None, batch)] + [engine(spec_config(m), batch) for m in args.methods]
             sides = run_interleaved(llms, convs, params, batch)
-            plain_s, plain_ids, plain_n = sides[0]
-            for method, spec_llm, (spec_s, spec_ids, spec_n) in zip(
+            plain_s, plain_cpu, plain_ids, plain_n = sides[0]
+            for method, spec_llm, (spec_s, spec_cpu, spec_ids, spec_n) in zip(
                 args.methods, llms[1:], sides[1:], strict=True
             ):
                 st = spec_llm.llm_engine.spec.stats
@@ -198,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                     acceptance=st.num_accepted_tokens / max(st.num_draft_tokens, 1),
                     plain_s=plain_s,
                     spec_s=spec_s,
+                    plain_cpu_s=plain_cpu,
+                    spec_cpu_s=spec_cpu,
                     identical=plain_ids == spec_ids,
                 )
                 rows.append(row)
@@ -205,24 +214,31 @@ def main(argv: list[str] | None = None) -> int:
                     f"{method:11s} {name:5s} batch {batch:3d}: {row.output_tokens:5d} tokens, "
                     f"passes {plain_n} -> {spec_n}, {row.tokens_per_pass:.2f} tok/pass/seq, "
                     f"accept {row.acceptance:.2f}, {plain_s:.1f}s -> {spec_s:.1f}s = "
-                    f"{row.speedup:.2f}x, identical {row.identical}",
+                    f"{row.speedup:.2f}x (CPU time {plain_cpu:.1f}s -> {spec_cpu:.1f}s = "
+                    f"{row.cpu_speedup:.2f}x), identical {row.identical}",
                     flush=True,
                 )
     print(f"\nconfigs: {[spec_config(m) for m in args.methods]}, max_tokens "
           f"{args.max_tokens}, threads {args.threads}")  # fmt: skip
     print("| method | prompts | batch | output tokens | target passes (plain → spec) "
-          "| tokens/pass/seq | acceptance | plain s | spec s | speed-up | identical |")  # fmt: skip
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "| tokens/pass/seq | acceptance | plain s | spec s | speed-up | plain CPU s | spec CPU s "
+          "| CPU-time speed-up | identical |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         print(
             f"| {r.method} | {r.prompts} | {r.batch} | {r.output_tokens} | {r.plain_passes} → "
             f"{r.spec_passes} | {r.tokens_per_pass:.2f} | {r.acceptance:.2f} | "
-            f"{r.plain_s:.1f} | {r.spec_s:.1f} | {r.speedup:.2f}× | "
+            f"{r.plain_s:.1f} | {r.spec_s:.1f} | {r.speedup:.2f}× | {r.plain_cpu_s:.1f} | "
+            f"{r.spec_cpu_s:.1f} | {r.cpu_speedup:.2f}× | "
             f"{'yes' if r.identical else 'NO'} |"
         )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump([asdict(r) | {"speedup": r.speedup} for r in rows], f, indent=1)
+            json.dump(
+                [asdict(r) | {"speedup": r.speedup, "cpu_speedup": r.cpu_speedup} for r in rows],
+                f,
+                indent=1,
+            )
     return 0 if all(r.identical for r in rows) else 1
 
 

@@ -99,9 +99,9 @@ def test_shipped_head_on_the_real_model(smol: ModelParts, smol_chat_ids: list) -
         SamplingParams(temperature=0, max_tokens=24),
     ]
     prompts = smol_chat_ids[:4]
-    expected = smol.llm().generate([{"prompt_token_ids": p} for p in prompts], params)
+    expected = smol.llm().generate(prompts, params)
     llm = smol.llm(speculative_config={"method": "head", "num_speculative_tokens": 3})
-    got = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
+    got = llm.generate(prompts, params)
     for i in (0, 1, 3):
         assert got[i].token_ids == expected[i].token_ids
     stats = llm.llm_engine.stats()
