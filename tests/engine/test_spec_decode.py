@@ -16,7 +16,7 @@ from deploylab.engine.kv_cache import bytes_per_block
 from deploylab.engine.outputs import RequestOutput
 from deploylab.errors import ConfigError, InvalidRequestError
 
-NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1}
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1, "adaptive": False}
 
 
 def looping_prompts(n: int, seed: int = 0) -> list[list[int]]:

@@ -63,7 +63,7 @@ def test_sampled_tokens_follow_the_target_distribution(tiny: ModelParts, top_p: 
         exact = nucleus(plain, p1, top_p)
     n = 2400
     engine = tiny.engine(
-        speculative_config={"method": "ngram", "num_speculative_tokens": 2},
+        speculative_config={"method": "ngram", "num_speculative_tokens": 2, "adaptive": False},
         max_num_seqs=256,
         seed=7,
     )
@@ -106,7 +106,12 @@ def nucleus(engine: LLMEngine, p1: dict[int, float], top_p: float) -> dict[tuple
 
 
 def test_seeded_requests_reproduce(tiny: ModelParts) -> None:
-    config = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 1}
+    config = {
+        "method": "ngram",
+        "num_speculative_tokens": 3,
+        "prompt_lookup_min": 1,
+        "adaptive": False,
+    }
     params = SamplingParams(temperature=0.8, seed=11, max_tokens=24, ignore_eos=True)
     runs = []
     for others in (0, 5):  # the same request, alone and beside others

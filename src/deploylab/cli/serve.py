@@ -29,7 +29,8 @@ def serve(
     speculative_config: str | None = typer.Option(
         None,
         help='Speculative decoding as JSON (vLLM names), e.g. \'{"method": "ngram", '
-        '"num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}\'.',
+        '"num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}\'; '
+        "methods ngram, head, draft_model (docs/speculative.md).",
     ),
     shutdown_timeout: float = typer.Option(
         30.0,

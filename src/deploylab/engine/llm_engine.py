@@ -97,7 +97,9 @@ class LLMEngine:
         spec_config = parse_speculative_config(config.speculative_config)
         self.spec: SpecDecoder | None = None  # the speculative-decoding hook (off: None)
         if spec_config is not None:
-            self.spec = SpecDecoder(spec_config, self.scheduler, self.max_model_len)
+            self.spec = SpecDecoder(
+                spec_config, self.scheduler, self.max_model_len, runner=self.runner
+            )
         self._seqs: dict[str, Sequence] = {}  # request id -> its first sample
         self._forks: dict[str, list[Sequence]] = {}  # request id -> samples 1..n-1
         self.structured = StructuredBackend(tokenizer, self.model_config.vocab_size)
@@ -277,6 +279,8 @@ class LLMEngine:
         seqs, logits = self.runner.execute(out)
         for seq, p0, chunk_logits in self.runner.prompt_logits:
             record_prompt_logprobs(seq, p0, chunk_logits)
+        if spec is not None:
+            spec.after_forward(seqs)
         if spec is not None and spec.drafting:
             return self._spec_step(out, seqs, logits)
         self.scheduler.update_after_step(out)

@@ -75,6 +75,9 @@ class ModelRunner:
         # (sequence, position of the chunk's first token, float32 logits of every row).
         self.prompt_logits: list[tuple[Sequence, int, torch.Tensor]] = []
         self._prompt_rows: list[tuple[Sequence, int, int, int]] = []  # seq, row, len, pos
+        # Speculative draft heads read the last hidden state of every sampled row (hook).
+        self.keep_hidden = False
+        self.sample_hidden: torch.Tensor | None = None
 
     def enable_cuda_graphs(self, max_batch: int, max_model_len: int) -> bool:
         """Capture decode steps as CUDA graphs (needs the paged decode kernel). The last
@@ -320,6 +323,7 @@ class ModelRunner:
         """Run the step; returns the sequences that sample and their float32 logits."""
         self.kv_cache.copy_blocks(out.block_copies)
         self.prompt_logits, self._prompt_rows = [], []
+        self.sample_hidden = None
         graphs = self.graphs
         if (
             graphs is not None
@@ -336,7 +340,10 @@ class ModelRunner:
         if not rows:
             return seqs, None
         index = self._to_device(torch.tensor(rows, dtype=torch.int64))
-        return seqs, self.model.compute_logits(hidden.index_select(0, index))
+        sampled = hidden.index_select(0, index)
+        if self.keep_hidden:
+            self.sample_hidden = sampled
+        return seqs, self.model.compute_logits(sampled)
 
 
 def _wants_prompt_logits(seq: Sequence) -> bool:

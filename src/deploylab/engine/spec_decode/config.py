@@ -8,9 +8,18 @@ from typing import Any
 
 from deploylab.errors import ConfigError
 
-METHODS = ("ngram",)
+METHODS = ("ngram", "head", "draft_model")
 MAX_SPECULATIVE_TOKENS = 32
-_KEYS = ("method", "num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min")
+_KEYS = (
+    "method",
+    "num_speculative_tokens",
+    "prompt_lookup_max",
+    "prompt_lookup_min",
+    "adaptive",
+    "head_path",
+    "model",
+    "draft_layers",
+)
 
 
 @dataclass(frozen=True)
@@ -19,12 +28,18 @@ class SpeculativeConfig:
 
     `ngram` (prompt lookup): match the last `prompt_lookup_max` .. `prompt_lookup_min` tokens
     against the prompt and output so far and propose what followed the latest match.
+    `head`: a learned draft head on the target's last hidden states (`head_path`, default the
+    head shipped for the default model).
     """
 
     method: str = "ngram"
     num_speculative_tokens: int = 4
     prompt_lookup_max: int = 4
     prompt_lookup_min: int = 2
+    adaptive: bool = True  # k per sequence and step from the measured cost model (policy.py)
+    head_path: str | None = None  # method "head": a DraftHead safetensors file
+    model: str | None = None  # method "draft_model": catalog name or path of the draft
+    draft_layers: int | None = None  # method "draft_model": keep the target's first N layers
 
 
 def _int_field(raw: dict[str, Any], name: str, low: int, high: int) -> int | None:
@@ -63,7 +78,7 @@ def parse_speculative_config(raw: Any) -> SpeculativeConfig | None:
     if method not in METHODS:
         raise ConfigError(
             f"speculative_config.method {method!r} is not supported; supported: "
-            f"{', '.join(METHODS)} (draft_model and head proposers are not built yet)."
+            f"{', '.join(METHODS)}."
         )
     k = _int_field(raw, "num_speculative_tokens", 1, MAX_SPECULATIVE_TOKENS)
     if k is None:
@@ -78,4 +93,25 @@ def parse_speculative_config(raw: Any) -> SpeculativeConfig | None:
         raise ConfigError(
             f"speculative_config.prompt_lookup_min ({lo}) must not exceed prompt_lookup_max ({hi})."
         )
-    return SpeculativeConfig(method, k, hi, lo)
+    adaptive = raw.get("adaptive", True)
+    if not isinstance(adaptive, bool):
+        raise ConfigError(f"speculative_config.adaptive must be true or false, got {adaptive!r}.")
+    head_path = raw.get("head_path")
+    if head_path is not None and (not isinstance(head_path, str) or method != "head"):
+        raise ConfigError(
+            "speculative_config.head_path must be a file path (string) and needs "
+            f'"method": "head"; got {head_path!r} with method {method!r}.'
+        )
+    model = raw.get("model")
+    layers = _int_field(raw, "draft_layers", 1, 1024)
+    if (model is not None or layers is not None) and method != "draft_model":
+        raise ConfigError(
+            'speculative_config.model and draft_layers need "method": "draft_model", '
+            f"got method {method!r}."
+        )
+    if model is not None and (not isinstance(model, str) or layers is not None):
+        raise ConfigError(
+            "speculative_config.model must be a model name or path (string), and is exclusive "
+            f"with draft_layers; got model={model!r}, draft_layers={layers!r}."
+        )
+    return SpeculativeConfig(method, k, hi, lo, adaptive, head_path, model, layers)

@@ -18,7 +18,9 @@ Per step, around the ordinary continuous-batching step:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -28,9 +30,13 @@ from deploylab.engine.sampler import Sampler
 from deploylab.engine.scheduler import Scheduler, SchedulerOutput
 from deploylab.engine.sequence import Sequence
 from deploylab.engine.spec_decode.config import SpeculativeConfig
-from deploylab.engine.spec_decode.ngram import NgramProposer
-from deploylab.engine.spec_decode.proposer import Proposer
+from deploylab.engine.spec_decode.cost import CostModel, calibrate
+from deploylab.engine.spec_decode.policy import AdaptivePolicy
+from deploylab.engine.spec_decode.proposer import Proposer, make_proposer
 from deploylab.engine.spec_decode.verify import verify_drafts
+
+if TYPE_CHECKING:
+    from deploylab.engine.model_runner import ModelRunner
 
 StepResult = tuple[Sequence, list[int], list[TokenLogprobs | None]]
 
@@ -54,17 +60,37 @@ class SpecDecoder:
         scheduler: Scheduler,
         max_model_len: int,
         proposer: Proposer | None = None,
+        runner: ModelRunner | None = None,
     ) -> None:
         self.config = config
         self.scheduler = scheduler
         self.block_manager: BlockManager = scheduler.block_manager
         self.max_model_len = max_model_len
-        self.proposer: Proposer = proposer or NgramProposer(
-            config.prompt_lookup_max, config.prompt_lookup_min
-        )
+        self.runner = runner
+        self.proposer: Proposer = proposer or make_proposer(config, runner)
+        self._hidden: torch.Tensor | None = None  # this step's sampled rows' hidden states
         self.stats = SpecStats(accepted_per_position=[0] * config.num_speculative_tokens)
         self.drafting: list[Sequence] = []  # sequences holding drafts this step
         self.dropped: list[Sequence] = []  # drafts taken back before the step (drop_all)
+        self.policy: AdaptivePolicy | None = None  # the adaptive k policy (config.adaptive)
+        if config.adaptive:
+            self.policy = AdaptivePolicy(self._cost_model(runner))
+        self._timing: tuple[float, int, int] | None = None  # last decode step: t0, tokens, m
+        self._t0 = 0.0
+        self._steps = 0
+
+    def _cost_model(self, runner: ModelRunner | None) -> CostModel:
+        """Start-up calibration on the engine's runner (empty cache); without a runner, a
+        model in which drafts cost nothing (always full k)."""
+        if runner is None:
+            return CostModel.from_coefficients(1.0, 0.0, 0.0)
+        bm = self.block_manager
+        k = self.config.num_speculative_tokens
+        with torch.inference_mode():
+            obs = calibrate(runner, bm.num_free_blocks, k, self.scheduler.max_num_seqs)
+        if len(obs) < 3:  # one batch size and k = 1 only: too few points for three terms
+            return CostModel.from_coefficients(min(s for _, _, s in obs), 0.0, 0.0)
+        return CostModel(obs)
 
     def num_tokens_for(self, seq: Sequence) -> int:
         """How many drafts `seq` may get now: its request's k (engine default when unset),
@@ -97,14 +123,37 @@ class SpecDecoder:
             out.append(k)
         return out
 
+    def _observe_step(self) -> None:
+        """Feed the previous step's wall time (a pure decode step, not idle) to the cost model."""
+        now = time.perf_counter()
+        self._t0, last, self._timing = now, self._timing, None
+        if self.policy is None or last is None:
+            return
+        self._steps += 1
+        if self._steps % 256 == 0:
+            running = {(s.request_id, s.index) for s in self.scheduler.running}
+            self.policy.tracker.forget_except(running)
+        t0, tokens, drafting = last
+        cost = self.policy.cost
+        if now - t0 < 20 * cost.cost(tokens, drafting):  # longer: the engine sat idle
+            cost.observe(tokens, drafting, now - t0)
+
     def propose(self) -> None:
         """Append drafts to the running sequences that decode this step."""
+        self._observe_step()
         seqs = [s for s in self.scheduler.running if s.num_tokens - s.num_computed_tokens == 1]
         ks = self._block_room(seqs, [self.num_tokens_for(s) for s in seqs])
         self.drafting = []
         if not any(ks):
             return
-        for seq, k, drafts in zip(seqs, ks, self.proposer.propose(seqs, ks), strict=True):
+        policy = self.policy
+        keys = [(s.request_id, s.index) for s in seqs]
+        if policy is not None and not self.proposer.free_to_propose:
+            ks = policy.choose(keys, ks, len(seqs))  # pay only for the drafts worth it
+        proposals = self.proposer.propose(seqs, ks)
+        if policy is not None and self.proposer.free_to_propose:
+            ks = policy.choose(keys, [len(d) for d in proposals], len(seqs))
+        for seq, k, drafts in zip(seqs, ks, proposals, strict=True):
             if drafts and k:
                 seq.token_ids.extend(drafts[:k])
                 seq.num_draft_tokens = len(drafts[:k])
@@ -125,6 +174,20 @@ class SpecDecoder:
         self.drafting = kept
         if kept and any(item.samples and item.seq.pending_forks for item in out.scheduled):
             self.drop_all(out)  # a step that forks n samples runs without drafts
+        if all(
+            item.seq.num_computed_tokens and item.num_new_tokens == 1 + item.seq.num_draft_tokens
+            for item in out.scheduled
+        ):  # a pure decode step: time it for the cost model
+            self._timing = (self._t0, out.num_tokens, len(self.drafting))
+
+    def after_forward(self, seqs: list[Sequence]) -> None:
+        """Hand the sampled rows' hidden states to a proposer that drafts from them (rows of
+        a step without drafts now; of a verifying step once `verify` knows what was kept)."""
+        observe = getattr(self.proposer, "observe", None)
+        hidden = self.runner.sample_hidden if self.runner is not None else None
+        self._hidden = hidden if observe is not None else None
+        if observe is not None and hidden is not None and not self.drafting:
+            observe(seqs, [s.num_tokens for s in seqs], hidden)
 
     def verify(
         self,
@@ -139,6 +202,7 @@ class SpecDecoder:
             return []
         plain_rows: list[int] = []
         plain: list[Sequence] = []
+        self._rows_of: dict[int, int] = {}
         results: dict[int, StepResult] = {}
         row = 0
         while row < len(seqs):
@@ -150,17 +214,37 @@ class SpecDecoder:
                 row += 1
                 continue
             results[id(seq)] = self._verify_one(seq, logits[row : row + k + 1], sampler)
+            self._rows_of[id(seq)] = k + 1
             row += k + 1
         if plain:
             index = torch.tensor(plain_rows, dtype=torch.int64, device=logits.device)
             tokens, lps = sampler(logits.index_select(0, index), plain)
             for seq, token, lp in zip(plain, tokens, lps, strict=True):
                 results[id(seq)] = (seq, [token], [lp])
+        self._observe_verified(seqs, results)
         drafting = {id(s) for s in self.drafting}
         for item in out.scheduled:  # valid keys and values: the input token + accepted drafts
             if id(item.seq) in drafting:
                 item.num_new_tokens = len(results[id(item.seq)][1])
         return [results[id(seq)] for seq in dict.fromkeys(seqs)]
+
+    def _observe_verified(self, seqs: list[Sequence], results: dict[int, StepResult]) -> None:
+        """After verification: each sequence's hidden row that produced its last token."""
+        hidden = self._hidden
+        observe = getattr(self.proposer, "observe", None)
+        if hidden is None or observe is None:
+            return
+        rows, keep, positions = [], [], []
+        row = 0
+        while row < len(seqs):
+            seq = seqs[row]
+            n = len(results[id(seq)][1])  # tokens this step emits: row + n - 1 made the last
+            rows.append(row + n - 1)
+            keep.append(seq)
+            positions.append(seq.num_tokens + n - 1)
+            row += self._rows_of.get(id(seq), 1)
+        index = torch.tensor(rows, dtype=torch.int64, device=hidden.device)
+        observe(keep, positions, hidden.index_select(0, index))
 
     def _verify_one(self, seq: Sequence, logits: torch.Tensor, sampler: Sampler) -> StepResult:
         k = seq.num_draft_tokens
@@ -173,6 +257,8 @@ class SpecDecoder:
             banned += sampler.eos_token_ids
         gen = sampler._seq_generator(seq) if params.seed is not None else sampler.generator
         result = verify_drafts(logits, drafts, seq, banned, gen)
+        if self.policy is not None:
+            self.policy.tracker.record((seq.request_id, seq.index), k, result.num_accepted)
         st = self.stats
         st.num_drafts += 1
         st.num_draft_tokens += k

@@ -27,6 +27,8 @@ def lookup(tokens: np.ndarray, k: int, n_max: int, n_min: int) -> list[int]:
 class NgramProposer:
     """Prompt lookup decoding (no model): strong when the output quotes its context."""
 
+    free_to_propose = True
+
     def __init__(self, prompt_lookup_max: int, prompt_lookup_min: int) -> None:
         self.n_max = prompt_lookup_max
         self.n_min = prompt_lookup_min

@@ -1,0 +1,132 @@
+"""Cost of the speculative verify step on a GPU: random Llama-3.2-1B-shape weights (bf16).
+
+One engine (`speculative_config` k = 8, adaptive off), a proposer that drafts k random tokens
+for every decoding sequence (all rejected: the pass costs the same whatever is accepted), and
+per (batch, k) the mean wall time of `engine.step()` over steady decode steps. k = 0 is the
+plain decode step (CUDA graphs when the engine captures them; also measured eagerly). The
+start-up cost calibration of the adaptive policy (`spec_decode.cost.calibrate`) is run on the
+same runner and its fit reported. Speed-ups are derived from these costs and the acceptance
+measured on the CPU with the real model (docs/benchmarks.md), not measured here.
+
+    PYTHONPATH=src python benchmarks/spec_verify_gpu.py --out out/spec/verify_cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence as Seq
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class RandomProposer:
+    """Drafts ks[i] uniformly random token ids (a pure cost probe)."""
+
+    free_to_propose = True
+
+    def __init__(self, vocab: int, seed: int = 0) -> None:
+        self.vocab = vocab
+        self.rng = random.Random(seed)
+
+    def propose(self, seqs: Seq[Any], ks: Seq[int]) -> list[list[int]]:
+        return [[self.rng.randrange(self.vocab) for _ in range(k)] for k in ks]
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_steps(engine: Any, batch: int, k: int, prompt_len: int, warm: int, steps: int) -> float:
+    """Mean seconds per engine step with `batch` decoding requests drafting k tokens each."""
+    from deploylab.engine import SamplingParams
+
+    params = SamplingParams(
+        temperature=0, max_tokens=10_000, ignore_eos=True, num_speculative_tokens=k
+    )
+    rng = random.Random(batch * 100 + k)
+    vocab = engine.model_config.vocab_size
+    ids = [f"b{batch}k{k}r{i}" for i in range(batch)]
+    for rid in ids:
+        engine.add_request(rid, [rng.randrange(3, vocab) for _ in range(prompt_len)], params)
+    while any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running) or (
+        engine.scheduler.waiting
+    ):
+        engine.step()  # prefill
+    for _ in range(warm):
+        engine.step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    sync()
+    dt = (time.perf_counter() - t0) / steps
+    for rid in ids:
+        engine.abort(rid)
+    return dt
+
+
+def main(argv: list[str] | None = None) -> int:
+    from deploylab.engine import EngineConfig, LLMEngine
+    from deploylab.engine.spec_decode.cost import CostModel, calibrate
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--preset", default="llama-3.2-1b")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
+    p.add_argument("--max-k", type=int, default=8)
+    p.add_argument("--prompt-len", type=int, default=256)
+    p.add_argument("--warm", type=int, default=3)
+    p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--out", default="out/spec/verify_cost.json")
+    p.add_argument("--device", default="cuda", help="cpu: a smoke run (e.g. --preset tiny)")
+    args = p.parse_args(argv)
+    spec = {"method": "ngram", "num_speculative_tokens": args.max_k, "adaptive": False}
+    cuda = args.device == "cuda"
+    name = torch.cuda.get_device_name() if cuda else "cpu"
+    results: dict[str, Any] = {"device": name, "args": vars(args), "rows": []}
+    for graphs in (True, False):
+        config = EngineConfig(
+            random_weights=args.preset, device=args.device,
+            dtype="bfloat16" if cuda else "float32", kv_cache_gib=1.0,
+            max_num_seqs=max(args.batch_sizes),
+            max_num_batched_tokens=max(args.batch_sizes) * (args.max_k + 1) + args.prompt_len,
+            speculative_config=spec, cuda_graphs=graphs, gpu_memory_utilization=0.4,
+        )  # fmt: skip
+        engine = LLMEngine(config)
+        assert engine.spec is not None
+        engine.spec.proposer = RandomProposer(engine.model_config.vocab_size)
+        if graphs:
+            with torch.inference_mode():
+                obs = calibrate(
+                    engine.runner, engine.block_manager.num_free_blocks, 4, max(args.batch_sizes)
+                )
+            results["calibration"] = {
+                "observations": obs,
+                "fit_a_b_c": CostModel(obs).coefficients,
+            }
+            print("calibration", results["calibration"], flush=True)
+        ks = range(args.max_k + 1) if graphs else range(1)  # eager: plain decode, reference
+        for batch in args.batch_sizes:
+            for k in ks:
+                dt = time_steps(engine, batch, k, args.prompt_len, args.warm, args.steps)
+                row = {"cuda_graphs": graphs, "batch": batch, "k": k, "step_ms": dt * 1e3}
+                results["rows"].append(row)
+                print(row, flush=True)
+        del engine
+        if cuda:
+            torch.cuda.empty_cache()
+        else:
+            break  # no CUDA graphs on the CPU
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
