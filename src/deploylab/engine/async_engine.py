@@ -143,7 +143,11 @@ class AsyncEngine:
 
     # ---- requests ----------------------------------------------------------------------
     def add_request(
-        self, request_id: str, prompt: Prompt, params: SamplingParams | None = None
+        self,
+        request_id: str,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        lora_name: str | None = None,
     ) -> RequestStream:
         """Queue a request; call from inside a running event loop.
 
@@ -156,7 +160,7 @@ class AsyncEngine:
                 f"Request id '{request_id}' is already in use.", param="request_id"
             )
         self.check_admission()
-        seq = self.engine.make_sequence(request_id, prompt, params)
+        seq = self.engine.make_sequence(request_id, prompt, params, lora_name)
         stream = RequestStream(request_id, self)
         self._streams[request_id] = stream
         with self._lock:
@@ -171,12 +175,16 @@ class AsyncEngine:
         self._wake.set()
 
     async def generate(
-        self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        lora_name: str | None = None,
     ) -> AsyncIterator[RequestDelta]:
         """Convenience wrapper: yields deltas; aborts the request if the caller stops early."""
         import uuid
 
-        stream = self.add_request(request_id or uuid.uuid4().hex, prompt, params)
+        stream = self.add_request(request_id or uuid.uuid4().hex, prompt, params, lora_name)
         try:
             async for delta in stream:
                 yield delta

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from array import array
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,6 +18,9 @@ from deploylab.engine.scheduler import ScheduledSeq, SchedulerOutput
 from deploylab.engine.sequence import Sequence
 from deploylab.engine.triton_attention import PagedDecodeFn, load_paged_decode
 from deploylab.engine.triton_prefill import PagedPrefillFn, PrefillBatch, load_paged_prefill
+
+if TYPE_CHECKING:
+    from deploylab.engine.lora import LoraManager
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +69,7 @@ class ModelRunner:
             if model.fuse_for_cuda() and max_model_len:  # fused projections, Triton small ops
                 model.model.rotary_emb.use_table(max_model_len, dtype)
         self.graphs: DecodeGraphs | None = None
+        self.lora: LoraManager | None = None  # the multi-LoRA hook (engine/lora), set by the engine
         # Filled by `execute` for prefill chunks of requests that want prompt logprobs:
         # (sequence, position of the chunk's first token, float32 logits of every row).
         self.prompt_logits: list[tuple[Sequence, int, torch.Tensor]] = []
@@ -238,6 +243,9 @@ class ModelRunner:
             meta.decode_tables = dev[decode_at:lens_at].view(n, decode_width).to(torch.int32)
             meta.decode_lens = dev[lens_at : lens_at + n].to(torch.int32)
             ctx_lens = []  # no gather groups
+        if self.lora is not None:
+            layout = [(s.seq, 1) for s in decodes] + [(s.seq, s.num_new_tokens) for s in chunks]
+            meta.lora = self.lora.prepare(layout, tokens)
         start = 0
         for count in self._group_sizes(ctx_lens):
             meta.decode_groups.append(
@@ -316,6 +324,7 @@ class ModelRunner:
             and len(out.scheduled) <= graphs.max_batch
             and all(s.num_new_tokens == 1 for s in out.scheduled)
             and not any(_wants_prompt_logits(s.seq) for s in out.scheduled)
+            and not any(s.seq.lora_id for s in out.scheduled)  # adapters run eagerly
         ):
             return self._execute_graph(out.scheduled)
         input_ids, positions, meta, rows, seqs = self.prepare(out.scheduled)
