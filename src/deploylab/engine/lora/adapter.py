@@ -107,13 +107,19 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise LoraAdapterError(f"LoRA weights {file} are corrupt or unreadable: {exc}") from exc
 
 
+def _module_of(key: str) -> str:
+    """The module a tensor key belongs to (`...lm_head.lora_A.weight` -> `lm_head`)."""
+    m = re.search(r"([\w]+)\.(?:lora_\w+|base_layer)(?:\.\w+)*$", key)
+    return m.group(1) if m else key
+
+
 def _check_targets(path: Path, config: dict[str, object], tensors: dict[str, torch.Tensor]) -> None:
     wanted = config.get("target_modules")
     names: list[str] = []
     if isinstance(wanted, list):
         names = [str(n).rsplit(".", 1)[-1] for n in wanted]
     names += [m.group(2) for k in tensors if (m := _KEY.search(k))]
-    names += [k for k in tensors if not _KEY.search(k)]
+    names += [_module_of(k) for k in tensors if not _KEY.search(k)]
     bad = sorted({n for n in names if n not in TARGET_MODULES})
     if bad:
         raise LoraAdapterError(
