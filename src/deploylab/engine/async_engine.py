@@ -169,6 +169,24 @@ class AsyncEngine:
         self._wake.set()
         return stream
 
+    # ---- LoRA adapters (engine/lora; the registry is thread-safe) -----------------------
+    def list_loras(self) -> list[str]:
+        """Names of the loaded LoRA adapters."""
+        return self.engine.list_loras()
+
+    def lora_path(self, name: str) -> str:
+        """The directory adapter `name` was loaded from."""
+        assert self.engine.lora is not None
+        return self.engine.lora.path(name)
+
+    def add_lora(self, name: str, path: str) -> None:
+        """Load a LoRA adapter (blocking: reads its files; call off the event loop)."""
+        self.engine.add_lora(name, path)
+
+    def remove_lora(self, name: str) -> None:
+        """Unload a LoRA adapter; requests already using it finish with it."""
+        self.engine.remove_lora(name)
+
     def abort(self, request_id: str) -> None:
         """Abort a request; its blocks are freed before the next step."""
         self._commands.append(("abort", request_id))
