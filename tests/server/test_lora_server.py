@@ -4,10 +4,10 @@ real peft adapters of the real model."""
 from __future__ import annotations
 
 import concurrent.futures
-from dataclasses import dataclass
 import shutil
-from pathlib import Path
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,16 +26,21 @@ class Url:
 
     url: str
 
+
 peft = pytest.importorskip("peft")
 N_NEW = 6
 PROMPT = "The best thing about the ocean is"
 
 
-def _adapter(model: Any, root: Path, name: str, rank: int, targets: list[str], seed: int) -> tuple[Path, Any]:
+def _adapter(
+    model: Any, root: Path, name: str, rank: int, targets: list[str], seed: int
+) -> tuple[Path, Any]:
     from deploylab.engine.models.hf_interop import transformers_twin
 
     twin = transformers_twin(model)
-    config = peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, init_lora_weights=False)
+    config = peft.LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=targets, init_lora_weights=False
+    )
     torch.manual_seed(seed)
     pm = peft.get_peft_model(twin, config)
     with torch.no_grad():
@@ -99,7 +104,9 @@ def complete(srv: Any, model: str, ids: list[int]) -> Any:
 def test_models_lists_adapters_with_parent(lora_setup: dict[str, Any]) -> None:
     cards = {m.id: m for m in client(lora_setup["server"]).models.list().data}
     assert set(cards) == {MODEL, "poet", "pirate"}
-    assert cards["poet"].parent == MODEL and cards["pirate"].root == str(lora_setup["paths"]["pirate"])
+    assert cards["poet"].parent == MODEL and cards["pirate"].root == str(
+        lora_setup["paths"]["pirate"]
+    )
 
 
 def test_model_field_picks_the_adapter_in_mixed_batches(lora_setup: dict[str, Any]) -> None:
@@ -137,7 +144,9 @@ def test_runtime_load_and_unload(lora_setup: dict[str, Any], tmp_path: Path) -> 
     broken = tmp_path / "broken"
     shutil.copytree(late, broken)
     (broken / "adapter_model.safetensors").write_bytes(b"garbage")
-    r = httpx.post(f"{srv.url}/v1/load_lora_adapter", json={"lora_name": "b", "lora_path": str(broken)})
+    r = httpx.post(
+        f"{srv.url}/v1/load_lora_adapter", json={"lora_name": "b", "lora_path": str(broken)}
+    )
     assert r.status_code == 400 and "corrupt" in r.json()["error"]["message"]
     assert complete(srv, "poet", ids).choices[0].text == lora_setup["expected"]["poet"]
 

@@ -32,8 +32,10 @@ def serve(
         '"num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}\'.',
     ),
     lora: list[str] = typer.Option(
-        [], "--lora", help="A PEFT LoRA adapter to serve as NAME=PATH (repeatable); requests "
-        "pick it with model=NAME."
+        [],
+        "--lora",
+        help="A PEFT LoRA adapter to serve as NAME=PATH (repeatable); requests "
+        "pick it with model=NAME.",
     ),
     max_loras: int = typer.Option(4, help="LoRA adapters resident on the device at once."),
     max_lora_rank: int = typer.Option(16, help="Largest LoRA rank accepted."),

@@ -102,6 +102,4 @@ def install_lora_routes(app: FastAPI, state: Any) -> None:
             engine.remove_lora(body.lora_name)
         except ModelNotFoundError as exc:
             raise APIError(404, str(exc), "lora_name") from None
-        return PlainTextResponse(
-            f"Success: LoRA adapter '{body.lora_name}' removed successfully."
-        )
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")

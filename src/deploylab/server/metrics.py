@@ -85,7 +85,11 @@ def _lora_metrics(s: EngineStats, labels: list[str], value: list[str]) -> Iterat
     yield info
     for name, doc, v in (
         ("lora_loads", "LoRA adapters copied into a device slot.", s.lora_loads_total),
-        ("lora_evictions", "LoRA adapters evicted from a device slot (LRU).", s.lora_evictions_total),
+        (
+            "lora_evictions",
+            "LoRA adapters evicted from a device slot (LRU).",
+            s.lora_evictions_total,
+        ),
     ):
         c = CounterMetricFamily(f"deploylab:{name}", doc, labels=labels)
         c.add_metric(value, v)

@@ -34,7 +34,13 @@ def copy(src: Path, tmp_path: Path) -> Path:
 def test_loads_peft_files_with_rslora_scaling(tiny: Any, saved: Path) -> None:
     adapter = load_adapter("c", saved, tiny.model.config, max_rank=16)
     assert adapter.rank == 16 and adapter.target_modules == [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
     ]
     assert adapter.scaling == pytest.approx(8 / 16**0.5)  # rsLoRA: alpha / sqrt(r)
     raw = load_file(str(saved / "adapter_model.safetensors"))

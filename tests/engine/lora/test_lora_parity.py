@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,7 +42,11 @@ def test_adapters_change_the_answer(reference: dict[str, Any]) -> None:
     """Sanity of the reference: each adapter's tokens differ from the base model's."""
     ref = reference
     assert ref["expected"][1] != ref["expected"][0] or ref["prompts"][1] != ref["prompts"][0]
-    base = {tuple(p): e for p, e, n in zip(ref["prompts"], ref["expected"], ref["names"], strict=True) if n is None}
+    base = {
+        tuple(p): e
+        for p, e, n in zip(ref["prompts"], ref["expected"], ref["names"], strict=True)
+        if n is None
+    }
     assert len(base) == 2
 
 
@@ -55,7 +58,9 @@ def test_adapters_change_the_answer(reference: dict[str, Any]) -> None:
     ],
     ids=["one-batch", "chunked-prefill"],
 )
-def test_mixed_batch_matches_peft(tiny: Any, reference: dict[str, Any], overrides: dict[str, Any]) -> None:
+def test_mixed_batch_matches_peft(
+    tiny: Any, reference: dict[str, Any], overrides: dict[str, Any]
+) -> None:
     llm = tiny.llm(lora_modules=reference["paths"], max_loras=3, max_lora_rank=16, **overrides)
     assert run(llm, reference) == reference["expected"]
 

@@ -38,7 +38,10 @@ def test_prefix_cache_is_keyed_by_adapter(tiny: Any, tmp_path: Path) -> None:
 def test_lru_slots_under_random_traffic(tiny: Any, tmp_path: Path) -> None:
     """Six adapters, two device slots, three host copies: every answer is its own adapter's."""
     targets = ("q_proj", "v_proj", "down_proj", "up_proj")
-    specs = [AdapterSpec(f"z{i}", 2 + 2 * (i % 3), 8, targets[: 1 + i % 4], seed=10 + i) for i in range(6)]
+    specs = [
+        AdapterSpec(f"z{i}", 2 + 2 * (i % 3), 8, targets[: 1 + i % 4], seed=10 + i)
+        for i in range(6)
+    ]
     paths, models = {}, {}
     for spec in specs:
         path, pm = save_adapter(tiny.model, spec, tmp_path)

@@ -178,4 +178,3 @@ def load_adapter(name: str, path: str | Path, model: LlamaConfig, max_rank: int)
         for key, ab in sorted(pairs.items())
     }
     return LoraAdapter(name, str(p), rank, scaling, weights)
-

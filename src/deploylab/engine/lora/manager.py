@@ -69,7 +69,11 @@ class LoraManager:
         self.keys: dict[int, Key] = {}
         for i, layer in enumerate(model.model.layers):
             for name in TARGET_MODULES:
-                parent = layer.self_attn if name in ("q_proj", "k_proj", "v_proj", "o_proj") else layer.mlp
+                parent = (
+                    layer.self_attn
+                    if name in ("q_proj", "k_proj", "v_proj", "o_proj")
+                    else layer.mlp
+                )
                 module = getattr(parent, name)
                 assert isinstance(module, nn.Linear)
                 self.keys[id(module)] = (i, name)
@@ -107,7 +111,9 @@ class LoraManager:
             self.stats.names[entry.id] = name
             self.stats.host_loads += 1
             self._keep_on_host(entry.id, adapter)
-        logger.info("LoRA adapter '%s' loaded: rank %d, %s", name, adapter.rank, adapter.target_modules)
+        logger.info(
+            "LoRA adapter '%s' loaded: rank %d, %s", name, adapter.rank, adapter.target_modules
+        )
         return entry.id
 
     def remove(self, name: str) -> None:
@@ -141,7 +147,9 @@ class LoraManager:
     # ---- host LRU ----------------------------------------------------------------------
     def _keep_on_host(self, adapter_id: int, adapter: LoraAdapter) -> None:
         if self.device.type == "cuda":
-            adapter.weights = {k: (a.pin_memory(), b.pin_memory()) for k, (a, b) in adapter.weights.items()}
+            adapter.weights = {
+                k: (a.pin_memory(), b.pin_memory()) for k, (a, b) in adapter.weights.items()
+            }
         self._host[adapter_id] = adapter
         self._host.move_to_end(adapter_id)
         while len(self._host) > self.config.max_cpu_loras:
@@ -223,4 +231,3 @@ class LoraManager:
     def adapter_name(self, adapter_id: int) -> str:
         """The name an adapter id was loaded under."""
         return self.stats.names.get(adapter_id, f"lora-{adapter_id}")
-

@@ -240,7 +240,9 @@ class LlamaDecoderLayer(nn.Module):
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, attn, kv_cache, attention_mask)
-        return h + self.mlp(self.post_attention_layernorm(h), attn.lora if attn is not None else None)
+        return h + self.mlp(
+            self.post_attention_layernorm(h), attn.lora if attn is not None else None
+        )
 
     def forward_fused(
         self,
