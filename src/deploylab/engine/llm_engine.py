@@ -88,9 +88,6 @@ class LLMEngine:
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
         )
         self.runner = ModelRunner(self.model, self.kv_cache, self.device, self.max_model_len)
-        if config.cuda_graphs and self.device.type == "cuda":
-            self.runner.enable_cuda_graphs(config.max_num_seqs, self.max_model_len)
-        self.sampler = Sampler(self.device, config.seed, self.eos_token_ids)
         self.lora: LoraManager | None = None  # the multi-LoRA hook (off: None)
         lora_settings = lora_config(config)
         if lora_settings is not None:
@@ -99,6 +96,9 @@ class LLMEngine:
             self.scheduler.lora_gate = self.lora.admit
             for name, path in lora_settings.modules.items():
                 self.lora.add(name, path)
+        if config.cuda_graphs and self.device.type == "cuda":
+            self.runner.enable_cuda_graphs(config.max_num_seqs, self.max_model_len)
+        self.sampler = Sampler(self.device, config.seed, self.eos_token_ids)
         # Errors of requests that failed inside a step (finish_reason "error"), by request id.
         self.failures: dict[str, BaseException] = {}
         self._batch: list[Sequence] | None = None  # the current step's sequences

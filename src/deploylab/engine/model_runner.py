@@ -82,8 +82,9 @@ class ModelRunner:
             return False
         width = -(-max_model_len // self.block_size)
         scratch = (self.kv_cache.num_blocks - 1) * self.block_size
+        lora = self.lora if self.lora is not None and self.lora.supports_graphs else None
         graphs = DecodeGraphs(
-            self.model, self.kv_cache, self.paged_decode, max_batch, width, scratch
+            self.model, self.kv_cache, self.paged_decode, max_batch, width, scratch, lora
         )
         try:
             graphs.capture()
@@ -111,7 +112,10 @@ class ModelRunner:
             if item.samples:
                 rows.append(row)
                 seqs.append(seq)
-        logits = self.graphs.run(ids, pos, slots, tables, lens)
+        lora_slots = None
+        if self.graphs.lora is not None:
+            lora_slots = [self.lora.row_slot(item.seq) for item in scheduled]  # type: ignore[union-attr]
+        logits = self.graphs.run(ids, pos, slots, tables, lens, lora_slots)
         if not rows:
             return seqs, None
         if len(rows) == len(scheduled):
@@ -324,7 +328,8 @@ class ModelRunner:
             and len(out.scheduled) <= graphs.max_batch
             and all(s.num_new_tokens == 1 for s in out.scheduled)
             and not any(_wants_prompt_logits(s.seq) for s in out.scheduled)
-            and not any(s.seq.lora_id for s in out.scheduled)  # adapters run eagerly
+            # adapters replay a graph only when it was captured with the LoRA kernels
+            and (graphs.lora is not None or not any(s.seq.lora_id for s in out.scheduled))
         ):
             return self._execute_graph(out.scheduled)
         input_ids, positions, meta, rows, seqs = self.prepare(out.scheduled)

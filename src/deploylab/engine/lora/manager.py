@@ -9,6 +9,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -85,11 +86,14 @@ class LoraManager:
         self._slot_lru: OrderedDict[int, None] = OrderedDict()  # slots, least recent first
         self._lock = threading.Lock()
         self.stats = LoraStats()
-        self._kernels = None
+        self._kernels: Any = None  # triton_ops.LoraKernels on CUDA with Triton
         if device.type == "cuda":
-            from deploylab.engine.lora.triton_ops import load_kernels
+            try:
+                from deploylab.engine.lora.triton_ops import LoraKernels
 
-            self._kernels = load_kernels()
+                self._kernels = LoraKernels()
+            except ImportError:
+                logger.warning("Triton is missing: LoRA corrections take the grouped torch path")
 
     # ---- registry ----------------------------------------------------------------------
     def add(self, name: str, path: str) -> int:
@@ -208,10 +212,11 @@ class LoraManager:
 
     # ---- model runner hook -------------------------------------------------------------
     def prepare(self, seqs: Iterable[tuple[Sequence, int]], num_tokens: int) -> LoraBatch | None:
-        """The step's `LoraBatch` for rows laid out as `seqs` (sequence, rows) in order, or
-        None when every row uses the base model."""
-        row_slots: list[int] = []
-        any_lora = False
+        """The step's `LoraBatch` for rows laid out as `seqs` (sequence, rows) in order,
+        single-token rows first, or None when every row uses the base model."""
+        decode_slots: list[int] = []  # the leading single-token rows
+        segments: list[tuple[int, int, int]] = []  # (start row, rows, slot) of adapter chunks
+        row, any_lora = 0, False
         for seq, n in seqs:
             slot = -1
             if seq.lora_id:
@@ -219,14 +224,41 @@ class LoraManager:
                 if found is None:  # admitted requests keep their adapter resident
                     raise RuntimeError(f"LoRA adapter of {seq.request_id} is not resident")
                 slot, any_lora = found, True
-            row_slots.extend([slot] * n)
+            if n == 1 and not segments:
+                decode_slots.append(slot)
+            elif slot >= 0:
+                segments.append((row, n, slot))
+            row += n
         if not any_lora:
             return None
-        assert len(row_slots) == num_tokens
-        kernels = None
+        assert row == num_tokens
         if self._kernels is not None:
-            kernels = self._kernels.plan(row_slots, self.slots.max_rank, self.device)
-        return LoraBatch(self.slots, self.keys, group_rows(row_slots, self.device), kernels)
+            plan = self._kernels.plan(decode_slots, segments, self.slots.max_rank, self.device)
+            return LoraBatch(self.slots, self.keys, [], plan)
+        row_slots = list(decode_slots)
+        for start, n, slot in segments:
+            row_slots.extend([-1] * (start - len(row_slots)) + [slot] * n)
+        row_slots.extend([-1] * (num_tokens - len(row_slots)))
+        return LoraBatch(self.slots, self.keys, group_rows(row_slots, self.device))
+
+    @property
+    def supports_graphs(self) -> bool:
+        """True when decode steps with adapters can be captured (Triton kernels on CUDA)."""
+        return self._kernels is not None
+
+    def row_slot(self, seq: Sequence) -> int:
+        """The slot of a running sequence's adapter (-1 = base model)."""
+        return self._slot_of[seq.lora_id] if seq.lora_id else -1
+
+    def graph_batch(self, decode_slots: torch.Tensor) -> LoraBatch | None:
+        """A `LoraBatch` reading each decode row's slot from the static `decode_slots`
+        (int32, -1 = base) for CUDA-graph capture; None without the Triton kernels."""
+        if self._kernels is None:
+            return None
+        from deploylab.engine.lora.triton_ops import LoraStepPlan
+
+        plan = LoraStepPlan(decode_slots.shape[0], decode_slots, None, self.slots.max_rank)
+        return LoraBatch(self.slots, self.keys, [], plan)
 
     def adapter_name(self, adapter_id: int) -> str:
         """The name an adapter id was loaded under."""

@@ -24,7 +24,9 @@ class LoraSlots:
         dtype: torch.dtype,
     ) -> None:
         self.num_slots = num_slots
-        self.max_rank = max_rank
+        # Kernels want a power-of-two width of at least 16 (the extra columns stay zero).
+        self.max_rank = max(16, 1 << (max_rank - 1).bit_length())
+        max_rank = self.max_rank
         self.device = device
         self.dtype = dtype
         shapes = module_shapes(config)

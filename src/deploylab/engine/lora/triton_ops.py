@@ -1,8 +1,163 @@
-"""Triton LoRA kernels for CUDA (filled in below)."""
+"""Triton LoRA kernels for CUDA, Punica-style: BGMV for decode rows (one token per row, the
+adapter slot of each row read from a tensor, so a captured CUDA graph serves any mix) and
+SGMV for prefill segments (tiles of up to 16 tokens of one adapter, tensor-core matmuls).
+
+Each projection's correction is two launches per kind: shrink `h = x @ A[slot].T` (float32
+`[T, R]`) then expand `y += h @ B[slot].T`. Slots hold zeros past an adapter's rank and for
+the modules it does not target, so running every row at the slot width R is exact.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
-def load_kernels() -> None:
-    """The CUDA kernels, or None when Triton is missing (the grouped torch path runs)."""
-    return None
+import torch
+import triton
+import triton.language as tl
+
+SEGMENT_TILE = 16  # SGMV rows per tile (tl.dot's minimum)
+
+
+@triton.jit
+def _bgmv_shrink(X, A, H, SLOTS, K, sxm, sas, sar, shm, R: tl.constexpr, BLOCK_K: tl.constexpr):
+    row = tl.program_id(0)
+    slot = tl.load(SLOTS + row)
+    k_end = tl.where(slot >= 0, K, 0)  # base-model rows load nothing and store zeros
+    slot = tl.maximum(slot, 0)
+    offs_r = tl.arange(0, R)
+    acc = tl.zeros([R], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mk = offs_k < k_end
+        x = tl.load(X + row * sxm + offs_k, mask=mk, other=0.0).to(tl.float32)
+        a_ptr = A + slot * sas + offs_r[:, None] * sar + offs_k[None, :]
+        a = tl.load(a_ptr, mask=mk[None, :], other=0.0).to(tl.float32)
+        acc += tl.sum(a * x[None, :], axis=1)
+    tl.store(H + row * shm + offs_r, acc)
+
+
+@triton.jit
+def _bgmv_expand(H, B, Y, SLOTS, N, shm, sbs, sbn, sym, R: tl.constexpr, BLOCK_N: tl.constexpr):
+    row = tl.program_id(0)
+    slot = tl.load(SLOTS + row)
+    n_end = tl.where(slot >= 0, N, 0)  # base-model rows are left as they are
+    slot = tl.maximum(slot, 0)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mn = offs_n < n_end
+    offs_r = tl.arange(0, R)
+    h = tl.load(H + row * shm + offs_r)
+    b_ptr = B + slot * sbs + offs_n[:, None] * sbn + offs_r[None, :]
+    b = tl.load(b_ptr, mask=mn[:, None], other=0.0).to(tl.float32)
+    delta = tl.sum(b * h[None, :], axis=1)
+    y = tl.load(Y + row * sym + offs_n, mask=mn, other=0.0)
+    tl.store(Y + row * sym + offs_n, (y.to(tl.float32) + delta).to(y.dtype), mask=mn)
+
+
+@triton.jit
+def _sgmv_shrink(
+    X, A, H, STARTS, LENS, SLOTS, K, sxm, sas, sar, shm,
+    R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    tile = tl.program_id(0)
+    start = tl.load(STARTS + tile)
+    n = tl.load(LENS + tile)
+    slot = tl.load(SLOTS + tile)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_r = tl.arange(0, R)
+    mm = offs_m < n
+    acc = tl.zeros([BLOCK_M, R], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mk = offs_k < K
+        x_ptr = X + (start + offs_m)[:, None] * sxm + offs_k[None, :]
+        x = tl.load(x_ptr, mask=mm[:, None] & mk[None, :], other=0.0)
+        a_ptr = A + slot * sas + offs_r[None, :] * sar + offs_k[:, None]
+        a = tl.load(a_ptr, mask=mk[:, None], other=0.0)  # [BLOCK_K, R] = A[slot].T
+        acc += tl.dot(x, a.to(x.dtype))
+    tl.store(H + (start + offs_m)[:, None] * shm + offs_r[None, :], acc, mask=mm[:, None])
+
+
+@triton.jit
+def _sgmv_expand(
+    H, B, Y, STARTS, LENS, SLOTS, N, shm, sbs, sbn, sym,
+    R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    tile = tl.program_id(0)
+    start = tl.load(STARTS + tile)
+    n = tl.load(LENS + tile)
+    slot = tl.load(SLOTS + tile)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, R)
+    mm, mn = offs_m < n, offs_n < N
+    h = tl.load(H + (start + offs_m)[:, None] * shm + offs_r[None, :], mask=mm[:, None], other=0.0)
+    b_ptr = B + slot * sbs + offs_n[None, :] * sbn + offs_r[:, None]
+    b = tl.load(b_ptr, mask=mn[None, :], other=0.0)  # [R, BLOCK_N] = B[slot].T
+    delta = tl.dot(h.to(b.dtype), b)
+    y_ptr = Y + (start + offs_m)[:, None] * sym + offs_n[None, :]
+    mask = mm[:, None] & mn[None, :]
+    y = tl.load(y_ptr, mask=mask, other=0.0)
+    tl.store(y_ptr, (y.to(tl.float32) + delta).to(y.dtype), mask=mask)
+
+
+@dataclass
+class LoraStepPlan:
+    """One step's kernel inputs: the first `num_decodes` rows take BGMV with a slot per row
+    (`decode_slots`, -1 = base); the prefill rows take SGMV over `tiles` (start, len, slot)."""
+
+    num_decodes: int
+    decode_slots: torch.Tensor  # int32 [num_decodes]
+    tiles: torch.Tensor | None  # int32 [3, num_tiles]
+    rank: int
+
+    def apply(self, x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+        """`y += x @ A[slot].T @ B[slot].T` per row (y may be a column slice of a wider
+        output; its columns must be contiguous)."""
+        rows, k = x.shape
+        n = y.shape[1]
+        r = self.rank
+        h = torch.empty(rows, r, dtype=torch.float32, device=x.device)
+        d = self.num_decodes
+        if d:
+            _bgmv_shrink[(d,)](
+                x, a, h, self.decode_slots, k, x.stride(0), a.stride(0), a.stride(1),
+                h.stride(0), R=r, BLOCK_K=128,
+            )  # fmt: skip
+            _bgmv_expand[(d, triton.cdiv(n, 128))](
+                h, b, y, self.decode_slots, n, h.stride(0), b.stride(0), b.stride(1),
+                y.stride(0), R=r, BLOCK_N=128,
+            )  # fmt: skip
+        if self.tiles is not None:
+            starts, lens, slots = self.tiles
+            m = starts.shape[0]
+            _sgmv_shrink[(m,)](
+                x, a, h, starts, lens, slots, k, x.stride(0), a.stride(0), a.stride(1),
+                h.stride(0), R=r, BLOCK_M=SEGMENT_TILE, BLOCK_K=64,
+            )  # fmt: skip
+            _sgmv_expand[(m, triton.cdiv(n, 64))](
+                h, b, y, starts, lens, slots, n, h.stride(0), b.stride(0), b.stride(1),
+                y.stride(0), R=r, BLOCK_M=SEGMENT_TILE, BLOCK_N=64,
+            )  # fmt: skip
+
+
+class LoraKernels:
+    """Builds each step's `LoraStepPlan` from its row layout."""
+
+    def plan(
+        self, decode_slots: list[int], segments: list[tuple[int, int, int]], rank: int,
+        device: torch.device,
+    ) -> LoraStepPlan:  # fmt: skip
+        """Decode rows' slots and prefill segments (start row, length, slot >= 0)."""
+        starts: list[int] = []
+        lens: list[int] = []
+        slots: list[int] = []
+        for start, length, slot in segments:
+            for s in range(start, start + length, SEGMENT_TILE):
+                starts.append(s)
+                lens.append(min(SEGMENT_TILE, start + length - s))
+                slots.append(slot)
+        packed = torch.tensor(decode_slots + starts + lens + slots, dtype=torch.int32)
+        packed = packed.to(device, non_blocking=True)
+        d = len(decode_slots)
+        tiles = packed[d:].view(3, -1) if starts else None
+        return LoraStepPlan(d, packed[:d], tiles, rank)
