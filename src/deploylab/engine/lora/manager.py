@@ -106,6 +106,12 @@ class LoraManager:
                     f"A LoRA adapter named '{name}' is already loaded; unload it first."
                 )
         adapter = load_adapter(name, path, self.model_config, self.config.max_lora_rank)
+        return self.register(adapter)
+
+    def register(self, adapter: LoraAdapter) -> int:
+        """Register an adapter already in memory (validated by `load_adapter`, or built by a
+        benchmark; one without a path must stay within max_cpu_loras, as it can't be reread)."""
+        name = adapter.name
         with self._lock:
             if name in self._by_name:
                 raise LoraAdapterError(f"A LoRA adapter named '{name}' is already loaded.")
@@ -150,10 +156,8 @@ class LoraManager:
 
     # ---- host LRU ----------------------------------------------------------------------
     def _keep_on_host(self, adapter_id: int, adapter: LoraAdapter) -> None:
-        if self.device.type == "cuda":
-            adapter.weights = {
-                k: (a.pin_memory(), b.pin_memory()) for k, (a, b) in adapter.weights.items()
-            }
+        if self.device.type == "cuda":  # pinned: slot loads copy asynchronously
+            adapter.weights = {k: (_pinned(a), _pinned(b)) for k, (a, b) in adapter.weights.items()}
         self._host[adapter_id] = adapter
         self._host.move_to_end(adapter_id)
         while len(self._host) > self.config.max_cpu_loras:
@@ -263,3 +267,7 @@ class LoraManager:
     def adapter_name(self, adapter_id: int) -> str:
         """The name an adapter id was loaded under."""
         return self.stats.names.get(adapter_id, f"lora-{adapter_id}")
+
+
+def _pinned(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_pinned() else t.pin_memory()

@@ -113,6 +113,7 @@ class LoraStepPlan:
     def apply(self, x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         """`y += x @ A[slot].T @ B[slot].T` per row (y may be a column slice of a wider
         output; its columns must be contiguous)."""
+        x = x.contiguous()
         rows, k = x.shape
         n = y.shape[1]
         r = self.rank

@@ -1,0 +1,386 @@
+"""Multi-LoRA benchmark: deploylab's engine with many adapters vs the base model alone and
+vs transformers + peft's mixed-adapter batch path, in the same run.
+
+Offline throughput for each adapter count x rank x traffic split (uniform, or Zipf with
+s = 1.1 over the adapters), every request with its own adapter; the base model alone on the
+same prompts; transformers + peft (`generate(adapter_names=...)`, one batch of
+--peft-batch-size requests at a time, fixed lengths so no padding is wasted) on the
+configurations named by --peft-configs; and the mean decode-step time of a --step-batch
+request batch spread over --step-adapters adapters vs the base model's step. Adapters are
+random (non-zero A and B) on all 7 projections and built in memory (no files).
+
+    python benchmarks/multi_lora.py --adapters 1 4 16 --ranks 8 16 --num-requests 16
+    PYTHONPATH=src python benchmarks/multi_lora.py --random-weights llama-3.2-1b --device cuda \\
+        --adapters 1 4 16 64 --ranks 8 16 64 --num-requests 256 --out results.json
+
+--vllm / --trtllm run the same offline workload through vLLM's or TensorRT-LLM's LLM API
+where those packages are installed (recorded as skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import random
+import sys
+import time
+from typing import Any
+
+import torch
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--random-weights", metavar="SHAPE", help="random weights of a preset shape")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--adapters", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--ranks", type=int, nargs="+", default=[8, 16, 64])
+    p.add_argument("--traffic", nargs="+", default=["uniform", "zipf"])
+    p.add_argument("--num-requests", type=int, default=128)
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--max-num-batched-tokens", type=int, default=4096)
+    p.add_argument("--kv-cache-gib", type=float, default=1.0, help="CPU only")
+    p.add_argument("--peft-configs", nargs="*", default=["16x16"], help="ADAPTERSxRANK")
+    p.add_argument("--peft-batch-size", type=int, default=64)
+    p.add_argument("--peft-requests", type=int, default=None, help="default: --num-requests")
+    p.add_argument("--step-batch", type=int, default=64)
+    p.add_argument("--step-adapters", type=int, default=16)
+    p.add_argument("--step-rank", type=int, default=16)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--vllm", metavar="MODEL_DIR", help="also run vLLM's LLM on this model")
+    p.add_argument("--trtllm", metavar="MODEL_DIR", help="also run TensorRT-LLM's LLM API")
+    p.add_argument("--out", help="write the results as JSON here")
+    return p.parse_args(argv)
+
+
+def load_base(args: argparse.Namespace) -> tuple[Any, torch.device, torch.dtype]:
+    from deploylab.engine.config import EngineConfig
+
+    cfg = EngineConfig(device=args.device, dtype=args.dtype)
+    device = cfg.torch_device()
+    dtype = cfg.torch_dtype(device)
+    if args.random_weights:
+        from deploylab.engine.models.loader import init_random_model
+        from deploylab.engine.models.presets import get_preset
+
+        return init_random_model(get_preset(args.random_weights), dtype, device), device, dtype
+    from deploylab.catalog import resolve_model
+    from deploylab.engine.models.loader import load_model
+
+    model, _ = load_model(resolve_model(args.model), dtype, device)
+    return model, device, dtype
+
+
+def random_adapters(model: Any, count: int, rank: int, device: torch.device) -> list[Any]:
+    """`count` adapters on all 7 projections; 4 distinct random weight sets, cycled (the
+    engine copies each adapter into its own slot, so the work is the same as for 4 unique)."""
+    from deploylab.engine.lora import LoraAdapter
+    from deploylab.engine.lora.adapter import module_shapes
+
+    shapes = module_shapes(model.config)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    gen = torch.Generator().manual_seed(rank)
+    sets = []
+    for _ in range(min(4, count)):
+        weights = {}
+        for layer in range(model.config.num_hidden_layers):
+            for m in TARGETS:
+                fan_in, fan_out = shapes[m]
+                a = (torch.randn(rank, fan_in, generator=gen) / fan_in**0.5).to(dtype)
+                b = (torch.randn(fan_out, rank, generator=gen) * 0.01).to(dtype)
+                if device.type == "cuda":
+                    a, b = a.pin_memory(), b.pin_memory()
+                weights[(layer, m)] = (a, b)
+        sets.append(weights)
+    return [LoraAdapter(f"r{rank}-{i}", "", rank, 1.0, sets[i % len(sets)]) for i in range(count)]
+
+
+def traffic(n: int, adapters: int, kind: str, seed: int = 0) -> list[int]:
+    """An adapter index per request: uniform, or Zipf (s = 1.1) over the adapters."""
+    rng = random.Random(seed)
+    if kind == "uniform":
+        return [rng.randrange(adapters) for _ in range(n)]
+    weights = [1 / (i + 1) ** 1.1 for i in range(adapters)]
+    return rng.choices(range(adapters), weights=weights, k=n)
+
+
+def make_engine(args: argparse.Namespace, model: Any, rank: int | None, loras: int) -> Any:
+    from deploylab.engine import EngineConfig, LLMEngine
+
+    settings: dict[str, Any] = dict(
+        device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_gib=args.kv_cache_gib,
+        max_model_len=args.input_len + args.output_len + args.steps + 32,
+    )  # fmt: skip
+    if rank is not None:
+        settings.update(enable_lora=True, max_loras=loras, max_lora_rank=rank, max_cpu_loras=loras)
+    return LLMEngine(EngineConfig(**settings), model=model, tokenizer=None)
+
+
+def free(engine: Any) -> None:
+    del engine
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def offline(
+    engine: Any, prompts: list[list[int]], names: list[str | None], out_len: int
+) -> dict[str, float]:
+    """Run every request to completion; output tokens per second."""
+    from deploylab.engine import LLM, SamplingParams
+
+    llm = LLM(llm_engine=engine)
+    params = SamplingParams(temperature=0.0, max_tokens=out_len, ignore_eos=True)
+    llm.generate(prompts[:4], params, lora=names[:4])  # warm-up (kernels, graphs)
+    sync(engine.device)
+    t0 = time.perf_counter()
+    outs = llm.generate(prompts, params, lora=names)
+    sync(engine.device)
+    seconds = time.perf_counter() - t0
+    tokens = sum(len(o.token_ids) for o in outs)
+    return {"seconds": seconds, "output_tokens": tokens, "output_tps": tokens / seconds}
+
+
+def decode_step_ms(
+    engine: Any, prompts: list[list[int]], names: list[str | None], steps: int
+) -> float:
+    """Mean time of a decode step once every request of the batch is decoding."""
+    from deploylab.engine import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=steps + 64, ignore_eos=True)
+    for i, (p, n) in enumerate(zip(prompts, names, strict=True)):
+        engine.add_request(f"step-{i}", p, params, lora_name=n)
+    while engine.scheduler.waiting or any(
+        s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running
+    ):
+        engine.step()
+    for _ in range(5):
+        engine.step()
+    sync(engine.device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    sync(engine.device)
+    ms = (time.perf_counter() - t0) / steps * 1e3
+    for i in range(len(prompts)):
+        engine.abort(f"step-{i}")
+    return ms
+
+
+def peft_offline(
+    model: Any,
+    adapters: list[Any],
+    prompts: list[list[int]],
+    idx: list[int],
+    args: argparse.Namespace,
+) -> dict[str, float]:
+    """transformers + peft: every adapter added to one PeftModel, mixed batches through
+    `generate(adapter_names=...)`."""
+    import peft
+
+    from deploylab.engine.models.hf_interop import transformers_twin
+
+    twin = transformers_twin(model)
+    rank = adapters[0].rank
+    config = peft.LoraConfig(
+        r=rank, lora_alpha=rank, target_modules=list(TARGETS), init_lora_weights=False
+    )
+    pm = peft.get_peft_model(twin, config, adapter_name="a0", autocast_adapter_dtype=False)
+    for i in range(1, len(adapters)):
+        pm.add_adapter(f"a{i}", config)
+    pm.eval()
+    device = next(model.parameters()).device
+    names = [f"a{i}" for i in idx]
+    bsz, out_len = args.peft_batch_size, args.output_len
+    ids = torch.tensor(prompts, device=device)
+
+    def run(lo: int, hi: int, n_new: int) -> None:
+        pm.generate(
+            input_ids=ids[lo:hi], attention_mask=torch.ones_like(ids[lo:hi]),
+            adapter_names=names[lo:hi], max_new_tokens=n_new, min_new_tokens=n_new,
+            do_sample=False, pad_token_id=0,
+        )  # fmt: skip
+
+    with torch.inference_mode():
+        run(0, min(4, len(prompts)), 2)  # warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        for lo in range(0, len(prompts), bsz):
+            run(lo, min(lo + bsz, len(prompts)), out_len)
+        sync(device)
+    seconds = time.perf_counter() - t0
+    tokens = len(prompts) * out_len
+    return {"seconds": seconds, "output_tokens": tokens, "output_tps": tokens / seconds}
+
+
+def vllm_offline(model_dir: str, args: argparse.Namespace) -> dict[str, Any]:
+    """vLLM's LLM with enable_lora (adapters must be PEFT directories next to the model in
+    MODEL_DIR/loras/*); skipped when vLLM is not installed."""
+    try:
+        from vllm import LLM, SamplingParams  # type: ignore[import-not-found]
+        from vllm.lora.request import LoRARequest  # type: ignore[import-not-found]
+    except ImportError:
+        return {"skipped": "vllm is not installed"}
+    from pathlib import Path
+
+    dirs = sorted(p for p in (Path(model_dir) / "loras").iterdir() if p.is_dir())
+    rank = max(args.ranks)
+    llm = LLM(model=model_dir, enable_lora=True, max_loras=len(dirs), max_lora_rank=rank)
+    rng = random.Random(0)
+    prompts = [{"prompt_token_ids": [rng.randrange(100, 1000) for _ in range(args.input_len)]}
+               for _ in range(args.num_requests)]  # fmt: skip
+    reqs = [LoRARequest(d.name, i + 1, str(d)) for i, d in enumerate(dirs)]
+    pick = [reqs[i] for i in traffic(args.num_requests, len(reqs), "uniform")]
+    params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
+    t0 = time.perf_counter()
+    llm.generate(prompts, params, lora_request=pick)
+    seconds = time.perf_counter() - t0
+    tokens = args.num_requests * args.output_len
+    return {"seconds": seconds, "output_tokens": tokens, "output_tps": tokens / seconds}
+
+
+def trtllm_offline(model_dir: str, args: argparse.Namespace) -> dict[str, Any]:
+    """TensorRT-LLM's LLM API with LoRA (MODEL_DIR/loras/* PEFT directories); skipped when
+    tensorrt_llm is not installed."""
+    try:
+        from tensorrt_llm import LLM, SamplingParams  # type: ignore[import-not-found]
+        from tensorrt_llm.executor import LoRARequest  # type: ignore[import-not-found]
+        from tensorrt_llm.lora_manager import LoraConfig  # type: ignore[import-not-found]
+    except ImportError:
+        return {"skipped": "tensorrt_llm is not installed"}
+    from pathlib import Path
+
+    dirs = sorted(p for p in (Path(model_dir) / "loras").iterdir() if p.is_dir())
+    lora_config = LoraConfig(
+        lora_dir=[str(dirs[0])], max_lora_rank=max(args.ranks), max_loras=len(dirs),
+        max_cpu_loras=len(dirs),
+    )  # fmt: skip
+    llm = LLM(model=model_dir, lora_config=lora_config)
+    rng = random.Random(0)
+    prompts = [
+        [rng.randrange(100, 1000) for _ in range(args.input_len)] for _ in range(args.num_requests)
+    ]
+    reqs = [LoRARequest(d.name, i + 1, str(d)) for i, d in enumerate(dirs)]
+    pick = [reqs[i] for i in traffic(args.num_requests, len(reqs), "uniform")]
+    params = SamplingParams(max_tokens=args.output_len, ignore_eos=True)
+    t0 = time.perf_counter()
+    llm.generate(prompts, params, lora_request=pick)
+    seconds = time.perf_counter() - t0
+    tokens = args.num_requests * args.output_len
+    return {"seconds": seconds, "output_tokens": tokens, "output_tps": tokens / seconds}
+
+
+def engine_side(
+    args: argparse.Namespace, model: Any, prompts: list[list[int]], base_tps: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float | None]:
+    """Every adapter count x rank x traffic run, the peft baselines, and the LoRA step time."""
+    runs: list[dict[str, Any]] = []
+    peft_runs: list[dict[str, Any]] = []
+    step_ms = None
+    wanted = {tuple(int(v) for v in c.split("x")) for c in args.peft_configs}
+    device = next(model.parameters()).device
+    n_req = len(prompts)
+    for rank in args.ranks:
+        step_here = rank == args.step_rank and args.step_adapters > 0
+        count = max([*args.adapters, args.step_adapters if step_here else 0])
+        adapters = random_adapters(model, count, rank, device)
+        engine = make_engine(args, model, rank, count)
+        for adapter in adapters:
+            engine.lora.register(adapter)
+        for n in args.adapters:
+            for kind in args.traffic:
+                idx = traffic(n_req, n, kind)
+                r = offline(engine, prompts, [adapters[i].name for i in idx], args.output_len)
+                r.update(adapters=n, rank=rank, traffic=kind, vs_base=r["output_tps"] / base_tps)
+                runs.append(r)
+                print(f"  {n:>3} adapters  rank {rank:>3}  {kind:<7}  {r['output_tps']:9.1f} tok/s"
+                      f"  ({r['vs_base']:.2f} x base)", flush=True)  # fmt: skip
+        if step_here:
+            b = args.step_batch
+            names = [adapters[i % args.step_adapters].name for i in range(b)]
+            step_ms = decode_step_ms(engine, step_prompts(prompts, b), names, args.steps)
+        engine_tps = {
+            (r["adapters"], r["traffic"]): r["output_tps"] for r in runs if r["rank"] == rank
+        }
+        free(engine)
+        for n in args.adapters:
+            if (n, rank) not in wanted:
+                continue
+            m = args.peft_requests or n_req
+            idx = traffic(n_req, n, "uniform")[:m]
+            p = peft_offline(model, adapters[:n], prompts[:m], idx, args)
+            p.update(adapters=n, rank=rank, traffic="uniform", requests=m)
+            p["engine_speedup"] = engine_tps[(n, "uniform")] / p["output_tps"]
+            peft_runs.append(p)
+            print(f"  peft {n} adapters rank {rank}: {p['output_tps']:.1f} tok/s; engine is "
+                  f"{p['engine_speedup']:.1f}x", flush=True)  # fmt: skip
+        del adapters
+        gc.collect()
+    return runs, peft_runs, step_ms
+
+
+def step_prompts(prompts: list[list[int]], b: int) -> list[list[int]]:
+    """`b` prompts for the step-time batch (cycled if there are fewer requests)."""
+    return [prompts[i % len(prompts)] for i in range(b)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, device, dtype = load_base(args)
+    rng = random.Random(0)
+    vocab = min(model.config.vocab_size, 30000)
+    prompts = [[rng.randrange(100, vocab) for _ in range(args.input_len)]
+               for _ in range(args.num_requests)]  # fmt: skip
+    cpu = f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
+    print(f"multi-LoRA benchmark on {name} ({dtype}), {args.num_requests} requests "
+          f"{args.input_len} in / {args.output_len} out", flush=True)  # fmt: skip
+    engine = make_engine(args, model, None, 0)
+    base = offline(engine, prompts, [None] * len(prompts), args.output_len)
+    print(f"  base model alone: {base['output_tps']:.1f} tok/s", flush=True)
+    base_step = decode_step_ms(engine, step_prompts(prompts, args.step_batch),
+                               [None] * args.step_batch, args.steps)  # fmt: skip
+    free(engine)
+    if args.out:  # partial results survive a time limit
+        with open(args.out, "w") as f:
+            json.dump({"device": name, "base": base, "base_step_ms": base_step}, f)
+    runs, peft_runs, lora_step = engine_side(args, model, prompts, base["output_tps"])
+    step = {"batch": args.step_batch, "adapters": args.step_adapters, "rank": args.step_rank,
+            "base_ms": base_step, "lora_ms": lora_step,
+            "ratio": lora_step / base_step if lora_step else None}  # fmt: skip
+    print(
+        f"  decode step, {args.step_batch} requests: base {base_step:.2f} ms, over "
+        f"{args.step_adapters} adapters {lora_step or float('nan'):.2f} ms",
+        flush=True,
+    )
+    results = {
+        "device": name, "dtype": str(dtype), "torch": torch.__version__, "args": vars(args),
+        "base": base, "lora": runs, "peft": peft_runs, "decode_step": step,
+        "vllm": vllm_offline(args.vllm, args) if args.vllm else {"skipped": "not asked"},
+        "trtllm": trtllm_offline(args.trtllm, args) if args.trtllm else {"skipped": "not asked"},
+    }  # fmt: skip
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
