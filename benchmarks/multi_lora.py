@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vllm", metavar="MODEL_DIR", help="also run vLLM's LLM on this model")
     p.add_argument("--trtllm", metavar="MODEL_DIR", help="also run TensorRT-LLM's LLM API")
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--plot", help="draw throughput against adapter count into this PNG")
+    p.add_argument("--plot-from", metavar="JSON", help="only plot an earlier run's results")
     return p.parse_args(argv)
 
 
@@ -339,8 +341,43 @@ def step_prompts(prompts: list[list[int]], b: int) -> list[list[int]]:
     return [prompts[i % len(prompts)] for i in range(b)]
 
 
+def plot(results: dict[str, Any], path: str) -> None:
+    """Output tokens/s against adapter count, one line per rank and traffic split, with the
+    base model alone and transformers + peft marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    lines: dict[tuple[int, str], list[tuple[int, float]]] = {}
+    for r in results["lora"]:
+        lines.setdefault((r["rank"], r["traffic"]), []).append((r["adapters"], r["output_tps"]))
+    for (rank, kind), pts in sorted(lines.items()):
+        xs, ys = zip(*sorted(pts), strict=True)
+        ax.plot(
+            xs, ys, marker="o", ls="-" if kind == "uniform" else "--", label=f"rank {rank}, {kind}"
+        )
+    ax.axhline(results["base"]["output_tps"], color="k", lw=1, label="base model alone")
+    for p in results.get("peft", []):
+        ax.scatter([p["adapters"]], [p["output_tps"]], marker="x", s=60, color="red",
+                   label=f"transformers + peft, rank {p['rank']}", zorder=3)  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("adapters in the workload")
+    ax.set_ylabel("output tokens / s")
+    ax.set_title(f"multi-LoRA offline throughput ({results['device']})", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.plot_from:
+        with open(args.plot_from) as f:
+            plot(json.load(f), args.plot or "multi_lora.png")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     model, device, dtype = load_base(args)
@@ -379,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
+    if args.plot:
+        plot(results, args.plot)
     return 0
 
 

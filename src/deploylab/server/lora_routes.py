@@ -30,8 +30,8 @@ class UnloadLoraAdapterRequest(BaseModel):
 
 
 def _loras(state: Any) -> list[str]:
-    engine = state.engine
-    return list(engine.list_loras()) if engine is not None else []
+    list_loras = getattr(state.engine, "list_loras", None)  # engines without LoRA: none
+    return list(list_loras()) if list_loras is not None else []
 
 
 def resolve_model(state: Any, model: str | None) -> str | None:
