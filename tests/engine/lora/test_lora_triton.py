@@ -15,35 +15,41 @@ triton = pytest.importorskip("triton")
 if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
     pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
-from deploylab.engine.lora.triton_ops import LoraKernels  # noqa: E402
+from deploylab.engine.lora.triton_ops import LoraKernels, check_kernels  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@pytest.mark.parametrize("column_slice", [False, True])
-def test_kernels_match_torch(column_slice: bool) -> None:
+@pytest.mark.parametrize("fused", [True, False])
+def test_kernels_match_torch(fused: bool) -> None:
+    """Decode rows (BGMV) and prefill segments (SGMV) of 3 projections writing adjacent
+    column ranges of a wider output, slots of different ranks, base-model rows untouched."""
     gen = torch.Generator().manual_seed(0)
-    k, n, r, slots = 24, 40, 16, 3
-    a = torch.randn(slots, r, k, generator=gen)
-    b = torch.randn(slots, n, r, generator=gen)
-    a[1, 8:] = 0  # slot 1 holds a rank-8 adapter
-    b[1, :, 8:] = 0
+    k, r, widths = 24, 16, [40, 24, 24]
+    a = [torch.randn(3, r, k, generator=gen) for _ in widths]
+    b = [torch.randn(3, n, r, generator=gen) for n in widths]
+    for ai, bi in zip(a, b, strict=True):  # slot 1 holds a rank-8 adapter
+        ai[1, 8:] = 0
+        bi[1, :, 8:] = 0
     decode_slots = [2, -1, 0, 2]
     segments = [(4, 5, 1), (12, 20, 0)]  # rows 9..11 are a base-model chunk
-    rows = 32
-    x = torch.randn(rows, k, generator=gen)
-    wide = torch.randn(rows, n + 8, generator=gen)
-    y = wide[:, 8:] if column_slice else wide[:, :n].contiguous()
     row_slots = decode_slots + [1] * 5 + [-1] * 3 + [0] * 20
-    expected = y.clone()
+    x = torch.randn(32, k, generator=gen)
+    wide = torch.randn(32, 8 + sum(widths), generator=gen)  # the output starts at column 8
+    expected = wide.clone()
     for i, s in enumerate(row_slots):
         if s >= 0:
-            expected[i] += (x[i] @ a[s].T) @ b[s].T
-    plan = LoraKernels().plan(decode_slots, segments, r, DEVICE)
-    dev = lambda t: t.to(DEVICE)  # noqa: E731
-    y_dev = dev(wide)[:, 8:] if column_slice else dev(y)
-    plan.apply(dev(x), y_dev, dev(a), dev(b))
-    torch.testing.assert_close(y_dev.cpu(), expected, rtol=1e-3, atol=1e-3)
+            parts = [(x[i] @ ai[s].T) @ bi[s].T for ai, bi in zip(a, b, strict=True)]
+            expected[i, 8:] += torch.cat(parts)
+    plan = LoraKernels(fused).plan(decode_slots, segments, r, DEVICE)
+    got = wide.to(DEVICE)
+    dev = [t.to(DEVICE) for t in a], [t.to(DEVICE) for t in b]
+    plan.apply(x.to(DEVICE), got[:, 8:], dev[0], dev[1], widths)
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_self_check_passes() -> None:
+    check_kernels(DEVICE, True)
 
 
 NAMES = [None, "a8", "b4", "c16", "a8"]

@@ -88,12 +88,7 @@ class LoraManager:
         self.stats = LoraStats()
         self._kernels: Any = None  # triton_ops.LoraKernels on CUDA with Triton
         if device.type == "cuda":
-            try:
-                from deploylab.engine.lora.triton_ops import LoraKernels
-
-                self._kernels = LoraKernels()
-            except ImportError:
-                logger.warning("Triton is missing: LoRA corrections take the grouped torch path")
+            self._kernels = _load_kernels(device)
 
     # ---- registry ----------------------------------------------------------------------
     def add(self, name: str, path: str) -> int:
@@ -259,9 +254,7 @@ class LoraManager:
         (int32, -1 = base) for CUDA-graph capture; None without the Triton kernels."""
         if self._kernels is None:
             return None
-        from deploylab.engine.lora.triton_ops import LoraStepPlan
-
-        plan = LoraStepPlan(decode_slots.shape[0], decode_slots, None, self.slots.max_rank)
+        plan = self._kernels.graph_plan(decode_slots, self.slots.max_rank)
         return LoraBatch(self.slots, self.keys, [], plan)
 
     def adapter_name(self, adapter_id: int) -> str:
@@ -271,3 +264,20 @@ class LoraManager:
 
 def _pinned(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_pinned() else t.pin_memory()
+
+
+def _load_kernels(device: torch.device) -> Any:
+    """The Triton kernels after a start-up self-check: fused decode launches if they pass,
+    else one launch pair per projection, else None (the grouped torch path)."""
+    try:
+        from deploylab.engine.lora.triton_ops import LoraKernels, check_kernels
+    except ImportError:
+        logger.warning("Triton is missing: LoRA corrections take the grouped torch path")
+        return None
+    for fused in (True, False):
+        try:
+            check_kernels(device, fused)
+            return LoraKernels(fused)
+        except Exception as exc:  # noqa: BLE001 - any failure means: don't use this variant
+            logger.warning("LoRA kernels (fused decode %s) failed their self-check: %r", fused, exc)
+    return None

@@ -46,15 +46,16 @@ class LoraBatch:
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, modules: Sequence[nn.Linear]
     ) -> torch.Tensor:
+        keys = [self.keys[id(m)] for m in modules]
+        if self.kernels is not None:  # one call for the group (fused q/k/v, gate/up)
+            a = [self.slots.a[k] for k in keys]
+            b = [self.slots.b[k] for k in keys]
+            self.kernels.apply(x, y, a, b, [m.out_features for m in modules])  # type: ignore[attr-defined]
+            return y
         off = 0
-        for module in modules:
+        for module, key in zip(modules, keys, strict=True):
             n = module.out_features
-            key = self.keys[id(module)]
-            out = y[..., off : off + n] if len(modules) > 1 else y
-            if self.kernels is not None:
-                self.kernels.apply(x, out, self.slots.a[key], self.slots.b[key])  # type: ignore[attr-defined]
-            else:
-                self._grouped(x, out, key)
+            self._grouped(x, y[..., off : off + n] if len(modules) > 1 else y, key)
             off += n
         return y
 
