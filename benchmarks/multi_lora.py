@@ -288,9 +288,14 @@ def trtllm_offline(model_dir: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def engine_side(
-    args: argparse.Namespace, model: Any, prompts: list[list[int]], base_tps: float
+    args: argparse.Namespace,
+    model: Any,
+    prompts: list[list[int]],
+    base_tps: float,
+    save: Any = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float | None]:
-    """Every adapter count x rank x traffic run, the peft baselines, and the LoRA step time."""
+    """Every adapter count x rank x traffic run, the peft baselines, and the LoRA step time;
+    `save(runs, peft_runs, step_ms)` after each rank (partial results survive a time limit)."""
     runs: list[dict[str, Any]] = []
     peft_runs: list[dict[str, Any]] = []
     step_ms = None
@@ -333,6 +338,8 @@ def engine_side(
                   f"{p['engine_speedup']:.1f}x", flush=True)  # fmt: skip
         del adapters
         gc.collect()
+        if save is not None:
+            save(runs, peft_runs, step_ms)
     return runs, peft_runs, step_ms
 
 
@@ -395,10 +402,16 @@ def main(argv: list[str] | None = None) -> int:
     base_step = decode_step_ms(engine, step_prompts(prompts, args.step_batch),
                                [None] * args.step_batch, args.steps)  # fmt: skip
     free(engine)
-    if args.out:  # partial results survive a time limit
-        with open(args.out, "w") as f:
-            json.dump({"device": name, "base": base, "base_step_ms": base_step}, f)
-    runs, peft_runs, lora_step = engine_side(args, model, prompts, base["output_tps"])
+
+    def save(runs: Any, peft_runs: Any, step_ms: Any) -> None:
+        if args.out:  # partial results survive a time limit
+            partial = {"device": name, "base": base, "base_step_ms": base_step, "lora": runs,
+                       "peft": peft_runs, "lora_step_ms": step_ms, "partial": True}  # fmt: skip
+            with open(args.out, "w") as f:
+                json.dump(partial, f, indent=1)
+
+    save([], [], None)
+    runs, peft_runs, lora_step = engine_side(args, model, prompts, base["output_tps"], save)
     step = {"batch": args.step_batch, "adapters": args.step_adapters, "rank": args.step_rank,
             "base_ms": base_step, "lora_ms": lora_step,
             "ratio": lora_step / base_step if lora_step else None}  # fmt: skip
