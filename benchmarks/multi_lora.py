@@ -61,6 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--plot", help="draw throughput against adapter count into this PNG")
     p.add_argument("--plot-from", metavar="JSON", help="only plot an earlier run's results")
+    p.add_argument(
+        "--save-adapters", metavar="DIR", help="only write --adapters[0] random PEFT adapters "
+        "of --ranks[0] as DIR/lora-0.. (for `deploylab serve --lora`, vLLM, TensorRT-LLM)"
+    )  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -104,6 +108,28 @@ def random_adapters(model: Any, count: int, rank: int, device: torch.device) -> 
                 weights[(layer, m)] = (a, b)
         sets.append(weights)
     return [LoraAdapter(f"r{rank}-{i}", "", rank, 1.0, sets[i % len(sets)]) for i in range(count)]
+
+
+def save_peft(adapter: Any, path: str) -> None:
+    """Write an in-memory adapter as a PEFT directory (scaling 1: lora_alpha = r)."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for (layer, m), (a, b) in adapter.weights.items():
+        part = "self_attn" if m in TARGETS[:4] else "mlp"
+        key = f"base_model.model.model.layers.{layer}.{part}.{m}"
+        tensors[f"{key}.lora_A.weight"] = a.contiguous()
+        tensors[f"{key}.lora_B.weight"] = b.contiguous()
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    config = {
+        "peft_type": "LORA", "r": adapter.rank, "lora_alpha": adapter.rank,
+        "target_modules": list(TARGETS), "bias": "none", "task_type": "CAUSAL_LM",
+    }  # fmt: skip
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=1))
 
 
 def traffic(n: int, adapters: int, kind: str, seed: int = 0) -> list[int]:
@@ -388,6 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, device, dtype = load_base(args)
+    if args.save_adapters:
+        for i, adapter in enumerate(
+            random_adapters(model, args.adapters[0], args.ranks[0], device)
+        ):
+            save_peft(adapter, f"{args.save_adapters}/lora-{i}")
+        return 0
     rng = random.Random(0)
     vocab = min(model.config.vocab_size, 30000)
     prompts = [[rng.randrange(100, vocab) for _ in range(args.input_len)]
