@@ -17,7 +17,13 @@ from deploylab.errors import ModelLoadError, ModelNotFoundError
 # The projections an adapter may target, and where they live in a decoder layer.
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.\w+)?\.weight$")
-_UNSUPPORTED_OPTIONS = ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save")
+_UNSUPPORTED_OPTIONS = (
+    "use_dora",
+    "rank_pattern",
+    "alpha_pattern",
+    "modules_to_save",
+    "lora_bias",
+)
 
 
 class LoraAdapterError(ModelLoadError):
@@ -140,7 +146,10 @@ def load_adapter(name: str, path: str | Path, model: LlamaConfig, max_rank: int)
     pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         m = _KEY.search(key)
-        assert m is not None  # _check_targets rejected the rest
+        if m is None:
+            raise LoraAdapterError(
+                f"LoRA adapter '{p}' holds a tensor this engine does not serve: {key}."
+            )
         layer, module, ab = int(m.group(1)), m.group(2), m.group(3)
         if layer >= model.num_hidden_layers:
             raise LoraAdapterError(
