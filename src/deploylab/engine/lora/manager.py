@@ -22,7 +22,7 @@ from deploylab.engine.lora.adapter import (
     load_adapter,
 )
 from deploylab.engine.lora.config import LoraConfig
-from deploylab.engine.lora.ops import LoraBatch, group_rows
+from deploylab.engine.lora.ops import LoraBatch, RowGroups, group_rows
 from deploylab.engine.lora.slots import Key, LoraSlots
 from deploylab.engine.models.llama import LlamaForCausalLM
 from deploylab.engine.sequence import Sequence
@@ -233,7 +233,7 @@ class LoraManager:
         assert row == num_tokens
         if self._kernels is not None:
             plan = self._kernels.plan(decode_slots, segments, self.slots.max_rank, self.device)
-            return LoraBatch(self.slots, self.keys, [], plan)
+            return LoraBatch(self.slots, self.keys, RowGroups([]), plan)
         row_slots = list(decode_slots)
         for start, n, slot in segments:
             row_slots.extend([-1] * (start - len(row_slots)) + [slot] * n)
@@ -255,7 +255,7 @@ class LoraManager:
         if self._kernels is None:
             return None
         plan = self._kernels.graph_plan(decode_slots, self.slots.max_rank)
-        return LoraBatch(self.slots, self.keys, [], plan)
+        return LoraBatch(self.slots, self.keys, RowGroups([]), plan)
 
     def adapter_name(self, adapter_id: int) -> str:
         """The name an adapter id was loaded under."""

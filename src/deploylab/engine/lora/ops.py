@@ -19,12 +19,21 @@ from deploylab.engine.lora.slots import Key, LoraSlots
 
 @dataclass
 class SlotRows:
-    """The step's rows of one slot: a contiguous range or an index tensor."""
+    """The step's rows of one slot: `[start, stop)` of the step's rows, or of the permuted
+    rows (`RowGroups.perm`) when some adapter's rows are not contiguous."""
 
     slot: int
     start: int
     stop: int
-    index: torch.Tensor | None = None  # set when the rows are not contiguous
+
+
+@dataclass
+class RowGroups:
+    """A step's adapter rows grouped by slot; `perm` (rows sorted by slot) is set when the
+    groups are not contiguous in the step's own order (decode rows, sorted by length)."""
+
+    groups: list[SlotRows]
+    perm: torch.Tensor | None = None
 
 
 class LoraBatch:
@@ -35,7 +44,7 @@ class LoraBatch:
         self,
         slots: LoraSlots,
         keys: dict[int, Key],
-        groups: list[SlotRows],
+        groups: RowGroups,
         kernels: object | None = None,
     ) -> None:
         self.slots = slots
@@ -60,31 +69,36 @@ class LoraBatch:
         return y
 
     def _grouped(self, x: torch.Tensor, y: torch.Tensor, key: Key) -> None:
-        """CPU path: one shrink/expand GEMM pair per adapter, at the adapter's own rank."""
+        """CPU path: one shrink/expand GEMM pair per adapter, at the adapter's own rank;
+        scattered rows are gathered once (sorted by slot) and added back with one index_add."""
         slots = self.slots
         a_all, b_all = slots.a[key], slots.b[key]
-        for g in self.groups:
+        perm = self.groups.perm
+        xs, out = x, y
+        if perm is not None:
+            xs = x.index_select(0, perm)
+            out = torch.zeros(perm.shape[0], y.shape[1], dtype=y.dtype, device=y.device)
+        for g in self.groups.groups:
             if key not in slots.targets[g.slot]:
                 continue
             r = slots.rank[g.slot]
             a, b = a_all[g.slot, :r], b_all[g.slot, :, :r]
-            if g.index is None:
-                rows = y[g.start : g.stop]
-                rows.add_((x[g.start : g.stop] @ a.T) @ b.T)
-            else:
-                y.index_add_(0, g.index, (x.index_select(0, g.index) @ a.T) @ b.T)
+            out[g.start : g.stop].add_((xs[g.start : g.stop] @ a.T) @ b.T)
+        if perm is not None:
+            y.index_add_(0, perm, out)
 
 
-def group_rows(row_slots: list[int], device: torch.device) -> list[SlotRows]:
+def group_rows(row_slots: list[int], device: torch.device) -> RowGroups:
     """Group a step's rows by slot (-1 = base model, skipped)."""
     rows: dict[int, list[int]] = {}
     for row, slot in enumerate(row_slots):
         if slot >= 0:
             rows.setdefault(slot, []).append(row)
-    groups = []
+    if all(idx[-1] - idx[0] + 1 == len(idx) for idx in rows.values()):
+        return RowGroups([SlotRows(s, idx[0], idx[-1] + 1) for s, idx in rows.items()])
+    groups: list[SlotRows] = []
+    order: list[int] = []
     for slot, idx in rows.items():
-        if idx[-1] - idx[0] + 1 == len(idx):
-            groups.append(SlotRows(slot, idx[0], idx[-1] + 1))
-        else:
-            groups.append(SlotRows(slot, idx[0], idx[-1] + 1, torch.tensor(idx, device=device)))
-    return groups
+        groups.append(SlotRows(slot, len(order), len(order) + len(idx)))
+        order.extend(idx)
+    return RowGroups(groups, torch.tensor(order, device=device))
