@@ -55,6 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--step-adapters", type=int, default=16)
     p.add_argument("--step-rank", type=int, default=16)
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument(
+        "--step-repeats", type=int, default=3,
+        help="base and LoRA step times measured alternately this many times (medians)",
+    )  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--vllm", metavar="MODEL_DIR", help="also run vLLM's LLM on this model")
     p.add_argument("--trtllm", metavar="MODEL_DIR", help="also run TensorRT-LLM's LLM API")
@@ -114,6 +118,7 @@ def make_engine(args: argparse.Namespace, model: Any, rank: int | None, loras: i
     from deploylab.engine import EngineConfig, LLMEngine
 
     settings: dict[str, Any] = dict(
+        gpu_memory_utilization=0.4,  # the base and a LoRA engine live side by side
         device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_gib=args.kv_cache_gib,
         max_model_len=args.input_len + args.output_len + args.steps + 32,
@@ -229,14 +234,16 @@ def engine_side(
     args: argparse.Namespace,
     model: Any,
     prompts: list[list[int]],
-    base_tps: float,
+    base: tuple[Any, float],
     save: Any = None,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float | None]:
-    """Every adapter count x rank x traffic run, the peft baselines, and the LoRA step time;
-    `save(runs, peft_runs, step_ms)` after each rank (partial results survive a time limit)."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Every adapter count x rank x traffic run, the peft baselines, and the decode-step
+    times (`base` = the base engine and its throughput); `save(runs, peft_runs, step)` after
+    each rank (partial results survive a time limit)."""
+    base_engine, base_tps = base
     runs: list[dict[str, Any]] = []
     peft_runs: list[dict[str, Any]] = []
-    step_ms = None
+    step: dict[str, Any] = {}
     wanted = {tuple(int(v) for v in c.split("x")) for c in args.peft_configs}
     device = next(model.parameters()).device
     n_req = len(prompts)
@@ -256,9 +263,10 @@ def engine_side(
                 print(f"  {n:>3} adapters  rank {rank:>3}  {kind:<7}  {r['output_tps']:9.1f} tok/s"
                       f"  ({r['vs_base']:.2f} x base)", flush=True)  # fmt: skip
         if step_here:
-            b = args.step_batch
-            names = [adapters[i % args.step_adapters].name for i in range(b)]
-            step_ms = decode_step_ms(engine, step_prompts(prompts, b), names, args.steps)
+            names = [adapters[i % args.step_adapters].name for i in range(args.step_batch)]
+            step = step_times(
+                args, base_engine, engine, step_prompts(prompts, args.step_batch), names
+            )
         engine_tps = {
             (r["adapters"], r["traffic"]): r["output_tps"] for r in runs if r["rank"] == rank
         }
@@ -277,8 +285,28 @@ def engine_side(
         del adapters
         gc.collect()
         if save is not None:
-            save(runs, peft_runs, step_ms)
-    return runs, peft_runs, step_ms
+            save(runs, peft_runs, step)
+    return runs, peft_runs, step
+
+
+def step_times(
+    args: argparse.Namespace, base: Any, lora: Any, prompts: list[list[int]], names: list[str]
+) -> dict[str, Any]:
+    """Decode-step times of the base and the LoRA engine, measured alternately (a busy
+    machine's load drifts); medians and every sample."""
+    import statistics
+
+    base_ms: list[float] = []
+    lora_ms: list[float] = []
+    for _ in range(args.step_repeats):
+        base_ms.append(decode_step_ms(base, prompts, [None] * len(prompts), args.steps))
+        lora_ms.append(decode_step_ms(lora, prompts, list(names), args.steps))
+    b, m = statistics.median(base_ms), statistics.median(lora_ms)
+    return {
+        "batch": len(prompts), "adapters": args.step_adapters, "rank": args.step_rank,
+        "base_ms": b, "lora_ms": m, "ratio": m / b,
+        "base_samples": base_ms, "lora_samples": lora_ms,
+    }  # fmt: skip
 
 
 def step_prompts(prompts: list[list[int]], b: int) -> list[list[int]]:
@@ -343,27 +371,22 @@ def main(argv: list[str] | None = None) -> int:
     engine = make_engine(args, model, None, 0)
     base = offline(engine, prompts, [None] * len(prompts), args.output_len)
     print(f"  base model alone: {base['output_tps']:.1f} tok/s", flush=True)
-    base_step = decode_step_ms(engine, step_prompts(prompts, args.step_batch),
-                               [None] * args.step_batch, args.steps)  # fmt: skip
-    free(engine)
 
-    def save(runs: Any, peft_runs: Any, step_ms: Any) -> None:
+    def save(runs: Any, peft_runs: Any, step: Any) -> None:
         if args.out:  # partial results survive a time limit
-            partial = {"device": name, "base": base, "base_step_ms": base_step, "lora": runs,
-                       "peft": peft_runs, "lora_step_ms": step_ms, "partial": True}  # fmt: skip
+            partial = {"device": name, "base": base, "lora": runs, "peft": peft_runs,
+                       "decode_step": step, "partial": True}  # fmt: skip
             with open(args.out, "w") as f:
                 json.dump(partial, f, indent=1)
 
-    save([], [], None)
-    runs, peft_runs, lora_step = engine_side(args, model, prompts, base["output_tps"], save)
-    step = {"batch": args.step_batch, "adapters": args.step_adapters, "rank": args.step_rank,
-            "base_ms": base_step, "lora_ms": lora_step,
-            "ratio": lora_step / base_step if lora_step else None}  # fmt: skip
-    print(
-        f"  decode step, {args.step_batch} requests: base {base_step:.2f} ms, over "
-        f"{args.step_adapters} adapters {lora_step or float('nan'):.2f} ms",
-        flush=True,
-    )
+    save([], [], {})
+    runs, peft_runs, step = engine_side(args, model, prompts, (engine, base["output_tps"]), save)
+    free(engine)
+    if step:
+        print(
+            f"  decode step, {step['batch']} requests: base {step['base_ms']:.2f} ms, over "
+            f"{step['adapters']} adapters {step['lora_ms']:.2f} ms ({step['ratio']:.2f}x)"
+        )
     results = {
         "device": name, "dtype": str(dtype), "torch": torch.__version__, "args": vars(args),
         "base": base, "lora": runs, "peft": peft_runs, "decode_step": step,
