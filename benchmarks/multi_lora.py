@@ -118,7 +118,8 @@ def make_engine(args: argparse.Namespace, model: Any, rank: int | None, loras: i
     from deploylab.engine import EngineConfig, LLMEngine
 
     settings: dict[str, Any] = dict(
-        gpu_memory_utilization=0.4,  # the base and a LoRA engine live side by side
+        # The base engine lives beside each LoRA one (KV sizing counts memory already used).
+        gpu_memory_utilization=0.3 if rank is None else 0.6,
         device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_gib=args.kv_cache_gib,
         max_model_len=args.input_len + args.output_len + args.steps + 32,
