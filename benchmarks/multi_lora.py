@@ -349,11 +349,26 @@ def plot(results: dict[str, Any], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The throughput grid as a markdown table (output tokens/s; rows: adapter counts)."""
+    cols = sorted({(r["rank"], r["traffic"]) for r in results["lora"]})
+    tps = {(r["adapters"], r["rank"], r["traffic"]): r["output_tps"] for r in results["lora"]}
+    head = "| adapters | " + " | ".join(f"rank {r} {t}" for r, t in cols) + " |"
+    lines = [head, "|---:" * (len(cols) + 1) + "|"]
+    for n in sorted({r["adapters"] for r in results["lora"]}):
+        cells = [f"{tps[n, r, t]:.1f}" if (n, r, t) in tps else "-" for r, t in cols]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.plot_from:
         with open(args.plot_from) as f:
-            plot(json.load(f), args.plot or "multi_lora.png")
+            results = json.load(f)
+        print(markdown(results))
+        if args.plot:
+            plot(results, args.plot)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
