@@ -129,8 +129,8 @@ def make_engine(args: argparse.Namespace, model: Any, rank: int | None, loras: i
     return LLMEngine(EngineConfig(**settings), model=model, tokenizer=None)
 
 
-def free(engine: Any) -> None:
-    del engine
+def cleanup() -> None:
+    """Collect dropped engines (their KV cache, graphs and slots) before the next one."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -274,7 +274,8 @@ def engine_side(
         engine_tps = {
             (r["adapters"], r["traffic"]): r["output_tps"] for r in runs if r["rank"] == rank
         }
-        free(engine)
+        del engine  # before the next engine sizes its KV cache from free memory
+        cleanup()
         for n in args.adapters:
             if (n, rank) not in wanted:
                 continue
@@ -400,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
 
     save([], [], {})
     runs, peft_runs, step = engine_side(args, model, prompts, (engine, base["output_tps"]), save)
-    free(engine)
+    del engine
+    cleanup()
     if step:
         print(
             f"  decode step, {step['batch']} requests: base {step['base_ms']:.2f} ms, over "
