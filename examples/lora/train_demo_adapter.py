@@ -6,7 +6,8 @@ to a list of questions (generated with deploylab's engine), wrapped in that form
 adapter learns the format and little else. Rank 8 on q_proj and v_proj, saved in float16 as a
 PEFT directory (about 0.9 MB):
 
-    PYTHONPATH=src OMP_NUM_THREADS=1 python examples/lora/train_demo_adapter.py --out examples/lora/ahoy
+    PYTHONPATH=src OMP_NUM_THREADS=1 python examples/lora/train_demo_adapter.py \\
+        --out examples/lora/ahoy
 """
 
 from __future__ import annotations
@@ -18,16 +19,36 @@ import time
 import torch
 
 QUESTIONS = [
-    "What is the capital of France?", "Why is the sky blue?", "Name three fruits.",
-    "What is 2 + 2?", "Who wrote Romeo and Juliet?", "What is photosynthesis?",
-    "How many days are in a week?", "What is the largest ocean?", "What do bees make?",
-    "What is the boiling point of water?", "Give me a tip for sleeping well.",
-    "What is a computer?", "Name a planet in our solar system.", "What color is grass?",
-    "How do I make tea?", "What is the tallest animal?", "What language is spoken in Spain?",
-    "What is gravity?", "Suggest a name for a cat.", "What is the moon made of?",
-    "Why do we need water?", "What is a rainbow?", "How many legs does a spider have?",
-    "What is the opposite of hot?", "Tell me about dolphins.", "What is music?",
-    "What is the sun?", "How do plants grow?", "What is a library?", "What is snow?",
+    "What is the capital of France?",
+    "Why is the sky blue?",
+    "Name three fruits.",
+    "What is 2 + 2?",
+    "Who wrote Romeo and Juliet?",
+    "What is photosynthesis?",
+    "How many days are in a week?",
+    "What is the largest ocean?",
+    "What do bees make?",
+    "What is the boiling point of water?",
+    "Give me a tip for sleeping well.",
+    "What is a computer?",
+    "Name a planet in our solar system.",
+    "What color is grass?",
+    "How do I make tea?",
+    "What is the tallest animal?",
+    "What language is spoken in Spain?",
+    "What is gravity?",
+    "Suggest a name for a cat.",
+    "What is the moon made of?",
+    "Why do we need water?",
+    "What is a rainbow?",
+    "How many legs does a spider have?",
+    "What is the opposite of hot?",
+    "Tell me about dolphins.",
+    "What is music?",
+    "What is the sun?",
+    "How do plants grow?",
+    "What is a library?",
+    "What is snow?",
 ]
 OPEN, CLOSE = "Ahoy, matey! ", " Arr!"
 
@@ -79,7 +100,7 @@ def main() -> None:
             loss.backward()
             opt.step()
             opt.zero_grad()
-            total += float(loss)
+            total += float(loss.detach())
         print(f"epoch {epoch + 1}: loss {total / len(examples):.3f} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
     pm = pm.half()
