@@ -76,3 +76,18 @@ def test_preemption_keeps_adapter_outputs(tiny: Any, reference: dict[str, Any]) 
     )
     assert run(llm, reference) == reference["expected"]
     assert llm.llm_engine.stats().num_preemptions_total > 0
+
+
+def test_speculative_decoding_and_samples_keep_the_adapter(
+    tiny: Any, reference: dict[str, Any]
+) -> None:
+    """n-gram speculative decoding verifies with each request's adapter, and `n` samples
+    forked after the prompt keep it: greedy tokens still match peft."""
+    ngram = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 1}
+    llm = tiny.llm(lora_modules=reference["paths"], max_loras=3, speculative_config=ngram)
+    assert run(llm, reference) == reference["expected"]
+    assert llm.llm_engine.stats().spec_num_drafts_total
+    two = SamplingParams(temperature=0.0, max_tokens=N_NEW, ignore_eos=True, n=2)
+    plain = tiny.llm(lora_modules=reference["paths"], max_loras=3)
+    outs = plain.generate(reference["prompts"][1:4], two, lora=reference["names"][1:4])
+    assert [o.token_ids for o in outs] == [e for e in reference["expected"][1:4] for _ in "ab"]
