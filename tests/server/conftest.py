@@ -99,14 +99,15 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]
 
 
 @contextlib.contextmanager
-def serve_in_thread(engine: object) -> Iterator[str]:
+def serve_in_thread(engine: object, **state_fields: object) -> Iterator[str]:
     """The real app and uvicorn on a loopback port, in this process, around `engine` (for
-    tests that reach inside the engine, e.g. to inject a fault); yields the base URL."""
+    tests that reach inside the engine, e.g. to inject a fault); yields the base URL.
+    `state_fields` set `ServerState` fields (e.g. allow_runtime_lora)."""
     import uvicorn
 
     from deploylab.server.app import ServerState, create_app
 
-    state = ServerState(served_model_name=MODEL, engine=engine)
+    state = ServerState(served_model_name=MODEL, engine=engine, **state_fields)  # type: ignore[arg-type]
     port = free_port()
     config = uvicorn.Config(
         create_app(state), host="127.0.0.1", port=port, log_level="warning", access_log=False

@@ -32,6 +32,20 @@ def serve(
         '"num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}\'; '
         "methods ngram, head, draft_model (docs/speculative.md).",
     ),
+    lora: list[str] = typer.Option(
+        [],
+        "--lora",
+        help="A PEFT LoRA adapter to serve as NAME=PATH (repeatable); requests "
+        "pick it with model=NAME.",
+    ),
+    max_loras: int = typer.Option(4, help="LoRA adapters resident on the device at once."),
+    max_lora_rank: int = typer.Option(16, help="Largest LoRA rank accepted."),
+    max_cpu_loras: int | None = typer.Option(
+        None, help="LoRA adapters kept in host memory (default: --max-loras)."
+    ),
+    allow_runtime_lora: bool = typer.Option(
+        False, help="Enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter."
+    ),
     shutdown_timeout: float = typer.Option(
         30.0,
         "--shutdown-timeout",
@@ -57,8 +71,14 @@ def serve(
         spec = parse_speculative_config(speculative_config)
     except ConfigError as exc:
         raise UsageError(f"--speculative-config: {exc}") from None
+    lora_modules = parse_lora_flags(lora)
     config = EngineConfig(
         model=model,
+        enable_lora=bool(lora_modules) or allow_runtime_lora,
+        lora_modules=lora_modules,
+        max_loras=max_loras,
+        max_lora_rank=max_lora_rank,
+        max_cpu_loras=max_cpu_loras,
         speculative_config=asdict(spec) if spec is not None else None,
         device=device,
         dtype=dtype,
@@ -79,5 +99,24 @@ def serve(
         host=host,
         port=port,
         shutdown_timeout=shutdown_timeout,
+        allow_runtime_lora=allow_runtime_lora,
         on_ready=lambda url: typer.echo(f"deploylab serve: ready at {url}", err=True),
     )
+
+
+def parse_lora_flags(flags: list[str]) -> dict[str, str]:
+    """`--lora NAME=PATH` flags as {name: path}; UsageError for a malformed one."""
+    from pathlib import Path
+
+    modules: dict[str, str] = {}
+    for flag in flags:
+        name, sep, path = flag.partition("=")
+        name, path = name.strip(), path.strip()
+        if not sep or not name or not path:
+            raise UsageError(f"--lora takes NAME=PATH (a PEFT adapter directory), got '{flag}'.")
+        if name in modules:
+            raise UsageError(f"--lora: the name '{name}' is given twice.")
+        if not Path(path).expanduser().is_dir():
+            raise UsageError(f"--lora {name}: '{path}' is not a directory.")
+        modules[name] = path
+    return modules

@@ -143,7 +143,11 @@ class AsyncEngine:
 
     # ---- requests ----------------------------------------------------------------------
     def add_request(
-        self, request_id: str, prompt: Prompt, params: SamplingParams | None = None
+        self,
+        request_id: str,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        lora_name: str | None = None,
     ) -> RequestStream:
         """Queue a request; call from inside a running event loop.
 
@@ -156,7 +160,7 @@ class AsyncEngine:
                 f"Request id '{request_id}' is already in use.", param="request_id"
             )
         self.check_admission()
-        seq = self.engine.make_sequence(request_id, prompt, params)
+        seq = self.engine.make_sequence(request_id, prompt, params, lora_name)
         stream = RequestStream(request_id, self)
         self._streams[request_id] = stream
         with self._lock:
@@ -165,18 +169,40 @@ class AsyncEngine:
         self._wake.set()
         return stream
 
+    # ---- LoRA adapters (engine/lora; the registry is thread-safe) -----------------------
+    def list_loras(self) -> list[str]:
+        """Names of the loaded LoRA adapters."""
+        return self.engine.list_loras()
+
+    def lora_path(self, name: str) -> str:
+        """The directory adapter `name` was loaded from."""
+        assert self.engine.lora is not None
+        return self.engine.lora.path(name)
+
+    def add_lora(self, name: str, path: str) -> None:
+        """Load a LoRA adapter (blocking: reads its files; call off the event loop)."""
+        self.engine.add_lora(name, path)
+
+    def remove_lora(self, name: str) -> None:
+        """Unload a LoRA adapter; requests already using it finish with it."""
+        self.engine.remove_lora(name)
+
     def abort(self, request_id: str) -> None:
         """Abort a request; its blocks are freed before the next step."""
         self._commands.append(("abort", request_id))
         self._wake.set()
 
     async def generate(
-        self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        lora_name: str | None = None,
     ) -> AsyncIterator[RequestDelta]:
         """Convenience wrapper: yields deltas; aborts the request if the caller stops early."""
         import uuid
 
-        stream = self.add_request(request_id or uuid.uuid4().hex, prompt, params)
+        stream = self.add_request(request_id or uuid.uuid4().hex, prompt, params, lora_name)
         try:
             async for delta in stream:
                 yield delta

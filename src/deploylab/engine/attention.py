@@ -93,6 +93,9 @@ class AttentionMetadata:
     workspace: Workspace | None = None
     # Set by the fused CUDA path, which stores the step's keys/values while applying RoPE.
     kv_written: bool = False
+    # Per-row LoRA corrections (engine/lora `LoraBatch`): `lora(x, y, modules)` adds them to
+    # `y`, the concatenated outputs of the projections `modules` for input `x`; None: none.
+    lora: Callable[..., torch.Tensor] | None = None
 
 
 def write_kv(

@@ -95,7 +95,8 @@ class BlockManager:
         """Extend `seq.block_hashes` to its first `num_blocks` (full) blocks."""
         hashes = seq.block_hashes
         for i in range(len(hashes), num_blocks):
-            parent = hashes[i - 1] if i else None
+            # The first block's hash is salted with the LoRA adapter (none for the base model).
+            parent = hashes[i - 1] if i else (("lora", seq.lora_id) if seq.lora_id else None)
             hashes.append(hash((parent, self._block_token_ids(seq, i))))
 
     # ---- sequence API ------------------------------------------------------------------

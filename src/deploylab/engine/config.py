@@ -53,6 +53,12 @@ class EngineConfig:
     tree_attention: bool | None = None
     # vLLM's speculative_config, e.g. {"method": "ngram", "num_speculative_tokens": 4}
     speculative_config: dict[str, Any] | str | None = None
+    # Multi-LoRA (engine/lora): on with enable_lora or any lora_modules (name -> directory).
+    enable_lora: bool = False
+    max_loras: int = 4
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None  # default: max_loras
+    lora_modules: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -94,6 +100,9 @@ class EngineConfig:
         from deploylab.engine.spec_decode.config import parse_speculative_config
 
         parse_speculative_config(self.speculative_config)
+        from deploylab.engine.lora.config import lora_config
+
+        lora_config(self)
         dev = self.device
         if dev not in ("auto", "cpu") and not (dev == "cuda" or dev.startswith("cuda:")):
             raise ConfigError(f"EngineConfig.device '{dev}' is not one of auto, cpu, cuda[:N].")

@@ -47,6 +47,7 @@ class _Graph:
     logits: torch.Tensor | None = None
     graph: torch.cuda.CUDAGraph | None = None
     tree: StaticTreePlan | None = None  # set for a tree-attention graph
+    lora_slots: torch.Tensor | None = None  # each row's LoRA slot (int32, -1 = base)
 
 
 class DecodeGraphs:
@@ -61,8 +62,10 @@ class DecodeGraphs:
         width: int,
         scratch_slot: int,
         tree: TreeDecoder | None = None,
+        lora: Any = None,
     ) -> None:
         self.model = model
+        self.lora = lora  # engine/lora's manager: `graph_batch(slots)` per captured size
         self.kv_cache = kv_cache
         self.kernel = kernel
         self.width = width
@@ -90,6 +93,9 @@ class DecodeGraphs:
             slots=torch.full((size,), self.scratch_slot, dtype=torch.int64, device=dev),
             tables=torch.zeros(size, self.width, dtype=torch.int32, device=dev),
             lens=torch.ones(size, dtype=torch.int32, device=dev),
+            lora_slots=(
+                torch.full((size,), -1, dtype=torch.int32, device=dev) if self.lora else None
+            ),
         )
 
     def _forward(self, g: _Graph) -> torch.Tensor:
@@ -101,6 +107,8 @@ class DecodeGraphs:
             decode_tables=g.tables,
             decode_lens=g.lens,
         )
+        if g.lora_slots is not None:
+            meta.lora = self.lora.graph_batch(g.lora_slots)
         hidden = self.model(g.ids, g.pos, meta, self.kv_cache.layers)
         return self.model.compute_logits(hidden)
 
@@ -149,8 +157,10 @@ class DecodeGraphs:
         slots: list[int],
         tables: list[list[int]],
         lens: list[int],
+        lora_slots: list[int] | None = None,
     ) -> torch.Tensor:
-        """Replay for n = len(ids) decodes; returns their logits `[n, vocab]`."""
+        """Replay for n = len(ids) decodes; returns their logits `[n, vocab]`. `lora_slots`:
+        each row's LoRA slot (-1 = base) when captured with LoRA."""
         n = len(ids)
         size = next(s for s in self.sizes if s >= n)
         g = self.graphs[size]
@@ -166,13 +176,20 @@ class DecodeGraphs:
         for values, filler in ((ids, 0), (pos, 0), (slots, self.scratch_slot), (lens, 1)):
             packed.fromlist(values)
             packed.fromlist([filler] * pad)
+        if g.lora_slots is not None:
+            packed.fromlist(lora_slots or [-1] * n)
+            packed.fromlist([-1] * pad)
         extend_with_tables(packed, tables, width)
         dev = torch.frombuffer(packed, dtype=torch.int64).to(self.device, non_blocking=True)
+        at = 4 * size  # the tables follow (after the LoRA slots, if any)
+        if g.lora_slots is not None:
+            g.lora_slots.copy_(dev[at : at + size])
+            at += size
         g.ids.copy_(dev[:size])
         g.pos.copy_(dev[size : 2 * size])
         g.slots.copy_(dev[2 * size : 3 * size])
         g.lens.copy_(dev[3 * size : 4 * size])
-        g.tables[:n, :width].copy_(dev[4 * size :].view(n, width))
+        g.tables[:n, :width].copy_(dev[at:].view(n, width))
         return self._replay(g)[:n]
 
     def _with_tree_plan(self, size: int, plan: TreePlan) -> _Graph | None:

@@ -32,9 +32,11 @@ class LLM:
         self,
         prompts: Prompt | Seq[Prompt],
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        lora: str | Seq[str | None] | None = None,
     ) -> list[RequestOutput]:
         """Generate for one prompt or a list of prompts (text or token-id lists); a request
-        with `n` samples gives `n` outputs in a row (their `index` 0..n-1)."""
+        with `n` samples gives `n` outputs in a row (their `index` 0..n-1). `lora` names the
+        LoRA adapter of every prompt, or gives one per prompt (None: the base model)."""
         if isinstance(prompts, str) or (
             isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
         ):
@@ -50,12 +52,17 @@ class LLM:
                     f"Got {len(params_list)} SamplingParams for {len(prompt_list)} prompts.",
                     param="sampling_params",
                 )
+        loras = [lora] * len(prompt_list) if lora is None or isinstance(lora, str) else list(lora)
+        if len(loras) != len(prompt_list):
+            raise InvalidRequestError(
+                f"Got {len(loras)} LoRA names for {len(prompt_list)} prompts.", param="lora"
+            )
         engine = self.llm_engine
         # Validate everything first, so a bad prompt leaves nothing queued.
         seqs = []
-        for prompt, params in zip(prompt_list, params_list, strict=True):
+        for prompt, params, name in zip(prompt_list, params_list, loras, strict=True):
             self._counter += 1
-            seqs.append(engine.make_sequence(f"llm-{self._counter}", prompt, params))
+            seqs.append(engine.make_sequence(f"llm-{self._counter}", prompt, params, name))
         results = {
             (s.request_id, i): RequestOutput(s.request_id, s.prompt, s.prompt_token_ids, index=i)
             for s in seqs

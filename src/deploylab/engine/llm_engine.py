@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -15,6 +16,7 @@ from deploylab.engine.block_manager import BlockManager
 from deploylab.engine.config import EngineConfig
 from deploylab.engine.detokenizer import IncrementalDetokenizer
 from deploylab.engine.kv_cache import KVCache, num_blocks_for
+from deploylab.engine.lora import LoraManager, LoraNotFoundError, lora_config
 from deploylab.engine.model_runner import ModelRunner
 from deploylab.engine.models.config import LlamaConfig
 from deploylab.engine.models.llama import LlamaForCausalLM
@@ -88,6 +90,14 @@ class LLMEngine:
         self.runner = ModelRunner(
             self.model, self.kv_cache, self.device, self.max_model_len, config.tree_attention
         )
+        self.lora: LoraManager | None = None  # the multi-LoRA hook (off: None)
+        lora_settings = lora_config(config)
+        if lora_settings is not None:
+            self.lora = LoraManager(self.model, lora_settings, self.device, self.dtype)
+            self.runner.lora = self.lora
+            self.scheduler.lora_gate = self.lora.admit
+            for name, path in lora_settings.modules.items():
+                self.lora.add(name, path)
         if config.cuda_graphs and self.device.type == "cuda":
             self.runner.enable_cuda_graphs(config.max_num_seqs, self.max_model_len)
         self.sampler = Sampler(self.device, config.seed, self.eos_token_ids)
@@ -156,9 +166,15 @@ class LLMEngine:
         return ids
 
     def make_sequence(
-        self, request_id: str, prompt: Prompt, params: SamplingParams | None = None
+        self,
+        request_id: str,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        lora_name: str | None = None,
     ) -> Sequence:
-        """Validate and tokenize a request (no engine state is touched)."""
+        """Validate and tokenize a request (no engine state is touched); `lora_name` picks
+        a loaded LoRA adapter (LoraNotFoundError when unknown)."""
+        lora_id = self._resolve_lora(lora_name)
         params = params or SamplingParams()
         if isinstance(params, SamplingParams):
             params.validate()
@@ -205,8 +221,37 @@ class LLMEngine:
                 param="prompt",
             )
         seq = Sequence(request_id, ids, params, next(self._arrivals), prompt=text)
+        if lora_id:
+            seq.lora_id, seq.lora_name = lora_id, lora_name
         self._attach_state(seq)
         return seq
+
+    # ---- LoRA adapters (engine/lora) ---------------------------------------------------
+    def _resolve_lora(self, name: str | None) -> int:
+        if name is None:
+            return 0
+        if self.lora is None:
+            raise LoraNotFoundError(
+                f"The model '{name}' does not exist: LoRA adapters are off on this engine "
+                "(start it with enable_lora / --lora NAME=PATH)."
+            )
+        return self.lora.resolve(name)
+
+    def add_lora(self, name: str, path: str) -> None:
+        """Load a PEFT LoRA adapter under `name` (LoraAdapterError for a bad one)."""
+        if self.lora is None:
+            raise ConfigError("LoRA is off on this engine; start it with enable_lora=True.")
+        self.lora.add(name, path)
+
+    def remove_lora(self, name: str) -> None:
+        """Unload adapter `name`; requests already using it finish with it."""
+        if self.lora is None:
+            raise LoraNotFoundError(f"The LoRA adapter '{name}' is not loaded (LoRA is off).")
+        self.lora.remove(name)
+
+    def list_loras(self) -> list[str]:
+        """Names of the loaded LoRA adapters."""
+        return self.lora.names() if self.lora is not None else []
 
     def _attach_state(self, seq: Sequence) -> None:
         """Give a new sample its detokenizer and, with structured output, its grammar state."""
@@ -228,10 +273,14 @@ class LLMEngine:
         self.scheduler.add(seq)
 
     def add_request(
-        self, request_id: str, prompt: Prompt, params: SamplingParams | None = None
+        self,
+        request_id: str,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        lora_name: str | None = None,
     ) -> Sequence:
         """Validate, tokenize and queue a request; bad input raises InvalidRequestError."""
-        seq = self.make_sequence(request_id, prompt, params)
+        seq = self.make_sequence(request_id, prompt, params, lora_name)
         self.add_sequence(seq)
         return seq
 
@@ -446,6 +495,7 @@ class LLMEngine:
         """A snapshot of queue sizes, KV usage and token counters."""
         bm = self.block_manager
         spec = self.spec.stats if self.spec is not None else None
+        lora = self.lora
         return EngineStats(
             num_running=self.scheduler.num_running,
             num_waiting=self.scheduler.num_waiting,
@@ -464,4 +514,14 @@ class LLMEngine:
             spec_num_draft_tokens_total=spec.num_draft_tokens if spec else 0,
             spec_num_accepted_tokens_total=spec.num_accepted_tokens if spec else 0,
             spec_accepted_per_position=tuple(spec.accepted_per_position) if spec else (),
+            lora_running=_lora_names(self.scheduler.running),
+            lora_waiting=_lora_names(self.scheduler.waiting),
+            lora_max=lora.config.max_loras if lora is not None else 0,
+            lora_loads_total=lora.stats.loads if lora is not None else 0,
+            lora_evictions_total=lora.stats.evictions if lora is not None else 0,
         )
+
+
+def _lora_names(seqs: Iterable[Sequence]) -> tuple[str, ...]:
+    """The distinct adapter names of `seqs`, sorted."""
+    return tuple(sorted({s.lora_name for s in seqs if s.lora_name is not None}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from array import array
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,6 +19,9 @@ from deploylab.engine.sequence import Sequence
 from deploylab.engine.triton_attention import PagedDecodeFn, load_paged_decode
 from deploylab.engine.triton_prefill import PagedPrefillFn, PrefillBatch, load_paged_prefill
 from deploylab.engine.triton_tree import TreeDecoder
+
+if TYPE_CHECKING:
+    from deploylab.engine.lora import LoraManager
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ class ModelRunner:
         if tree_attention or (tree_attention is None and self.paged_decode is not None):
             self.tree = TreeDecoder(config.num_attention_heads, kvh, self.block_size)
         self.graphs: DecodeGraphs | None = None
+        self.lora: LoraManager | None = None  # the multi-LoRA hook (engine/lora), set by the engine
         # Filled by `execute` for prefill chunks of requests that want prompt logprobs:
         # (sequence, position of the chunk's first token, float32 logits of every row).
         self.prompt_logits: list[tuple[Sequence, int, torch.Tensor]] = []
@@ -86,8 +91,16 @@ class ModelRunner:
             return False
         width = -(-max_model_len // self.block_size)
         scratch = (self.kv_cache.num_blocks - 1) * self.block_size
+        lora = self.lora if self.lora is not None and self.lora.supports_graphs else None
         graphs = DecodeGraphs(
-            self.model, self.kv_cache, self.paged_decode, max_batch, width, scratch, self.tree
+            self.model,
+            self.kv_cache,
+            self.paged_decode,
+            max_batch,
+            width,
+            scratch,
+            tree=self.tree,
+            lora=lora,
         )
         try:
             graphs.capture()
@@ -115,7 +128,10 @@ class ModelRunner:
             if item.samples:
                 rows.append(row)
                 seqs.append(seq)
-        logits = self.graphs.run(ids, pos, slots, tables, lens)
+        lora_slots = None
+        if self.graphs.lora is not None:
+            lora_slots = [self.lora.row_slot(item.seq) for item in scheduled]  # type: ignore[union-attr]
+        logits = self.graphs.run(ids, pos, slots, tables, lens, lora_slots)
         if not rows:
             return seqs, None
         if len(rows) == len(scheduled):
@@ -251,6 +267,9 @@ class ModelRunner:
         if plan is not None and self.tree is not None:
             meta.decode_kernel = self.tree.eager(plan, self.device)
             ctx_lens = []
+        if self.lora is not None:
+            layout = [(s.seq, 1) for s in decodes] + [(s.seq, s.num_new_tokens) for s in chunks]
+            meta.lora = self.lora.prepare(layout, tokens)
         start = 0
         for count in self._group_sizes(ctx_lens):
             meta.decode_groups.append(
@@ -330,6 +349,8 @@ class ModelRunner:
             and len(out.scheduled) <= graphs.max_batch
             and all(s.num_new_tokens == 1 for s in out.scheduled)
             and not any(_wants_prompt_logits(s.seq) for s in out.scheduled)
+            # adapters replay a graph only when it was captured with the LoRA kernels
+            and (graphs.lora is not None or not any(s.seq.lora_id for s in out.scheduled))
         ):
             return self._execute_graph(out.scheduled)
         input_ids, positions, meta, rows, seqs = self.prepare(out.scheduled)

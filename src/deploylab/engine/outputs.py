@@ -102,6 +102,12 @@ class EngineStats:
     spec_num_draft_tokens_total: int = 0
     spec_num_accepted_tokens_total: int = 0
     spec_accepted_per_position: tuple[int, ...] = ()  # accepted drafts at positions 0..k-1
+    # Multi-LoRA (max_loras 0 when off): adapters of running / waiting requests, slot loads.
+    lora_running: tuple[str, ...] = ()
+    lora_waiting: tuple[str, ...] = ()
+    lora_max: int = 0
+    lora_loads_total: int = 0
+    lora_evictions_total: int = 0
 
     @property
     def prefix_cache_hit_rate(self) -> float:

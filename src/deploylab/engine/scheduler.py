@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from deploylab.engine.block_manager import BlockManager
@@ -81,6 +82,9 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.num_preemptions = 0
         self.num_recomputed_tokens = 0  # tokens computed again after a preemption
+        # Multi-LoRA hook (engine/lora): admit(seq, running) is False while seq's adapter
+        # has no device slot free; that request waits, the ones behind it go ahead.
+        self.lora_gate: Callable[[Sequence, list[Sequence]], bool] | None = None
 
     @property
     def num_waiting(self) -> int:
@@ -153,10 +157,14 @@ class Scheduler:
         bm = self.block_manager
         # Samples still to fork from running sequences hold their slots already.
         reserved = sum(s.pending_forks for s in self.running)
+        held: list[Sequence] = []  # waiting for a LoRA slot
         while self.waiting and budget > 0:
             seq = self.waiting[0]
             if len(self.running) + reserved + 1 + seq.pending_forks > self.max_num_seqs:
                 break  # room for all `n` samples, forked once the prompt is computed
+            if self.lora_gate is not None and not self.lora_gate(seq, self.running):
+                held.append(self.waiting.popleft())
+                continue
             cached = bm.lookup_prefix(seq)
             num_cached = len(cached) * bm.block_size
             n = min(seq.num_tokens - num_cached, budget)
@@ -175,6 +183,7 @@ class Scheduler:
             reserved += seq.pending_forks
             out.scheduled.append(ScheduledSeq(seq, n))
             budget -= n
+        self.waiting.extendleft(reversed(held))
         return budget
 
     def update_after_step(self, out: SchedulerOutput) -> None:

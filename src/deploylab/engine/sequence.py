@@ -62,6 +62,8 @@ class Sequence:
         self.block_hashes: list[int] = []  # chained hashes of the full blocks of token_ids
         self.num_hashed_blocks = 0  # leading blocks of block_table offered to the prefix cache
         self.num_draft_tokens = 0  # speculative drafts at the end of token_ids (this step only)
+        self.lora_id = 0  # the LoRA adapter's load id (engine/lora); 0 = the base model
+        self.lora_name: str | None = None
         self.status = SequenceStatus.WAITING
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None
@@ -115,6 +117,7 @@ class Sequence:
             self.request_id, self.prompt_token_ids, self.params, self.arrival, self.prompt, index
         )
         child.prompt_array = self.prompt_array
+        child.lora_id, child.lora_name = self.lora_id, self.lora_name
         child.admitted = True
         child.num_cached_tokens = self.num_cached_tokens
         child.block_hashes = list(self.block_hashes)

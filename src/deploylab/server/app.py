@@ -23,6 +23,7 @@ from deploylab.server.errors import (
     install_error_handlers,
 )
 from deploylab.server.handlers import GenerationHandler
+from deploylab.server.lora_routes import install_lora_routes, lora_model_cards, resolve_model
 from deploylab.server.metrics import ServerMetrics
 from deploylab.server.openapi import install_request_schemas, request_body
 from deploylab.server.protocol import (
@@ -52,6 +53,7 @@ class ServerState:
     ready: threading.Event = field(default_factory=threading.Event)
     draining: bool = False
     loop: asyncio.AbstractEventLoop | None = None
+    allow_runtime_lora: bool = False  # POST /v1/load_lora_adapter and unload (lora_routes)
 
     def begin_shutdown(self, timeout: float) -> None:
         """Stop taking requests; in-flight ones get `timeout` seconds, then fail with a 503
@@ -116,20 +118,16 @@ def create_app(state: ServerState, load_engine: Callable[[], Any] | None = None)
         except ValidationError as exc:
             message, param = describe_validation_error(schema, exc)
             raise APIError(400, message, param) from None
-        if req.model is not None and req.model != state.served_model_name:
-            raise APIError(
-                404,
-                f"The model '{req.model}' does not exist; this server serves "
-                f"'{state.served_model_name}'.",
-                "model",
-            )
         return req
 
     async def _generate(request: Request, req: Any, chat: bool) -> Response:
         handler = _handler()
+        lora = resolve_model(state, req.model)  # the one place a request's model is routed
         try:
             handler.engine.check_admission()  # a full queue answers 429 before any work
             prepared = handler.prepare(req, chat)
+            if lora is not None:
+                prepared.lora_name = prepared.model_name = lora
             if req.stream:
                 stream = handler.stream(prepared)
                 # surfaces admission errors before the 200
@@ -166,7 +164,9 @@ def create_app(state: ServerState, load_engine: Callable[[], Any] | None = None)
             "owned_by": "deploylab",
             "max_model_len": getattr(state.engine, "max_model_len", None),
         }
-        return {"object": "list", "data": [card]}
+        return {"object": "list", "data": [card, *lora_model_cards(state)]}
+
+    install_lora_routes(app, state)
 
     @app.get("/health")
     async def health() -> Response:

@@ -30,6 +30,8 @@ class Prepared:
     top_logprobs: int | None  # None: no logprobs in the response
     echo: list[str] | None = None  # completions with `echo`: each prompt's text
     constraint: Constraint = field(default_factory=Constraint)
+    lora_name: str | None = None  # the LoRA adapter the request's `model` picked
+    model_name: str | None = None  # the `model` of the response (default: the served name)
 
     def engine_ids(self) -> list[str]:
         """The engine request id of each prompt."""
@@ -184,7 +186,7 @@ class GenerationHandler:
         streams = []
         try:
             for rid, ids in zip(rids, p.prompts, strict=True):
-                streams.append(self.engine.add_request(rid, ids, p.params))
+                streams.append(self.engine.add_request(rid, ids, p.params, p.lora_name))
                 self._active[rid] = None
         except BaseException:
             for rid in rids[: len(streams)]:
@@ -227,7 +229,7 @@ class GenerationHandler:
             "id": p.request_id,
             "object": "chat.completion" if p.chat else "text_completion",
             "created": now(),
-            "model": self.model_name,
+            "model": p.model_name or self.model_name,
             "choices": [c.full(decode) for c in choices],
             "usage": _usage(sum(len(ids) for ids in p.prompts), sum(c.num_tokens for c in choices)),
         }
@@ -244,7 +246,7 @@ class GenerationHandler:
                 "id": p.request_id,
                 "object": obj,
                 "created": created,
-                "model": self.model_name,
+                "model": p.model_name or self.model_name,
                 "choices": items,
             }
             if p.include_usage:

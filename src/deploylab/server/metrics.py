@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -71,6 +72,33 @@ class _EngineCollector(Collector):
         )
         if s.spec_num_drafts_total is not None:
             yield from _spec_metrics(s, labels, value)
+        if s.lora_max:
+            yield from _lora_metrics(s, labels, value)
+
+
+def _lora_metrics(s: EngineStats, labels: list[str], value: list[str]) -> Iterator[Any]:
+    """vLLM's `lora_requests_info` (adapters of running and waiting requests; the value is the
+    scrape time, as vLLM's) and the adapter slot loads and evictions (only with LoRA on)."""
+    info = GaugeMetricFamily(
+        "vllm:lora_requests_info",
+        "Running and waiting LoRA adapters.",
+        labels=["max_lora", "running_lora_adapters", "waiting_lora_adapters"],
+    )
+    info.add_metric(
+        [str(s.lora_max), ",".join(s.lora_running), ",".join(s.lora_waiting)], time.time()
+    )
+    yield info
+    for name, doc, v in (
+        ("lora_loads", "LoRA adapters copied into a device slot.", s.lora_loads_total),
+        (
+            "lora_evictions",
+            "LoRA adapters evicted from a device slot (LRU).",
+            s.lora_evictions_total,
+        ),
+    ):
+        c = CounterMetricFamily(f"deploylab:{name}", doc, labels=labels)
+        c.add_metric(value, v)
+        yield c
 
 
 def _spec_metrics(s: EngineStats, labels: list[str], value: list[str]) -> Iterator[Any]:

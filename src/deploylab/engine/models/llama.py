@@ -11,6 +11,8 @@ safetensors load by name. Two ways to run a layer:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +24,9 @@ from deploylab.engine.models.config import LlamaConfig
 from deploylab.engine.models.rope import RotaryEmbedding, apply_rotary
 
 KVPair = tuple[torch.Tensor, torch.Tensor]
+# Per-row adapter corrections, passed in by the runtime: `lora(x, y, modules)` returns `y`
+# (the concatenated outputs of the linear `modules` for input `x`) plus each row's LoRA delta.
+LoraFn = Callable[[torch.Tensor, torch.Tensor, tuple[nn.Linear, ...]], torch.Tensor]
 # SDPA backends for the CUDA path, flash first: cuDNN attention costs 1.6-2.6 ms of CPU per
 # call in PyTorch 2.11 (measured on H100), which made the engine's steps CPU-bound.
 CUDA_SDPA_PRIORITY = [
@@ -80,11 +85,22 @@ class LlamaMLP(nn.Module):
         self.gate_up_weight: torch.Tensor | None = None
         self.gate_up_bias: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lora: LoraFn | None = None) -> torch.Tensor:
+        if lora is not None:
+            return self._forward_lora(x, lora)
         if self.gate_up_weight is not None:
             gate_up = F.linear(x, self.gate_up_weight, self.gate_up_bias)
             return self.down_proj(gpu_kernels.silu_mul(gate_up))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    def _forward_lora(self, x: torch.Tensor, lora: LoraFn) -> torch.Tensor:
+        if self.gate_up_weight is not None:
+            gate_up = F.linear(x, self.gate_up_weight, self.gate_up_bias)
+            h = gpu_kernels.silu_mul(lora(x, gate_up, (self.gate_proj, self.up_proj)))
+        else:
+            gate = lora(x, self.gate_proj(x), (self.gate_proj,))
+            h = F.silu(gate) * lora(x, self.up_proj(x), (self.up_proj,))
+        return lora(h, self.down_proj(h), (self.down_proj,))
 
 
 class LlamaAttention(nn.Module):
@@ -111,13 +127,18 @@ class LlamaAttention(nn.Module):
             self.k_norm = RMSNorm(d, config.rms_norm_eps)
 
     def project_qkv(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, lora: LoraFn | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q `[..., H, d]`, k and v `[..., kv_heads, d]`, with norms and RoPE applied."""
         lead = x.shape[:-1]
-        q = self.q_proj(x).view(*lead, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(*lead, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(*lead, self.num_kv_heads, self.head_dim)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if lora is not None:
+            q = lora(x, q, (self.q_proj,))
+            k = lora(x, k, (self.k_proj,))
+            v = lora(x, v, (self.v_proj,))
+        q = q.view(*lead, self.num_heads, self.head_dim)
+        k = k.view(*lead, self.num_kv_heads, self.head_dim)
+        v = v.view(*lead, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q = self.q_norm(q)
             k = self.k_norm(k)
@@ -135,7 +156,10 @@ class LlamaAttention(nn.Module):
         stores the keys/values in the cache (Qwen3's q/k norms take the plain path)."""
         assert self.qkv_weight is not None
         tokens, d = x.shape[0], self.head_dim
-        qkv = F.linear(x, self.qkv_weight, self.qkv_bias).view(tokens, -1, d)
+        qkv = F.linear(x, self.qkv_weight, self.qkv_bias)
+        if attn.lora is not None:
+            qkv = attn.lora(x, qkv, (self.q_proj, self.k_proj, self.v_proj))
+        qkv = qkv.view(tokens, -1, d)
         if self.q_norm is not None and self.k_norm is not None:
             q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
             q, k = self.q_norm(q), self.k_norm(k)
@@ -151,7 +175,9 @@ class LlamaAttention(nn.Module):
                 qkv, cos, sin, kv_cache, slots, self.num_heads, want_kv
             )
             o = paged_attention(q, k, v, kv_cache[0], kv_cache[1], attn, self.scale)
-        return F.linear(o.view(tokens, -1), self.o_proj.weight, self.o_proj.bias)
+        o = o.view(tokens, -1)
+        out = F.linear(o, self.o_proj.weight, self.o_proj.bias)
+        return out if attn.lora is None else attn.lora(o, out, (self.o_proj,))
 
     def forward(
         self,
@@ -162,14 +188,16 @@ class LlamaAttention(nn.Module):
         kv_cache: KVPair | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        q, k, v = self.project_qkv(x, cos, sin)
+        lora = attn.lora if attn is not None else None
+        q, k, v = self.project_qkv(x, cos, sin, lora)
         if attn is not None:
             if kv_cache is None:
                 raise ValueError("paged attention needs the layer's kv_cache")
             o = paged_attention(q, k, v, kv_cache[0], kv_cache[1], attn, self.scale)
         else:
             o = self.dense_attention(q, k, v, attention_mask)
-        return self.o_proj(o.reshape(*x.shape[:-1], self.num_heads * self.head_dim))
+        o = o.reshape(*x.shape[:-1], self.num_heads * self.head_dim)
+        return self.o_proj(o) if lora is None else lora(o, self.o_proj(o), (self.o_proj,))
 
     def dense_attention(
         self,
@@ -212,7 +240,9 @@ class LlamaDecoderLayer(nn.Module):
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, attn, kv_cache, attention_mask)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        return h + self.mlp(
+            self.post_attention_layernorm(h), attn.lora if attn is not None else None
+        )
 
     def forward_fused(
         self,
@@ -233,7 +263,7 @@ class LlamaDecoderLayer(nn.Module):
             h = gpu_kernels.rmsnorm(x, n1.weight, n1.eps, residual)
         h = self.self_attn.forward_fused(h, cos, sin, attn, kv_cache)
         h = gpu_kernels.rmsnorm(h, n2.weight, n2.eps, residual)
-        return self.mlp(h), residual
+        return self.mlp(h, attn.lora), residual
 
 
 class LlamaModel(nn.Module):

@@ -1,0 +1,292 @@
+"""Triton LoRA kernels for CUDA, Punica-style: BGMV for decode rows (one token per row, the
+adapter slot of each row read from a tensor, so a captured CUDA graph serves any mix) and
+SGMV for prefill segments (tiles of up to 16 tokens of one adapter, tensor-core matmuls).
+
+Each projection's correction is two launches per kind: shrink `h = x @ A[slot].T` (float32
+`[T, R]`) then expand `y += h @ B[slot].T`. Slots hold zeros past an adapter's rank and for
+the modules it does not target, so running every row at the slot width R is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+SEGMENT_TILE = 16  # SGMV rows per tile (tl.dot's minimum)
+
+
+@triton.jit
+def _bgmv_shrink(X, A, H, SLOTS, K, sxm, sas, sar, shm, R: tl.constexpr, BLOCK_K: tl.constexpr):
+    row = tl.program_id(0)
+    slot = tl.load(SLOTS + row)
+    k_end = tl.where(slot >= 0, K, 0)  # base-model rows load nothing and store zeros
+    slot = tl.maximum(slot, 0)
+    offs_r = tl.arange(0, R)
+    acc = tl.zeros([R], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mk = offs_k < k_end
+        x = tl.load(X + row * sxm + offs_k, mask=mk, other=0.0).to(tl.float32)
+        a_ptr = A + slot * sas + offs_r[:, None] * sar + offs_k[None, :]
+        a = tl.load(a_ptr, mask=mk[None, :], other=0.0).to(tl.float32)
+        acc += tl.sum(a * x[None, :], axis=1)
+    tl.store(H + row * shm + offs_r, acc)
+
+
+@triton.jit
+def _bgmv_expand(H, B, Y, SLOTS, N, shm, sbs, sbn, sym, R: tl.constexpr, BLOCK_N: tl.constexpr):
+    row = tl.program_id(0)
+    slot = tl.load(SLOTS + row)
+    n_end = tl.where(slot >= 0, N, 0)  # base-model rows are left as they are
+    slot = tl.maximum(slot, 0)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mn = offs_n < n_end
+    offs_r = tl.arange(0, R)
+    h = tl.load(H + row * shm + offs_r)
+    b_ptr = B + slot * sbs + offs_n[:, None] * sbn + offs_r[None, :]
+    b = tl.load(b_ptr, mask=mn[:, None], other=0.0).to(tl.float32)
+    delta = tl.sum(b * h[None, :], axis=1)
+    y = tl.load(Y + row * sym + offs_n, mask=mn, other=0.0)
+    tl.store(Y + row * sym + offs_n, (y.to(tl.float32) + delta).to(y.dtype), mask=mn)
+
+
+@triton.jit
+def _sgmv_shrink(
+    X, A, H, STARTS, LENS, SLOTS, K, sxm, sas, sar, shm,
+    R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    tile = tl.program_id(0)
+    start = tl.load(STARTS + tile)
+    n = tl.load(LENS + tile)
+    slot = tl.load(SLOTS + tile)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_r = tl.arange(0, R)
+    mm = offs_m < n
+    acc = tl.zeros([BLOCK_M, R], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mk = offs_k < K
+        x_ptr = X + (start + offs_m)[:, None] * sxm + offs_k[None, :]
+        x = tl.load(x_ptr, mask=mm[:, None] & mk[None, :], other=0.0)
+        a_ptr = A + slot * sas + offs_r[None, :] * sar + offs_k[:, None]
+        a = tl.load(a_ptr, mask=mk[:, None], other=0.0)  # [BLOCK_K, R] = A[slot].T
+        acc += tl.dot(x, a.to(x.dtype))
+    tl.store(H + (start + offs_m)[:, None] * shm + offs_r[None, :], acc, mask=mm[:, None])
+
+
+@triton.jit
+def _sgmv_expand(
+    H, B, Y, STARTS, LENS, SLOTS, N, shm, sbs, sbn, sym,
+    R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    tile = tl.program_id(0)
+    start = tl.load(STARTS + tile)
+    n = tl.load(LENS + tile)
+    slot = tl.load(SLOTS + tile)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, R)
+    mm, mn = offs_m < n, offs_n < N
+    h = tl.load(H + (start + offs_m)[:, None] * shm + offs_r[None, :], mask=mm[:, None], other=0.0)
+    b_ptr = B + slot * sbs + offs_n[None, :] * sbn + offs_r[:, None]
+    b = tl.load(b_ptr, mask=mn[None, :], other=0.0)  # [R, BLOCK_N] = B[slot].T
+    delta = tl.dot(h.to(b.dtype), b)
+    y_ptr = Y + (start + offs_m)[:, None] * sym + offs_n[None, :]
+    mask = mm[:, None] & mn[None, :]
+    y = tl.load(y_ptr, mask=mask, other=0.0)
+    tl.store(y_ptr, (y.to(tl.float32) + delta).to(y.dtype), mask=mask)
+
+
+@triton.jit
+def _bgmv_shrink_multi(
+    X, A0, A1, A2, H, SLOTS, K, sxm, sas, sar, shm, R: tl.constexpr, BLOCK_K: tl.constexpr
+):
+    """BGMV shrink of up to 3 projections sharing the input (q/k/v, gate/up): program
+    (row, module) writes `H[row, module * R : (module + 1) * R]`."""
+    row = tl.program_id(0)
+    module = tl.program_id(1)
+    if module == 0:
+        a_base = A0
+    elif module == 1:
+        a_base = A1
+    else:
+        a_base = A2
+    slot = tl.load(SLOTS + row)
+    k_end = tl.where(slot >= 0, K, 0)
+    slot = tl.maximum(slot, 0)
+    offs_r = tl.arange(0, R)
+    acc = tl.zeros([R], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mk = offs_k < k_end
+        x = tl.load(X + row * sxm + offs_k, mask=mk, other=0.0).to(tl.float32)
+        a_ptr = a_base + slot * sas + offs_r[:, None] * sar + offs_k[None, :]
+        a = tl.load(a_ptr, mask=mk[None, :], other=0.0).to(tl.float32)
+        acc += tl.sum(a * x[None, :], axis=1)
+    tl.store(H + row * shm + module * R + offs_r, acc)
+
+
+@triton.jit
+def _bgmv_expand_multi(
+    H, B0, B1, B2, Y, SLOTS, N0, N1, N2, sbs0, sbs1, sbs2, sbn, shm, sym,
+    R: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """BGMV expand of up to 3 projections whose outputs are adjacent columns of Y."""
+    row = tl.program_id(0)
+    module = tl.program_id(2)
+    if module == 0:
+        b_base, n_mod, col, sbs = B0, N0, N0 - N0, sbs0  # col: a runtime 0, same type
+    elif module == 1:
+        b_base, n_mod, col, sbs = B1, N1, N0, sbs1
+    else:
+        b_base, n_mod, col, sbs = B2, N2, N0 + N1, sbs2
+    slot = tl.load(SLOTS + row)
+    n_end = tl.where(slot >= 0, n_mod, 0)
+    slot = tl.maximum(slot, 0)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mn = offs_n < n_end
+    offs_r = tl.arange(0, R)
+    h = tl.load(H + row * shm + module * R + offs_r)
+    b_ptr = b_base + slot * sbs + offs_n[:, None] * sbn + offs_r[None, :]
+    b = tl.load(b_ptr, mask=mn[:, None], other=0.0).to(tl.float32)
+    delta = tl.sum(b * h[None, :], axis=1)
+    y_ptr = Y + row * sym + col + offs_n
+    y = tl.load(y_ptr, mask=mn, other=0.0)
+    tl.store(y_ptr, (y.to(tl.float32) + delta).to(y.dtype), mask=mn)
+
+
+@dataclass
+class LoraStepPlan:
+    """One step's kernel inputs: the first `num_decodes` rows take BGMV with a slot per row
+    (`decode_slots`, -1 = base); the prefill rows take SGMV over `tiles` (start, len, slot).
+    `fused_decode`: one BGMV launch pair for all projections of a fused group."""
+
+    num_decodes: int
+    decode_slots: torch.Tensor  # int32 [num_decodes]
+    tiles: torch.Tensor | None  # int32 [3, num_tiles]
+    rank: int
+    fused_decode: bool = True
+
+    def apply(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        a: list[torch.Tensor],
+        b: list[torch.Tensor],
+        widths: list[int],
+    ) -> None:
+        """`y[:, cols of module i] += x @ A_i[slot].T @ B_i[slot].T` per row, for up to 3
+        projections whose outputs are adjacent column ranges of `y` (contiguous columns)."""
+        x = x.contiguous()
+        rows, k = x.shape
+        r, count = self.rank, len(a)
+        h = torch.empty(rows, count * r, dtype=torch.float32, device=x.device)
+        d = self.num_decodes
+        if d and self.fused_decode:
+            self._decode_fused(x, y, h, a, b, widths)
+        offs = [sum(widths[:i]) for i in range(count)]
+        for i in range(count):
+            hi, yi = h[:, i * r : (i + 1) * r], y[:, offs[i] : offs[i] + widths[i]]
+            if d and not self.fused_decode:
+                self._decode_one(x, yi, hi, a[i], b[i])
+            if self.tiles is not None:
+                self._segments(x, yi, hi, a[i], b[i])
+
+    def _decode_fused(
+        self, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, a: list[torch.Tensor],
+        b: list[torch.Tensor], widths: list[int],
+    ) -> None:  # fmt: skip
+        d, r, count = self.num_decodes, self.rank, len(a)
+        a3, b3 = (a * 3)[:3], (b * 3)[:3]
+        n3 = (widths + [0, 0])[:3]
+        _bgmv_shrink_multi[(d, count)](
+            x, a3[0], a3[1], a3[2], h, self.decode_slots, x.shape[1], x.stride(0),
+            a[0].stride(0), a[0].stride(1), h.stride(0), R=r, BLOCK_K=128,
+        )  # fmt: skip
+        _bgmv_expand_multi[(d, triton.cdiv(max(widths), 128), count)](
+            h, b3[0], b3[1], b3[2], y, self.decode_slots, n3[0], n3[1], n3[2],
+            b3[0].stride(0), b3[1].stride(0), b3[2].stride(0), b[0].stride(1), h.stride(0),
+            y.stride(0), R=r, BLOCK_N=128,
+        )  # fmt: skip
+
+    def _decode_one(
+        self, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+    ) -> None:
+        d, r, n = self.num_decodes, self.rank, y.shape[1]
+        _bgmv_shrink[(d,)](
+            x, a, h, self.decode_slots, x.shape[1], x.stride(0), a.stride(0), a.stride(1),
+            h.stride(0), R=r, BLOCK_K=128,
+        )  # fmt: skip
+        _bgmv_expand[(d, triton.cdiv(n, 128))](
+            h, b, y, self.decode_slots, n, h.stride(0), b.stride(0), b.stride(1),
+            y.stride(0), R=r, BLOCK_N=128,
+        )  # fmt: skip
+
+    def _segments(
+        self, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+    ) -> None:
+        assert self.tiles is not None
+        starts, lens, slots = self.tiles
+        m, r, n = starts.shape[0], self.rank, y.shape[1]
+        _sgmv_shrink[(m,)](
+            x, a, h, starts, lens, slots, x.shape[1], x.stride(0), a.stride(0), a.stride(1),
+            h.stride(0), R=r, BLOCK_M=SEGMENT_TILE, BLOCK_K=64,
+        )  # fmt: skip
+        _sgmv_expand[(m, triton.cdiv(n, 64))](
+            h, b, y, starts, lens, slots, n, h.stride(0), b.stride(0), b.stride(1),
+            y.stride(0), R=r, BLOCK_M=SEGMENT_TILE, BLOCK_N=64,
+        )  # fmt: skip
+
+
+class LoraKernels:
+    """Builds each step's `LoraStepPlan` from its row layout."""
+
+    def __init__(self, fused_decode: bool = True) -> None:
+        self.fused_decode = fused_decode
+
+    def plan(
+        self, decode_slots: list[int], segments: list[tuple[int, int, int]], rank: int,
+        device: torch.device,
+    ) -> LoraStepPlan:  # fmt: skip
+        """Decode rows' slots and prefill segments (start row, length, slot >= 0)."""
+        starts: list[int] = []
+        lens: list[int] = []
+        slots: list[int] = []
+        for start, length, slot in segments:
+            for s in range(start, start + length, SEGMENT_TILE):
+                starts.append(s)
+                lens.append(min(SEGMENT_TILE, start + length - s))
+                slots.append(slot)
+        packed = torch.tensor(decode_slots + starts + lens + slots, dtype=torch.int32)
+        packed = packed.to(device, non_blocking=True)
+        d = len(decode_slots)
+        tiles = packed[d:].view(3, -1) if starts else None
+        return LoraStepPlan(d, packed[:d], tiles, rank, self.fused_decode)
+
+    def graph_plan(self, decode_slots: torch.Tensor, rank: int) -> LoraStepPlan:
+        """A decode-only plan reading the static `decode_slots` (CUDA-graph capture)."""
+        return LoraStepPlan(decode_slots.shape[0], decode_slots, None, rank, self.fused_decode)
+
+
+def check_kernels(device: torch.device, fused_decode: bool) -> None:
+    """Run the kernels once on small random data against torch; raise on any difference
+    (the start-up self-check: a kernel that fails to compile or is wrong is never used)."""
+    gen = torch.Generator().manual_seed(0)
+    k, r, widths = 96, 16, [80, 48, 48]
+    a = [torch.randn(3, r, k, generator=gen) for _ in widths]
+    b = [torch.randn(3, n, r, generator=gen) for n in widths]
+    x = torch.randn(21, k, generator=gen)
+    y = torch.randn(21, sum(widths), generator=gen)
+    decode_slots, segments = [2, -1, 0], [(3, 18, 1)]
+    row_slots = decode_slots + [1] * 18
+    want = y.clone()
+    for i, s in enumerate(row_slots):
+        if s >= 0:
+            want[i] += torch.cat([(x[i] @ ai[s].T) @ bi[s].T for ai, bi in zip(a, b, strict=True)])
+    plan = LoraKernels(fused_decode).plan(decode_slots, segments, r, device)
+    got = y.to(device)
+    plan.apply(x.to(device), got, [t.to(device) for t in a], [t.to(device) for t in b], widths)
+    torch.testing.assert_close(got.cpu(), want, rtol=2e-2, atol=2e-1)
