@@ -83,7 +83,12 @@ def test_speculative_decoding_and_samples_keep_the_adapter(
 ) -> None:
     """n-gram speculative decoding verifies with each request's adapter, and `n` samples
     forked after the prompt keep it: greedy tokens still match peft."""
-    ngram = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 1}
+    ngram = {
+        "method": "ngram",
+        "num_speculative_tokens": 3,
+        "prompt_lookup_min": 1,
+        "adaptive": False,  # fixed k: the test is about drafting with adapters
+    }
     llm = tiny.llm(lora_modules=reference["paths"], max_loras=3, speculative_config=ngram)
     assert run(llm, reference) == reference["expected"]
     assert llm.llm_engine.stats().spec_num_drafts_total
