@@ -134,9 +134,7 @@ def bench_model(label: str, settings: dict[str, Any], args: argparse.Namespace) 
         "kv_bytes": engine.sleeper.kv_bytes(),
         "cold_start_s": cold,
         "cold_ttft_s": cold_ttft,
-        "warm_ttft_s": statistics.median(
-            ttft(engine, f"w{i}", args.prompt_len) for i in range(3)
-        ),
+        "warm_ttft_s": statistics.median(ttft(engine, f"w{i}", args.prompt_len) for i in range(3)),
     }
     for level in (1, 2):
         runs = []

@@ -10,9 +10,7 @@ from deploylab.engine.sampling_params import SamplingParams
 from deploylab.errors import ConfigError, InvalidRequestError
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
-PROMPT = (
-    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
-)
+PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
 
 
 def _generate(engine: LLMEngine, rid: str, prompt: str | list[int] = PROMPT) -> list[int]:

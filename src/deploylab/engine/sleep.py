@@ -66,7 +66,9 @@ class EngineSleeper:
     def kv_bytes(self) -> int:
         """Bytes the KV cache holds now (0 while asleep)."""
         kv = self.engine.kv_cache  # type: ignore[attr-defined]
-        return sum(k.untyped_storage().nbytes() + v.untyped_storage().nbytes() for k, v in kv.layers)
+        return sum(
+            k.untyped_storage().nbytes() + v.untyped_storage().nbytes() for k, v in kv.layers
+        )
 
     def host_bytes(self) -> int:
         """Bytes of the level-1 host copy (0 unless asleep at level 1)."""

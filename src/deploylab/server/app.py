@@ -24,6 +24,7 @@ from deploylab.server.errors import (
 )
 from deploylab.server.handlers import GenerationHandler
 from deploylab.server.metrics import ServerMetrics
+from deploylab.server.model_set import attach_models
 from deploylab.server.openapi import install_request_schemas, request_body
 from deploylab.server.protocol import (
     ChatCompletionRequest,
@@ -31,6 +32,8 @@ from deploylab.server.protocol import (
     describe_validation_error,
     now,
 )
+from deploylab.server.residency import ResidencyManager
+from deploylab.server.sleep_routes import install_sleep_routes
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,8 @@ class ServerState:
     ready: threading.Event = field(default_factory=threading.Event)
     draining: bool = False
     loop: asyncio.AbstractEventLoop | None = None
+    residency: Any = None  # a ResidencyManager when the server holds several models
+    enable_sleep_mode: bool = False  # the /sleep, /wake_up and /is_sleeping routes
 
     def begin_shutdown(self, timeout: float) -> None:
         """Stop taking requests; in-flight ones get `timeout` seconds, then fail with a 503
@@ -91,6 +96,8 @@ def create_app(state: ServerState, load_engine: Callable[[], Any] | None = None)
     app = FastAPI(title="deploylab", lifespan=lifespan)
     install_error_handlers(app, _observer(state))
     install_request_schemas(app, [CompletionRequest, ChatCompletionRequest])
+    if state.enable_sleep_mode:
+        install_sleep_routes(app, state)
 
     def _handler() -> GenerationHandler:
         if state.draining:
@@ -116,7 +123,7 @@ def create_app(state: ServerState, load_engine: Callable[[], Any] | None = None)
         except ValidationError as exc:
             message, param = describe_validation_error(schema, exc)
             raise APIError(400, message, param) from None
-        if req.model is not None and req.model != state.served_model_name:
+        if state.residency is None and req.model not in (None, state.served_model_name):
             raise APIError(
                 404,
                 f"The model '{req.model}' does not exist; this server serves "
@@ -126,7 +133,9 @@ def create_app(state: ServerState, load_engine: Callable[[], Any] | None = None)
         return req
 
     async def _generate(request: Request, req: Any, chat: bool) -> Response:
-        handler = _handler()
+        handler: Any = _handler()
+        if state.residency is not None:  # several models: the request's `model` picks one
+            handler = state.residency.handler_for(req.model)
         try:
             handler.engine.check_admission()  # a full queue answers 429 before any work
             prepared = handler.prepare(req, chat)
@@ -159,6 +168,8 @@ def create_app(state: ServerState, load_engine: Callable[[], Any] | None = None)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
+        if state.residency is not None:
+            return {"object": "list", "data": state.residency.cards()}
         card = {
             "id": state.served_model_name,
             "object": "model",
@@ -244,6 +255,9 @@ def _load(state: ServerState, load_engine: Callable[[], Any]) -> None:
 
 
 def _attach(state: ServerState, engine: Any) -> None:
+    if isinstance(engine, ResidencyManager):
+        attach_models(state, engine)
+        return
     state.engine = engine
     state.metrics = ServerMetrics(engine.stats, state.served_model_name)
     state.handler = GenerationHandler(engine, state.served_model_name, state.metrics)

@@ -25,10 +25,15 @@ def serve(
     max_body_bytes: int = 4 * 1024 * 1024,
     on_ready: Callable[[str], None] | None = None,
     log_level: str = "warning",
+    enable_sleep_mode: bool = False,
 ) -> None:
     """Serve until SIGTERM/SIGINT; in-flight requests get `shutdown_timeout` seconds to finish,
     then fail with 503 (a stream with an error event and `[DONE]`); the process exits 0."""
-    state = ServerState(served_model_name=served_model_name, max_body_bytes=max_body_bytes)
+    state = ServerState(
+        served_model_name=served_model_name,
+        max_body_bytes=max_body_bytes,
+        enable_sleep_mode=enable_sleep_mode,
+    )
     app = create_app(state, load_engine)
     config = uvicorn.Config(
         app,
