@@ -13,8 +13,8 @@ import pytest
 from deploylab.engine.config import EngineConfig
 from deploylab.engine.llm_engine import LLMEngine
 from deploylab.engine.sampling_params import SamplingParams
-from deploylab.server.residency import RESIDENT, WAKING, ResidencyManager, ServedModel
 from deploylab.server.model_set import ModelEntry, build_manager
+from deploylab.server.residency import RESIDENT, WAKING, ResidencyManager, ServedModel
 
 BASE = EngineConfig(kv_cache_gib=0.01, num_threads=1, max_num_seqs=8, max_num_batched_tokens=256)
 GREEDY = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
@@ -88,8 +88,7 @@ def test_random_traffic_more_models_than_budget(
     weights = {m.name: m.weight_bytes for m in manager.models.values()}
     rng = random.Random(level)
     plan = [
-        [(f"m{rng.randrange(4)}", rng.randrange(len(PROMPTS))) for _ in range(8)]
-        for _ in range(5)
+        [(f"m{rng.randrange(4)}", rng.randrange(len(PROMPTS))) for _ in range(8)] for _ in range(5)
     ]
 
     async def client(requests: list[tuple[str, int]]) -> list[bool]:
