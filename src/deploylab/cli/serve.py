@@ -43,6 +43,9 @@ def serve(
         help="Device memory for resident models (weights + KV cache), GiB; waking a "
         "model puts least recently used idle ones to sleep. On the CPU: host memory.",
     ),
+    max_resident_models: int | None = typer.Option(
+        None, help="Most models resident at once (like Ollama's OLLAMA_MAX_LOADED_MODELS)."
+    ),
     keep_alive: float | None = typer.Option(
         None, help="Put a model to sleep after this many idle seconds (default: never)."
     ),
@@ -74,6 +77,9 @@ def serve(
         raise UsageError(f"--port must be in 1..65535, got {port}.")
     many = len(model) > 1 or models_file is not None or enable_sleep_mode
     many = many or memory_budget_gib is not None or keep_alive is not None
+    many = many or max_resident_models is not None
+    if max_resident_models is not None and max_resident_models < 1:
+        raise UsageError(f"--max-resident-models must be >= 1, got {max_resident_models}.")
     if sleep_level not in (1, 2):
         raise UsageError(f"--sleep-level must be 1 or 2, got {sleep_level}.")
     if memory_budget_gib is not None and not memory_budget_gib > 0:
@@ -105,7 +111,7 @@ def serve(
     if many:
         load, name = _many_models(
             model, served_model_name, models_file, config, memory_budget_gib, keep_alive,
-            sleep_level,
+            sleep_level, max_resident_models,
         )  # fmt: skip
     typer.echo(f"deploylab serve: loading {name} ...", err=True)
     run_server(
@@ -127,6 +133,7 @@ def _many_models(
     budget_gib: float | None,
     keep_alive: float | None,
     sleep_level: int,
+    max_resident: int | None,
 ) -> tuple[Callable[[], Any], str]:
     """The loader of a many-model server (checked now: names, files) and its first name."""
     from deploylab.server.model_set import (
@@ -146,6 +153,6 @@ def _many_models(
     budget = int(budget_gib * 1024**3) if budget_gib is not None else None
 
     def load() -> Any:
-        return build_manager(entries, base, budget, keep_alive, sleep_level)
+        return build_manager(entries, base, budget, keep_alive, sleep_level, max_resident)
 
     return load, ", ".join(e.name for e in entries)

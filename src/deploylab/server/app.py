@@ -136,6 +136,7 @@ def create_app(state: ServerState, load_engine: Callable[[], Any] | None = None)
         handler: Any = _handler()
         if state.residency is not None:  # several models: the request's `model` picks one
             handler = state.residency.handler_for(req.model)
+        headers = getattr(handler, "headers", {})  # e.g. the model's state at arrival
         try:
             handler.engine.check_admission()  # a full queue answers 429 before any work
             prepared = handler.prepare(req, chat)
@@ -146,9 +147,10 @@ def create_app(state: ServerState, load_engine: Callable[[], Any] | None = None)
                 return StreamingResponse(
                     _prepend(first, stream),
                     media_type="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
                 )
-            return JSONResponse(await _unless_disconnected(request, handler.complete(prepared)))
+            answer = await _unless_disconnected(request, handler.complete(prepared))
+            return JSONResponse(answer, headers=headers)
         except _ClientGone:
             return Response(status_code=499)
         except DeploylabError as exc:

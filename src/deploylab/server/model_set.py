@@ -16,7 +16,14 @@ from deploylab.engine.config import EngineConfig
 from deploylab.errors import ConfigError, UsageError
 from deploylab.server.handlers import GenerationHandler
 from deploylab.server.metrics import ServerMetrics
-from deploylab.server.residency import RESIDENT, ResidencyManager, ServedModel, check_fits
+from deploylab.server.residency import (
+    RESIDENT,
+    SLEEPING,
+    UNLOADED,
+    ResidencyManager,
+    ServedModel,
+    check_fits,
+)
 from deploylab.server.residency_metrics import ModelSetMetrics
 
 log = logging.getLogger(__name__)
@@ -29,7 +36,9 @@ class ModelEntry(BaseModel):
 
     name: str = Field(min_length=1, description="Name in the API (the request's `model`).")
     model: str = Field(default=DEFAULT_MODEL, description="A known model name or a local path.")
-    random_weights: str | None = Field(default=None, description="Serve random weights of this shape.")
+    random_weights: str | None = Field(
+        default=None, description="Serve random weights of this shape."
+    )
     seed: int | None = Field(default=None, description="Seed (random weights and sampling).")
     dtype: str | None = None
     kv_cache_gib: float | None = Field(default=None, gt=0)
@@ -107,34 +116,54 @@ def build_manager(
     budget_bytes: int | None,
     keep_alive: float | None,
     sleep_level: int,
+    max_resident: int | None = None,
 ) -> ResidencyManager:
-    """Load every model (one engine each); models that do not fit the budget next to the
-    ones before them go to sleep right after loading. A model over the budget on its own
-    raises ConfigError at once."""
-    from deploylab.engine.async_engine import AsyncEngine
-
-    manager = ResidencyManager({}, budget_bytes, keep_alive, sleep_level)
+    """Load every model (one engine each); a model that does not fit next to the ones before
+    it goes to sleep right after loading. A model over the budget on its own raises
+    ConfigError at once. Entries with the same checkpoint and settings load it once: the
+    others start from a copy of its weights."""
+    manager = ResidencyManager({}, budget_bytes, keep_alive, sleep_level, max_resident)
+    loaded: dict[str, Any] = {}  # engine config (model name excluded) -> first LLMEngine
     try:
         for entry in entries:
-            engine = AsyncEngine(entry.engine_config(base))
+            config = entry.engine_config(base)
+            engine = _load_engine(config, loaded)
             sleeper = engine.engine.sleeper
             weights, kv = sleeper.weight_bytes(), sleeper.kv_bytes()
+            check_fits(entry.name, weights, kv, budget_bytes)
             metrics = ServerMetrics(engine.stats, entry.name)
             served = ServedModel(
                 entry.name, engine, GenerationHandler(engine, entry.name, metrics), metrics,
                 weights, kv, last_used=manager.clock(),
             )  # fmt: skip
-            manager.models[entry.name] = served
-            check_fits(entry.name, weights, kv, budget_bytes)
-            if budget_bytes is not None and manager.resident_bytes() > budget_bytes:
+            if not manager.fits(served):
                 engine.call(lambda e: e.sleep(sleep_level)).result()
-                served.state = "sleeping" if sleep_level == 1 else "unloaded"
+                served.state = SLEEPING if sleep_level == 1 else UNLOADED
+            manager.models[entry.name] = served
             manager.metrics.set_state(entry.name, served.state)
             log.info("loaded %s (%s)", entry.name, served.state)
     except BaseException:
         manager.shutdown()
         raise
     return manager
+
+
+def _load_engine(config: EngineConfig, loaded: dict[str, Any]) -> Any:
+    """An AsyncEngine for `config`; weights copied from an engine loaded before with the
+    same checkpoint and settings when there is one (no second read of the file)."""
+    from deploylab.engine.async_engine import AsyncEngine
+    from deploylab.engine.llm_engine import LLMEngine
+    from deploylab.engine.models.loader import build_model
+
+    key = repr(sorted(config.to_dict().items()))
+    first = loaded.get(key)
+    if first is None or first.sleeper.is_sleeping:
+        engine = AsyncEngine(config)
+        loaded[key] = engine.engine
+        return engine
+    weights = {n: p.detach().clone() for n, p in first.model.named_parameters()}
+    model = build_model(first.model_config, weights, first.dtype, first.device, config.model)
+    return AsyncEngine(engine=LLMEngine(config, model=model, tokenizer=first.tokenizer))
 
 
 def attach_models(state: Any, manager: ResidencyManager) -> None:

@@ -32,6 +32,7 @@ from deploylab.server.residency_metrics import ResidencyMetrics
 log = logging.getLogger(__name__)
 
 RESIDENT, SLEEPING, UNLOADED, WAKING = "resident", "sleeping", "unloaded", "waking"
+STATE_HEADER = "x-deploylab-model-state"  # the model's state when the request arrived
 _ASLEEP = {1: SLEEPING, 2: UNLOADED}
 
 
@@ -69,6 +70,7 @@ class ResidencyManager:
     budget_bytes: int | None = None  # None: no budget (every model may stay resident)
     keep_alive: float | None = None  # idle seconds before a resident model sleeps
     sleep_level: int = 1  # level used when the manager puts a model to sleep
+    max_resident: int | None = None  # most models resident at once (None: no limit)
     clock: Callable[[], float] = time.monotonic
     metrics: ResidencyMetrics = field(default_factory=ResidencyMetrics)
     _released: asyncio.Event | None = None
@@ -96,7 +98,8 @@ class ResidencyManager:
 
     def handler_for(self, name: str | None) -> RoutedHandler:
         """A handler that runs the request on the named model, waking it first if needed."""
-        return RoutedHandler(self, self.resolve(name))
+        served = self.resolve(name)
+        return RoutedHandler(self, served, {STATE_HEADER: served.state})
 
     def cards(self) -> list[dict[str, Any]]:
         """`/v1/models` entries, each with its residency state."""
@@ -169,11 +172,18 @@ class ResidencyManager:
         self.metrics.set_state(served.name, RESIDENT)
         log.info("woke %s from level %d in %.3f s", served.name, level, report.seconds)
 
+    def fits(self, served: ServedModel) -> bool:
+        """True when `served` can become resident next to the models resident now."""
+        occupying = [m for m in self.models.values() if m.occupies and m is not served]
+        if self.max_resident is not None and len(occupying) + 1 > self.max_resident:
+            return False
+        if self.budget_bytes is None:
+            return True
+        return sum(m.footprint for m in occupying) + served.footprint <= self.budget_bytes
+
     async def _make_room(self, served: ServedModel) -> None:
         """Put LRU idle models to sleep until `served` fits; wait while all are busy."""
-        if self.budget_bytes is None:
-            return
-        while self.resident_bytes() + served.footprint > self.budget_bytes:
+        while not self.fits(served):
             idle = [
                 m
                 for m in self.models.values()
@@ -297,9 +307,12 @@ class RoutedHandler:
     """The `GenerationHandler` interface for one model; the model stays resident while a
     request of it runs (a stream: until it is closed)."""
 
-    def __init__(self, manager: ResidencyManager, served: ServedModel) -> None:
+    def __init__(
+        self, manager: ResidencyManager, served: ServedModel, headers: dict[str, str] | None = None
+    ) -> None:
         self.manager = manager
         self.served = served
+        self.headers = headers or {}  # extra response headers
         self.engine = served.engine
         self.model_name = served.name
 
