@@ -88,6 +88,7 @@ def h2d_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float | None:
         torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - t)
     del host, dev
+    release(device)
     return nbytes / best
 
 
@@ -110,16 +111,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def release(device: torch.device) -> None:
+    """Free what dropped objects held, so the next engine sizes its KV cache alike."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
 def bench_model(label: str, settings: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Cold start, then sleep/wake per level, each with the next request's TTFT."""
     warm = LLMEngine(EngineConfig(**settings))  # the process warms up
     ttft(warm, "warm", args.prompt_len)
     device = warm.device
     del warm
-    gc.collect()
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    release(device)
     t = time.perf_counter()
     engine = LLMEngine(EngineConfig(**settings))
     sync(device)
@@ -153,7 +159,7 @@ def bench_model(label: str, settings: dict[str, Any], args: argparse.Namespace) 
         out[f"level{level}"] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         out[f"level{level}"]["runs"] = runs
     del engine
-    gc.collect()
+    release(device)
     return out
 
 
@@ -209,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             dtype = EngineConfig(dtype=args.dtype).torch_dtype(dev)
             save_random_checkpoint(shape_config(shape), dtype, str(dev), Path(tmp))
+            release(dev)
             results.append(bench_model(shape, {**common, "model": tmp}, args))
             report(results[-1], bw)
     doc = {"h2d_bytes_per_s": bw, "command": " ".join(sys.argv), "results": results}

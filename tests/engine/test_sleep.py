@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -22,6 +24,11 @@ def _generate(engine: LLMEngine, rid: str, prompt: str | list[int] = PROMPT) -> 
     return tokens
 
 
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 @pytest.fixture(scope="module")
 def real_engine() -> LLMEngine:
     return LLMEngine(kv_cache_gib=0.05, num_threads=1, max_num_seqs=4)
@@ -31,11 +38,14 @@ def real_engine() -> LLMEngine:
 def test_real_model_token_identical_after_wake(real_engine: LLMEngine, level: int) -> None:
     before = _generate(real_engine, f"before-{level}")
     weights = real_engine.sleeper.weight_bytes()
+    rss = _rss()
     report = real_engine.sleep(level)
+    if level == 2:  # the memory really went back (a weight tensor kept alive would hold it)
+        assert rss - _rss() > weights // 2
     assert real_engine.sleeper.is_sleeping
     assert real_engine.sleeper.weight_bytes() == 0  # storages really freed
     assert real_engine.sleeper.kv_bytes() == 0
-    assert report.bytes_moved == (weights if level == 1 else 0) or report.bytes_moved >= weights
+    assert report.bytes_moved == (weights if level == 1 else 0)
     wake = real_engine.wake_up()
     assert wake.level == level and wake.bytes_moved >= weights
     assert real_engine.sleeper.weight_bytes() == weights

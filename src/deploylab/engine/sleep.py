@@ -3,16 +3,20 @@
 Level 1 copies the weights into one contiguous host buffer (pinned on CUDA) and frees them
 and the KV cache on the device; level 2 frees them without a copy and reloads the weights
 from the checkpoint (or re-draws the same random weights) on wake. Tensor objects stay where
-they are: only their storages are resized to zero and back, so tied and fused weights, the
-model runner and the KV-cache views all see the same tensors after a wake. The KV cache is
-re-allocated at its old size (no profiling) and zeroed; the prefix cache is emptied; CUDA
-graphs are dropped on sleep and captured again on wake (their buffers' addresses change).
+they are: on sleep every tensor on the weights (parameters, tied and fused ones) is pointed
+at an empty storage, which frees the weights; on wake all of them are pointed into one new
+buffer that holds every weight, so the wake is one allocation and one host->device copy
+(on a side stream), and the model runner sees the same tensors. The KV cache keeps its
+tensors too (storages resized to zero and back), is re-allocated at its old size (no
+profiling) and zeroed; the prefix cache is emptied; CUDA graphs are dropped on sleep and
+captured again on wake (their buffers' addresses change).
 
 Call only from the engine's own thread, with no request in flight (`AsyncEngine.call`).
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,12 +41,13 @@ class SleepReport:
 
 
 @dataclass
-class _Slot:
-    """One weight storage: its tensor, its size and where its bytes sit in the host buffer."""
+class _View:
+    """A tensor on the weights and where it sits in the packed layout (in its elements)."""
 
-    storage: torch.UntypedStorage
-    nbytes: int
+    tensor: torch.Tensor
     offset: int
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
 
 
 class EngineSleeper:
@@ -51,7 +56,8 @@ class EngineSleeper:
     def __init__(self, engine: object) -> None:
         self.engine = engine
         self.level = 0  # 0: awake
-        self._slots: list[_Slot] = []
+        self._views: list[_View] = []  # every tensor on the weights, while asleep
+        self._nbytes = 0  # size of the packed weights
         self._host: torch.Tensor | None = None
 
     @property
@@ -91,29 +97,27 @@ class EngineSleeper:
         device = engine.device  # type: ignore[attr-defined]
         model = self._model()
         unpack_linears(model)  # packed CPU copies would keep the old weights alive
+        had_graphs = engine.runner.graphs is not None  # type: ignore[attr-defined]
         engine.runner.graphs = None  # type: ignore[attr-defined]
         engine.block_manager.evict_cached()  # type: ignore[attr-defined]
-        storages = _resizable_storages(model)
-        self._slots, offset = [], 0
-        for s in storages:
-            self._slots.append(_Slot(s, s.nbytes(), offset))
-            offset += -(-s.nbytes() // 64) * 64  # 64-byte aligned pieces
+        storages, self._nbytes = _pack_layout(model)
+        self._views = _weight_views(model, storages)
         moved = 0
         if level == 1:
-            pin = device.type == "cuda"
-            self._host = torch.empty(offset, dtype=torch.uint8, pin_memory=pin)
-            for slot in self._slots:
-                _piece(self._host, slot).copy_(_bytes_of(slot.storage), non_blocking=pin)
-            if pin:
-                torch.cuda.synchronize(device)
-            moved = offset
-        for slot in self._slots:
-            slot.storage.resize_(0)
+            self._host = _copy_out(storages, self._nbytes, device)
+            moved = self._nbytes
+        empty = torch.UntypedStorage(0, device=device)
+        with torch.no_grad():
+            for view in self._views:
+                view.tensor.set_(empty)  # the last reference to a weight storage goes: freed
+        del storages
         for k, v in engine.kv_cache.layers:  # type: ignore[attr-defined]
             k.untyped_storage().resize_(0)
             v.untyped_storage().resize_(0)
         engine.runner.workspace._buf = torch.empty(0, dtype=engine.dtype, device=device)  # type: ignore[attr-defined]
         if device.type == "cuda":
+            if had_graphs:
+                gc.collect()  # captured graphs may sit in reference cycles with their pools
             torch.cuda.empty_cache()
         self.level = level
         return SleepReport("sleep", level, time.perf_counter() - start, moved)
@@ -126,18 +130,20 @@ class EngineSleeper:
         engine = self.engine
         device = engine.device  # type: ignore[attr-defined]
         start = time.perf_counter()
-        for slot in self._slots:
-            slot.storage.resize_(slot.nbytes)
+        arena = torch.empty(self._nbytes, dtype=torch.uint8, device=device)
         if level == 1:
             assert self._host is not None
-            moved = self._copy_back(device)
-            self._host = None
-        else:
+            _copy_in(arena, self._host, device)
+            self._host, moved = None, self._nbytes
+        with torch.no_grad():
+            for view in self._views:  # all weights in one buffer: one allocation, one copy
+                view.tensor.set_(arena.untyped_storage(), view.offset, view.size, view.stride)
+        self._views = []
+        if level == 2:
             moved = _reload_weights(engine, self._model())
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         weights_seconds = time.perf_counter() - start
-        self._slots = []
         kv = engine.kv_cache  # type: ignore[attr-defined]
         for k, v in kv.layers:
             for t in (k, v):
@@ -160,25 +166,30 @@ class EngineSleeper:
             "wake_up", level, end - start, moved, weights_seconds, end - graphs_start
         )
 
-    def _copy_back(self, device: torch.device) -> int:
-        """Host buffer -> weight storages; on CUDA on a side stream, then wait for it."""
-        assert self._host is not None
-        if device.type != "cuda":
-            for slot in self._slots:
-                _bytes_of(slot.storage).copy_(_piece(self._host, slot))
-            return int(self._host.numel())
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            for slot in self._slots:
-                _bytes_of(slot.storage).copy_(_piece(self._host, slot), non_blocking=True)
-        torch.cuda.current_stream(device).wait_stream(stream)
-        stream.synchronize()
-        return int(self._host.numel())
+
+def _copy_out(
+    storages: dict[int, tuple[torch.UntypedStorage, int]], nbytes: int, device: torch.device
+) -> torch.Tensor:
+    """Weight storages -> one host buffer (pinned on CUDA) at their packed offsets."""
+    pin = device.type == "cuda"
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
+    for storage, offset in storages.values():
+        host[offset : offset + storage.nbytes()].copy_(_bytes_of(storage), non_blocking=pin)
+    if pin:
+        torch.cuda.synchronize(device)
+    return host
 
 
-def _piece(host: torch.Tensor, slot: _Slot) -> torch.Tensor:
-    return host[slot.offset : slot.offset + slot.nbytes]
+def _copy_in(arena: torch.Tensor, host: torch.Tensor, device: torch.device) -> None:
+    """Host buffer -> device buffer, one copy; on CUDA on a side stream, then wait for it."""
+    if device.type != "cuda":
+        arena.copy_(host)
+        return
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        arena.copy_(host, non_blocking=True)
+    stream.synchronize()
 
 
 def _bytes_of(storage: torch.UntypedStorage) -> torch.Tensor:
@@ -203,23 +214,31 @@ def _weight_storages(model: nn.Module) -> list[torch.UntypedStorage]:
     return list(seen.values())
 
 
-def _resizable_storages(model: nn.Module) -> list[torch.UntypedStorage]:
-    """The weight storages, each made resizable: a storage that is not (a file's or numpy's
-    memory) is copied into a fresh one and every tensor on it is re-pointed there, once."""
-    storages = _weight_storages(model)
-    fixed: dict[int, torch.UntypedStorage] = {}
-    for s in storages:
-        if not s.resizable():
-            fresh = torch.empty(s.nbytes(), dtype=torch.uint8, device=s.device).untyped_storage()
-            fresh.copy_(s)
-            fixed[s.data_ptr()] = fresh
-    if fixed:
-        with torch.no_grad():
-            for t in _module_tensors(model):
-                fresh_s = fixed.get(t.untyped_storage().data_ptr())
-                if fresh_s is not None:
-                    t.set_(fresh_s, t.storage_offset(), t.size(), t.stride())
-    return [fixed.get(s.data_ptr(), s) for s in storages]
+def _pack_layout(model: nn.Module) -> tuple[dict[int, tuple[torch.UntypedStorage, int]], int]:
+    """The weight storages by data pointer, each with its byte offset in one packed buffer
+    (64-byte aligned pieces), and the buffer's size."""
+    layout: dict[int, tuple[torch.UntypedStorage, int]] = {}
+    offset = 0
+    for storage in _weight_storages(model):
+        layout[storage.data_ptr()] = (storage, offset)
+        offset += -(-storage.nbytes() // 64) * 64
+    return layout, offset
+
+
+def _weight_views(
+    model: nn.Module, layout: dict[int, tuple[torch.UntypedStorage, int]]
+) -> list[_View]:
+    """Every tensor of the model on a weight storage (parameters, tied and fused ones, plain
+    attributes) with its place in the packed buffer."""
+    views: dict[int, _View] = {}
+    for t in _module_tensors(model):
+        entry = layout.get(t.untyped_storage().data_ptr())
+        if entry is None or id(t) in views:
+            continue
+        elem = t.element_size()
+        assert entry[1] % elem == 0  # 64-byte aligned pieces
+        views[id(t)] = _View(t, entry[1] // elem + int(t.storage_offset()), t.size(), t.stride())
+    return list(views.values())
 
 
 def _reload_weights(engine: object, model: nn.Module) -> int:
