@@ -88,6 +88,22 @@ def test_bad_model_path_fails_at_start(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 1 and "Unknown model" in out and "nope" in out
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--sleep-level", "3", "--sleep-level must be 1 or 2"),
+        ("--memory-budget-gib", "0", "--memory-budget-gib must be > 0"),
+        ("--keep-alive", "-1", "--keep-alive must be > 0"),
+        ("--max-resident-models", "0", "--max-resident-models must be >= 1"),
+    ],
+)
+def test_residency_flags_are_checked(
+    flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = _serve_fails(capsys, flag, value)
+    assert code == 2 and message in out
+
+
 def test_served_names_must_match_models(capsys: pytest.CaptureFixture[str]) -> None:
     names = ["--served-model-name", "a", "--served-model-name", "b"]
     code, out = _serve_fails(capsys, "--model", MODEL, "--model", MODEL, "--model", MODEL, *names)

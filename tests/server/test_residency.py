@@ -177,3 +177,20 @@ def test_keep_alive_sleeps_idle_models_only(managers: list[ResidencyManager]) ->
         assert await manager.sleep_idle() == ["m1"]
 
     asyncio.run(run())
+
+
+def test_keep_alive_task_runs_on_its_own(managers: list[ResidencyManager]) -> None:
+    manager = _manager(2, None)
+    managers.append(manager)
+    manager.keep_alive = 0.1
+
+    async def run() -> None:
+        manager.start()
+        for _ in range(1200):  # until it happens (no timing is asserted)
+            if all(m.state != RESIDENT for m in manager.models.values()):
+                break
+            await asyncio.sleep(0.05)
+        assert [m.state for m in manager.models.values()] == ["sleeping", "sleeping"]
+        assert await _ask(manager, "m1", 0)  # a request still wakes it
+
+    asyncio.run(run())
