@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,10 @@ def h2d_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float | None:
 
 
 def ttft(engine: LLMEngine, rid: str, prompt_len: int) -> float:
-    """Seconds from adding a request of `prompt_len` token ids to its first token."""
-    prompt = [(i * 37 + 11) % 400 + 10 for i in range(prompt_len)]
+    """Seconds from adding a request of `prompt_len` token ids (distinct per `rid`) to its
+    first token."""
+    salt = zlib.crc32(rid.encode())  # a prompt of its own: no prefix-cache hit
+    prompt = [(i * 37 + salt + (i * salt) % 7) % 400 + 10 for i in range(prompt_len)]
     t = time.perf_counter()
     engine.add_request(rid, prompt, SamplingParams(max_tokens=1, temperature=0.0))
     first = None
