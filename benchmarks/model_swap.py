@@ -18,6 +18,7 @@ import argparse
 import gc
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -146,23 +147,37 @@ def bench_model(label: str, settings: dict[str, Any], args: argparse.Namespace) 
         "warm_ttft_s": statistics.median(ttft(engine, f"w{i}", args.prompt_len) for i in range(3)),
     }
     for level in (1, 2):
-        runs = []
-        for i in range(args.repeats):
-            slept = engine.sleep(level)
-            woke = engine.wake_up()
-            runs.append(
-                {
-                    "sleep_s": slept.seconds,
-                    "wake_s": woke.seconds,
-                    "weights_s": woke.weights_seconds,
-                    "graphs_s": woke.graphs_seconds,
-                    "ttft_after_wake_s": ttft(engine, f"l{level}-{i}", args.prompt_len),
-                }
-            )
-        out[f"level{level}"] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        out[f"level{level}"]["runs"] = runs
+        out[f"level{level}"] = sleep_wake(engine, level, args, f"l{level}")
+    if device.type == "cuda":  # what the wake's parts cost: the cudaMalloc, the graphs
+        engine.sleeper.release_memory = False
+        out["level1_keep_cache"] = sleep_wake(engine, 1, args, "kc")
+        del engine
+        release(device)
+        engine = LLMEngine(EngineConfig(**settings, cuda_graphs=False))
+        out["level1_no_graphs"] = sleep_wake(engine, 1, args, "ng")
     del engine
     release(device)
+    return out
+
+
+def sleep_wake(engine: LLMEngine, level: int, args: argparse.Namespace, tag: str) -> dict[str, Any]:
+    """`--repeats` sleeps and wakes at `level`, each followed by one request; medians + runs."""
+    runs = []
+    for i in range(args.repeats):
+        slept = engine.sleep(level)
+        woke = engine.wake_up()
+        runs.append(
+            {
+                "sleep_s": slept.seconds,
+                "wake_s": woke.seconds,
+                "weights_s": woke.weights_seconds,
+                "alloc_s": woke.alloc_seconds,
+                "graphs_s": woke.graphs_seconds,
+                "ttft_after_wake_s": ttft(engine, f"{tag}-{i}", args.prompt_len),
+            }
+        )
+    out: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    out["runs"] = runs
     return out
 
 
@@ -171,11 +186,14 @@ def report(r: dict[str, Any], bw: float | None) -> None:
     print(f"\n{r['model']} on {r['device']} ({r['dtype']}, weights {gb:.2f} GB)")
     print(f"  cold start {r['cold_start_s']:.3f} s, first TTFT {r['cold_ttft_s'] * 1e3:.1f} ms,")
     print(f"  warm TTFT {r['warm_ttft_s'] * 1e3:.1f} ms")
-    for level in (1, 2):
+    for level in ("1", "2", "1_keep_cache", "1_no_graphs"):
+        if f"level{level}" not in r:
+            continue
         x = r[f"level{level}"]
         print(
             f"  level {level}: sleep {x['sleep_s']:.3f} s, wake {x['wake_s']:.3f} s "
-            f"(weights {x['weights_s']:.3f} s, CUDA graphs {x['graphs_s']:.3f} s), "
+            f"(weights {x['weights_s']:.3f} s, of which allocation {x['alloc_s']:.3f} s; "
+            f"CUDA graphs {x['graphs_s']:.3f} s), "
             f"TTFT after wake {x['ttft_after_wake_s'] * 1e3:.1f} ms, "
             f"{r['cold_start_s'] / x['wake_s']:.1f}x faster than cold"
         )
@@ -187,6 +205,31 @@ def report(r: dict[str, Any], bw: float | None) -> None:
             f"  host->device {bw / 1e9:.1f} GB/s: ideal weight copy {ideal:.3f} s; level-1 "
             f"weights {x['weights_s'] / ideal:.2f}x ideal, whole wake {x['wake_s'] / ideal:.2f}x"
         )
+
+
+def bench_one(
+    shape: str | None, common: dict[str, Any], dev: torch.device, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The default model (shape None) or a random-weight shape saved as a checkpoint."""
+    if shape is None:
+        return bench_model("smollm2-135m-instruct", common, args)
+    with tempfile.TemporaryDirectory() as tmp:
+        dtype = EngineConfig(dtype=args.dtype).torch_dtype(dev)
+        save_random_checkpoint(shape_config(shape), dtype, str(dev), Path(tmp))
+        release(dev)
+        return bench_model(shape, {**common, "model": tmp}, args)
+
+
+def _without_shapes_and_out(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--shape", "--out"):
+            skip = True
+        else:
+            out.append(a)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,17 +253,23 @@ def main(argv: list[str] | None = None) -> int:
     dev = EngineConfig(device=args.device).torch_device()
     bw = h2d_bandwidth(dev)
     results = []
-    for shape in args.shape or [None]:
-        if shape is None:
-            results.append(bench_model("smollm2-135m-instruct", common, args))
-            report(results[-1], bw)
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            dtype = EngineConfig(dtype=args.dtype).torch_dtype(dev)
-            save_random_checkpoint(shape_config(shape), dtype, str(dev), Path(tmp))
-            release(dev)
-            results.append(bench_model(shape, {**common, "model": tmp}, args))
-            report(results[-1], bw)
+    shapes = args.shape or [None]
+    if len(shapes) > 1:  # one process per shape: nothing of one model stays for the next
+        for shape in shapes:
+            with tempfile.TemporaryDirectory() as tmp:
+                part = Path(tmp) / "part.json"
+                argv_one = [a for a in (argv or sys.argv[1:])]
+                argv_one = _without_shapes_and_out(argv_one) + [
+                    "--shape",
+                    shape,
+                    "--out",
+                    str(part),
+                ]
+                subprocess.run([sys.executable, __file__, *argv_one], check=True)
+                results += json.loads(part.read_text())["results"]
+    else:
+        results.append(bench_one(shapes[0], common, dev, args))
+        report(results[-1], bw)
     doc = {"h2d_bytes_per_s": bw, "command": " ".join(sys.argv), "results": results}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ class SleepReport:
     seconds: float
     bytes_moved: int
     weights_seconds: float = 0.0  # part of a wake spent bringing the weights back
+    alloc_seconds: float = 0.0  # of which allocating their device buffer
     graphs_seconds: float = 0.0  # part of a wake spent re-capturing CUDA graphs
 
 
@@ -56,6 +57,10 @@ class EngineSleeper:
     def __init__(self, engine: object) -> None:
         self.engine = engine
         self.level = 0  # 0: awake
+        # True: freed device memory goes back to the driver (other processes can use it).
+        # False: it stays in PyTorch's caching allocator, where the next wake of any model of
+        # this process finds it without a cudaMalloc (faster wakes, same process only).
+        self.release_memory = True
         self._views: list[_View] = []  # every tensor on the weights, while asleep
         self._nbytes = 0  # size of the packed weights
         self._host: torch.Tensor | None = None
@@ -115,7 +120,7 @@ class EngineSleeper:
             k.untyped_storage().resize_(0)
             v.untyped_storage().resize_(0)
         engine.runner.workspace._buf = torch.empty(0, dtype=engine.dtype, device=device)  # type: ignore[attr-defined]
-        if device.type == "cuda":
+        if device.type == "cuda" and self.release_memory:
             if had_graphs:
                 gc.collect()  # captured graphs may sit in reference cycles with their pools
             torch.cuda.empty_cache()
@@ -131,6 +136,9 @@ class EngineSleeper:
         device = engine.device  # type: ignore[attr-defined]
         start = time.perf_counter()
         arena = torch.empty(self._nbytes, dtype=torch.uint8, device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        alloc_seconds = time.perf_counter() - start
         if level == 1:
             assert self._host is not None
             _copy_in(arena, self._host, device)
@@ -163,7 +171,7 @@ class EngineSleeper:
         end = time.perf_counter()
         self.level = 0
         return SleepReport(
-            "wake_up", level, end - start, moved, weights_seconds, end - graphs_start
+            "wake_up", level, end - start, moved, weights_seconds, alloc_seconds, end - graphs_start
         )
 
 
