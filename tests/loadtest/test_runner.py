@@ -136,7 +136,8 @@ def test_missing_models_fail_fast_and_model_map_fixes_it(stub: Any) -> None:
     assert stub.stats()["requests"] == 0  # nothing was sent
     res = run(stub, "multi-model-rare", rate=50.0, requests=6, model_map=["model-*=stub-model"])
     assert {b["model"] for b in stub.stats()["bodies"]} == {"stub-model"}
-    assert set(res.summary.classes) == {"model", "model_first_request"}
+    assert set(res.summary.classes) == {"model", "model_first_request", "model_state"}
+    assert res.summary.classes["model_state"] == {}  # the stub sends no x-deploylab-model-state
     firsts = [r for r in res.requests if r.classes["model_first_request"] == "yes"]
     assert len(firsts) == len({r.classes["model"] for r in res.requests})
 

@@ -66,3 +66,39 @@ def test_loadtest_without_url_serves_the_default_model(tmp_path: Path) -> None:
     # the server was stopped afterwards
     with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
         urllib.request.urlopen(target["url"] + "/health", timeout=2)
+
+
+MANY = """\
+name: tiny-many-models
+description: four models behind one endpoint, two resident at a time
+bottleneck: cold starts
+slo: {ttft_ms: {p99: 120000}}
+workload:
+  kind: multi-model
+  models: {names: [alpha, beta, gamma, delta]}
+  zipf_exponent: 0
+  input_tokens: 24
+  output_tokens: 4
+"""
+
+
+@pytest.mark.slow
+def test_multi_model_scenario_serves_every_name_and_reports_cold_starts(tmp_path: Path) -> None:
+    scenario = tmp_path / "many.yaml"
+    scenario.write_text(MANY)
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [EXE, "loadtest", "-s", str(scenario), "--requests", "12", "--concurrency", "2",
+         "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + (out / "server.log").read_text()
+    data = json.loads((out / "results.json").read_text())
+    command = data["target"]["server_command"]
+    assert command.count("--served-model-name") == 4 and "--max-resident-models" in command
+    assert data["summary"]["requests_completed"] == 12
+    states = {rec["classes"]["model_state"] for rec in data["requests"]}
+    assert {rec["model"] for rec in data["requests"]} <= {"alpha", "beta", "gamma", "delta"}
+    assert "resident" in states and states & {"unloaded", "waking"}  # cold starts happened
+    assert "model_state" in data["summary"]["classes"]
+    assert "model_state: by the model's state on arrival" in result.stdout + result.stderr

@@ -143,6 +143,7 @@ def _run(
     from deploylab.catalog import DEFAULT_MODEL
     from deploylab.loadtest.config import resolve_load
     from deploylab.loadtest.library import load_scenario
+    from deploylab.loadtest.local_models import local_serve_args
     from deploylab.loadtest.local_server import LocalServer
     from deploylab.loadtest.progress import LiveProgress
     from deploylab.loadtest.runner import execute, prepare_run
@@ -153,7 +154,11 @@ def _run(
     server = None
     try:
         if url is None:
-            server = LocalServer(out / "server.log", startup_timeout_s=serve_timeout)
+            server = LocalServer(
+                out / "server.log",
+                startup_timeout_s=serve_timeout,
+                extra_args=local_serve_args(loaded.scenario, DEFAULT_MODEL),
+            )
             console.print(
                 f"Starting `deploylab serve` on {server.base_url} (log: {server.log_path})"
             )

@@ -15,10 +15,14 @@ _CLASS_ROWS = 12  # class values shown per class; the report has them all
 _CLASS_TITLES = {  # what each class shows about its scenario
     "turn": "per turn: later turns resend the history (KV retention)",
     "model_first_request": "cold (first request to a model) vs warm",
+    "model_state": "by the model's state on arrival (sleeping/unloaded: a cold start)",
     "model": "per model",
     "adapter": "per adapter",
     "doc_size": "by largest document size",
 }
+
+
+_FIRST_CLASSES = ("model_first_request", "model_state")  # shown before the others
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -56,7 +60,7 @@ def _latency_table(results: Any) -> Table:
 def _class_tables(results: Any) -> list[Table]:
     """The scenario's point: its per-class figures (turn, cold/warm, adapter, document size)."""
     tables = []
-    keys = sorted(results.summary.classes, key=lambda k: k != "model_first_request")
+    keys = sorted(results.summary.classes, key=lambda k: k not in _FIRST_CLASSES)
     for key in keys:
         values = results.summary.classes[key]
         if not values:

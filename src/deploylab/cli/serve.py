@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -12,15 +14,17 @@ from deploylab.errors import ConfigError, UsageError
 
 
 def serve(
-    model: str = typer.Option(DEFAULT_MODEL, help="A known model name or a local path."),
+    model: list[str] = typer.Option(
+        [DEFAULT_MODEL], help="A known model name or a local path (repeat for several models)."
+    ),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback unless told)."),
     port: int = typer.Option(8000, help="TCP port."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     dtype: str = typer.Option("auto", help="auto, float32, bfloat16 or float16."),
     max_num_seqs: int = typer.Option(64, help="Most requests in one batch."),
     max_model_len: int | None = typer.Option(None, help="Context length (default: the model's)."),
-    served_model_name: str | None = typer.Option(
-        None, help="Model name in the API (default: --model)."
+    served_model_name: list[str] = typer.Option(
+        [], help="Model name in the API (default: --model); one per --model."
     ),
     max_waiting: int = typer.Option(
         256, help="Waiting-queue bound; past it requests get 429 with Retry-After at once."
@@ -46,6 +50,26 @@ def serve(
     allow_runtime_lora: bool = typer.Option(
         False, help="Enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter."
     ),
+    models_file: Path | None = typer.Option(
+        None, help="YAML file of models with per-model settings (instead of --model)."
+    ),
+    memory_budget_gib: float | None = typer.Option(
+        None,
+        help="Device memory for resident models (weights + KV cache), GiB; waking a "
+        "model puts least recently used idle ones to sleep. On the CPU: host memory.",
+    ),
+    max_resident_models: int | None = typer.Option(
+        None, help="Most models resident at once (like Ollama's OLLAMA_MAX_LOADED_MODELS)."
+    ),
+    keep_alive: float | None = typer.Option(
+        None, help="Put a model to sleep after this many idle seconds (default: never)."
+    ),
+    sleep_level: int = typer.Option(
+        1, help="Level for automatic sleeps: 1 keeps weights in host memory, 2 drops them."
+    ),
+    enable_sleep_mode: bool = typer.Option(
+        False, help="Add vLLM's POST /sleep, POST /wake_up and GET /is_sleeping endpoints."
+    ),
     shutdown_timeout: float = typer.Option(
         30.0,
         "--shutdown-timeout",
@@ -66,14 +90,31 @@ def serve(
         raise UsageError(f"--shutdown-timeout must be >= 0 seconds, got {shutdown_timeout}.")
     if not 0 < port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {port}.")
-    resolve_model(model)  # fail fast, before binding, on a model that is not here
+    many = len(model) > 1 or models_file is not None or enable_sleep_mode
+    many = many or memory_budget_gib is not None or keep_alive is not None
+    many = many or max_resident_models is not None
+    if max_resident_models is not None and max_resident_models < 1:
+        raise UsageError(f"--max-resident-models must be >= 1, got {max_resident_models}.")
+    if sleep_level not in (1, 2):
+        raise UsageError(f"--sleep-level must be 1 or 2, got {sleep_level}.")
+    if memory_budget_gib is not None and not memory_budget_gib > 0:
+        raise UsageError(f"--memory-budget-gib must be > 0, got {memory_budget_gib}.")
+    if keep_alive is not None and not keep_alive > 0:
+        raise UsageError(f"--keep-alive must be > 0 seconds, got {keep_alive}.")
+    if not many:
+        resolve_model(model[0])  # fail fast, before binding, on a model that is not here
     try:
         spec = parse_speculative_config(speculative_config)
     except ConfigError as exc:
         raise UsageError(f"--speculative-config: {exc}") from None
     lora_modules = parse_lora_flags(lora)
+    if many and (lora_modules or allow_runtime_lora):
+        raise UsageError(
+            "--lora and --allow-runtime-lora work with one --model for now; serve the adapters' "
+            "base model on its own server, or leave the LoRA flags out."
+        )
     config = EngineConfig(
-        model=model,
+        model=model[0],
         enable_lora=bool(lora_modules) or allow_runtime_lora,
         lora_modules=lora_modules,
         max_loras=max_loras,
@@ -92,10 +133,17 @@ def serve(
     def load() -> Any:
         return AsyncEngine(config)
 
-    typer.echo(f"deploylab serve: loading {model} ...", err=True)
+    name = served_model_name[0] if served_model_name else model[0]
+    if many:
+        load, name = _many_models(
+            model, served_model_name, models_file, config, memory_budget_gib, keep_alive,
+            sleep_level, max_resident_models,
+        )  # fmt: skip
+    typer.echo(f"deploylab serve: loading {name} ...", err=True)
     run_server(
         load,
-        served_model_name or model,
+        name,
+        enable_sleep_mode=enable_sleep_mode,
         host=host,
         port=port,
         shutdown_timeout=shutdown_timeout,
@@ -120,3 +168,36 @@ def parse_lora_flags(flags: list[str]) -> dict[str, str]:
             raise UsageError(f"--lora {name}: '{path}' is not a directory.")
         modules[name] = path
     return modules
+
+
+def _many_models(
+    models: list[str],
+    names: list[str],
+    models_file: Path | None,
+    base: Any,
+    budget_gib: float | None,
+    keep_alive: float | None,
+    sleep_level: int,
+    max_resident: int | None,
+) -> tuple[Callable[[], Any], str]:
+    """The loader of a many-model server (checked now: names, files) and its first name."""
+    from deploylab.server.model_set import (
+        build_manager,
+        check_entries,
+        entries_from_flags,
+        load_models_file,
+    )
+
+    if models_file is not None:
+        if len(models) > 1 or names:
+            raise UsageError("Give either --models-file or --model/--served-model-name, not both.")
+        entries = load_models_file(models_file)
+    else:
+        entries = entries_from_flags(models, names)
+    check_entries(entries)
+    budget = int(budget_gib * 1024**3) if budget_gib is not None else None
+
+    def load() -> Any:
+        return build_manager(entries, base, budget, keep_alive, sleep_level, max_resident)
+
+    return load, ", ".join(e.name for e in entries)

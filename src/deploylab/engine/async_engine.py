@@ -17,7 +17,8 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any
 
@@ -192,6 +193,15 @@ class AsyncEngine:
         self._commands.append(("abort", request_id))
         self._wake.set()
 
+    def call(self, fn: Callable[[LLMEngine], Any]) -> Future[Any]:
+        """Run `fn(engine)` on the engine thread between steps (sleep/wake, maintenance);
+        the future holds its result or exception."""
+        self._check_alive()
+        future: Future[Any] = Future()
+        self._commands.append(("call", fn, future))
+        self._wake.set()
+        return future
+
     async def generate(
         self,
         prompt: Prompt,
@@ -264,6 +274,8 @@ class AsyncEngine:
                     self._send(loop, [(seq.request_id, _request_error(seq.request_id, exc))])
                     continue
                 self._loops[seq.request_id] = loop
+            elif cmd[0] == "call":
+                _run_call(self.engine, cmd[1], cmd[2])
             else:
                 deltas += self.engine.abort(cmd[1])
         return deltas
@@ -315,6 +327,9 @@ class AsyncEngine:
         error = exc if isinstance(exc, DeploylabError) else EngineDeadError(repr(exc))
         loops = set(self._loops.values())
         loops.update(cmd[2] for cmd in list(self._commands) if cmd[0] == "add")
+        for cmd in list(self._commands):
+            if cmd[0] == "call" and not cmd[2].done():
+                cmd[2].set_exception(error)
         for loop in loops:
             try:
                 loop.call_soon_threadsafe(self._fail_streams, error)
@@ -325,6 +340,13 @@ class AsyncEngine:
         for stream in list(self._streams.values()):
             stream._put(error)
         self._streams.clear()
+
+
+def _run_call(engine: LLMEngine, fn: Callable[[LLMEngine], Any], future: Future[Any]) -> None:
+    try:
+        future.set_result(fn(engine))
+    except Exception as exc:  # noqa: BLE001 - the caller gets it
+        future.set_exception(exc)
 
 
 def _request_error(request_id: str, exc: BaseException | None) -> BaseException:

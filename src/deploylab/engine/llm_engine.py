@@ -26,6 +26,7 @@ from deploylab.engine.sampler import Sampler
 from deploylab.engine.sampling_params import SamplingParams
 from deploylab.engine.scheduler import Scheduler, SchedulerOutput
 from deploylab.engine.sequence import Sequence
+from deploylab.engine.sleep import EngineSleeper, SleepReport
 from deploylab.engine.spec_decode import SpecDecoder, parse_speculative_config
 from deploylab.engine.stop import find_stop_string, holdback
 from deploylab.engine.structured import StructuredBackend
@@ -118,6 +119,7 @@ class LLMEngine:
         self._generation_tokens = 0
         self._finished = 0
         self._steps = 0
+        self.sleeper = EngineSleeper(self)
 
     @staticmethod
     def _load(config: EngineConfig) -> tuple[LlamaForCausalLM, Any | None]:
@@ -127,7 +129,8 @@ class LLMEngine:
             from deploylab.engine.models.loader import init_random_model
             from deploylab.engine.models.presets import get_preset
 
-            return init_random_model(get_preset(config.random_weights), dtype, device), None
+            preset = get_preset(config.random_weights)
+            return init_random_model(preset, dtype, device, config.seed), None
         from deploylab.engine.models.loader import load_model
         from deploylab.engine.tokenizer import load_tokenizer
 
@@ -152,6 +155,16 @@ class LLMEngine:
                 f"({model_max} tokens)."
             )
         return config.max_model_len
+
+    # ---- sleep mode (engine/sleep.py) ----------------------------------------------------
+    def sleep(self, level: int = 1) -> SleepReport:
+        """Free the weights (level 1: kept in host memory) and the KV cache; no requests may
+        be in flight. `wake_up` restores them."""
+        return self.sleeper.sleep(level)
+
+    def wake_up(self) -> SleepReport:
+        """Undo `sleep`: weights back on the device, a fresh KV cache of the same size."""
+        return self.sleeper.wake_up()
 
     # ---- requests ----------------------------------------------------------------------
     def tokenize(self, prompt: str) -> list[int]:

@@ -137,11 +137,17 @@ async def send_streaming(
         _settle(exchange, rec, cancelled=exchange.end_ns == 0)
 
 
+MODEL_STATE_HEADER = "x-deploylab-model-state"
+
+
 def _settle(exchange: Exchange, rec: RawRecord, cancelled: bool) -> None:
     """Fill the record from a finished (or failed, or cancelled) exchange."""
     stream = _Stream(rec)
     rec.sent_ns = exchange.sent_ns or rec.sent_ns
     rec.status = exchange.status
+    state = exchange.headers.get(MODEL_STATE_HEADER)
+    if state:  # our server tells the model's state on arrival (resident, sleeping, ...)
+        rec.classes["model_state"] = state
     if exchange.status is not None and exchange.status != 200:
         detail = bytes(exchange.body[:2000]).decode("utf-8", errors="replace")[:500]
         stream.fail(f"http_{exchange.status}", detail)

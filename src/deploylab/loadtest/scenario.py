@@ -252,7 +252,7 @@ class Scenario(_Strict):
             "synthetic": [],
             "rag": ["doc_size"],
             "sessions": ["turn"],
-            "multi-model": ["model", "model_first_request"],
+            "multi-model": ["model", "model_first_request", "model_state"],
             "multi-lora": ["adapter"],
             "replay": ["model"],
         }[self.workload.kind]

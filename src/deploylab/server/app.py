@@ -25,6 +25,7 @@ from deploylab.server.errors import (
 from deploylab.server.handlers import GenerationHandler
 from deploylab.server.lora_routes import install_lora_routes, lora_model_cards, resolve_model
 from deploylab.server.metrics import ServerMetrics
+from deploylab.server.model_set import attach_models
 from deploylab.server.openapi import install_request_schemas, request_body
 from deploylab.server.protocol import (
     ChatCompletionRequest,
@@ -32,6 +33,8 @@ from deploylab.server.protocol import (
     describe_validation_error,
     now,
 )
+from deploylab.server.residency import ResidencyManager
+from deploylab.server.sleep_routes import install_sleep_routes
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ class ServerState:
     draining: bool = False
     loop: asyncio.AbstractEventLoop | None = None
     allow_runtime_lora: bool = False  # POST /v1/load_lora_adapter and unload (lora_routes)
+    residency: Any = None  # a ResidencyManager when the server holds several models
+    enable_sleep_mode: bool = False  # the /sleep, /wake_up and /is_sleeping routes
 
     def begin_shutdown(self, timeout: float) -> None:
         """Stop taking requests; in-flight ones get `timeout` seconds, then fail with a 503
@@ -93,6 +98,8 @@ def create_app(state: ServerState, load_engine: Callable[[], Any] | None = None)
     app = FastAPI(title="deploylab", lifespan=lifespan)
     install_error_handlers(app, _observer(state))
     install_request_schemas(app, [CompletionRequest, ChatCompletionRequest])
+    if state.enable_sleep_mode:
+        install_sleep_routes(app, state)
 
     def _handler() -> GenerationHandler:
         if state.draining:
@@ -121,8 +128,13 @@ def create_app(state: ServerState, load_engine: Callable[[], Any] | None = None)
         return req
 
     async def _generate(request: Request, req: Any, chat: bool) -> Response:
-        handler = _handler()
-        lora = resolve_model(state, req.model)  # the one place a request's model is routed
+        handler: Any = _handler()
+        lora = None
+        if state.residency is not None:  # several models: the request's `model` picks one
+            handler = state.residency.handler_for(req.model)
+        else:  # one model: the base model or one of its LoRA adapters
+            lora = resolve_model(state, req.model)
+        headers = getattr(handler, "headers", {})  # e.g. the model's state at arrival
         try:
             handler.engine.check_admission()  # a full queue answers 429 before any work
             prepared = handler.prepare(req, chat)
@@ -135,9 +147,10 @@ def create_app(state: ServerState, load_engine: Callable[[], Any] | None = None)
                 return StreamingResponse(
                     _prepend(first, stream),
                     media_type="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
                 )
-            return JSONResponse(await _unless_disconnected(request, handler.complete(prepared)))
+            answer = await _unless_disconnected(request, handler.complete(prepared))
+            return JSONResponse(answer, headers=headers)
         except _ClientGone:
             return Response(status_code=499)
         except DeploylabError as exc:
@@ -157,6 +170,8 @@ def create_app(state: ServerState, load_engine: Callable[[], Any] | None = None)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
+        if state.residency is not None:
+            return {"object": "list", "data": state.residency.cards()}
         card = {
             "id": state.served_model_name,
             "object": "model",
@@ -244,6 +259,9 @@ def _load(state: ServerState, load_engine: Callable[[], Any]) -> None:
 
 
 def _attach(state: ServerState, engine: Any) -> None:
+    if isinstance(engine, ResidencyManager):
+        attach_models(state, engine)
+        return
     state.engine = engine
     state.metrics = ServerMetrics(engine.stats, state.served_model_name)
     state.handler = GenerationHandler(engine, state.served_model_name, state.metrics)

@@ -26,10 +26,15 @@ def serve(
     on_ready: Callable[[str], None] | None = None,
     log_level: str = "warning",
     allow_runtime_lora: bool = False,
+    enable_sleep_mode: bool = False,
 ) -> None:
     """Serve until SIGTERM/SIGINT; in-flight requests get `shutdown_timeout` seconds to finish,
     then fail with 503 (a stream with an error event and `[DONE]`); the process exits 0."""
-    state = ServerState(served_model_name=served_model_name, max_body_bytes=max_body_bytes)
+    state = ServerState(
+        served_model_name=served_model_name,
+        max_body_bytes=max_body_bytes,
+        enable_sleep_mode=enable_sleep_mode,
+    )
     state.allow_runtime_lora = allow_runtime_lora
     app = create_app(state, load_engine)
     config = uvicorn.Config(
