@@ -31,6 +31,13 @@ def serve(
         help='Speculative decoding as JSON (vLLM names), e.g. \'{"method": "ngram", '
         '"num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}\'.',
     ),
+    tensor_parallel_size: int = typer.Option(
+        1,
+        "--tensor-parallel-size",
+        "-tp",
+        help="Split the model over this many devices (one process each; gloo on the CPU, "
+        "NCCL on GPUs).",
+    ),
     shutdown_timeout: float = typer.Option(
         30.0,
         "--shutdown-timeout",
@@ -51,6 +58,8 @@ def serve(
         raise UsageError(f"--shutdown-timeout must be >= 0 seconds, got {shutdown_timeout}.")
     if not 0 < port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {port}.")
+    if tensor_parallel_size < 1:
+        raise UsageError(f"--tensor-parallel-size must be >= 1, got {tensor_parallel_size}.")
     resolve_model(model)  # fail fast, before binding, on a model that is not here
     try:
         spec = parse_speculative_config(speculative_config)
@@ -66,6 +75,7 @@ def serve(
         max_model_len=max_model_len,
         max_waiting=max_waiting,
         kv_cache_gib=kv_cache_gib,
+        tensor_parallel_size=tensor_parallel_size,
     )
 
     def load() -> Any:

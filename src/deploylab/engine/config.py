@@ -49,6 +49,8 @@ class EngineConfig:
     cuda_graphs: bool = True  # capture decode steps on CUDA (with the Triton decode kernel)
     # vLLM's speculative_config, e.g. {"method": "ngram", "num_speculative_tokens": 4}
     speculative_config: dict[str, Any] | str | None = None
+    # Devices (processes) the model is split over; see engine/distributed/.
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -61,7 +63,13 @@ class EngineConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"EngineConfig.{name} must be a positive integer, got {value!r}.")
 
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_waiting"):
+        for name in (
+            "block_size",
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "max_waiting",
+            "tensor_parallel_size",
+        ):
             positive_int(name)
         if self.block_size & (self.block_size - 1) or self.block_size > 1024:
             raise ConfigError(

@@ -6,7 +6,7 @@ import itertools
 import logging
 import threading
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,6 +14,7 @@ from deploylab.catalog import resolve_model
 from deploylab.engine.block_manager import BlockManager
 from deploylab.engine.config import EngineConfig
 from deploylab.engine.detokenizer import IncrementalDetokenizer
+from deploylab.engine.distributed.hook import start_tensor_parallel
 from deploylab.engine.kv_cache import KVCache, num_blocks_for
 from deploylab.engine.model_runner import ModelRunner
 from deploylab.engine.models.config import LlamaConfig
@@ -29,6 +30,9 @@ from deploylab.engine.stop import find_stop_string, holdback
 from deploylab.engine.structured import StructuredBackend
 from deploylab.engine.tokenizer import eos_token_ids
 from deploylab.errors import ConfigError, InvalidRequestError, PromptTooLongError
+
+if TYPE_CHECKING:
+    from deploylab.engine.distributed.executor import TensorParallel
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +63,9 @@ class LLMEngine:
         self.dtype = config.torch_dtype(self.device)
         if config.num_threads and self.device.type == "cpu":
             torch.set_num_threads(config.num_threads)
+        self.tp: TensorParallel | None = None  # tensor parallelism (off: None)
+        if config.tensor_parallel_size > 1:
+            self.tp, model, tokenizer = start_tensor_parallel(config, model)
         if model is None:
             model, tokenizer = self._load(config)
         self.model = model.to(self.device)
@@ -86,6 +93,8 @@ class LLMEngine:
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
         )
         self.runner = ModelRunner(self.model, self.kv_cache, self.device, self.max_model_len)
+        if self.tp is not None:
+            self.runner = self.tp.attach(self.runner, num_blocks + 1, self.max_model_len)  # type: ignore[assignment]
         if config.cuda_graphs and self.device.type == "cuda":
             self.runner.enable_cuda_graphs(config.max_num_seqs, self.max_model_len)
         self.sampler = Sampler(self.device, config.seed, self.eos_token_ids)

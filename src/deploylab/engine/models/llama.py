@@ -151,7 +151,7 @@ class LlamaAttention(nn.Module):
                 qkv, cos, sin, kv_cache, slots, self.num_heads, want_kv
             )
             o = paged_attention(q, k, v, kv_cache[0], kv_cache[1], attn, self.scale)
-        return F.linear(o.view(tokens, -1), self.o_proj.weight, self.o_proj.bias)
+        return self.o_proj(o.view(tokens, -1))
 
     def forward(
         self,
