@@ -1,0 +1,122 @@
+"""Tensor parallelism on the CPU (gloo, two processes): TP 2 greedy output equals TP 1's for
+the default model and a tiny Qwen3; a rank that dies fails the engine fast and clearly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from deploylab.engine import LLM, EngineConfig, LLMEngine
+from deploylab.engine.async_engine import AsyncEngine, EngineDeadError
+from deploylab.engine.distributed import TensorParallelError
+from deploylab.engine.sampling_params import SamplingParams
+from tests.engine.conftest import ModelParts
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+SETTINGS: dict[str, Any] = {"device": "cpu", "dtype": "float32", "num_threads": 1}
+
+
+def _ids(llm: LLM, prompts: list[Any]) -> list[list[int]]:
+    return [out.token_ids for out in llm.generate(prompts, GREEDY)]
+
+
+def _close(llm: LLM) -> None:
+    tp = llm.llm_engine.tp
+    assert tp is not None
+    tp.close()
+
+
+@pytest.fixture(scope="module")
+def qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen3 checkpoint: 4 query / 2 KV heads, q/k norms, an odd vocabulary
+    (101 rows, so the last rank's vocabulary slice is padded)."""
+    import transformers
+
+    directory = tmp_path_factory.mktemp("qwen3-tiny")
+    config = transformers.Qwen3Config(
+        vocab_size=101,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=256,
+        initializer_range=0.2,
+        tie_word_embeddings=False,
+        eos_token_id=None,
+        bos_token_id=None,
+        pad_token_id=None,
+    )
+    torch.manual_seed(0)
+    model = transformers.Qwen3ForCausalLM(config)
+    with torch.no_grad():  # non-trivial norms, so a norm applied to the wrong heads shows
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.2)
+    model.save_pretrained(directory)
+    return directory
+
+
+def test_default_model_tp2_matches_tp1(smol: ModelParts, smol_chat_ids: list[list[int]]) -> None:
+    """SmolLM2-135M (9 query / 3 KV heads: ranks hold 2 and 1 KV heads)."""
+    prompts = [*smol_chat_ids[:2], "The capital of France is"]
+    expected = _ids(smol.llm(kv_cache_gib=0.05), prompts)
+    two = LLM(kv_cache_gib=0.05, tensor_parallel_size=2, **SETTINGS)
+    try:
+        assert two.llm_engine.kv_cache.layers[0][0].shape[0] == 2  # rank 0's KV heads
+        assert _ids(two, prompts) == expected
+        chat = two.chat([{"role": "user", "content": "What is the capital of France?"}])
+        assert "Paris" in chat[0].text
+    finally:
+        _close(two)
+
+
+def test_tiny_qwen3_tp2_matches_tp1(qwen3_dir: Path) -> None:
+    prompts = [[5, 17, 33, 2, 90, 100], [7] * 40, [1, 2, 3]]
+    settings = {**SETTINGS, "model": str(qwen3_dir), "kv_cache_gib": 0.01, "block_size": 8}
+    expected = _ids(LLM(**settings), prompts)
+    two = LLM(tensor_parallel_size=2, **settings)
+    try:
+        assert _ids(two, prompts) == expected
+    finally:
+        _close(two)
+
+
+def test_a_dead_rank_fails_the_engine_fast(qwen3_dir: Path) -> None:
+    """Kill rank 1: the next request fails with an error naming the rank, the engine is
+    declared dead (no retries, no hang), and later requests are refused at once."""
+    config = EngineConfig(
+        model=str(qwen3_dir), kv_cache_gib=0.01, tensor_parallel_size=2, **SETTINGS
+    )
+    engine = LLMEngine(config)
+    tp = engine.tp
+    assert tp is not None
+    async_engine = AsyncEngine(engine=engine)
+
+    async def run(prompt: list[int]) -> list[int]:
+        tokens: list[int] = []
+        async for delta in async_engine.generate(prompt, GREEDY):
+            tokens += delta.new_token_ids
+        return tokens
+
+    try:
+        assert len(asyncio.run(run([1, 2, 3]))) == GREEDY.max_tokens
+        worker = tp.procs[0]
+        assert worker.pid is not None
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join(timeout=30)
+        with pytest.raises((EngineDeadError, TensorParallelError), match="rank 1"):
+            asyncio.run(run([4, 5, 6]))
+        assert async_engine.dead_reason is not None and "rank 1" in async_engine.dead_reason
+        with pytest.raises(EngineDeadError):
+            asyncio.run(run([7, 8]))
+    finally:
+        async_engine.shutdown()
+        tp.close()
