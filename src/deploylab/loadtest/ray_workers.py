@@ -34,7 +34,9 @@ def _import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise UsageError(f"--ray-address needs Ray, which is not installed: {INSTALL_HINT}") from None
+        raise UsageError(
+            f"--ray-address needs Ray, which is not installed: {INSTALL_HINT}"
+        ) from None
     return ray
 
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 import torch
+from tests.engine.conftest import ModelParts
 
 from deploylab.engine import LLM, EngineConfig, LLMEngine
 from deploylab.engine.async_engine import AsyncEngine, EngineDeadError
 from deploylab.engine.distributed import TensorParallelError
 from deploylab.engine.sampling_params import SamplingParams
-from tests.engine.conftest import ModelParts
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 SETTINGS: dict[str, Any] = {"device": "cpu", "dtype": "float32", "num_threads": 1}

@@ -50,6 +50,11 @@ class TensorParallel:
                 "Speculative decoding does not run under tensor parallelism yet: drop "
                 "speculative_config or use tensor_parallel_size=1."
             )
+        if getattr(config, "enable_lora", False) or getattr(config, "lora_modules", None):
+            raise ConfigError(
+                "Multi-LoRA does not run under tensor parallelism yet (adapter deltas would "
+                "need the same column/row split): serve adapters with tensor_parallel_size=1."
+            )
         device = config.torch_device()
         if device.type == "cuda" and torch.cuda.device_count() < world:
             raise ConfigError(

@@ -156,7 +156,9 @@ def parallelize(model: LlamaForCausalLM, plan: ShardPlan, comm: Communicator) ->
         mlp.down_proj = _row_parallel(mlp.down_proj, comm)  # type: ignore[union-attr,arg-type,assignment]
     full_vocab = model.config.vocab_size
     v0, v1 = plan.vocab
-    embed = VocabParallelEmbedding(_rows(model.model.embed_tokens.weight.detach(), v0, v1), v0, comm)
+    embed = VocabParallelEmbedding(
+        _rows(model.model.embed_tokens.weight.detach(), v0, v1), v0, comm
+    )
     head: nn.Parameter = embed.weight
     if not model.config.tie_word_embeddings:
         head = nn.Parameter(_rows(model.lm_head.weight.detach(), v0, v1), requires_grad=False)
