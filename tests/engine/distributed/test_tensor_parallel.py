@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from tests.engine.conftest import ModelParts
+from tests.tiny_qwen3 import save_tiny_qwen3
 
 from deploylab.engine import LLM, EngineConfig, LLMEngine
 from deploylab.engine.async_engine import AsyncEngine, EngineDeadError
@@ -34,34 +34,7 @@ def _close(llm: LLM) -> None:
 
 @pytest.fixture(scope="module")
 def qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Qwen3 checkpoint: 4 query / 2 KV heads, q/k norms, an odd vocabulary
-    (101 rows, so the last rank's vocabulary slice is padded)."""
-    import transformers
-
-    directory = tmp_path_factory.mktemp("qwen3-tiny")
-    config = transformers.Qwen3Config(
-        vocab_size=101,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=256,
-        initializer_range=0.2,
-        tie_word_embeddings=False,
-        eos_token_id=None,
-        bos_token_id=None,
-        pad_token_id=None,
-    )
-    torch.manual_seed(0)
-    model = transformers.Qwen3ForCausalLM(config)
-    with torch.no_grad():  # non-trivial norms, so a norm applied to the wrong heads shows
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.add_(torch.randn_like(p) * 0.2)
-    model.save_pretrained(directory)
-    return directory
+    return save_tiny_qwen3(tmp_path_factory.mktemp("qwen3-tiny"))
 
 
 def test_default_model_tp2_matches_tp1(smol: ModelParts, smol_chat_ids: list[list[int]]) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
+from deploylab.engine.async_engine import EngineDeadError
 from deploylab.engine.config import EngineConfig
 from deploylab.engine.distributed.group import (
     TorchCommunicator,
@@ -29,13 +30,14 @@ from deploylab.engine.model_runner import ModelRunner
 from deploylab.engine.models.llama import LlamaForCausalLM
 from deploylab.engine.scheduler import SchedulerOutput
 from deploylab.engine.sequence import Sequence
-from deploylab.errors import ConfigError, DeploylabError
+from deploylab.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 
-class TensorParallelError(DeploylabError):
-    """A tensor-parallel rank died or failed: the engine cannot go on (restart it)."""
+class TensorParallelError(EngineDeadError):
+    """A tensor-parallel rank died or failed: the engine cannot go on (restart it); the
+    server answers 503 with this message."""
 
     fatal = True  # AsyncEngine stops at once instead of retrying the step
 
