@@ -27,6 +27,12 @@ from loadgen_accuracy import ZERO_SIM, search
 from loadgen_harness import Measured, Ours, SimProcess
 
 
+def save(path: Path, out: dict[str, Any]) -> None:
+    out["load_average_at_end"] = os.getloadavg()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 s per rate instead of 6 s")
@@ -70,9 +76,8 @@ def main() -> None:
                     f"sustained (p99 lateness < 5 ms), keeps up to {found['max_keeps_up_rps']:.0f}",
                     flush=True,
                 )
-    out["load_average_at_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+                save(args.out, out)  # as it goes: a slow sim shutdown must not lose them
+    save(args.out, out)
     print(f"load average start {out['load_average_at_start']}, end {out['load_average_at_end']}")
 
 

@@ -51,13 +51,27 @@ def test_default_model_tp2_matches_tp1(smol: ModelParts, smol_chat_ids: list[lis
         _close(two)
 
 
+def _extras(llm: LLM) -> tuple[list[list[int]], list[float]]:
+    """Two greedy samples of one prompt (fork, copy-on-write) and its prompt logprobs."""
+    params = SamplingParams(temperature=0.0, max_tokens=6, n=2, prompt_logprobs=1)
+    outs = llm.generate([[9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 11]], params)
+    lps = outs[0].prompt_logprobs or []
+    return [o.token_ids for o in outs], [lp.logprob for lp in lps if lp is not None]
+
+
 def test_tiny_qwen3_tp2_matches_tp1(qwen3_dir: Path) -> None:
+    """Also `n` samples (forked blocks) and prompt logprobs: every rank computes the same
+    rows, so the LM head's all-gather stays matched."""
     prompts = [[5, 17, 33, 2, 90, 100], [7] * 40, [1, 2, 3]]
     settings = {**SETTINGS, "model": str(qwen3_dir), "kv_cache_gib": 0.01, "block_size": 8}
-    expected = _ids(LLM(**settings), prompts)
+    one = LLM(**settings)
+    expected, (samples, logprobs) = _ids(one, prompts), _extras(one)
     two = LLM(tensor_parallel_size=2, **settings)
     try:
         assert _ids(two, prompts) == expected
+        samples2, logprobs2 = _extras(two)
+        assert samples2 == samples and len(samples) == 2
+        assert len(logprobs) == 10 and logprobs2 == pytest.approx(logprobs, abs=1e-4)
     finally:
         _close(two)
 
