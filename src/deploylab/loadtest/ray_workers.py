@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from deploylab.errors import UsageError
+from deploylab.errors import DeploylabError, UsageError
 from deploylab.loadtest.client import RawRecord
 from deploylab.loadtest.worker import WorkerTask
 
@@ -154,7 +154,16 @@ def run_ray(
     ray = connect(address, len(tasks))
     actor_cls = ray.remote(num_cpus=1, max_concurrency=2, max_restarts=0)(LoadWorker)
     actors = [actor_cls.remote() for _ in tasks]
-    ray.get([a.ready.remote() for a in actors], timeout=300)
+    try:
+        ray.get([a.ready.remote() for a in actors], timeout=300)
+    except (ray.exceptions.RayError, TimeoutError) as exc:
+        for a in actors:
+            ray.kill(a)
+        raise DeploylabError(
+            f"Ray could not start {len(tasks)} load-test workers (--ray-address {address}): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. Check the "
+            "cluster's free CPUs and memory (`ray status`), or use fewer --workers."
+        ) from exc
     start_wall = time.time_ns() + _START_MARGIN_NS
     start_ns = time.perf_counter_ns() + (start_wall - time.time_ns())
     refs = [a.run.remote(task, start_wall, start_ns) for a, task in zip(actors, tasks, strict=True)]
