@@ -78,6 +78,11 @@ def serve(
         tensor_parallel_size=tensor_parallel_size,
     )
 
+    if tensor_parallel_size > 1:  # heads that do not split: exit 2 before binding
+        from deploylab.engine.distributed.loading import check_config
+
+        check_config(config)
+
     def load() -> Any:
         return AsyncEngine(config)
 

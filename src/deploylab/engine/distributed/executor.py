@@ -23,7 +23,7 @@ from deploylab.engine.distributed.group import (
     free_port,
     init_group,
 )
-from deploylab.engine.distributed.loading import load_shard
+from deploylab.engine.distributed.loading import check_config, load_shard
 from deploylab.engine.distributed.step import encode_step
 from deploylab.engine.distributed.worker import rank_device, worker_main
 from deploylab.engine.model_runner import ModelRunner
@@ -63,6 +63,7 @@ class TensorParallel:
                 f"tensor_parallel_size={world} needs {world} GPUs; this machine has "
                 f"{torch.cuda.device_count()}."
             )
+        check_config(config)
         self.world = world
         self.config = config
         self.device = rank_device(config, 0)

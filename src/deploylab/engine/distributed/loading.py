@@ -10,8 +10,33 @@ import torch
 from deploylab.catalog import resolve_model
 from deploylab.engine.config import EngineConfig
 from deploylab.engine.distributed.layers import Communicator, parallelize, shard_model
-from deploylab.engine.distributed.plan import ShardPlan
+from deploylab.engine.distributed.plan import ShardPlan, check_tensor_parallel
+from deploylab.engine.models.config import LlamaConfig
 from deploylab.engine.models.llama import LlamaForCausalLM
+
+
+def full_model_config(config: EngineConfig) -> LlamaConfig:
+    """The served model's shape, read without loading weights (GGUF metadata, config.json
+    or the random-weight preset)."""
+    if config.random_weights:
+        from deploylab.engine.models.presets import get_preset
+
+        return get_preset(config.random_weights)
+    path = resolve_model(config.model)
+    if path.is_file():
+        from deploylab.engine.models.gguf_loader import _open, config_from_gguf
+
+        reader = _open(path)
+        return config_from_gguf(reader, path, {t.name for t in reader.tensors})
+    from deploylab.engine.models.loader import load_hf_config
+
+    return load_hf_config(path)
+
+
+def check_config(config: EngineConfig) -> None:
+    """ConfigError now, before any process starts, when the model's heads cannot be split
+    `config.tensor_parallel_size` ways."""
+    check_tensor_parallel(full_model_config(config), config.tensor_parallel_size)
 
 
 def load_shard(
