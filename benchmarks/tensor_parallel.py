@@ -4,8 +4,9 @@ One command on N GPUs (NCCL; the script sets NCCL_NVLS_ENABLE=0):
 
     PYTHONPATH=src python benchmarks/tensor_parallel.py --tp 8 --out $OUT/tp.json
 
-measures, for TP 1 (where the shape fits one device) and TP N, with random weights of the
-Llama-3.1-8B and -70B shapes (bf16):
+measures, for TP 1 (where the shape fits one device; the plain engine and the TP executor
+run at size 1, whose difference is the executor's own overhead) and TP N, with random
+weights of the Llama-3.1-8B and -70B shapes (bf16):
 - decode step time at batch 1, 64 and 256 (128-token prompts, the median of the engine's
   steps once every request decodes; rank 0 sends each step's batch to the others first);
 - the all-reduce of one layer's activations (`[batch, hidden]`, two per layer) on its own;
@@ -58,9 +59,12 @@ def fits(shape: str, tp: int, device: str) -> bool:
     return weight_bytes(shape, 2) / tp < 0.75 * total
 
 
-def engine_config(shape: str, tp: int, args: argparse.Namespace, seqs: int) -> EngineConfig:
+def engine_config(
+    shape: str, tp: int, args: argparse.Namespace, seqs: int, backend: str | None = None
+) -> EngineConfig:
     extra: dict[str, Any] = {"num_threads": 1} if args.device == "cpu" else {}
     return EngineConfig(
+        distributed_executor_backend=backend,
         random_weights=shape,
         device=args.device,
         tensor_parallel_size=tp,
@@ -117,7 +121,8 @@ def decode_steps(engine: LLMEngine, batch: int, steps: int) -> dict[str, Any]:
 
 def throughput(shape: str, tp: int, args: argparse.Namespace) -> dict[str, Any]:
     n = args.throughput_requests
-    llm = LLM(llm_engine=LLMEngine(engine_config(shape, tp, args, min(n, 256))))
+    backend = "mp" if tp > 1 else "uni"
+    llm = LLM(llm_engine=LLMEngine(engine_config(shape, tp, args, min(n, 256), backend)))
     gen = torch.Generator().manual_seed(0)
     vocab = llm.llm_engine.model_config.vocab_size
     prompts = [torch.randint(3, vocab, (PROMPT_LEN,), generator=gen).tolist() for _ in range(n)]
@@ -244,7 +249,6 @@ def main() -> None:
     args.throughput_requests = args.throughput_requests or (16 if cpu else 256)
     if cpu:
         args.output_len = min(args.output_len, 32)
-    sizes = sorted({1, args.tp})
     res: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0) if not cpu else "cpu",
         "gpus": torch.cuda.device_count(), "tp": args.tp, "date": datetime.now(UTC).isoformat(),
@@ -260,23 +264,27 @@ def main() -> None:
         res["equality"] = greedy_equality(args.tp, args)
         print("greedy equality:", res["equality"], flush=True)
         save()
+    # (TP size, executor): the plain engine; the TP executor at size 1 (its overhead alone:
+    # step message, collectives over one rank, no CUDA graphs); TP N.
+    runs = [(1, "uni"), (1, "mp")] + ([(args.tp, "mp")] if args.tp > 1 else [])
     for shape in args.shapes:
-        for tp in sizes:
+        for tp, backend in runs:
             if not fits(shape, tp, args.device):
                 print(f"{shape} TP {tp}: does not fit, skipped", flush=True)
                 continue
+            label = {"shape": shape, "tp": tp, "executor": backend}
             if "steps" not in args.skip:
-                engine = LLMEngine(engine_config(shape, tp, args, max(args.batches)))
+                engine = LLMEngine(engine_config(shape, tp, args, max(args.batches), backend))
                 for batch in args.batches:
-                    row = {"shape": shape, "tp": tp, **decode_steps(engine, batch, args.steps)}
+                    row = {**label, **decode_steps(engine, batch, args.steps)}
                     res["decode"].append(row)
                     print(row, flush=True)
                     save()
                 close(engine)
                 del engine
                 release()
-            if "throughput" not in args.skip:
-                row = {"shape": shape, "tp": tp, **throughput(shape, tp, args)}
+            if "throughput" not in args.skip and (tp, backend) != (1, "mp"):
+                row = {**label, **throughput(shape, tp, args)}
                 res["throughput"].append(row)
                 print(row, flush=True)
                 save()

@@ -51,6 +51,9 @@ class EngineConfig:
     speculative_config: dict[str, Any] | str | None = None
     # Devices (processes) the model is split over; see engine/distributed/.
     tensor_parallel_size: int = 1
+    # vLLM's name: "mp" runs the tensor-parallel executor even at size 1 (to measure its
+    # overhead); None/"uni" use it only when tensor_parallel_size > 1.
+    distributed_executor_backend: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -95,6 +98,13 @@ class EngineConfig:
             raise ConfigError(
                 f"EngineConfig.dtype '{self.dtype}' is not one of auto, {', '.join(_DTYPES)}."
             )
+        backend = self.distributed_executor_backend
+        if backend not in (None, "uni", "mp"):
+            raise ConfigError(
+                f"EngineConfig.distributed_executor_backend '{backend}' is not one of uni, mp."
+            )
+        if backend == "uni" and self.tensor_parallel_size > 1:
+            raise ConfigError("tensor_parallel_size > 1 needs distributed_executor_backend 'mp'.")
         from deploylab.engine.spec_decode.config import parse_speculative_config
 
         parse_speculative_config(self.speculative_config)

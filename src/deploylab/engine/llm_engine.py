@@ -64,7 +64,7 @@ class LLMEngine:
         if config.num_threads and self.device.type == "cpu":
             torch.set_num_threads(config.num_threads)
         self.tp: TensorParallel | None = None  # tensor parallelism (off: None)
-        if config.tensor_parallel_size > 1:
+        if config.tensor_parallel_size > 1 or config.distributed_executor_backend == "mp":
             self.tp, model, tokenizer = start_tensor_parallel(config, model)
         if model is None:
             model, tokenizer = self._load(config)
