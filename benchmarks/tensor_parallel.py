@@ -11,7 +11,8 @@ weights of the Llama-3.1-8B and -70B shapes (bf16):
   steps once every request decodes; rank 0 sends each step's batch to the others first);
 - the all-reduce of one layer's activations (`[batch, hidden]`, two per layer) on its own;
 - offline throughput (`LLM.generate`, 256 requests, 128 in / 128 out);
-- greedy equality of TP 1 and TP N on a small shape with the same weights.
+- greedy equality of the plain engine and TP N (at `--tp 1`: the TP executor at size 1) on a
+  small shape with the same weights.
 
 On the CPU (`--device cpu --tp 2`, gloo) it runs the small shapes only, which gives the
 per-step overhead of the process group and the step broadcast on this machine.
@@ -215,19 +216,20 @@ def greedy_equality(tp: int, args: argparse.Namespace) -> dict[str, Any]:
     outs = {}
     with tempfile.TemporaryDirectory() as tmp:
         save_small_model(Path(tmp), shape)
-        for size in (1, tp):
+        for key, (size, backend) in enumerate(((1, "uni"), (tp, "mp"))):
             extra: dict[str, Any] = {"num_threads": 1} if args.device == "cpu" else {}
             config = EngineConfig(
                 model=tmp, device=args.device, dtype="float32", tensor_parallel_size=size,
-                kv_cache_gib=0.1, gpu_memory_utilization=0.5, **extra,
+                distributed_executor_backend=backend, kv_cache_gib=0.1,
+                gpu_memory_utilization=0.5, **extra,
             )  # fmt: skip
             engine = LLMEngine(config)
-            outs[size] = [o.token_ids for o in LLM(llm_engine=engine).generate(prompts, params)]
+            outs[key] = [o.token_ids for o in LLM(llm_engine=engine).generate(prompts, params)]
             close(engine)
             del engine
             release()
-    return {"shape": shape, "dtype": "float32", "tp": tp, "identical": outs[1] == outs[tp],
-            "tokens_compared": sum(len(o) for o in outs[1])}  # fmt: skip
+    return {"shape": shape, "dtype": "float32", "plain_vs_tp": tp, "identical": outs[0] == outs[1],
+            "tokens_compared": sum(len(o) for o in outs[0])}  # fmt: skip
 
 
 def main() -> None:
@@ -260,7 +262,7 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(res, indent=1))
 
-    if args.tp > 1 and "equality" not in args.skip:
+    if "equality" not in args.skip:
         res["equality"] = greedy_equality(args.tp, args)
         print("greedy equality:", res["equality"], flush=True)
         save()

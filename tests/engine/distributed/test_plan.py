@@ -57,3 +57,10 @@ def test_speculative_decoding_under_tp_fails_clearly() -> None:
     cfg = EngineConfig(random_weights="tiny", tensor_parallel_size=2, speculative_config=spec)
     with pytest.raises(ConfigError, match="Speculative decoding does not run under tensor"):
         LLMEngine(cfg)
+
+
+def test_executor_backend_is_validated() -> None:
+    with pytest.raises(ConfigError, match="distributed_executor_backend 'ray'"):
+        EngineConfig(distributed_executor_backend="ray")
+    with pytest.raises(ConfigError, match="needs distributed_executor_backend 'mp'"):
+        EngineConfig(tensor_parallel_size=2, distributed_executor_backend="uni")

@@ -76,6 +76,20 @@ def test_tiny_qwen3_tp2_matches_tp1(qwen3_dir: Path) -> None:
         _close(two)
 
 
+def test_the_tp_executor_at_size_one_matches_the_plain_engine(qwen3_dir: Path) -> None:
+    """`distributed_executor_backend="mp"` at size 1: parallel layers over a one-rank group
+    (no worker process), the same greedy tokens."""
+    settings = {**SETTINGS, "model": str(qwen3_dir), "kv_cache_gib": 0.01}
+    prompts = [[5, 17, 33, 2, 90, 100], [1, 2, 3]]
+    expected = _ids(LLM(**settings), prompts)
+    one = LLM(distributed_executor_backend="mp", **settings)
+    try:
+        assert one.llm_engine.tp is not None and not one.llm_engine.tp.procs
+        assert _ids(one, prompts) == expected
+    finally:
+        _close(one)
+
+
 def test_a_dead_rank_fails_the_engine_fast(qwen3_dir: Path) -> None:
     """Kill rank 1: the next request fails with an error naming the rank, the engine is
     declared dead (no retries, no hang), and later requests are refused at once."""
