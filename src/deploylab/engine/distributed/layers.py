@@ -98,12 +98,11 @@ def _rows(t: torch.Tensor, start: int, end: int) -> torch.Tensor:
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    layer = layer.to(device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        layer.weight = nn.Parameter(weight, requires_grad=False)
-        if bias is not None:
-            layer.bias = nn.Parameter(bias, requires_grad=False)
+    """An nn.Linear around existing tensors (built on the meta device: no init, no copy)."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    layer.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias, requires_grad=False)
     return layer
 
 
