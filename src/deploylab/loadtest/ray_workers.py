@@ -152,6 +152,12 @@ def run_ray(
     perf_counter_ns), when the run was interrupted (None) and notes about lost workers.
     `on_start` gets the actor handles once the run has started (fault-injection tests)."""
     ray = connect(address, len(tasks))
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cpus < len(tasks):
+        raise UsageError(
+            f"--workers {len(tasks)} needs a CPU per worker, but the Ray cluster at "
+            f"'{address}' has {cpus:g}: use fewer --workers or add nodes."
+        )
     actor_cls = ray.remote(num_cpus=1, max_concurrency=2, max_restarts=0)(LoadWorker)
     actors = [actor_cls.remote() for _ in tasks]
     try:
