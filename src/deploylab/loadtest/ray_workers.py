@@ -137,7 +137,14 @@ def connect(address: str, workers: int) -> Any:
     ray = _import_ray()
     if not ray.is_initialized():
         if address == "local":
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            # Ray's memory monitor kills workers when the machine's memory is nearly full,
+            # whoever filled it; the load generator's actors are small, so it stays off here.
+            ray.init(
+                num_cpus=workers,
+                include_dashboard=False,
+                log_to_driver=False,
+                _system_config={"memory_monitor_refresh_ms": 0},
+            )
         else:
             ray.init(address=address, log_to_driver=False)
     return ray

@@ -105,3 +105,13 @@ def test_without_ray_the_flag_says_how_to_install(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(UsageError, match=r"pip install 'deploylab\[ray\]'"):
         ray_workers.require_ray()
+
+
+def test_more_workers_than_cluster_cpus_is_refused(tmp_path: Path, local_ray: None) -> None:
+    from deploylab.errors import UsageError
+
+    with (
+        run_sim(SIM) as sim,
+        pytest.raises(UsageError, match="--workers 3 needs a CPU per worker"),
+    ):
+        _run(tmp_path, sim.url, rate=10, requests=6, workers=3, ray_address="local")
