@@ -90,6 +90,18 @@ def test_the_tp_executor_at_size_one_matches_the_plain_engine(qwen3_dir: Path) -
         _close(one)
 
 
+def test_an_engine_that_fails_to_build_leaves_the_group(qwen3_dir: Path) -> None:
+    """A config error after the ranks started (context too long for the cache) frees the
+    process group, so the next engine in this process can start."""
+    from deploylab.errors import ConfigError
+
+    settings = {**SETTINGS, "model": str(qwen3_dir), "kv_cache_gib": 0.01}
+    with pytest.raises(ConfigError, match="max_model_len"):
+        LLM(distributed_executor_backend="mp", max_model_len=10**6, **settings)
+    one = LLM(distributed_executor_backend="mp", **settings)
+    _close(one)
+
+
 def test_a_dead_rank_fails_the_engine_fast(qwen3_dir: Path) -> None:
     """Kill rank 1: the next request fails with an error naming the rank, the engine is
     declared dead (no retries, no hang), and later requests are refused at once."""

@@ -175,6 +175,8 @@ class TensorParallel:
 
 
 def _terminate(procs: list[BaseProcess]) -> None:
+    """Stop the workers and leave the group (also when an engine failed half-built)."""
+    destroy_group()
     for proc in procs:
         if proc.is_alive():
             proc.terminate()
