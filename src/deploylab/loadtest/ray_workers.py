@@ -45,23 +45,31 @@ class LoadWorker:
 
     def __init__(self) -> None:
         self._stop = threading.Event()
+        self._task: WorkerTask | None = None
 
-    def ready(self) -> bool:
-        """Answers once the actor is up (its imports done)."""
+    def prepare(self, task: WorkerTask) -> bool:
+        """Receive the task and import the worker code before the start instant is chosen,
+        so neither delays the first sends."""
+        import deploylab.loadtest.procs  # noqa: F401
+        import deploylab.loadtest.worker  # noqa: F401
+
+        self._task = task
         return True
 
     def stop(self) -> None:
         """Make a running `run` stop sending and return its records so far."""
         self._stop.set()
 
-    def run(self, task: WorkerTask, start_wall_ns: int, driver_start_ns: int) -> list[RawRecord]:
-        """Run `task` from the wall-clock instant `start_wall_ns`; records on the driver's
-        perf_counter clock (its value at that instant: `driver_start_ns`)."""
+    def run(self, start_wall_ns: int, driver_start_ns: int) -> list[RawRecord]:
+        """Run the prepared task from the wall-clock instant `start_wall_ns`; records on the
+        driver's perf_counter clock (its value at that instant: `driver_start_ns`)."""
         import asyncio
 
         from deploylab.loadtest.procs import new_runner
         from deploylab.loadtest.worker import run_worker
 
+        task = self._task
+        assert task is not None, "prepare() first"
         local_start = time.perf_counter_ns() + (start_wall_ns - time.time_ns())
 
         async def main() -> list[RawRecord]:
@@ -168,7 +176,7 @@ def run_ray(
     actor_cls = ray.remote(num_cpus=1, max_concurrency=2, max_restarts=0)(LoadWorker)
     actors = [actor_cls.remote() for _ in tasks]
     try:
-        ray.get([a.ready.remote() for a in actors], timeout=300)
+        ray.get([a.prepare.remote(t) for a, t in zip(actors, tasks, strict=True)], timeout=300)
     except (ray.exceptions.RayError, TimeoutError) as exc:
         for a in actors:
             ray.kill(a)
@@ -179,7 +187,7 @@ def run_ray(
         ) from exc
     start_wall = time.time_ns() + _START_MARGIN_NS
     start_ns = time.perf_counter_ns() + (start_wall - time.time_ns())
-    refs = [a.run.remote(task, start_wall, start_ns) for a, task in zip(actors, tasks, strict=True)]
+    refs = [a.run.remote(start_wall, start_ns) for a in actors]
     if on_start is not None:
         on_start(actors)
     records: list[RawRecord] = []
