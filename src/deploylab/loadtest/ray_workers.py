@@ -48,10 +48,9 @@ class LoadWorker:
         self._task: WorkerTask | None = None
 
     def prepare(self, task: WorkerTask) -> bool:
-        """Receive the task and import the worker code before the start instant is chosen,
-        so neither delays the first sends."""
+        """Receive the task before the start instant is chosen, so its transfer does not
+        delay the first sends."""
         import deploylab.loadtest.procs  # noqa: F401
-        import deploylab.loadtest.worker  # noqa: F401
 
         self._task = task
         return True
@@ -62,35 +61,15 @@ class LoadWorker:
 
     def run(self, start_wall_ns: int, driver_start_ns: int) -> list[RawRecord]:
         """Run the prepared task from the wall-clock instant `start_wall_ns`; records on the
-        driver's perf_counter clock (its value at that instant: `driver_start_ns`)."""
-        import asyncio
-
-        from deploylab.loadtest.procs import new_runner
-        from deploylab.loadtest.worker import run_worker
+        driver's perf_counter clock (its value at that instant: `driver_start_ns`). The
+        worker runs in a process of its own, as `--workers` does: in the actor's process,
+        Ray's own threads would share the event loop's core and GIL."""
+        from deploylab.loadtest.procs import run_processes
 
         task = self._task
         assert task is not None, "prepare() first"
         local_start = time.perf_counter_ns() + (start_wall_ns - time.time_ns())
-
-        async def main() -> list[RawRecord]:
-            stop = asyncio.Event()
-
-            async def watch() -> None:
-                while not self._stop.is_set():
-                    await asyncio.sleep(0.05)
-                stop.set()
-
-            async def start() -> int:
-                return local_start
-
-            watcher = asyncio.ensure_future(watch())
-            try:
-                return await run_worker(task, start, stop, None)
-            finally:
-                watcher.cancel()
-
-        with new_runner() as runner:
-            records = runner.run(main())
+        records, _, _ = run_processes([task], None, local_start, self._stop.is_set)
         shift = driver_start_ns - local_start
         for rec in records:
             _shift(rec, shift)
