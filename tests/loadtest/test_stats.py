@@ -89,6 +89,24 @@ def test_a_late_client_is_told_to_add_workers() -> None:
     assert lateness_warning(summarize(records(on_time, window), window, SLO())) is None
 
 
+def test_an_overloaded_worker_is_named() -> None:
+    """Two workers, only worker 1 sends late: its own lateness and the warning name it."""
+    from deploylab.loadtest.findings import lateness_warning
+
+    load = LoadConfig(rate=2, duration_s=10)
+    raws = [raw(i / 2, 0.1, index=i) for i in range(20)]
+    for k, r in enumerate(raws):
+        r.worker = k % 2
+        if r.worker == 1:
+            r.sent_ns = r.scheduled_ns + 30_000_000  # 30 ms late
+    window = measurement_window(raws, 0, load)
+    summary = summarize(records(raws, window), window, SLO())
+    by_worker = summary.lateness_by_worker_ms
+    assert by_worker["0"].p99 == 0 and by_worker["1"].p50 == 30.0
+    warning = lateness_warning(summary)
+    assert warning is not None and "Late workers: 1 (p99 30.0 ms) of 2" in warning
+
+
 def test_error_messages_are_read_out_of_json_error_bodies() -> None:
     from deploylab.loadtest.findings import error_message
 

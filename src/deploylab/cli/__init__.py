@@ -11,6 +11,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from deploylab import __version__
 from deploylab.cli import armt as armt_cli
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     except DeploylabError as exc:
         if "--debug" in args:
             err.print_exception()
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        # escaped: a message may hold brackets (e.g. `pip install 'deploylab[ray]'`)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         code = exc.exit_code
     except KeyboardInterrupt:
         err.print("Interrupted.")

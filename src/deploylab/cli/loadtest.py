@@ -42,6 +42,11 @@ def loadtest(
     warmup: float | None = typer.Option(None, help="Seconds excluded from the results at start."),
     cooldown: float | None = typer.Option(None, help="Seconds excluded at the end."),
     workers: int = typer.Option(1, help="Worker processes sharing the load."),
+    ray_address: str | None = typer.Option(
+        None,
+        help="Run the workers as Ray actors on this cluster (ADDRESS, or 'local' for a Ray "
+        "started here); needs `pip install 'deploylab[ray]'`.",
+    ),
     seed: int = typer.Option(0, help="Random seed (prompts, lengths, arrivals)."),
     out: Path | None = typer.Option(None, help="Folder for results.json."),
     model_map: list[str] = typer.Option(
@@ -95,6 +100,10 @@ def loadtest(
         raise UsageError(f"--arrival '{arrival}' is not one of poisson, constant, gamma.")
     if api is not None and api not in ("chat", "completions"):
         raise UsageError(f"--api '{api}' is not one of chat, completions.")
+    if ray_address is not None:
+        from deploylab.loadtest.ray_workers import require_ray
+
+        require_ray()
     overrides = {
         "concurrency": concurrency,
         "rate": rate,
@@ -106,6 +115,7 @@ def loadtest(
         "warmup_s": warmup,
         "cooldown_s": cooldown,
         "workers": workers,
+        "ray_address": ray_address,
         "seed": seed,
         "timeout_s": timeout,
     }

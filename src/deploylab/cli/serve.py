@@ -70,6 +70,13 @@ def serve(
     enable_sleep_mode: bool = typer.Option(
         False, help="Add vLLM's POST /sleep, POST /wake_up and GET /is_sleeping endpoints."
     ),
+    tensor_parallel_size: int = typer.Option(
+        1,
+        "--tensor-parallel-size",
+        "-tp",
+        help="Split the model over this many devices (one process each; gloo on the CPU, "
+        "NCCL on GPUs).",
+    ),
     shutdown_timeout: float = typer.Option(
         30.0,
         "--shutdown-timeout",
@@ -101,6 +108,13 @@ def serve(
         raise UsageError(f"--memory-budget-gib must be > 0, got {memory_budget_gib}.")
     if keep_alive is not None and not keep_alive > 0:
         raise UsageError(f"--keep-alive must be > 0 seconds, got {keep_alive}.")
+    if tensor_parallel_size < 1:
+        raise UsageError(f"--tensor-parallel-size must be >= 1, got {tensor_parallel_size}.")
+    if many and tensor_parallel_size > 1:
+        raise UsageError(
+            "--tensor-parallel-size > 1 works with one --model for now; run one server per "
+            "tensor-parallel model."
+        )
     if not many:
         resolve_model(model[0])  # fail fast, before binding, on a model that is not here
     try:
@@ -128,7 +142,13 @@ def serve(
         max_model_len=max_model_len,
         max_waiting=max_waiting,
         kv_cache_gib=kv_cache_gib,
+        tensor_parallel_size=tensor_parallel_size,
     )
+
+    if tensor_parallel_size > 1:  # heads that do not split: exit 2 before binding
+        from deploylab.engine.distributed.loading import check_config
+
+        check_config(config)
 
     def load() -> Any:
         return AsyncEngine(config)

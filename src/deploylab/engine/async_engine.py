@@ -249,7 +249,7 @@ class AsyncEngine:
                     except Exception as exc:  # noqa: BLE001 - end the step's requests, go on
                         failed_steps += 1
                         logger.exception("engine step failed (%d in a row)", failed_steps)
-                        if failed_steps >= MAX_STEP_FAILURES:
+                        if failed_steps >= MAX_STEP_FAILURES or getattr(exc, "fatal", False):
                             raise
                         deltas += engine.fail_step(exc)
                 self._stats = engine.stats()

@@ -59,6 +59,11 @@ class EngineConfig:
     max_lora_rank: int = 16
     max_cpu_loras: int | None = None  # default: max_loras
     lora_modules: dict[str, str] | None = None
+    # Devices (processes) the model is split over; see engine/distributed/.
+    tensor_parallel_size: int = 1
+    # vLLM's name: "mp" runs the tensor-parallel executor even at size 1 (to measure its
+    # overhead); None/"uni" use it only when tensor_parallel_size > 1.
+    distributed_executor_backend: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -71,7 +76,13 @@ class EngineConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"EngineConfig.{name} must be a positive integer, got {value!r}.")
 
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_waiting"):
+        for name in (
+            "block_size",
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "max_waiting",
+            "tensor_parallel_size",
+        ):
             positive_int(name)
         if self.block_size & (self.block_size - 1) or self.block_size > 1024:
             raise ConfigError(
@@ -97,6 +108,13 @@ class EngineConfig:
             raise ConfigError(
                 f"EngineConfig.dtype '{self.dtype}' is not one of auto, {', '.join(_DTYPES)}."
             )
+        backend = self.distributed_executor_backend
+        if backend not in (None, "uni", "mp"):
+            raise ConfigError(
+                f"EngineConfig.distributed_executor_backend '{backend}' is not one of uni, mp."
+            )
+        if backend == "uni" and self.tensor_parallel_size > 1:
+            raise ConfigError("tensor_parallel_size > 1 needs distributed_executor_backend 'mp'.")
         from deploylab.engine.spec_decode.config import parse_speculative_config
 
         parse_speculative_config(self.speculative_config)

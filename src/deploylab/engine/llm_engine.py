@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -15,6 +15,7 @@ from deploylab.catalog import resolve_model
 from deploylab.engine.block_manager import BlockManager
 from deploylab.engine.config import EngineConfig
 from deploylab.engine.detokenizer import IncrementalDetokenizer
+from deploylab.engine.distributed.hook import start_tensor_parallel
 from deploylab.engine.kv_cache import KVCache, num_blocks_for
 from deploylab.engine.lora import LoraManager, LoraNotFoundError, lora_config
 from deploylab.engine.model_runner import ModelRunner
@@ -32,6 +33,9 @@ from deploylab.engine.stop import find_stop_string, holdback
 from deploylab.engine.structured import StructuredBackend
 from deploylab.engine.tokenizer import eos_token_ids
 from deploylab.errors import ConfigError, InvalidRequestError, PromptTooLongError
+
+if TYPE_CHECKING:
+    from deploylab.engine.distributed.executor import TensorParallel
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +66,9 @@ class LLMEngine:
         self.dtype = config.torch_dtype(self.device)
         if config.num_threads and self.device.type == "cpu":
             torch.set_num_threads(config.num_threads)
+        self.tp: TensorParallel | None = None  # tensor parallelism (off: None)
+        if config.tensor_parallel_size > 1 or config.distributed_executor_backend == "mp":
+            self.tp, model, tokenizer = start_tensor_parallel(config, model)
         if model is None:
             model, tokenizer = self._load(config)
         self.model = model.to(self.device)
@@ -91,6 +98,8 @@ class LLMEngine:
         self.runner = ModelRunner(
             self.model, self.kv_cache, self.device, self.max_model_len, config.tree_attention
         )
+        if self.tp is not None:
+            self.runner = self.tp.attach(self.runner, num_blocks + 1, self.max_model_len)  # type: ignore[assignment]
         self.lora: LoraManager | None = None  # the multi-LoRA hook (off: None)
         lora_settings = lora_config(config)
         if lora_settings is not None:

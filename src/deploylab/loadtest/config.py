@@ -28,6 +28,8 @@ class LoadConfig(BaseModel):
     warmup_s: float = Field(default=0.0, ge=0)
     cooldown_s: float = Field(default=0.0, ge=0)
     workers: int = Field(default=1, ge=1)
+    # Run the workers as Ray actors on this cluster ("local": a Ray instance started here).
+    ray_address: str | None = None
     seed: int = Field(default=0, ge=0)
     timeout_s: float = Field(default=600.0, gt=0, description="per request")
 

@@ -55,11 +55,20 @@ def lateness_warning(summary: Summary) -> str | None:
     p99 = summary.schedule_lateness_ms.p99
     if p99 is None or p99 <= LATENESS_P99_MS:
         return None
-    return (
+    text = (
         f"the load generator itself fell behind: schedule lateness p99 {p99:.1f} ms (over "
         f"{LATENESS_P99_MS:g} ms), so the client, not only the server, was a bottleneck. "
         "Response times include the delay; add --workers or CPU for a clean measurement."
     )
+    by_worker = summary.lateness_by_worker_ms
+    late = [
+        f"{w} (p99 {st.p99:.1f} ms)"
+        for w, st in by_worker.items()
+        if st.p99 is not None and st.p99 > LATENESS_P99_MS
+    ]
+    if len(by_worker) > 1 and late:
+        text += f" Late workers: {', '.join(late)} of {len(by_worker)}."
+    return text
 
 
 def overrun_note(results: Results) -> str | None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
 import queue
 import signal
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from typing import Any
@@ -42,6 +44,7 @@ def _process_main(
     task: WorkerTask, start_q: Queue[int], result_q: Queue[Any], stop_evt: Event
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    parent = os.getppid()
     try:
 
         async def main() -> list[RawRecord]:
@@ -49,7 +52,9 @@ def _process_main(
             loop = asyncio.get_running_loop()
 
             async def watch() -> None:
-                while not stop_evt.is_set():
+                # a parent killed outright (SIGKILL, a Ray actor killed) cannot set the
+                # event: stop when it is gone rather than load the target as an orphan
+                while not stop_evt.is_set() and os.getppid() == parent:
                     await asyncio.sleep(0.05)
                 stop.set()
 
@@ -72,16 +77,25 @@ def _process_main(
 
         with new_runner() as runner:
             records = runner.run(main())
+        if os.getppid() != parent:  # nobody reads the queue: exit without flushing it
+            result_q.cancel_join_thread()
+            return
         result_q.put(("done", task.worker_id, records))
     except BaseException:  # report everything, the parent raises it
         result_q.put(("error", task.worker_id, traceback.format_exc()))
 
 
 def run_processes(
-    tasks: list[WorkerTask], progress: ProgressFn | None
+    tasks: list[WorkerTask],
+    progress: ProgressFn | None,
+    start_ns: int | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[list[RawRecord], int, int | None]:
     """Run each task in its own process; return merged records, the start instant and when
-    the run was interrupted (perf_counter_ns; None when it was not)."""
+    the run was interrupted (perf_counter_ns; None when it was not). `start_ns` fixes the
+    start instant (else: once every worker is ready, plus a margin); `stop()` returning True
+    stops the workers as Ctrl-C does (a Ray actor's stop call)."""
+    fixed_start = start_ns
     ctx = mp.get_context("spawn")
     result_q: Queue[Any] = ctx.Queue()
     stop_evt = ctx.Event()
@@ -117,10 +131,12 @@ def run_processes(
                 raise DeploylabError("Load-test workers did not start within 120 s.")
             _receive(result_q, procs, ready, records, errors, progress)
         if not errors and not state["interrupted"]:
-            start_ns = time.perf_counter_ns() + _START_MARGIN_NS
+            start_ns = fixed_start or time.perf_counter_ns() + _START_MARGIN_NS
         for q in start_qs:
             q.put(start_ns)
         while len(records) + len(errors) < len(procs):
+            if stop is not None and not stop_evt.is_set() and stop():
+                on_sigint(signal.SIGINT, None)
             _receive(result_q, procs, ready, records, errors, progress)
     finally:
         if on_main:

@@ -78,6 +78,8 @@ class Summary(_Model):
     ttft_response_ms: LatencyStats  # response time: from the scheduled send
     e2e_response_ms: LatencyStats
     schedule_lateness_ms: LatencyStats  # actual send minus scheduled send
+    # the same per load-generating worker ("0", "1", ...): an overloaded client shows here
+    lateness_by_worker_ms: dict[str, LatencyStats] = Field(default_factory=dict)
     output_tokens_per_s: float | None  # tokens that arrived inside the window, per second
     output_tokens_per_s_run: float | None = None  # every token of the run / run_s
     run_s: float | None = None  # first send to last answer's end

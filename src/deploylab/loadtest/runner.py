@@ -239,8 +239,13 @@ def execute(
     if scraper is not None:
         scraper.start()
     started_at = datetime.now(UTC)
+    run_notes: list[str] = []
     try:
-        if len(tasks) == 1:
+        if load.ray_address is not None:
+            from deploylab.loadtest.ray_workers import run_ray
+
+            raws, start_ns, stopped_ns, run_notes = run_ray(tasks, load.ray_address)
+        elif len(tasks) == 1:
             raws, start_ns, stopped_ns = _run_in_process(tasks[0], progress)
         else:
             raws, start_ns, stopped_ns = run_processes(tasks, progress)
@@ -283,7 +288,7 @@ def execute(
         started_at=started_at,
         finished_at=finished_at,
         interrupted=interrupted,
-        notes=list(prepared.notes),
+        notes=[*prepared.notes, *run_notes],
         summary=summary,
         requests=records,
         server_metrics=None if scraper is None else scraper.result(start_ns),

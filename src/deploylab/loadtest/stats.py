@@ -195,6 +195,10 @@ def summarize(
         run_s=run_s,
         output_tokens_sources=dict(Counter(r.output_tokens_source for r in ok)),
         schedule_lateness_ms=latency_stats(r.lateness_ms for r in measured),
+        lateness_by_worker_ms={
+            str(w): latency_stats(r.lateness_ms for r in measured if r.worker == w)
+            for w in sorted({r.worker for r in measured})
+        },
         output_tokens_per_s=per_s(tokens),
         requests_per_s=per_s(len(finished)),
         # measured requests only: one sent in the warm-up that finished in the window is in

@@ -176,7 +176,7 @@ class LlamaAttention(nn.Module):
             )
             o = paged_attention(q, k, v, kv_cache[0], kv_cache[1], attn, self.scale)
         o = o.view(tokens, -1)
-        out = F.linear(o, self.o_proj.weight, self.o_proj.bias)
+        out = self.o_proj(o)  # a module call: tensor parallelism swaps in a row-parallel layer
         return out if attn.lora is None else attn.lora(o, out, (self.o_proj,))
 
     def forward(

@@ -5,6 +5,14 @@ from __future__ import annotations
 from deploylab.engine.models.config import LlamaConfig
 from deploylab.errors import ModelNotFoundError
 
+_LLAMA31_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+
 PRESETS: dict[str, LlamaConfig] = {
     "llama-3.2-1b": LlamaConfig(
         vocab_size=128256,
@@ -25,6 +33,37 @@ PRESETS: dict[str, LlamaConfig] = {
         },
         max_position_embeddings=131072,
         tie_word_embeddings=True,
+        bos_token_id=128000,
+        eos_token_ids=(128001, 128008, 128009),
+    ),
+    # Llama-3.1-8B and -70B shapes (tensor-parallel benchmarks; 8 KV heads split over 2-8 GPUs).
+    "llama-3.1-8b": LlamaConfig(
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling=_LLAMA31_ROPE,
+        max_position_embeddings=131072,
+        bos_token_id=128000,
+        eos_token_ids=(128001, 128008, 128009),
+    ),
+    "llama-3.1-70b": LlamaConfig(
+        vocab_size=128256,
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        head_dim=128,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling=_LLAMA31_ROPE,
+        max_position_embeddings=131072,
         bos_token_id=128000,
         eos_token_ids=(128001, 128008, 128009),
     ),
