@@ -49,6 +49,11 @@ class EngineConfig:
     cuda_graphs: bool = True  # capture decode steps on CUDA (with the Triton decode kernel)
     # vLLM's speculative_config, e.g. {"method": "ngram", "num_speculative_tokens": 4}
     speculative_config: dict[str, Any] | str | None = None
+    # KV cache tiers (docs/kv_tiers.md): host pool GiB (0: off), disk directory and its cap
+    kv_offload_gib: float = 0.0
+    kv_offload_dir: str | None = None
+    kv_offload_disk_gib: float = 16.0
+    kv_offload_policy: str = "auto"  # auto: a measured cost model; always: every hit
 
     def __post_init__(self) -> None:
         self.validate()
@@ -90,6 +95,9 @@ class EngineConfig:
         from deploylab.engine.spec_decode.config import parse_speculative_config
 
         parse_speculative_config(self.speculative_config)
+        from deploylab.engine.kv_tiers.config import validate_kv_tier_config
+
+        validate_kv_tier_config(self)
         dev = self.device
         if dev not in ("auto", "cpu") and not (dev == "cuda" or dev.startswith("cuda:")):
             raise ConfigError(f"EngineConfig.device '{dev}' is not one of auto, cpu, cuda[:N].")

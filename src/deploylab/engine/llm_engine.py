@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -15,6 +16,7 @@ from deploylab.engine.block_manager import BlockManager
 from deploylab.engine.config import EngineConfig
 from deploylab.engine.detokenizer import IncrementalDetokenizer
 from deploylab.engine.kv_cache import KVCache, num_blocks_for
+from deploylab.engine.kv_tiers import build_kv_tiers
 from deploylab.engine.model_runner import ModelRunner
 from deploylab.engine.models.config import LlamaConfig
 from deploylab.engine.models.llama import LlamaForCausalLM
@@ -85,6 +87,9 @@ class LLMEngine:
         self.scheduler = Scheduler(
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
         )
+        identity = f"{config.random_weights or config.model}|{self.model_config}"
+        self.kv_tiers = build_kv_tiers(config, self.kv_cache, identity)  # off: None
+        self.block_manager.tiers = self.kv_tiers
         self.runner = ModelRunner(self.model, self.kv_cache, self.device, self.max_model_len)
         if config.cuda_graphs and self.device.type == "cuda":
             self.runner.enable_cuda_graphs(config.max_num_seqs, self.max_model_len)
@@ -266,12 +271,16 @@ class LLMEngine:
         if spec is not None:
             spec.propose()
         out = self.scheduler.schedule()
+        tiers = self.kv_tiers
+        if tiers is not None:
+            tiers.transfer()  # evicted blocks out, tier hits in, before any block is written
         if spec is not None:
             spec.reconcile(out)
         if out.is_empty:
             return []
         self._batch = [item.seq for item in out.scheduled]
         self._steps += 1
+        t0 = time.perf_counter()
         seqs, logits = self.runner.execute(out)
         for seq, p0, chunk_logits in self.runner.prompt_logits:
             record_prompt_logprobs(seq, p0, chunk_logits)
@@ -287,6 +296,9 @@ class LLMEngine:
         faults: dict[int, BaseException] = {}
         with torch.inference_mode():
             tokens, logprobs = self.sampler(logits, seqs, faults)
+        if tiers is not None:  # the sampler waited for the device: the step's real time
+            prefill = sum(s.num_new_tokens for s in out.scheduled if s.num_new_tokens > 1)
+            tiers.observe_prefill(prefill, time.perf_counter() - t0)
         deltas = []
         with self.tokenizer_lock:
             for i, (seq, token, lp) in enumerate(zip(seqs, tokens, logprobs, strict=True)):
@@ -457,4 +469,5 @@ class LLMEngine:
             spec_num_draft_tokens_total=spec.num_draft_tokens if spec else 0,
             spec_num_accepted_tokens_total=spec.num_accepted_tokens if spec else 0,
             spec_accepted_per_position=tuple(spec.accepted_per_position) if spec else (),
+            **(self.kv_tiers.stats_fields() if self.kv_tiers is not None else {}),
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,11 @@ class EngineStats:
     spec_num_draft_tokens_total: int = 0
     spec_num_accepted_tokens_total: int = 0
     spec_accepted_per_position: tuple[int, ...] = ()  # accepted drafts at positions 0..k-1
+    # KV tiers (empty when off): prompt tokens looked up there after a device-cache miss,
+    # of which copied back, and each tier's counters (`kv_tiers.TierStats`).
+    external_prefix_cache_queries: int = 0
+    external_prefix_cache_hits: int = 0
+    kv_tiers: tuple[Any, ...] = ()
 
     @property
     def prefix_cache_hit_rate(self) -> float:
