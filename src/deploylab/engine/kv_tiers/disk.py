@@ -49,8 +49,9 @@ class DiskStore:
         self.errors += 1
         if kind not in self._logged:
             self._logged.add(kind)
-            logger.warning("KV disk tier: %s (further %s errors are counted, not logged)",
-                           message, kind)  # fmt: skip
+            logger.warning(
+                "KV disk tier: %s (further %s errors are counted, not logged)", message, kind
+            )
 
     def _drop(self, name: str) -> None:
         self.used_bytes -= self.files.pop(name, 0)
@@ -100,8 +101,11 @@ class DiskStore:
         data = data.contiguous()
         meta = {"identity": self.identity, "crc32": str(_crc(data))}
         try:
-            save_file({"kv": data, "tokens": torch.tensor(tokens, dtype=torch.int64)},
-                      str(tmp), metadata=meta)  # fmt: skip
+            save_file(
+                {"kv": data, "tokens": torch.tensor(tokens, dtype=torch.int64)},
+                str(tmp),
+                metadata=meta,
+            )
             os.replace(tmp, path)
         except OSError as exc:
             self._error("write", f"cannot write {path} ({exc}); the block is not kept")

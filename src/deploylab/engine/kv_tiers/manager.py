@@ -66,8 +66,9 @@ class KVTiers:
         self.block_size = bs
         self.block_bytes = k0.element_size() * len(kv_cache.layers) * 2 * kvh * bs * hd
         cuda = self.device.type == "cuda"
-        self.host = HostPool(max(host_bytes // self.block_bytes, 1), self.block_shape,
-                             self.dtype, pin=cuda)  # fmt: skip
+        self.host = HostPool(
+            max(host_bytes // self.block_bytes, 1), self.block_shape, self.dtype, pin=cuda
+        )
         identity = f"{identity}|shape={self.block_shape}|dtype={self.dtype}|v{LAYOUT_VERSION}"
         self.disk = DiskStore(Path(disk_dir), identity, disk_bytes) if disk_dir else None
         self.cost = CostModel(self.block_bytes, bs, policy)
@@ -87,8 +88,9 @@ class KVTiers:
         if h is not None and tokens is not None:
             self._offloads.append((block, h, tokens))
 
-    def lookup(self, hashes: list[int], tokens_of: Callable[[int], tuple[int, ...]],
-               first: int, end: int) -> int:  # fmt: skip
+    def lookup(
+        self, hashes: list[int], tokens_of: Callable[[int], tuple[int, ...]], first: int, end: int
+    ) -> int:
         """How many blocks from `first` (up to `end`) a tier holds and should copy back."""
         self._found = []
         for i in range(first, end):
@@ -169,14 +171,17 @@ class KVTiers:
         for tier in ("host", "disk") if self.disk is not None else ("host",):
             c = self.counters[tier]
             if tier == "host":
-                used, cap, errors = len(self.host) * self.block_bytes, \
-                    self.host.capacity * self.block_bytes, 0  # fmt: skip
+                used, cap, errors = (
+                    len(self.host) * self.block_bytes,
+                    self.host.capacity * self.block_bytes,
+                    0,
+                )
             else:
                 assert self.disk is not None
-                used, cap, errors = self.disk.used_bytes, self.disk.capacity_bytes, \
-                    self.disk.errors  # fmt: skip
-            out.append(TierStats(tier, c.hit_tokens, c.stored_bytes, c.loaded_bytes, used, cap,
-                                 errors))  # fmt: skip
+                used, cap, errors = self.disk.used_bytes, self.disk.capacity_bytes, self.disk.errors
+            out.append(
+                TierStats(tier, c.hit_tokens, c.stored_bytes, c.loaded_bytes, used, cap, errors)
+            )
         return tuple(out)
 
     def stats_fields(self) -> dict[str, Any]:
@@ -227,9 +232,11 @@ class KVTiers:
         """Device blocks -> host slots, for (block, slot) pairs."""
         idx = torch.tensor([b for b, _ in offloads], device=self.device)
         gathered = torch.stack(
-            [torch.stack((k.index_select(1, idx), v.index_select(1, idx)))
-             for k, v in self.kv.layers]
-        ).permute(3, 0, 1, 2, 4, 5)  # [n, layers, 2, kv_heads, block, dim]  # fmt: skip
+            [
+                torch.stack((k.index_select(1, idx), v.index_select(1, idx)))
+                for k, v in self.kv.layers
+            ]
+        ).permute(3, 0, 1, 2, 4, 5)  # [n, layers, 2, kv_heads, block, dim]
         _copy_runs(self.host.data, [s for _, s in offloads], gathered.contiguous(), to_pool=True)
         self.counters["host"].stored_bytes += len(offloads) * self.block_bytes
 
@@ -239,8 +246,13 @@ class KVTiers:
         staging = torch.empty((len(loads), *self.block_shape), dtype=self.dtype, device=dev)
         slots = [(i, src) for i, (_, src) in enumerate(loads) if isinstance(src, int)]
         if slots:
-            _copy_runs(self.host.data, [s for _, s in slots], staging, to_pool=False,
-                       rows=[i for i, _ in slots])  # fmt: skip
+            _copy_runs(
+                self.host.data,
+                [s for _, s in slots],
+                staging,
+                to_pool=False,
+                rows=[i for i, _ in slots],
+            )
         for i, (_, src) in enumerate(loads):
             if not isinstance(src, int):
                 staging[i].copy_(src, non_blocking=True)
@@ -264,15 +276,21 @@ class KVTiers:
         self.cost.bandwidth["host"] = n * self.block_bytes / max(seconds, 1e-9)
 
 
-def _copy_runs(pool: torch.Tensor, slots: list[int], staging: torch.Tensor, to_pool: bool,
-               rows: list[int] | None = None) -> None:  # fmt: skip
+def _copy_runs(
+    pool: torch.Tensor,
+    slots: list[int],
+    staging: torch.Tensor,
+    to_pool: bool,
+    rows: list[int] | None = None,
+) -> None:
     """Copy staging rows to/from pool slots, one copy per run of consecutive slots."""
     rows = rows if rows is not None else list(range(len(slots)))
     start = 0
     while start < len(slots):
         end = start + 1
-        while (end < len(slots) and slots[end] == slots[end - 1] + 1
-               and rows[end] == rows[end - 1] + 1):  # fmt: skip
+        while (
+            end < len(slots) and slots[end] == slots[end - 1] + 1 and rows[end] == rows[end - 1] + 1
+        ):
             end += 1
         p = pool[slots[start] : slots[start] + end - start]
         r = staging[rows[start] : rows[start] + end - start]
