@@ -219,9 +219,18 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model, tok, path = load_model(args)
     vocab = model.config.vocab_size
-    rows = []
+    rows: list[dict[str, Any]] = []
+    errors: dict[str, str] = {}
     for mode in args.modes:
-        rows += run_mode(model, tok, path, args, mode, vocab)
+        try:
+            rows += run_mode(model, tok, path, args, mode, vocab)
+        except Exception as exc:  # noqa: BLE001 - keep the other modes' figures
+            errors[mode] = repr(exc)
+            print(f"mode {mode} failed: {exc!r}", file=sys.stderr, flush=True)
+            gc.collect()
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({"rows": rows, "errors": errors}, indent=1))
     resident = {r["context"]: r["ttft_s"] for r in rows if r["mode"] == "resident"}
     off = {r["context"]: r["ttft_s"] for r in rows if r["mode"] == "off"}
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
@@ -242,8 +251,8 @@ def main() -> None:
             f"{r['tier_hit_tokens']:>14}{same:>24}"
         )
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"device": name, "rows": rows}, indent=1))
+        data = {"device": name, "rows": rows, "errors": errors}
+        Path(args.json).write_text(json.dumps(data, indent=1))
 
 
 if __name__ == "__main__":
