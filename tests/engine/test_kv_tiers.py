@@ -161,7 +161,7 @@ def _damage_then_return(smol: ModelParts, root: Path, damage: Any) -> tuple[LLM,
     assert files
     for path in files:
         damage(path)
-    back = [p + o + tok.encode(" And then, part 2?") for p, o in zip(prompts, first)]
+    back = [p + o + tok.encode(" And then, part 2?") for p, o in zip(prompts, first, strict=True)]
     return llm, [llm.generate([p], GREEDY)[0].token_ids for p in back]
 
 

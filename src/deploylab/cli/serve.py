@@ -31,6 +31,19 @@ def serve(
         help='Speculative decoding as JSON (vLLM names), e.g. \'{"method": "ngram", '
         '"num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}\'.',
     ),
+    kv_offload_gib: float = typer.Option(
+        0.0,
+        help="KV tiers: host memory (GiB, pinned on CUDA) that keeps prefix-cache blocks "
+        "evicted from the device and copies them back on a hit (0: off). See docs/kv_tiers.md.",
+    ),
+    kv_offload_dir: str | None = typer.Option(
+        None, help="KV tiers: a directory for a disk tier behind the host tier."
+    ),
+    kv_offload_disk_gib: float = typer.Option(16.0, help="KV tiers: the disk tier's cap, GiB."),
+    kv_offload_policy: str = typer.Option(
+        "auto", help="KV tiers: auto (copy back only when the cost model says it is cheaper "
+        "than recomputing) or always."
+    ),
     shutdown_timeout: float = typer.Option(
         30.0,
         "--shutdown-timeout",
@@ -66,6 +79,10 @@ def serve(
         max_model_len=max_model_len,
         max_waiting=max_waiting,
         kv_cache_gib=kv_cache_gib,
+        kv_offload_gib=kv_offload_gib,
+        kv_offload_dir=kv_offload_dir,
+        kv_offload_disk_gib=kv_offload_disk_gib,
+        kv_offload_policy=kv_offload_policy,
     )
 
     def load() -> Any:
