@@ -1,0 +1,94 @@
+"""KV-tier parts without a model: the cost model's decision, the disk store's identity and
+cap, the settings' validation, and the load-test report's KV-tier series."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from deploylab.engine import EngineConfig
+from deploylab.engine.kv_tiers import CostModel
+from deploylab.engine.kv_tiers.disk import DiskStore
+from deploylab.errors import ConfigError
+from deploylab.loadtest.scrape import MetricSeries, derived_series
+
+BLOCK = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
+
+
+def test_cost_model_copies_only_when_cheaper_than_recomputing() -> None:
+    cost = CostModel(block_bytes=1_000_000, block_size=16)
+    assert cost.worth_loading("host")  # nothing measured yet: take the hit
+    cost.observe_copy("host", 10_000_000, 0.001)  # 10 GB/s: 0.1 ms a block
+    cost.observe_prefill(32, 1.0)  # under MIN_PREFILL_TOKENS: ignored
+    assert cost.prefill_tps is None
+    cost.observe_prefill(1600, 1.0)  # 1600 tokens/s: 10 ms a block
+    assert cost.worth_loading("host")
+    cost.observe_copy("disk", 1_000_000, 0.05)  # 20 MB/s: 50 ms a block, slower than prefill
+    assert not cost.worth_loading("disk")
+    assert CostModel(1_000_000, 16, "always", dict(cost.bandwidth), 1600).worth_loading("disk")
+
+
+def test_disk_store_keeps_other_identities_apart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = DiskStore(tmp_path, "model-a|bs=16", 1 << 20)
+    assert a.write(42, (1, 2, 3), BLOCK)
+    assert torch.equal(a.read(42, (1, 2, 3)), BLOCK)  # type: ignore[arg-type]
+    assert a.read(42, (1, 2, 4)) is None  # other tokens under the same hash: not used
+    b = DiskStore(tmp_path, "model-b|bs=16", 1 << 20)
+    assert not b.contains(42)  # another model's directory
+    assert a.write(43, (1, 2, 3), BLOCK)
+    shutil.copy(next(a.dir.glob("*.kvblock")), b.dir)  # a file moved by hand
+    b = DiskStore(tmp_path, "model-b|bs=16", 1 << 20)
+    with caplog.at_level(logging.WARNING):
+        names = [p.name for p in b.dir.glob("*.kvblock")]
+        h = int(names[0].split(".")[0], 16)
+        assert b.read(h if h < 2**63 else h - 2**64, (1, 2, 3)) is None
+    assert b.errors == 1 and "another model" in caplog.text
+
+
+def test_disk_store_cap_evicts_oldest_files(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path, "m", 2400)  # room for a few tiny block files
+    for h in range(6):
+        assert store.write(h, (h,), BLOCK)
+    assert store.used_bytes <= 2400
+    assert not store.contains(0) and store.contains(5)
+    again = DiskStore(tmp_path, "m", 2400)  # a restart indexes what is there
+    assert again.used_bytes == store.used_bytes
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"kv_offload_gib": -1.0}, "kv_offload_gib"),
+        ({"kv_offload_dir": "/tmp/x"}, "needs a host tier"),
+        ({"kv_offload_gib": 1.0, "kv_offload_policy": "never"}, "kv_offload_policy"),
+        ({"kv_offload_gib": 1.0, "enable_prefix_caching": False}, "enable_prefix_caching"),
+        ({"kv_offload_gib": 1.0, "kv_offload_dir": "/tmp/x", "kv_offload_disk_gib": 0}, "disk"),
+    ],
+)
+def test_bad_kv_tier_settings_name_the_field(fields: dict[str, object], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        EngineConfig(**fields)  # type: ignore[arg-type]
+
+
+def test_report_derives_kv_tier_hit_rate_and_bytes_per_second() -> None:
+    def counter(title: str, values: list[float | None]) -> MetricSeries:
+        return MetricSeries(
+            title=title, unit="tokens", kind="counter", sources=["x"], t_s=[0, 1, 2],
+            values=values,
+        )  # fmt: skip
+
+    out = derived_series(
+        {
+            "external_prefix_cache_queries_total": counter("q", [0, 100, 100]),
+            "external_prefix_cache_hits_total": counter("h", [0, 75, 75]),
+            "kv_host_load_bytes_total": counter("b", [0, 4096, 6144]),
+        }
+    )
+    assert out["external_prefix_cache_hit_rate"].values == [0.75, None]
+    assert out["kv_host_load_bytes_per_s"].values == [4096, 2048]
