@@ -92,3 +92,26 @@ def test_report_derives_kv_tier_hit_rate_and_bytes_per_second() -> None:
     )
     assert out["external_prefix_cache_hit_rate"].values == [0.75, None]
     assert out["kv_host_load_bytes_per_s"].values == [4096, 2048]
+
+
+def test_copy_runs_moves_every_slot_whatever_its_order() -> None:
+    """Rising and falling runs of slots, to and from the pool, with gaps in the rows."""
+    import random
+
+    from deploylab.engine.kv_tiers.manager import _copy_runs
+
+    pool = torch.arange(20 * 3, dtype=torch.float32).reshape(20, 3)
+    for trial in range(100):
+        rnd = random.Random(trial)
+        slots = rnd.sample(range(20), rnd.randrange(1, 10))
+        if trial % 2:  # mostly runs
+            start = rnd.randrange(10)
+            slots = list(range(start, start + 5))[:: rnd.choice([1, -1])] + slots[:2]
+            slots = list(dict.fromkeys(slots))
+        rows = sorted(rnd.sample(range(12), len(slots)))
+        staging = torch.zeros(12, 3)
+        _copy_runs(pool, slots, staging, to_pool=False, rows=rows)
+        assert torch.equal(staging[rows], pool[slots])
+        out = torch.zeros_like(pool)
+        _copy_runs(out, slots, staging[rows], to_pool=True)
+        assert torch.equal(out[slots], pool[slots])

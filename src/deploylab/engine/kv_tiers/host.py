@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +24,7 @@ class HostPool:
         self.capacity = capacity
         self.data = torch.empty((capacity, *block_shape), dtype=dtype, pin_memory=pin)
         self.entries: OrderedDict[int, HostEntry] = OrderedDict()
-        self._free = list(range(capacity - 1, -1, -1))
+        self._free = deque(range(capacity))  # FIFO: slots freed together stay together
         self.pinned: set[int] = set()  # hashes a scheduled load still needs this step
 
     def __len__(self) -> int:
@@ -55,6 +55,6 @@ class HostPool:
         """Reserve a slot for hash `h` (the caller fills it); None when full."""
         if not self._free:
             return None
-        slot = self._free.pop()
+        slot = self._free.popleft()
         self.entries[h] = HostEntry(slot, tokens)
         return slot

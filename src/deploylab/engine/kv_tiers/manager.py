@@ -283,19 +283,29 @@ def _copy_runs(
     to_pool: bool,
     rows: list[int] | None = None,
 ) -> None:
-    """Copy staging rows to/from pool slots, one copy per run of consecutive slots."""
+    """Copy staging rows to/from pool slots, one copy per run of consecutive slots (rising or
+    falling: a sequence's blocks are evicted tail first, so its slots often fall)."""
     rows = rows if rows is not None else list(range(len(slots)))
     start = 0
     while start < len(slots):
         end = start + 1
+        step = slots[end] - slots[start] if end < len(slots) else 1
+        if step not in (1, -1):
+            step = 1
         while (
-            end < len(slots) and slots[end] == slots[end - 1] + 1 and rows[end] == rows[end - 1] + 1
+            end < len(slots)
+            and slots[end] == slots[end - 1] + step
+            and rows[end] == rows[end - 1] + 1
         ):
             end += 1
-        p = pool[slots[start] : slots[start] + end - start]
-        r = staging[rows[start] : rows[start] + end - start]
+        n = end - start
+        lo = slots[start] if step == 1 else slots[end - 1]
+        p = pool[lo : lo + n]
+        r = staging[rows[start] : rows[start] + n]
         if to_pool:
-            p.copy_(r, non_blocking=True)
-        else:
+            p.copy_(r if step == 1 else r.flip(0), non_blocking=True)
+        elif step == 1:
             r.copy_(p, non_blocking=True)
+        else:
+            r.copy_(p.to(r.device, non_blocking=True).flip(0), non_blocking=True)
         start = end
