@@ -195,7 +195,37 @@ def run_mode(
     return rows
 
 
+def summarize_scenario(out: Path) -> None:
+    """Per-turn TTFT of `benchmarks/kv_tiers_scenario.sh`'s two runs (tiers off vs host)."""
+    from deploylab.loadtest.results import load_results
+
+    runs = {name: load_results(out / name / "results.json") for name in ("off", "host")}
+    turns = sorted({t for r in runs.values() for t in r.summary.classes.get("turn", {})}, key=int)
+    print(f"{'turn':>5}" + "".join(f"{n + ' n':>8}{n + ' p50 ms':>14}{n + ' p90 ms':>14}"
+                                    for n in runs))  # fmt: skip
+    for turn in turns:
+        line = f"{turn:>5}"
+        for r in runs.values():
+            c = r.summary.classes["turn"].get(turn)
+            if c is None:
+                line += f"{'-':>8}{'-':>14}{'-':>14}"
+                continue
+            line += f"{c.requests_completed:>8}{_ms(c.ttft_ms.p50):>14}{_ms(c.ttft_ms.p90):>14}"
+        print(line)
+    for name, r in runs.items():
+        s = r.summary
+        print(f"{name}: completed {s.requests_completed}, failed {s.requests_failed}, TTFT p50 "
+              f"{_ms(s.ttft_ms.p50)} ms, p99 {_ms(s.ttft_ms.p99)} ms")  # fmt: skip
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--summarize-scenario"]:
+        summarize_scenario(Path(sys.argv[2]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048])
     parser.add_argument("--modes", nargs="+", default=["resident", "off", "host", "disk"])
