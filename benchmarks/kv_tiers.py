@@ -164,6 +164,8 @@ def run_mode(
                     ttft(engine, f"o{length}-{rep}-{other}", session(length))
                     other += length
                 if mode.startswith("disk"):
+                    assert engine.kv_tiers is not None and engine.kv_tiers.disk is not None
+                    engine.kv_tiers.disk.flush()  # the writes done (a user thinks meanwhile)
                     drop_page_cache(disk_dir)
                 ext = engine.stats().external_prefix_cache_hits
                 hits = engine.block_manager.prefix_hits

@@ -115,3 +115,21 @@ def test_copy_runs_moves_every_slot_whatever_its_order() -> None:
         out = torch.zeros_like(pool)
         _copy_runs(out, slots, staging[rows], to_pool=True)
         assert torch.equal(out[slots], pool[slots])
+
+
+def test_disk_writer_writes_in_the_background_and_drops_past_its_queue(tmp_path: Path) -> None:
+    from deploylab.engine.kv_tiers.writer import DiskWriter
+
+    nbytes = BLOCK.numel() * BLOCK.element_size()
+    writer = DiskWriter(DiskStore(tmp_path, "m", 1 << 20), max_pending_bytes=nbytes)
+    assert writer.write(1, (1,), BLOCK)
+    assert writer.contains(1)  # queued or written: either way readable
+    assert torch.equal(writer.read(1, (1,)), BLOCK)  # type: ignore[arg-type]
+    writer.flush()
+    assert writer.store.contains(1) and writer.written_bytes == nbytes
+    writer._pending_bytes = nbytes  # as if one block were still queued
+    assert not writer.write(3, (3,), BLOCK)  # no room in the queue: dropped, not written
+    writer._pending_bytes = 0
+    assert writer.write(2, (2,), BLOCK)
+    writer.flush()
+    assert writer.dropped == 1 and writer.store.contains(2) and not writer.contains(3)

@@ -22,6 +22,7 @@ from deploylab.engine.kv_cache import KVCache
 from deploylab.engine.kv_tiers.cost import CostModel
 from deploylab.engine.kv_tiers.disk import DiskStore
 from deploylab.engine.kv_tiers.host import HostPool
+from deploylab.engine.kv_tiers.writer import DiskWriter
 
 LAYOUT_VERSION = 1  # bump when the block layout on disk changes
 
@@ -70,7 +71,9 @@ class KVTiers:
             max(host_bytes // self.block_bytes, 1), self.block_shape, self.dtype, pin=cuda
         )
         identity = f"{identity}|shape={self.block_shape}|dtype={self.dtype}|v{LAYOUT_VERSION}"
-        self.disk = DiskStore(Path(disk_dir), identity, disk_bytes) if disk_dir else None
+        self.disk: DiskWriter | None = None
+        if disk_dir:  # writes on a thread, at most a host pool's worth queued
+            self.disk = DiskWriter(DiskStore(Path(disk_dir), identity, disk_bytes), host_bytes)
         self.cost = CostModel(self.block_bytes, bs, policy)
         self.counters = {"host": _Counters(), "disk": _Counters()}
         self.external_queries = 0  # prompt tokens looked up here (device cache missed)
@@ -167,21 +170,17 @@ class KVTiers:
 
     def stats(self) -> tuple[TierStats, ...]:
         """Per-tier counters for `EngineStats`."""
-        out = []
-        for tier in ("host", "disk") if self.disk is not None else ("host",):
-            c = self.counters[tier]
-            if tier == "host":
-                used, cap, errors = (
-                    len(self.host) * self.block_bytes,
-                    self.host.capacity * self.block_bytes,
-                    0,
-                )
-            else:
-                assert self.disk is not None
-                used, cap, errors = self.disk.used_bytes, self.disk.capacity_bytes, self.disk.errors
+        host, c = self.host, self.counters["host"]
+        cap = host.capacity * self.block_bytes
+        used = len(host) * self.block_bytes
+        out = [TierStats("host", c.hit_tokens, c.stored_bytes, c.loaded_bytes, used, cap, 0)]
+        disk = self.disk
+        if disk is not None:
+            c = self.counters["disk"]
             out.append(
-                TierStats(tier, c.hit_tokens, c.stored_bytes, c.loaded_bytes, used, cap, errors)
-            )
+                TierStats("disk", c.hit_tokens, disk.written_bytes, c.loaded_bytes,
+                          disk.used_bytes, disk.capacity_bytes, disk.errors)
+            )  # fmt: skip
         return tuple(out)
 
     def stats_fields(self) -> dict[str, Any]:
@@ -223,8 +222,7 @@ class KVTiers:
         if self.disk is not None and not self.disk.contains(h):
             if self._event is not None:
                 self._event.synchronize()  # the slot's data has arrived
-            if self.disk.write(h, entry.tokens, host.data[entry.slot]):
-                self.counters["disk"].stored_bytes += self.block_bytes
+            self.disk.write(h, entry.tokens, host.data[entry.slot])
         host.remove(h)
         return True
 
