@@ -72,8 +72,9 @@ class KVTiers:
         )
         identity = f"{identity}|shape={self.block_shape}|dtype={self.dtype}|v{LAYOUT_VERSION}"
         self.disk: DiskWriter | None = None
-        if disk_dir:  # writes on a thread, at most a host pool's worth queued
-            self.disk = DiskWriter(DiskStore(Path(disk_dir), identity, disk_bytes), host_bytes)
+        if disk_dir:  # writes on a thread; queued: a host pool's worth, or up to 2 GiB
+            queued = max(host_bytes, min(disk_bytes, 2 * 1024**3))
+            self.disk = DiskWriter(DiskStore(Path(disk_dir), identity, disk_bytes), queued)
         self.cost = CostModel(self.block_bytes, bs, policy)
         self.counters = {"host": _Counters(), "disk": _Counters()}
         self.external_queries = 0  # prompt tokens looked up here (device cache missed)
