@@ -25,6 +25,7 @@ from deploylab.engine.kv_tiers.host import HostPool
 from deploylab.engine.kv_tiers.writer import DiskWriter
 
 LAYOUT_VERSION = 1  # bump when the block layout on disk changes
+CHUNK = 64  # blocks per copy chunk (on CUDA, out- and in-copies of chunks overlap)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,9 @@ class KVTiers:
         self._offloads: list[tuple[int, int, tuple[int, ...]]] = []  # block, hash, tokens
         self._loads: list[tuple[int, torch.Tensor | int]] = []  # block, host slot or data
         self._found: list[tuple[int, torch.Tensor | None]] = []  # last lookup: hash, disk data
-        self._stream = torch.cuda.Stream(self.device) if cuda else None
+        self._stream = torch.cuda.Stream(self.device) if cuda else None  # copies out
+        self._in_stream = torch.cuda.Stream(self.device) if cuda else None  # copies in
+        self._start: Any = None  # event: the main stream's work before this step's copies
         self._event: torch.cuda.Event | None = None  # the last transfer's copies
         self._measure_host_bandwidth()
 
@@ -134,7 +137,13 @@ class KVTiers:
 
     # ---- engine hooks ------------------------------------------------------------------
     def transfer(self) -> None:
-        """Copy this step's evicted blocks out and its hits in, before the forward pass."""
+        """Copy this step's evicted blocks out and its hits in, before the forward pass.
+
+        On CUDA the copies out and in run on two side streams in chunks of `CHUNK` blocks, so
+        the two directions of the PCIe link overlap; a chunk copied in waits only for the
+        chunks copying out the device blocks it overwrites, and the main stream waits for
+        all of them (on the device: the host thread goes on).
+        """
         offloads, loads = self._offloads, self._loads
         self._offloads, self._loads, self._found = [], [], []
         cap = self.host.capacity
@@ -142,28 +151,38 @@ class KVTiers:
             # More evictions than slots: keep the last ones (a conversation's head blocks,
             # freed last), since later blocks are useless without them.
             offloads = offloads[-cap:]
+        if self._stream is not None and (offloads or loads):
+            self._start = torch.cuda.Event()
+            self._start.record(torch.cuda.current_stream(self.device))
+        copied_out: dict[int, Any] = {}  # device block -> event after its copy out
         for start in range(0, len(offloads), cap):  # a host pool's worth at a time
             part = self._offload(offloads[start : start + cap])
-            if part:
-                self._run(lambda part=part: self._copy_out(part))  # type: ignore[misc]
+            for i in range(0, len(part), CHUNK):
+                chunk = part[i : i + CHUNK]
+                event = self._run(lambda c=chunk: self._copy_out(c), self._stream)  # type: ignore[misc]
+                self._event = event
+                copied_out.update((b, event) for b, _ in chunk)
         self.host.pinned.clear()
-        if loads:
-            self._run(lambda: self._copy_in(loads))
+        for i in range(0, len(loads), CHUNK):
+            chunk_in = loads[i : i + CHUNK]
+            deps = [copied_out[b] for b, _ in chunk_in if b in copied_out]
+            self._run(lambda c=chunk_in: self._copy_in(c), self._in_stream, deps)  # type: ignore[misc]
 
-    def _run(self, copies: Callable[[], None]) -> None:
-        """Run `copies` (on CUDA on the side stream; the main stream waits on the device)."""
-        stream = self._stream
+    def _run(self, copies: Callable[[], None], stream: Any, deps: list[Any] | None = None) -> Any:
+        """Run `copies`: on the CPU now; on CUDA on `stream` after this step's start and
+        `deps` (events), and make the main stream wait for it. Returns its event."""
         if stream is None:
             copies()
-            return
-        main = torch.cuda.current_stream(self.device)
-        stream.wait_stream(main)  # earlier steps have written / read these blocks
+            return None
+        stream.wait_event(self._start)  # earlier steps have written / read these blocks
+        for event in dict.fromkeys(deps or ()):
+            stream.wait_event(event)
         with torch.cuda.stream(stream):
             copies()
-            event = torch.cuda.Event()
-            event.record(stream)
-        main.wait_event(event)  # the forward pass waits on the device, the host goes on
-        self._event = event
+            done = torch.cuda.Event()
+            done.record(stream)
+        torch.cuda.current_stream(self.device).wait_event(done)
+        return done
 
     def observe_prefill(self, tokens: int, seconds: float) -> None:
         """Learn the prefill rate from a finished step (for the cost model)."""
