@@ -41,8 +41,9 @@ def serve(
     ),
     kv_offload_disk_gib: float = typer.Option(16.0, help="KV tiers: the disk tier's cap, GiB."),
     kv_offload_policy: str = typer.Option(
-        "auto", help="KV tiers: auto (copy back only when the cost model says it is cheaper "
-        "than recomputing) or always."
+        "auto",
+        help="KV tiers: auto (copy back only when the cost model says it is cheaper "
+        "than recomputing) or always.",
     ),
     shutdown_timeout: float = typer.Option(
         30.0,
