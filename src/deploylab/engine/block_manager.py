@@ -132,10 +132,12 @@ class BlockManager:
                                  first, end)  # fmt: skip
 
     def load_offloaded(self, seq: Sequence, first: int, count: int) -> None:
-        """After `allocate`: have the tier fill table blocks `first..first+count` (its hits)."""
-        if count and self.tiers is not None:
-            queried = seq.num_tokens - first * self.block_size
-            self.tiers.load(seq.block_table[first : first + count], queried)
+        """After `allocate`: have the tier fill table blocks `first..first+count` (its hits;
+        the lookup is counted even when there were none)."""
+        if self.tiers is not None and self.enable_prefix_caching:
+            if seq.params.prompt_logprobs is None:
+                queried = seq.num_tokens - first * self.block_size
+                self.tiers.load(seq.block_table[first : first + count], queried)
 
     def record_lookup(self, num_query_tokens: int, num_hit_tokens: int) -> None:
         """Count a prefix-cache lookup for the hit-rate metrics."""
