@@ -77,6 +77,20 @@ def serve(
         help="Split the model over this many devices (one process each; gloo on the CPU, "
         "NCCL on GPUs).",
     ),
+    kv_offload_gib: float = typer.Option(
+        0.0,
+        help="KV tiers: host memory (GiB, pinned on CUDA) that keeps prefix-cache blocks "
+        "evicted from the device and copies them back on a hit (0: off). See docs/kv_tiers.md.",
+    ),
+    kv_offload_dir: str | None = typer.Option(
+        None, help="KV tiers: a directory for a disk tier behind the host tier."
+    ),
+    kv_offload_disk_gib: float = typer.Option(16.0, help="KV tiers: the disk tier's cap, GiB."),
+    kv_offload_policy: str = typer.Option(
+        "auto",
+        help="KV tiers: auto (copy back only when the cost model says it is cheaper "
+        "than recomputing) or always.",
+    ),
     shutdown_timeout: float = typer.Option(
         30.0,
         "--shutdown-timeout",
@@ -143,6 +157,10 @@ def serve(
         max_waiting=max_waiting,
         kv_cache_gib=kv_cache_gib,
         tensor_parallel_size=tensor_parallel_size,
+        kv_offload_gib=kv_offload_gib,
+        kv_offload_dir=kv_offload_dir,
+        kv_offload_disk_gib=kv_offload_disk_gib,
+        kv_offload_policy=kv_offload_policy,
     )
 
     if tensor_parallel_size > 1:  # heads that do not split: exit 2 before binding

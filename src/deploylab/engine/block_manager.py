@@ -16,8 +16,12 @@ from array import array
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from collections.abc import Sequence as Seq
+from typing import TYPE_CHECKING
 
 from deploylab.engine.sequence import Sequence
+
+if TYPE_CHECKING:
+    from deploylab.engine.kv_tiers import KVTiers
 
 
 class BlockManager:
@@ -37,6 +41,7 @@ class BlockManager:
         self.pending_copies: list[tuple[int, int]] = []
         self.prefix_queries = 0  # prompt tokens looked up in the prefix cache
         self.prefix_hits = 0  # of which were found cached
+        self.tiers: KVTiers | None = None  # KV tiers: evicted blocks written back (off: None)
 
     # ---- pools -------------------------------------------------------------------------
     @property
@@ -59,6 +64,8 @@ class BlockManager:
             block = self._free.popleft()
         else:
             block, _ = self._evictable.popitem(last=False)
+            if self.tiers is not None:
+                self.tiers.on_evict(block, self.block_hash[block], self.block_tokens[block])
             self._uncache(block)
         self.ref_counts[block] = 1
         return block
@@ -114,6 +121,24 @@ class BlockManager:
                 break
             hits.append(block)
         return hits
+
+    def lookup_offloaded(self, seq: Sequence, first: int) -> int:
+        """Blocks after the `first` device-cached ones that a KV tier holds (0 without)."""
+        if self.tiers is None or not self.enable_prefix_caching:
+            return 0
+        if seq.params.prompt_logprobs is not None:
+            return 0
+        end = (seq.num_tokens - 1) // self.block_size
+        return self.tiers.lookup(seq.block_hashes, lambda i: self._block_token_ids(seq, i),
+                                 first, end)  # fmt: skip
+
+    def load_offloaded(self, seq: Sequence, first: int, count: int) -> None:
+        """After `allocate`: have the tier fill table blocks `first..first+count` (its hits;
+        the lookup is counted even when there were none)."""
+        if self.tiers is not None and self.enable_prefix_caching:
+            if seq.params.prompt_logprobs is None:
+                queried = seq.num_tokens - first * self.block_size
+                self.tiers.load(seq.block_table[first : first + count], queried)
 
     def record_lookup(self, num_query_tokens: int, num_hit_tokens: int) -> None:
         """Count a prefix-cache lookup for the hit-rate metrics."""

@@ -64,6 +64,11 @@ class EngineConfig:
     # vLLM's name: "mp" runs the tensor-parallel executor even at size 1 (to measure its
     # overhead); None/"uni" use it only when tensor_parallel_size > 1.
     distributed_executor_backend: str | None = None
+    # KV cache tiers (docs/kv_tiers.md): host pool GiB (0: off), disk directory and its cap
+    kv_offload_gib: float = 0.0
+    kv_offload_dir: str | None = None
+    kv_offload_disk_gib: float = 16.0
+    kv_offload_policy: str = "auto"  # auto: a measured cost model; always: every hit
 
     def __post_init__(self) -> None:
         self.validate()
@@ -121,6 +126,9 @@ class EngineConfig:
         from deploylab.engine.lora.config import lora_config
 
         lora_config(self)
+        from deploylab.engine.kv_tiers.config import validate_kv_tier_config
+
+        validate_kv_tier_config(self)
         dev = self.device
         if dev not in ("auto", "cpu") and not (dev == "cuda" or dev.startswith("cuda:")):
             raise ConfigError(f"EngineConfig.device '{dev}' is not one of auto, cpu, cuda[:N].")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from deploylab.engine.config import EngineConfig
 from deploylab.engine.detokenizer import IncrementalDetokenizer
 from deploylab.engine.distributed.hook import start_tensor_parallel
 from deploylab.engine.kv_cache import KVCache, num_blocks_for
+from deploylab.engine.kv_tiers import build_kv_tiers
 from deploylab.engine.lora import LoraManager, LoraNotFoundError, lora_config
 from deploylab.engine.model_runner import ModelRunner
 from deploylab.engine.models.config import LlamaConfig
@@ -95,6 +97,9 @@ class LLMEngine:
         self.scheduler = Scheduler(
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
         )
+        identity = f"{config.random_weights or config.model}|{self.model_config}"
+        self.kv_tiers = build_kv_tiers(config, self.kv_cache, identity)  # off: None
+        self.block_manager.tiers = self.kv_tiers
         self.runner = ModelRunner(
             self.model, self.kv_cache, self.device, self.max_model_len, config.tree_attention
         )
@@ -341,12 +346,16 @@ class LLMEngine:
         if spec is not None:
             spec.propose()
         out = self.scheduler.schedule()
+        tiers = self.kv_tiers
+        if tiers is not None:
+            tiers.transfer()  # evicted blocks out, tier hits in, before any block is written
         if spec is not None:
             spec.reconcile(out)
         if out.is_empty:
             return []
         self._batch = [item.seq for item in out.scheduled]
         self._steps += 1
+        t0 = time.perf_counter()
         seqs, logits = self.runner.execute(out)
         for seq, p0, chunk_logits in self.runner.prompt_logits:
             record_prompt_logprobs(seq, p0, chunk_logits)
@@ -364,6 +373,9 @@ class LLMEngine:
         faults: dict[int, BaseException] = {}
         with torch.inference_mode():
             tokens, logprobs = self.sampler(logits, seqs, faults)
+        if tiers is not None:  # the sampler waited for the device: the step's real time
+            prefill = sum(s.num_new_tokens for s in out.scheduled if s.num_new_tokens > 1)
+            tiers.observe_prefill(prefill, time.perf_counter() - t0)
         deltas = []
         with self.tokenizer_lock:
             for i, (seq, token, lp) in enumerate(zip(seqs, tokens, logprobs, strict=True)):
@@ -541,6 +553,7 @@ class LLMEngine:
             lora_max=lora.config.max_loras if lora is not None else 0,
             lora_loads_total=lora.stats.loads if lora is not None else 0,
             lora_evictions_total=lora.stats.evictions if lora is not None else 0,
+            **(self.kv_tiers.stats_fields() if self.kv_tiers is not None else {}),
         )
 
 

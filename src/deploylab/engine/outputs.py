@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,11 @@ class EngineStats:
     lora_max: int = 0
     lora_loads_total: int = 0
     lora_evictions_total: int = 0
+    # KV tiers (empty when off): prompt tokens looked up there after a device-cache miss,
+    # of which copied back, and each tier's counters (`kv_tiers.TierStats`).
+    external_prefix_cache_queries: int = 0
+    external_prefix_cache_hits: int = 0
+    kv_tiers: tuple[Any, ...] = ()
 
     @property
     def prefix_cache_hit_rate(self) -> float:

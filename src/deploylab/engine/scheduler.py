@@ -167,13 +167,17 @@ class Scheduler:
                 continue
             cached = bm.lookup_prefix(seq)
             num_cached = len(cached) * bm.block_size
-            n = min(seq.num_tokens - num_cached, budget)
+            loaded = bm.lookup_offloaded(seq, len(cached))  # KV tiers copy these back
+            num_loaded = loaded * bm.block_size
+            n = min(seq.num_tokens - num_cached - num_loaded, budget)
             # The watermark guards running sequences; alone, a request may use every block.
             reserve = self.watermark_blocks if self.running else 0
-            if not bm.allocate(seq, n, cached, reserve=reserve):
+            if not bm.allocate(seq, num_loaded + n, cached, reserve=reserve):
                 break
+            bm.load_offloaded(seq, len(cached), loaded)
             bm.record_lookup(seq.num_tokens, num_cached)
             self.waiting.popleft()
+            num_cached += num_loaded
             seq.num_computed_tokens = num_cached
             if not seq.admitted:
                 seq.num_cached_tokens = num_cached

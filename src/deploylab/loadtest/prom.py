@@ -70,6 +70,30 @@ CATALOG: tuple[SeriesSpec, ...] = (
         "preemptions_total", "Preemptions", "requests", "counter", "sum",
         ("vllm:num_preemptions",),
     ),
+    SeriesSpec(
+        "external_prefix_cache_queries_total", "KV-tier (external) cache queries", "tokens",
+        "counter", "sum", ("vllm:external_prefix_cache_queries",),
+    ),
+    SeriesSpec(
+        "external_prefix_cache_hits_total", "KV-tier (external) cache hits", "tokens",
+        "counter", "sum", ("vllm:external_prefix_cache_hits",),
+    ),
+    SeriesSpec(
+        "kv_host_load_bytes_total", "Bytes copied back from the host tier", "bytes", "counter",
+        "sum", ("deploylab:kv_offload_host_load_bytes",),
+    ),
+    SeriesSpec(
+        "kv_disk_load_bytes_total", "Bytes copied back from the disk tier", "bytes", "counter",
+        "sum", ("deploylab:kv_offload_disk_load_bytes",),
+    ),
+    SeriesSpec(
+        "kv_host_store_bytes_total", "Bytes written to the host tier", "bytes", "counter",
+        "sum", ("deploylab:kv_offload_host_store_bytes",),
+    ),
+    SeriesSpec(
+        "kv_disk_store_bytes_total", "Bytes written to the disk tier", "bytes", "counter",
+        "sum", ("deploylab:kv_offload_disk_store_bytes",),
+    ),
 )  # fmt: skip
 
 SPECS = {spec.key: spec for spec in CATALOG}

@@ -188,15 +188,25 @@ def _hit_rate(queries: MetricSeries, hits: MetricSeries) -> MetricSeries:
 
 
 def derived_series(series: dict[str, MetricSeries]) -> dict[str, MetricSeries]:
-    """Token throughput from the token counters, and the prefix-cache hit rate per interval
-    (from the query and hit counters, else the server's own gauge)."""
+    """Token throughput from the token counters, KV-tier bytes/s, and the prefix-cache and
+    KV-tier hit rates per interval (from query and hit counters, else the server's gauge)."""
     out: dict[str, MetricSeries] = {}
     for counter, key, title in (
         ("prompt_tokens_total", "prompt_tokens_per_s", "Prompt tokens/s (server)"),
         ("generation_tokens_total", "generation_tokens_per_s", "Generation tokens/s (server)"),
+        ("kv_host_load_bytes_total", "kv_host_load_bytes_per_s", "Host tier -> device"),
+        ("kv_disk_load_bytes_total", "kv_disk_load_bytes_per_s", "Disk tier -> device"),
+        ("kv_host_store_bytes_total", "kv_host_store_bytes_per_s", "Device -> host tier"),
+        ("kv_disk_store_bytes_total", "kv_disk_store_bytes_per_s", "Host -> disk tier"),
     ):
         if counter in series and len(series[counter].t_s) > 1:
             out[key] = _rate(series[counter], title)
+    ext_q = series.get("external_prefix_cache_queries_total")
+    ext_h = series.get("external_prefix_cache_hits_total")
+    if ext_q is not None and ext_h is not None and len(ext_q.t_s) > 1:
+        out["external_prefix_cache_hit_rate"] = _hit_rate(ext_q, ext_h).model_copy(
+            update={"title": "KV-tier hit rate (after a device miss)"}
+        )
     queries, hits = series.get("prefix_cache_queries_total"), series.get("prefix_cache_hits_total")
     if queries is not None and hits is not None and len(queries.t_s) > 1:
         out["prefix_cache_hit_rate"] = _hit_rate(queries, hits)

@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from deploylab.engine.outputs import EngineStats
+from deploylab.server.kv_tier_metrics import kv_tier_metrics
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
                 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)  # fmt: skip
@@ -74,6 +75,8 @@ class _EngineCollector(Collector):
             yield from _spec_metrics(s, labels, value)
         if s.lora_max:
             yield from _lora_metrics(s, labels, value)
+        if s.kv_tiers:
+            yield from kv_tier_metrics(s, labels, value)
 
 
 def _lora_metrics(s: EngineStats, labels: list[str], value: list[str]) -> Iterator[Any]:

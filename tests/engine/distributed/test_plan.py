@@ -59,6 +59,21 @@ def test_speculative_decoding_under_tp_fails_clearly() -> None:
         LLMEngine(cfg)
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"enable_lora": True}, "Multi-LoRA does not run under tensor parallelism"),
+        ({"kv_offload_gib": 0.5}, "KV cache tiers do not run under tensor parallelism"),
+    ],
+)
+def test_other_features_under_tp_fail_clearly(extra: dict[str, object], message: str) -> None:
+    from deploylab.engine import LLMEngine
+
+    cfg = EngineConfig(random_weights="tiny", tensor_parallel_size=2, **extra)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=message):
+        LLMEngine(cfg)
+
+
 def test_executor_backend_is_validated() -> None:
     with pytest.raises(ConfigError, match="distributed_executor_backend 'ray'"):
         EngineConfig(distributed_executor_backend="ray")

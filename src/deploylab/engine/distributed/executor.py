@@ -57,6 +57,11 @@ class TensorParallel:
                 "Multi-LoRA does not run under tensor parallelism yet (adapter deltas would "
                 "need the same column/row split): serve adapters with tensor_parallel_size=1."
             )
+        if config.kv_offload_gib > 0:
+            raise ConfigError(
+                "KV cache tiers do not run under tensor parallelism yet (each rank holds its "
+                "own KV heads): drop kv_offload_gib or use tensor_parallel_size=1."
+            )
         device = config.torch_device()
         if device.type == "cuda" and torch.cuda.device_count() < world:
             raise ConfigError(

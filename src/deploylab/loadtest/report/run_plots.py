@@ -135,6 +135,9 @@ SERVER_PANELS = (  # (title, y label, [series keys])
     ("Prefix-cache hit rate", "hits / lookups", ["prefix_cache_hit_rate"]),
     ("Token throughput (server counters)", "tokens/s",
      ["prompt_tokens_per_s", "generation_tokens_per_s"]),
+    ("KV tiers: hit rate", "hits / lookups", ["external_prefix_cache_hit_rate"]),
+    ("KV tiers: bytes moved", "bytes/s", ["kv_host_load_bytes_per_s", "kv_disk_load_bytes_per_s",
+     "kv_host_store_bytes_per_s", "kv_disk_store_bytes_per_s"]),
 )  # fmt: skip
 
 

@@ -1,0 +1,329 @@
+"""`KVTiers`: write-back of evicted prefix-cache blocks to host memory (and disk), and their
+copy back into device blocks when a later prompt's prefix hits them.
+
+The block manager calls `on_evict` when it reuses a cached block, `lookup` after a device
+prefix-cache miss and `load` once the admitted sequence holds device blocks for the hits; the
+engine calls `transfer` after each `schedule` (before the forward pass writes any block) and
+`observe_prefill` after each step. Blocks are keyed by the block manager's own chained hash,
+whatever goes into it (token ids; with multi-LoRA, the adapter too).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deploylab.engine.kv_cache import KVCache
+from deploylab.engine.kv_tiers.cost import CostModel
+from deploylab.engine.kv_tiers.disk import DiskStore
+from deploylab.engine.kv_tiers.host import HostPool
+from deploylab.engine.kv_tiers.writer import DiskWriter
+
+LAYOUT_VERSION = 1  # bump when the block layout on disk changes
+CHUNK = 64  # blocks per copy chunk (on CUDA, out- and in-copies of chunks overlap)
+
+
+@dataclass(frozen=True)
+class TierStats:
+    """Counters of one tier (tokens and bytes are totals since start)."""
+
+    tier: str
+    hit_tokens: int
+    stored_bytes: int  # written to this tier (device -> host, host -> disk)
+    loaded_bytes: int  # copied back from this tier to the device
+    used_bytes: int
+    capacity_bytes: int
+    errors: int
+
+
+@dataclass
+class _Counters:
+    hit_tokens: int = 0
+    stored_bytes: int = 0
+    loaded_bytes: int = 0
+
+
+class KVTiers:
+    """The host tier (a `HostPool`), the optional disk tier and the transfers between them."""
+
+    def __init__(
+        self,
+        kv_cache: KVCache,
+        host_bytes: int,
+        disk_dir: str | None = None,
+        disk_bytes: int = 0,
+        identity: str = "",
+        policy: str = "auto",
+    ) -> None:
+        self.kv = kv_cache
+        k0 = kv_cache.layers[0][0]
+        self.device, self.dtype = k0.device, k0.dtype
+        kvh, _, bs, hd = k0.shape
+        self.block_shape = (len(kv_cache.layers), 2, kvh, bs, hd)
+        self.block_size = bs
+        self.block_bytes = k0.element_size() * len(kv_cache.layers) * 2 * kvh * bs * hd
+        cuda = self.device.type == "cuda"
+        self.host = HostPool(
+            max(host_bytes // self.block_bytes, 1), self.block_shape, self.dtype, pin=cuda
+        )
+        identity = f"{identity}|shape={self.block_shape}|dtype={self.dtype}|v{LAYOUT_VERSION}"
+        self.disk: DiskWriter | None = None
+        if disk_dir:  # writes on a thread; queued: a host pool's worth, or up to 2 GiB
+            queued = max(host_bytes, min(disk_bytes, 2 * 1024**3))
+            self.disk = DiskWriter(DiskStore(Path(disk_dir), identity, disk_bytes), queued)
+        self.cost = CostModel(self.block_bytes, bs, policy)
+        self.counters = {"host": _Counters(), "disk": _Counters()}
+        self.external_queries = 0  # prompt tokens looked up here (device cache missed)
+        self.external_hits = 0  # of which were copied back
+        self._offloads: list[tuple[int, int, tuple[int, ...]]] = []  # block, hash, tokens
+        self._loads: list[tuple[int, torch.Tensor | int]] = []  # block, host slot or data
+        self._found: list[tuple[int, torch.Tensor | None]] = []  # last lookup: hash, disk data
+        self._stream = torch.cuda.Stream(self.device) if cuda else None  # copies out
+        self._in_stream = torch.cuda.Stream(self.device) if cuda else None  # copies in
+        self._start: Any = None  # event: the main stream's work before this step's copies
+        self._event: torch.cuda.Event | None = None  # the last transfer's copies
+        self._measure_host_bandwidth()
+
+    # ---- block manager hooks -----------------------------------------------------------
+    def on_evict(self, block: int, h: int | None, tokens: tuple[int, ...] | None) -> None:
+        """A cached device block is being reused: keep its contents (copied in `transfer`)."""
+        if h is not None and tokens is not None:
+            self._offloads.append((block, h, tokens))
+
+    def lookup(
+        self, hashes: list[int], tokens_of: Callable[[int], tuple[int, ...]], first: int, end: int
+    ) -> int:
+        """How many blocks from `first` (up to `end`) a tier holds and should copy back."""
+        self._found = []
+        for i in range(first, end):
+            h, tokens = hashes[i], tokens_of(i)
+            data = None
+            if self.host.get(h, tokens) is not None:
+                tier = "host"
+            elif self.disk is not None and self.disk.contains(h):
+                tier = "disk"
+            else:
+                break
+            if not self.cost.worth_loading(tier):
+                break
+            if self.disk is not None and tier == "disk":
+                t0 = time.perf_counter()
+                data = self.disk.read(h, tokens)  # checked now, so a bad file is a miss
+                if data is None:
+                    break
+                self.cost.observe_copy("disk", self.block_bytes, time.perf_counter() - t0)
+            else:
+                self.host.pinned.add(h)
+            self._found.append((h, data))
+        return len(self._found)
+
+    def load(self, blocks: list[int], queried_tokens: int) -> None:
+        """Fill `blocks` (the device blocks for the last `lookup`'s hits) in `transfer`."""
+        bs = self.block_size
+        self.external_queries += queried_tokens
+        self.external_hits += len(blocks) * bs
+        for block, (h, data) in zip(blocks, self._found, strict=True):
+            tier = "host" if data is None else "disk"
+            c = self.counters[tier]
+            c.hit_tokens += bs
+            c.loaded_bytes += self.block_bytes
+            self._loads.append((block, self.host.entries[h].slot if data is None else data))
+        self._found = []
+
+    # ---- engine hooks ------------------------------------------------------------------
+    def transfer(self) -> None:
+        """Copy this step's evicted blocks out and its hits in, before the forward pass.
+
+        On CUDA the copies out and in run on two side streams in chunks of `CHUNK` blocks, so
+        the two directions of the PCIe link overlap; a chunk copied in waits only for the
+        chunks copying out the device blocks it overwrites, and the main stream waits for
+        all of them (on the device: the host thread goes on).
+        """
+        offloads, loads = self._offloads, self._loads
+        self._offloads, self._loads, self._found = [], [], []
+        cap = self.host.capacity
+        if self.disk is None:
+            # More evictions than slots: keep the last ones (a conversation's head blocks,
+            # freed last), since later blocks are useless without them.
+            offloads = offloads[-cap:]
+        if self._stream is not None and (offloads or loads):
+            self._start = torch.cuda.Event()
+            self._start.record(torch.cuda.current_stream(self.device))
+        copied_out: dict[int, Any] = {}  # device block -> event after its copy out
+        for start in range(0, len(offloads), cap):  # a host pool's worth at a time
+            part = self._offload(offloads[start : start + cap])
+            for i in range(0, len(part), CHUNK):
+                chunk = part[i : i + CHUNK]
+                event = self._run(lambda c=chunk: self._copy_out(c), self._stream)  # type: ignore[misc]
+                self._event = event
+                copied_out.update((b, event) for b, _ in chunk)
+        self.host.pinned.clear()
+        for i in range(0, len(loads), CHUNK):
+            chunk_in = loads[i : i + CHUNK]
+            deps = [copied_out[b] for b, _ in chunk_in if b in copied_out]
+            self._run(lambda c=chunk_in: self._copy_in(c), self._in_stream, deps)  # type: ignore[misc]
+
+    def _run(self, copies: Callable[[], None], stream: Any, deps: list[Any] | None = None) -> Any:
+        """Run `copies`: on the CPU now; on CUDA on `stream` after this step's start and
+        `deps` (events), and make the main stream wait for it. Returns its event."""
+        if stream is None:
+            copies()
+            return None
+        stream.wait_event(self._start)  # earlier steps have written / read these blocks
+        for event in dict.fromkeys(deps or ()):
+            stream.wait_event(event)
+        with torch.cuda.stream(stream):
+            copies()
+            done = torch.cuda.Event()
+            done.record(stream)
+        torch.cuda.current_stream(self.device).wait_event(done)
+        return done
+
+    def observe_prefill(self, tokens: int, seconds: float) -> None:
+        """Learn the prefill rate from a finished step (for the cost model)."""
+        self.cost.observe_prefill(tokens, seconds)
+
+    def stats(self) -> tuple[TierStats, ...]:
+        """Per-tier counters for `EngineStats`."""
+        host, c = self.host, self.counters["host"]
+        cap = host.capacity * self.block_bytes
+        used = len(host) * self.block_bytes
+        out = [TierStats("host", c.hit_tokens, c.stored_bytes, c.loaded_bytes, used, cap, 0)]
+        disk = self.disk
+        if disk is not None:
+            c = self.counters["disk"]
+            out.append(
+                TierStats("disk", c.hit_tokens, disk.written_bytes, c.loaded_bytes,
+                          disk.used_bytes, disk.capacity_bytes, disk.errors)
+            )  # fmt: skip
+        return tuple(out)
+
+    def stats_fields(self) -> dict[str, Any]:
+        """`EngineStats` fields of the tiers."""
+        return {
+            "external_prefix_cache_queries": self.external_queries,
+            "external_prefix_cache_hits": self.external_hits,
+            "kv_tiers": self.stats(),
+        }
+
+    # ---- copies ------------------------------------------------------------------------
+    def _offload(self, offloads: list[tuple[int, int, tuple[int, ...]]]) -> list[tuple[int, int]]:
+        """Host slots for evicted blocks (spilling LRU entries to disk): (block, slot) pairs."""
+        host = self.host
+        kept = []
+        fresh: set[int] = set()  # not victims before their data is copied
+        for block, h, tokens in offloads:
+            if host.get(h, tokens) is not None:
+                continue  # already there: write-back copies a block once
+            if h in host.entries:
+                host.remove(h)  # same hash, other tokens: keep the newer block
+            if not self._make_room(fresh):
+                continue  # every entry is pinned by this step's loads: drop the block
+            slot = host.add(h, tokens)
+            assert slot is not None
+            fresh.add(h)
+            kept.append((block, slot))
+        return kept
+
+    def _make_room(self, fresh: set[int]) -> bool:
+        """A free host slot, evicting (and spilling to disk) the LRU entry if needed."""
+        host = self.host
+        if len(host) < host.capacity:
+            return True
+        victim = host.victim(fresh)
+        if victim is None:
+            return False
+        h, entry = victim
+        if self.disk is not None and not self.disk.contains(h):
+            if self._event is not None:
+                self._event.synchronize()  # the slot's data has arrived
+            self.disk.write(h, entry.tokens, host.data[entry.slot])
+        host.remove(h)
+        return True
+
+    def _copy_out(self, offloads: list[tuple[int, int]]) -> None:
+        """Device blocks -> host slots, for (block, slot) pairs."""
+        idx = torch.tensor([b for b, _ in offloads], device=self.device)
+        gathered = torch.stack(
+            [
+                torch.stack((k.index_select(1, idx), v.index_select(1, idx)))
+                for k, v in self.kv.layers
+            ]
+        ).permute(3, 0, 1, 2, 4, 5)  # [n, layers, 2, kv_heads, block, dim]
+        _copy_runs(self.host.data, [s for _, s in offloads], gathered.contiguous(), to_pool=True)
+        self.counters["host"].stored_bytes += len(offloads) * self.block_bytes
+
+    def _copy_in(self, loads: list[tuple[int, torch.Tensor | int]]) -> None:
+        """Host slots (ints) or disk-read blocks (tensors) -> device blocks."""
+        dev = self.device
+        staging = torch.empty((len(loads), *self.block_shape), dtype=self.dtype, device=dev)
+        slots = [(i, src) for i, (_, src) in enumerate(loads) if isinstance(src, int)]
+        if slots:
+            _copy_runs(
+                self.host.data,
+                [s for _, s in slots],
+                staging,
+                to_pool=False,
+                rows=[i for i, _ in slots],
+            )
+        for i, (_, src) in enumerate(loads):
+            if not isinstance(src, int):
+                staging[i].copy_(src, non_blocking=True)
+        idx = torch.tensor([b for b, _ in loads], device=dev)
+        for layer, (k, v) in enumerate(self.kv.layers):
+            k.index_copy_(1, idx, staging[:, layer, 0].transpose(0, 1))
+            v.index_copy_(1, idx, staging[:, layer, 1].transpose(0, 1))
+
+    def _measure_host_bandwidth(self) -> None:
+        """Time one copy of a few pool slots to the device (the host tier's bandwidth)."""
+        n = min(self.host.capacity, 8)
+        dst = torch.empty((n, *self.block_shape), dtype=self.dtype, device=self.device)
+        for _ in range(2):  # the first copy warms up the path
+            if self._stream is not None:
+                torch.cuda.synchronize(self.device)
+            t0 = time.perf_counter()
+            dst.copy_(self.host.data[:n], non_blocking=True)
+            if self._stream is not None:
+                torch.cuda.synchronize(self.device)
+            seconds = time.perf_counter() - t0
+        self.cost.bandwidth["host"] = n * self.block_bytes / max(seconds, 1e-9)
+
+
+def _copy_runs(
+    pool: torch.Tensor,
+    slots: list[int],
+    staging: torch.Tensor,
+    to_pool: bool,
+    rows: list[int] | None = None,
+) -> None:
+    """Copy staging rows to/from pool slots, one copy per run of consecutive slots (rising or
+    falling: a sequence's blocks are evicted tail first, so its slots often fall)."""
+    rows = rows if rows is not None else list(range(len(slots)))
+    start = 0
+    while start < len(slots):
+        end = start + 1
+        step = slots[end] - slots[start] if end < len(slots) else 1
+        if step not in (1, -1):
+            step = 1
+        while (
+            end < len(slots)
+            and slots[end] == slots[end - 1] + step
+            and rows[end] == rows[end - 1] + 1
+        ):
+            end += 1
+        n = end - start
+        lo = slots[start] if step == 1 else slots[end - 1]
+        p = pool[lo : lo + n]
+        r = staging[rows[start] : rows[start] + n]
+        if to_pool:
+            p.copy_(r if step == 1 else r.flip(0), non_blocking=True)
+        elif step == 1:
+            r.copy_(p, non_blocking=True)
+        else:
+            r.copy_(p.to(r.device, non_blocking=True).flip(0), non_blocking=True)
+        start = end
