@@ -42,6 +42,15 @@ def test_the_window_of_an_interrupted_run_ends_at_the_interruption() -> None:
     assert measurement_window(raws, 0, load) == (0.0, 55.0)
 
 
+def test_requests_sent_in_the_workers_stop_lag_stay_inside_the_window() -> None:
+    """A worker notices Ctrl-C up to a poll interval late: what it scheduled meanwhile is in
+    the results, so the window reaches it (the window never excludes a counted request)."""
+    load = LoadConfig(rate=20, duration_s=60, warmup_s=0, cooldown_s=0)
+    raws = [raw(i / 20, 5.0, index=i) for i in range(11)]  # the last one at 0.50 s
+    window = measurement_window(raws, 0, load, stopped_ns=int(0.475 * S))
+    assert window == (0.0, 0.5)
+
+
 def test_an_interruption_after_the_planned_end_keeps_the_planned_window() -> None:
     load = LoadConfig(concurrency=1, duration_s=10, warmup_s=1, cooldown_s=1)
     raws = [raw(i, 0.5, index=i) for i in range(10)]

@@ -121,6 +121,9 @@ def measurement_window(
     end = load.duration_s if load.duration_s is not None else run_end
     cooldown = load.cooldown_s
     if stopped_ns is not None:
+        # Workers see the stop within their poll interval (~50 ms): a request they scheduled
+        # after Ctrl-C is in the results, so the window reaches it.
+        stopped_ns = max([stopped_ns, *(r.scheduled_ns for r in raws)])
         stopped_s = max((stopped_ns - start_ns) / 1e9, 0.0)
         if stopped_s < end:
             end, cooldown = stopped_s, 0.0
