@@ -46,10 +46,14 @@ class DeviceTreePlan:
     num_rows: int
 
 
+def _group_pad(group: int) -> int:
+    """Query heads per KV head, rounded up to a power of two (the kernels' row blocks)."""
+    return 1 << max(0, (group - 1).bit_length())
+
+
 def rows_per_task(heads: int, kv_heads: int) -> int:
     """The most rows a wide task may hold for this head shape (the plan's limit)."""
-    group_pad = 1 << max(0, (heads // kv_heads - 1).bit_length())
-    return max(1, ROWS_WIDE // group_pad)
+    return max(1, ROWS_WIDE // _group_pad(heads // kv_heads))
 
 
 def to_device(plan: TreePlan, device: torch.device) -> DeviceTreePlan:
@@ -61,10 +65,9 @@ def to_device(plan: TreePlan, device: torch.device) -> DeviceTreePlan:
         plan.row_part_start,
         plan.row_parts,
     ]
-    flat = torch.from_numpy(np.concatenate(parts).astype(np.int32))
-    if device.type == "cuda":
-        flat = flat.pin_memory()
-    dev = flat.to(device, non_blocking=True)
+    # A plain copy: pinning a fresh host buffer every step would cost more than it saves on a
+    # few kilobytes (graph replays reuse StaticTreePlan's pinned buffer instead).
+    dev = torch.from_numpy(np.concatenate(parts).astype(np.int32)).to(device)
     tasks, blocks, part_rows, starts, row_parts = torch.split(dev, [p.size for p in parts])
     return DeviceTreePlan(
         tasks,
@@ -202,7 +205,7 @@ def tree_decode(
     batch, heads, dim = q.shape
     kv_heads, _, block_size, _ = k_cache.shape
     group = heads // kv_heads
-    group_pad = 1 << max(0, (group - 1).bit_length())
+    group_pad = _group_pad(group)
     m = torch.empty(plan.num_parts * heads, dtype=torch.float32, device=q.device)
     l_ = torch.empty_like(m)
     acc = torch.empty(plan.num_parts * heads * dim, dtype=torch.float32, device=q.device)
