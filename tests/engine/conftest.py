@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import torch
 
-from deploylab.catalog import resolve_model
 from deploylab.engine import LLM, EngineConfig, LLMEngine
 from deploylab.engine.models.llama import LlamaForCausalLM
 from deploylab.engine.models.loader import init_random_model
@@ -75,13 +74,9 @@ class ModelParts:
 @pytest.fixture(scope="session")
 def smol() -> ModelParts:
     """The real SmolLM2-135M-Instruct GGUF, loaded once per session (float32, CPU)."""
-    from deploylab.engine.models.loader import load_model
-    from deploylab.engine.tokenizer import load_tokenizer
+    from tests.smol import smol_model, smol_path, smol_tokenizer
 
-    path = resolve_model("smollm2-135m-instruct")
-    with one_thread():
-        model, _ = load_model(path, torch.float32, torch.device("cpu"))
-    return ModelParts(path, model, load_tokenizer(path))
+    return ModelParts(smol_path(), smol_model(), smol_tokenizer())
 
 
 @pytest.fixture(scope="session")

@@ -71,7 +71,6 @@ def stub(stub_process: StubServer) -> StubServer:
 @pytest.fixture(scope="session")
 def smol_tokenizer() -> Any:
     """The default model's real tokenizer (loading it takes ~10 s, so once per session)."""
-    from deploylab.loadtest.text import load_tokenizer
+    from tests.smol import smol_tokenizer
 
-    tokenizer, _ = load_tokenizer("smollm2-135m-instruct")
-    return tokenizer
+    return smol_tokenizer()

@@ -26,13 +26,9 @@ POISON = 1.25  # a presence_penalty value that the injected fault recognises
 
 @pytest.fixture(scope="module")
 def parts() -> tuple[Any, Any, Any]:
-    from deploylab.catalog import resolve_model
-    from deploylab.engine.models.loader import load_model
-    from deploylab.engine.tokenizer import load_tokenizer
+    from tests.smol import smol_model, smol_path, smol_tokenizer
 
-    path = resolve_model(MODEL)
-    model, _ = load_model(path, torch.float32, torch.device("cpu"))
-    return path, model, load_tokenizer(path)
+    return smol_path(), smol_model(), smol_tokenizer()
 
 
 def make_engine(parts: tuple[Any, Any, Any]) -> AsyncEngine:

@@ -18,14 +18,11 @@ TASK = "deploylab_mini_mc"
 @pytest.fixture(scope="module")
 def hf_model() -> Any:
     """transformers' Llama sharing the weights of the GGUF model the server serves."""
-    from deploylab.catalog import resolve_model
-    from deploylab.engine.models.hf_interop import transformers_twin
-    from deploylab.engine.models.loader import load_model
+    from tests.smol import smol_model
 
-    model, _ = load_model(
-        resolve_model("smollm2-135m-instruct"), torch.float32, torch.device("cpu")
-    )
-    return transformers_twin(model, eos_token_id=2, bos_token_id=1)
+    from deploylab.engine.models.hf_interop import transformers_twin
+
+    return transformers_twin(smol_model(), eos_token_id=2, bos_token_id=1)
 
 
 @pytest.fixture
@@ -50,11 +47,9 @@ def test_lm_eval_loglikelihoods_equal_transformers(
     monkeypatch.chdir(ROOT)  # the task's data path is relative to the repository root
     import lm_eval
     from lm_eval.tasks import TaskManager
+    from tests.smol import smol_tokenizer
 
-    from deploylab.catalog import resolve_model
-    from deploylab.engine.tokenizer import load_tokenizer
-
-    tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct"))
+    tokenizer = smol_tokenizer()
     tokenizer.save_pretrained(tmp_path / "tok")  # lm-eval tokenizes with it, locally
     args = (
         f"base_url={server.url}/v1/completions,model=smollm2-135m-instruct,"

@@ -53,13 +53,9 @@ def _adapter(
 
 @pytest.fixture(scope="module")
 def lora_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    from deploylab.catalog import resolve_model
-    from deploylab.engine.models.loader import load_model
-    from deploylab.engine.tokenizer import load_tokenizer
+    from tests.smol import smol_model, smol_path, smol_tokenizer
 
-    path = resolve_model(MODEL)
-    model, _ = load_model(path, torch.float32, torch.device("cpu"))
-    tok = load_tokenizer(path)
+    path, model, tok = smol_path(), smol_model(), smol_tokenizer()
     root = tmp_path_factory.mktemp("loras")
     ids = tok.encode(PROMPT)
     adapters = {
@@ -174,13 +170,11 @@ def test_runtime_loading_is_off_by_default() -> None:
         assert r.status_code == 404 and "--allow-runtime-lora" in r.json()["error"]["message"]
 
 
-def test_bad_lora_flag_is_a_usage_error(tmp_path: Path) -> None:
-    import subprocess
-    import sys
+def test_bad_lora_flag_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """In this process (a subprocess would import torch again only to print the error)."""
+    from deploylab.cli import main
 
-    exe = Path(sys.executable).with_name("deploylab")
     for flag, message in (("poet", "NAME=PATH"), (f"p={tmp_path / 'nope'}", "not a directory")):
-        proc = subprocess.run(
-            [str(exe), "serve", "--lora", flag], capture_output=True, text=True, timeout=120
-        )
-        assert proc.returncode == 2 and message in proc.stderr
+        code = main(["serve", "--lora", flag])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, err
