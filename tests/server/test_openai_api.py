@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import torch
 
 MODEL = "smollm2-135m-instruct"
 ServerProc = Any
@@ -84,11 +85,24 @@ def test_completions_length_and_streaming(server: ServerProc) -> None:
 
 
 def test_server_greedy_equals_offline_llm(server: ServerProc) -> None:
-    from deploylab.engine import LLM, SamplingParams
+    from tests.smol import smol_model, smol_tokenizer
+
+    from deploylab.engine import LLM, EngineConfig, LLMEngine, SamplingParams
 
     prompts = ["The capital of France is", "def fibonacci(n):", "Water boils at"]
-    llm = LLM(model=MODEL)
-    offline = llm.generate(prompts, SamplingParams(max_tokens=24, temperature=0, ignore_eos=True))
+    # The server's defaults around the weights this process parsed once (tests/smol.py)
+    # rather than a second parse of the GGUF; a smaller KV cache holds these prompts.
+    # One torch thread: beside the server process, a second OpenMP thread mostly waits for a
+    # busy core on 2 cores (many times slower); greedy tokens do not depend on it.
+    config = EngineConfig(model=MODEL, kv_cache_gib=0.25)
+    llm = LLM(llm_engine=LLMEngine(config, model=smol_model(), tokenizer=smol_tokenizer()))
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        offline = llm.generate(prompts, params)
+    finally:
+        torch.set_num_threads(threads)
     c = client(server)
     for prompt, out in zip(prompts, offline, strict=True):
         resp = c.completions.create(
