@@ -19,6 +19,9 @@ def test_cli_serves_the_configured_model_and_stops_on_ctrl_c(tmp_path: Path) -> 
         [str(exe), "sim", "--config", str(config), "--port", "0"],
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as at a terminal: a suite started in the background (`cmd &`, nohup) passes
+        # SIGINT down ignored, and Python then never raises KeyboardInterrupt (a 60 s hang).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert proc.stderr is not None
