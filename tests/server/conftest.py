@@ -20,6 +20,22 @@ import pytest
 MODEL = "smollm2-135m-instruct"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """In-process engines and reference models on one torch thread (module scope, so that
+    module fixtures get it too): beside the server subprocesses of these tests, a second
+    OpenMP thread mostly waits for a busy core on 2 cores (many times slower). The servers
+    themselves keep their own default."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def free_port() -> int:
     """A TCP port that is free on loopback right now."""
     with socket.socket() as s:

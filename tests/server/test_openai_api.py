@@ -8,7 +8,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import torch
 
 MODEL = "smollm2-135m-instruct"
 ServerProc = Any
@@ -92,17 +91,10 @@ def test_server_greedy_equals_offline_llm(server: ServerProc) -> None:
     prompts = ["The capital of France is", "def fibonacci(n):", "Water boils at"]
     # The server's defaults around the weights this process parsed once (tests/smol.py)
     # rather than a second parse of the GGUF; a smaller KV cache holds these prompts.
-    # One torch thread: beside the server process, a second OpenMP thread mostly waits for a
-    # busy core on 2 cores (many times slower); greedy tokens do not depend on it.
+    # (on one torch thread, conftest.py; greedy tokens do not depend on the thread count)
     config = EngineConfig(model=MODEL, kv_cache_gib=0.25)
     llm = LLM(llm_engine=LLMEngine(config, model=smol_model(), tokenizer=smol_tokenizer()))
-    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        offline = llm.generate(prompts, params)
-    finally:
-        torch.set_num_threads(threads)
+    offline = llm.generate(prompts, SamplingParams(max_tokens=24, temperature=0, ignore_eos=True))
     c = client(server)
     for prompt, out in zip(prompts, offline, strict=True):
         resp = c.completions.create(
