@@ -12,7 +12,9 @@ import pytest
 from tests.server.conftest import MODEL, start_server
 from tests.server.test_errors_metrics import metrics
 
-NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2}
+# A fixed k: the adaptive policy (tested in tests/engine) picks k from measured step times,
+# and on a loaded machine it can speculate so little that no draft token gets accepted.
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "adaptive": False}
 CONTEXT = (
     "Context: The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris. "
     "It is named after the engineer Gustave Eiffel, whose company designed and built it."
