@@ -16,6 +16,7 @@ from deploylab.engine.kv_cache import KVCache
 from deploylab.engine.models.llama import LlamaForCausalLM
 from deploylab.engine.scheduler import ScheduledSeq, SchedulerOutput
 from deploylab.engine.sequence import Sequence
+from deploylab.engine.spec_decode.verify_attention import VerifyItem, build_verify_batch
 from deploylab.engine.triton_attention import PagedDecodeFn, load_paged_decode
 from deploylab.engine.triton_prefill import PagedPrefillFn, PrefillBatch, load_paged_prefill
 from deploylab.engine.triton_tree import TreeDecoder
@@ -82,6 +83,9 @@ class ModelRunner:
         self._prompt_rows: list[tuple[Sequence, int, int, int]] = []  # seq, row, len, pos
         # Speculative draft heads read the last hidden state of every sampled row (hook).
         self.keep_hidden = False
+        # Speculative verify chunks attended in one call per layer (CPU path; CUDA has the
+        # paged-prefill kernel). False: one SDPA call per chunk, as any prefill chunk.
+        self.batch_verify = True
         self.sample_hidden: torch.Tensor | None = None
 
     def enable_cuda_graphs(self, max_batch: int, max_model_len: int) -> bool:
@@ -190,12 +194,17 @@ class ModelRunner:
         kernel_chunks: list[tuple[int, int, int]] = []
         kernel_tables: list[list[int]] = []
         start = len(decodes)
+        verify_items: list[VerifyItem] = []  # speculative verify chunks, attended together
         for item in chunks:
             seq, n = item.seq, item.num_new_tokens
             p0 = seq.num_computed_tokens
             chunk_ids.append(seq.input_ids(p0, p0 + n))
             chunk = PrefillChunk(query_start=start, query_len=n, context_len=p0 + n)
-            if self.paged_prefill is not None:  # positions and slots are made on the device
+            if self.batch_verify and self.paged_prefill is None and seq.num_draft_tokens and p0:
+                pos.extend(range(p0, p0 + n))
+                slots.extend(self._chunk_slots(seq.block_table, p0, n))
+                verify_items.append((start, n, p0, seq.block_table))
+            elif self.paged_prefill is not None:  # positions and slots are made on the device
                 kernel_chunks.append((start, n, p0 + n))
                 kernel_tables.append(seq.block_table[: -(-(p0 + n) // bs)])
             else:
@@ -203,7 +212,8 @@ class ModelRunner:
                 slots.extend(self._chunk_slots(seq.block_table, p0, n))
                 if p0 > 0:
                     chunk.gather_index, chunk.mask = self._context_index(seq.block_table, p0, n)
-            prefills.append(chunk)
+            if not verify_items or verify_items[-1][0] != start:
+                prefills.append(chunk)
             if _wants_prompt_logits(seq):
                 self._prompt_rows.append((seq, start, n, p0))
             if item.samples:  # speculative drafts: every draft position's row, then the bonus
@@ -267,6 +277,11 @@ class ModelRunner:
         if plan is not None and self.tree is not None:
             meta.decode_kernel = self.tree.eager(plan, self.device)
             ctx_lens = []
+        if verify_items:
+            groups = self.model.config.num_attention_heads // self._head_rows.numel()
+            meta.verify = build_verify_batch(
+                verify_items, self._head_rows, groups, bs, self.device, self.workspace
+            )
         if self.lora is not None:
             layout = [(s.seq, 1) for s in decodes] + [(s.seq, s.num_new_tokens) for s in chunks]
             meta.lora = self.lora.prepare(layout, tokens)
