@@ -1,5 +1,6 @@
 """Batched verify attention (spec_decode/verify_attention.py): one SDPA call per layer for
-every verify chunk of a step gives the same logits as one call per chunk."""
+every verify chunk of a step gives the same logits as one call per chunk; a verify chunk
+replayed through the decode CUDA graphs as k + 1 decode rows keeps greedy output."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import random
 import torch
 from tests.engine.conftest import ModelParts
 
+from deploylab.engine.attention import AttentionMetadata
+from deploylab.engine.model_runner import ModelRunner
 from deploylab.engine.sampling_params import SamplingParams
 from deploylab.engine.scheduler import ScheduledSeq, SchedulerOutput
 from deploylab.engine.sequence import Sequence
@@ -20,10 +23,8 @@ def mixed_batch(block_size: int) -> SchedulerOutput:
     out = SchedulerOutput()
     params = SamplingParams(temperature=0)
     next_block = 0
-    # (cached tokens, drafts, prefill?) per sequence
-    for i, (ctx, k, prefill) in enumerate(
-        [(37, 0, False), (5, 1, False), (16, 4, False), (70, 3, False), (0, 0, True), (33, 2, False)]
-    ):
+    layout = [(37, 0, 0), (5, 1, 0), (16, 4, 0), (70, 3, 0), (0, 0, 1), (33, 2, 0)]
+    for i, (ctx, k, prefill) in enumerate(layout):  # (cached tokens, drafts, prefill?)
         n = 9 if prefill else 1 + k
         ids = [rng.randrange(3, 256) for _ in range(ctx + n)]
         seq = Sequence(f"s{i}", ids, params, arrival=i)
@@ -53,3 +54,49 @@ def test_batched_verify_attention_matches_one_call_per_chunk(tiny: ModelParts) -
     assert seqs_a == seqs_b and ref is not None and got is not None
     assert got.shape == (1 + 2 + 5 + 4 + 1 + 3, ref.shape[1])  # a row per draft + the last
     torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-4)
+
+
+class EagerGraphs:
+    """`DecodeGraphs.run`'s contract, run eagerly on the CPU (one decode row per input row,
+    each attending to its own context): the rows the runner hands a decode graph."""
+
+    lora = None
+    max_batch = 64
+
+    def __init__(self, runner: ModelRunner) -> None:
+        self.runner = runner
+        self.row_counts: list[int] = []
+
+    def run(self, ids: list[int], pos: list[int], slots: list[int], tables: list[list[int]],
+            lens: list[int], lora_slots: list[int] | None = None) -> torch.Tensor:  # fmt: skip
+        r = self.runner
+        slot_t = torch.tensor(slots, dtype=torch.int64)
+        meta = AttentionMetadata(
+            num_tokens=len(ids),
+            write_index=(r._head_slots[:, None] + slot_t[None, :]).flatten(),
+            num_decodes=len(ids),
+            workspace=r.workspace,
+        )
+        meta.decode_groups = [r._decode_group(i, [tables[i]], [lens[i]]) for i in range(len(ids))]
+        self.row_counts.append(len(ids))
+        ids_t, pos_t = torch.tensor(ids), torch.tensor(pos)
+        with torch.inference_mode():
+            hidden = r.model(ids_t, pos_t, meta, r.kv_cache.layers)
+            return r.model.compute_logits(hidden)
+
+
+def test_verify_steps_replay_decode_graph_rows(tiny: ModelParts) -> None:
+    """Greedy output through the graph path (verify chunks as decode rows) equals the plain
+    engine's, and verify steps did go through it (more rows than sequences)."""
+    from tests.engine.test_spec_decode import NGRAM, greedy_params, looping_prompts, run
+
+    prompts = looping_prompts(6, seed=4)
+    params = greedy_params(len(prompts))
+    expected = run(tiny.engine(), prompts, params)
+    engine = tiny.engine(speculative_config=NGRAM)
+    graphs = EagerGraphs(engine.runner)
+    engine.runner.graphs = graphs  # type: ignore[assignment]
+    got = run(engine, prompts, params)
+    assert [o.token_ids for o in got] == [o.token_ids for o in expected]
+    assert engine.spec.stats.num_accepted_tokens > 0  # type: ignore[union-attr]
+    assert max(graphs.row_counts) > len(prompts)

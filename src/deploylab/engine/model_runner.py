@@ -118,29 +118,46 @@ class ModelRunner:
         self, scheduled: list[ScheduledSeq]
     ) -> tuple[list[Sequence], torch.Tensor | None]:
         assert self.graphs is not None
-        ids, pos, slots, tables, lens = [], [], [], [], []
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        tables: list[list[int]] = []
+        lens: list[int] = []
         rows: list[int] = []
         seqs: list[Sequence] = []
-        for row, item in enumerate(scheduled):
+        lora_slots: list[int] | None = [] if self.graphs.lora is not None else None
+        bs = self.block_size
+        for item in scheduled:  # a verify chunk of k + 1 tokens is k + 1 decode rows
             seq = item.seq
-            token, p, slot = self._decode_row(seq)
-            ids.append(token)
-            pos.append(p)
-            slots.append(slot)
-            tables.append(seq.block_table)
-            lens.append(p + 1)
-            if item.samples:
-                rows.append(row)
-                seqs.append(seq)
-        lora_slots = None
-        if self.graphs.lora is not None:
-            lora_slots = [self.lora.row_slot(item.seq) for item in scheduled]  # type: ignore[union-attr]
+            table = seq.block_table
+            for p in range(seq.num_computed_tokens, seq.num_computed_tokens + item.num_new_tokens):
+                if item.samples:
+                    rows.append(len(ids))
+                    seqs.append(seq)
+                ids.append(seq.token_ids[p])
+                pos.append(p)
+                slots.append(table[p // bs] * bs + p % bs)
+                tables.append(table)
+                lens.append(p + 1)
+                if lora_slots is not None:
+                    lora_slots.append(self.lora.row_slot(seq))  # type: ignore[union-attr]
         logits = self.graphs.run(ids, pos, slots, tables, lens, lora_slots)
         if not rows:
             return seqs, None
-        if len(rows) == len(scheduled):
+        if len(rows) == len(ids):
             return seqs, logits.clone()
         return seqs, logits[self._to_device(torch.tensor(rows, dtype=torch.int64))]
+
+    def _verify_rows(self, item: ScheduledSeq) -> bool:
+        """True for a speculative verify chunk a decode graph can replay as k + 1 decode rows
+        (each attends to its own prefix; no graph keeps the hidden states a draft head reads)."""
+        seq = item.seq
+        return bool(
+            seq.num_draft_tokens
+            and seq.num_computed_tokens
+            and item.num_new_tokens == 1 + seq.num_draft_tokens
+            and not self.keep_hidden
+        )
 
     def _decode_row(self, seq: Sequence) -> tuple[int, int, int]:
         """A decoding sequence's input token, its position and the cache slot it writes."""
@@ -361,8 +378,8 @@ class ModelRunner:
         graphs = self.graphs
         if (
             graphs is not None
-            and len(out.scheduled) <= graphs.max_batch
-            and all(s.num_new_tokens == 1 for s in out.scheduled)
+            and out.num_tokens <= graphs.max_batch
+            and all(s.num_new_tokens == 1 or self._verify_rows(s) for s in out.scheduled)
             and not any(_wants_prompt_logits(s.seq) for s in out.scheduled)
             # adapters replay a graph only when it was captured with the LoRA kernels
             and (graphs.lora is not None or not any(s.seq.lora_id for s in out.scheduled))

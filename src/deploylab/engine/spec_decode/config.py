@@ -115,3 +115,15 @@ def parse_speculative_config(raw: Any) -> SpeculativeConfig | None:
             f"with draft_layers; got model={model!r}, draft_layers={layers!r}."
         )
     return SpeculativeConfig(method, k, hi, lo, adaptive, head_path, model, layers)
+
+
+def cuda_graph_rows(max_num_seqs: int, raw: Any) -> int:
+    """Rows the decode CUDA graphs are captured for: a verify step replays them with k + 1
+    rows per drafting sequence, so with speculation on up to max_num_seqs · (k + 1), capped
+    at the largest bucket (bigger verify steps run eagerly)."""
+    from deploylab.engine.cuda_graphs import BUCKETS
+
+    spec = parse_speculative_config(raw)
+    if spec is None:
+        return max_num_seqs
+    return max(max_num_seqs, min(max_num_seqs * (1 + spec.num_speculative_tokens), BUCKETS[-1]))
