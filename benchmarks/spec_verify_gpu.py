@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = args.device == "cuda"
     name = torch.cuda.get_device_name() if cuda else "cpu"
     results: dict[str, Any] = {"device": name, "args": vars(args), "rows": []}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for graphs in (True, False):
         config = EngineConfig(
             random_weights=args.preset, device=args.device,
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"cuda_graphs": graphs, "batch": batch, "k": k, "step_ms": dt * 1e3}
                 results["rows"].append(row)
                 print(row, flush=True)
+                Path(args.out).write_text(json.dumps(results, indent=1))  # partial results
         del engine
         if cuda:
             torch.cuda.empty_cache()
