@@ -100,3 +100,13 @@ def test_verify_steps_replay_decode_graph_rows(tiny: ModelParts) -> None:
     assert [o.token_ids for o in got] == [o.token_ids for o in expected]
     assert engine.spec.stats.num_accepted_tokens > 0  # type: ignore[union-attr]
     assert max(graphs.row_counts) > len(prompts)
+
+
+def test_cuda_graph_rows_hold_every_verify_row() -> None:
+    from deploylab.engine.cuda_graphs import BUCKETS
+    from deploylab.engine.spec_decode.config import cuda_graph_rows
+
+    assert cuda_graph_rows(8, None) == 8
+    assert cuda_graph_rows(8, {"method": "ngram", "num_speculative_tokens": 4}) == 40
+    assert cuda_graph_rows(256, '{"method": "ngram", "num_speculative_tokens": 4}') == BUCKETS[-1]
+    assert cuda_graph_rows(1024, {"method": "ngram", "num_speculative_tokens": 1}) == 1024
