@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 from tests.engine.conftest import ModelParts
 
@@ -66,6 +67,7 @@ class EagerGraphs:
     def __init__(self, runner: ModelRunner) -> None:
         self.runner = runner
         self.row_counts: list[int] = []
+        self.tree_steps = 0
 
     def run(self, ids: list[int], pos: list[int], slots: list[int], tables: list[list[int]],
             lens: list[int], lora_slots: list[int] | None = None) -> torch.Tensor:  # fmt: skip
@@ -77,7 +79,13 @@ class EagerGraphs:
             num_decodes=len(ids),
             workspace=r.workspace,
         )
-        meta.decode_groups = [r._decode_group(i, [tables[i]], [lens[i]]) for i in range(len(ids))]
+        plan = r.tree.plan(tables, lens) if r.tree is not None else None
+        if plan is not None:  # rows sharing blocks: the tree-attention plan, as a graph does
+            meta.decode_kernel = r.tree.eager(plan, r.device)  # type: ignore[union-attr]
+            self.tree_steps += 1
+        else:
+            groups = [r._decode_group(i, [tables[i]], [lens[i]]) for i in range(len(ids))]
+            meta.decode_groups = groups
         self.row_counts.append(len(ids))
         ids_t, pos_t = torch.tensor(ids), torch.tensor(pos)
         with torch.inference_mode():
@@ -85,21 +93,24 @@ class EagerGraphs:
             return r.model.compute_logits(hidden)
 
 
-def test_verify_steps_replay_decode_graph_rows(tiny: ModelParts) -> None:
+@pytest.mark.parametrize("tree", [False, True], ids=["groups", "tree-plan"])
+def test_verify_steps_replay_decode_graph_rows(tiny: ModelParts, tree: bool) -> None:
     """Greedy output through the graph path (verify chunks as decode rows) equals the plain
-    engine's, and verify steps did go through it (more rows than sequences)."""
+    engine's, and verify steps did go through it (more rows than sequences); also with the
+    tree-attention plan, which reads the blocks a sequence's rows share once."""
     from tests.engine.test_spec_decode import NGRAM, greedy_params, looping_prompts, run
 
     prompts = looping_prompts(6, seed=4)
     params = greedy_params(len(prompts))
     expected = run(tiny.engine(), prompts, params)
-    engine = tiny.engine(speculative_config=NGRAM)
+    engine = tiny.engine(speculative_config=NGRAM, tree_attention=tree)
     graphs = EagerGraphs(engine.runner)
     engine.runner.graphs = graphs  # type: ignore[assignment]
     got = run(engine, prompts, params)
     assert [o.token_ids for o in got] == [o.token_ids for o in expected]
     assert engine.spec.stats.num_accepted_tokens > 0  # type: ignore[union-attr]
     assert max(graphs.row_counts) > len(prompts)
+    assert (graphs.tree_steps > 0) == tree
 
 
 def test_cuda_graph_rows_hold_every_verify_row() -> None:
