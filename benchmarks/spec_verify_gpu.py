@@ -125,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="out/spec/verify_cost.json")
     p.add_argument("--device", default="cuda", help="cpu: a smoke run (e.g. --preset tiny)")
     args = p.parse_args(argv)
-    spec = {"method": "ngram", "num_speculative_tokens": args.max_k, "adaptive": False}
+    spec = {
+        "method": "ngram", "num_speculative_tokens": args.max_k, "adaptive": False,
+        "cuda_graph_verify": True,
+    }  # fmt: skip
     cuda = args.device == "cuda"
     name = torch.cuda.get_device_name() if cuda else "cpu"
     results: dict[str, Any] = {"device": name, "args": vars(args), "rows": []}

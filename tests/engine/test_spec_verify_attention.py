@@ -4,6 +4,7 @@ replayed through the decode CUDA graphs as k + 1 decode rows keeps greedy output
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -15,6 +16,7 @@ from deploylab.engine.model_runner import ModelRunner
 from deploylab.engine.sampling_params import SamplingParams
 from deploylab.engine.scheduler import ScheduledSeq, SchedulerOutput
 from deploylab.engine.sequence import Sequence
+from deploylab.errors import ConfigError
 
 
 def mixed_batch(block_size: int) -> SchedulerOutput:
@@ -103,7 +105,8 @@ def test_verify_steps_replay_decode_graph_rows(tiny: ModelParts, tree: bool) -> 
     prompts = looping_prompts(6, seed=4)
     params = greedy_params(len(prompts))
     expected = run(tiny.engine(), prompts, params)
-    engine = tiny.engine(speculative_config=NGRAM, tree_attention=tree)
+    config = {**NGRAM, "cuda_graph_verify": True}
+    engine = tiny.engine(speculative_config=config, tree_attention=tree)
     graphs = EagerGraphs(engine.runner)
     engine.runner.graphs = graphs  # type: ignore[assignment]
     got = run(engine, prompts, params)
@@ -117,7 +120,23 @@ def test_cuda_graph_rows_hold_every_verify_row() -> None:
     from deploylab.engine.cuda_graphs import BUCKETS
     from deploylab.engine.spec_decode.config import cuda_graph_rows
 
+    on = {"method": "ngram", "num_speculative_tokens": 4, "cuda_graph_verify": True}
     assert cuda_graph_rows(8, None) == 8
-    assert cuda_graph_rows(8, {"method": "ngram", "num_speculative_tokens": 4}) == 40
-    assert cuda_graph_rows(256, '{"method": "ngram", "num_speculative_tokens": 4}') == BUCKETS[-1]
-    assert cuda_graph_rows(1024, {"method": "ngram", "num_speculative_tokens": 1}) == 1024
+    assert cuda_graph_rows(8, on | {"cuda_graph_verify": False}) == 8  # opt-in
+    assert cuda_graph_rows(8, on) == 40
+    assert cuda_graph_rows(256, json.dumps(on)) == BUCKETS[-1]
+    assert cuda_graph_rows(1024, on | {"num_speculative_tokens": 1}) == 1024
+    with pytest.raises(ConfigError, match="cuda_graph_verify must be true or false"):
+        cuda_graph_rows(8, on | {"cuda_graph_verify": "yes"})
+
+
+def test_verify_steps_stay_out_of_graphs_unless_opted_in(tiny: ModelParts) -> None:
+    from tests.engine.test_spec_decode import NGRAM, greedy_params, looping_prompts, run
+
+    engine = tiny.engine(speculative_config=NGRAM)
+    graphs = EagerGraphs(engine.runner)
+    engine.runner.graphs = graphs  # type: ignore[assignment]
+    prompts = looping_prompts(4, seed=5)
+    run(engine, prompts, greedy_params(len(prompts)))
+    assert engine.spec.stats.num_drafts > 0  # type: ignore[union-attr]
+    assert max(graphs.row_counts) <= len(prompts)  # verify steps ran eagerly

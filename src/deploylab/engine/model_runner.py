@@ -86,6 +86,9 @@ class ModelRunner:
         # Speculative verify chunks attended in one call per layer (CPU path; CUDA has the
         # paged-prefill kernel). False: one SDPA call per chunk, as any prefill chunk.
         self.batch_verify = True
+        # Verify chunks replay the decode CUDA graphs as k + 1 decode rows (opt-in, set from
+        # speculative_config.cuda_graph_verify; not yet measured on a GPU).
+        self.graph_verify = False
         self.sample_hidden: torch.Tensor | None = None
 
     def enable_cuda_graphs(self, max_batch: int, max_model_len: int) -> bool:
@@ -156,6 +159,7 @@ class ModelRunner:
             seq.num_draft_tokens
             and seq.num_computed_tokens
             and item.num_new_tokens == 1 + seq.num_draft_tokens
+            and self.graph_verify
             and not self.keep_hidden
         )
 
@@ -217,7 +221,7 @@ class ModelRunner:
             p0 = seq.num_computed_tokens
             chunk_ids.append(seq.input_ids(p0, p0 + n))
             chunk = PrefillChunk(query_start=start, query_len=n, context_len=p0 + n)
-            if self.batch_verify and self.paged_prefill is None and seq.num_draft_tokens and p0:
+            if self.batch_verify and self.device.type == "cpu" and seq.num_draft_tokens and p0:
                 pos.extend(range(p0, p0 + n))
                 slots.extend(self._chunk_slots(seq.block_table, p0, n))
                 verify_items.append((start, n, p0, seq.block_table))

@@ -68,6 +68,8 @@ class SpecDecoder:
         self.max_model_len = max_model_len
         self.runner = runner
         self.proposer: Proposer = proposer or make_proposer(config, runner)
+        if runner is not None:
+            runner.graph_verify = config.cuda_graph_verify
         self._hidden: torch.Tensor | None = None  # this step's sampled rows' hidden states
         self.stats = SpecStats(accepted_per_position=[0] * config.num_speculative_tokens)
         self.drafting: list[Sequence] = []  # sequences holding drafts this step
