@@ -152,6 +152,8 @@ class SpecDecoder:
         keys = [(s.request_id, s.index) for s in seqs]
         if policy is not None and not self.proposer.free_to_propose:
             ks = policy.choose(keys, ks, len(seqs))  # pay only for the drafts worth it
+        elif policy is not None and not any(policy.choose(keys, ks, len(seqs))):
+            return  # no draft pays even at full length, so none of fewer tokens would: skip
         proposals = self.proposer.propose(seqs, ks)
         if policy is not None and self.proposer.free_to_propose:
             ks = policy.choose(keys, [len(d) for d in proposals], len(seqs))
