@@ -3,7 +3,11 @@
 One engine (`speculative_config` k = 8, adaptive off), a proposer that drafts k random tokens
 for every decoding sequence (all rejected: the pass costs the same whatever is accepted), and
 per (batch, k) the mean wall time of `engine.step()` over steady decode steps. k = 0 is the
-plain decode step (CUDA graphs when the engine captures them; also measured eagerly). The
+plain decode step. With CUDA graphs on, a verify step whose rows fit the largest captured
+bucket replays the decode graph with k + 1 rows per sequence; every (batch, k) is also
+measured with graphs off (eager: the paged-prefill kernel for the verify chunks). Before
+timing, one mixed verify batch is run both ways on the same cache and the largest logit
+difference and the argmax agreement are reported (the graph path's correctness check). The
 start-up cost calibration of the adaptive policy (`spec_decode.cost.calibrate`) is run on the
 same runner and its fit reported. Speed-ups are derived from these costs and the acceptance
 measured on the CPU with the real model (docs/benchmarks.md), not measured here.
@@ -72,6 +76,41 @@ def time_steps(engine: Any, batch: int, k: int, prompt_len: int, warm: int, step
     return dt
 
 
+def check_graph_verify(engine: Any, ks: Seq[int]) -> dict[str, float]:
+    """Logits of one batch of verify chunks (ks[i] drafts, context 40 + 23 i) through the
+    decode graphs and eagerly, on the same random cache: max |difference|, argmax agreement."""
+    from deploylab.engine import SamplingParams
+    from deploylab.engine.scheduler import ScheduledSeq, SchedulerOutput
+    from deploylab.engine.sequence import Sequence
+
+    runner = engine.runner
+    bs = runner.block_size
+    out = SchedulerOutput()
+    g = torch.Generator().manual_seed(0)
+    first = 0
+    for i, k in enumerate(ks):
+        ctx = 40 + 23 * i
+        ids = torch.randint(3, 1000, (ctx + 1 + k,), generator=g).tolist()
+        seq = Sequence(f"check{i}", ids, SamplingParams(temperature=0), arrival=i)
+        seq.num_computed_tokens, seq.num_draft_tokens = ctx, k
+        blocks = -(-len(ids) // bs)
+        seq.block_table = list(range(first, first + blocks))
+        first += blocks
+        out.scheduled.append(ScheduledSeq(seq, 1 + k))
+    with torch.inference_mode():
+        for k_cache, v_cache in runner.kv_cache.layers:
+            k_cache.normal_()
+            v_cache.normal_()
+        graphs, runner.graphs = runner.graphs, None
+        _, eager = runner.execute(out)
+        runner.graphs = graphs
+        _, replay = runner.execute(out)
+    sync()
+    diff = (eager.float() - replay.float()).abs().max().item()
+    agree = (eager.argmax(-1) == replay.argmax(-1)).float().mean().item()
+    return {"rows": float(eager.shape[0]), "max_abs_diff": diff, "argmax_agreement": agree}
+
+
 def main(argv: list[str] | None = None) -> int:
     from deploylab.engine import EngineConfig, LLMEngine
     from deploylab.engine.spec_decode.cost import CostModel, calibrate
@@ -86,10 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="out/spec/verify_cost.json")
     p.add_argument("--device", default="cuda", help="cpu: a smoke run (e.g. --preset tiny)")
     args = p.parse_args(argv)
-    spec = {"method": "ngram", "num_speculative_tokens": args.max_k, "adaptive": False}
+    spec = {
+        "method": "ngram", "num_speculative_tokens": args.max_k, "adaptive": False,
+        "cuda_graph_verify": True,
+    }  # fmt: skip
     cuda = args.device == "cuda"
     name = torch.cuda.get_device_name() if cuda else "cpu"
     results: dict[str, Any] = {"device": name, "args": vars(args), "rows": []}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for graphs in (True, False):
         config = EngineConfig(
             random_weights=args.preset, device=args.device,
@@ -101,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         engine = LLMEngine(config)
         assert engine.spec is not None
         engine.spec.proposer = RandomProposer(engine.model_config.vocab_size)
+        if graphs and cuda:
+            results["graph_check"] = check_graph_verify(engine, [1, 2, 4, 8, 3, 0])
+            print("graph check", results["graph_check"], flush=True)
         if graphs:
             with torch.inference_mode():
                 obs = calibrate(
@@ -111,13 +157,14 @@ def main(argv: list[str] | None = None) -> int:
                 "fit_a_b_c": CostModel(obs).coefficients,
             }
             print("calibration", results["calibration"], flush=True)
-        ks = range(args.max_k + 1) if graphs else range(1)  # eager: plain decode, reference
+        ks = range(args.max_k + 1)
         for batch in args.batch_sizes:
             for k in ks:
                 dt = time_steps(engine, batch, k, args.prompt_len, args.warm, args.steps)
                 row = {"cuda_graphs": graphs, "batch": batch, "k": k, "step_ms": dt * 1e3}
                 results["rows"].append(row)
                 print(row, flush=True)
+                Path(args.out).write_text(json.dumps(results, indent=1))  # partial results
         del engine
         if cuda:
             torch.cuda.empty_cache()

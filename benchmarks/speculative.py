@@ -12,6 +12,10 @@ and the speed-up. Greedy outputs are compared token for token with the plain eng
 must be identical).
 
     python benchmarks/speculative.py --batch-sizes 1 8 32 --max-tokens 64 --methods ngram head
+
+Prompt sets: `chat` (everyday questions), `rag` (one short passage and a question asking to
+quote it), `rag-docs` (three numbered retrieved documents, the relevant one among two others,
+and a question about its subject asking for a quote or summary from the documents).
 """
 
 from __future__ import annotations
@@ -68,12 +72,43 @@ CHAT = [
 ]
 
 
+DOC_QUESTIONS = [
+    "Where is {subject} and what is it? Answer with a quote from the documents.",
+    "What do the documents say about {subject}? Quote the relevant sentences.",
+    "Answer from the documents only, citing the sentence you use: tell me about {subject}.",
+    "Summarise what the documents say about {subject}, keeping their wording.",
+]
+SUBJECTS = [
+    "the Great Barrier Reef",
+    "photosynthesis",
+    "the Rhine",
+    "Marie Curie",
+    "the Python programming language",
+    "Mount Kilimanjaro",
+    "the printing press",
+    "honey bees",
+]
+
+
+def rag_docs_prompt(i: int) -> str:
+    """A retrieval-augmented prompt: three numbered documents (the relevant one among two
+    others, its place varying) and a question about the relevant one's subject."""
+    m = len(PASSAGES)
+    picks = [(i + 3) % m, (i + 5) % m]
+    picks.insert(i % 3, i % m)
+    docs = "\n\n".join(f"[{j + 1}] {PASSAGES[d]}" for j, d in enumerate(picks))
+    question = DOC_QUESTIONS[(i // m + i) % len(DOC_QUESTIONS)].format(subject=SUBJECTS[i % m])
+    return f"Documents:\n{docs}\n\nQuestion: {question}"
+
+
 def prompt_set(name: str, n: int) -> list[list[dict[str, str]]]:
     """n conversations (distinct where the set allows) of the named set."""
     out = []
     for i in range(n):
         if name == "chat":
             text = CHAT[i % len(CHAT)]
+        elif name == "rag-docs":
+            text = rag_docs_prompt(i)
         else:
             passage = PASSAGES[i % len(PASSAGES)]
             question = QUESTIONS[(i // len(PASSAGES) + i) % len(QUESTIONS)]
@@ -134,9 +169,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
-    p.add_argument("--prompt-sets", nargs="+", default=["rag", "chat"], choices=["rag", "chat"])
+    p.add_argument(
+        "--prompt-sets",
+        nargs="+",
+        default=["rag", "rag-docs", "chat"],
+        choices=["rag", "rag-docs", "chat"],
+    )
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--k", type=int, default=4, help="num_speculative_tokens")
+    p.add_argument("--ngram-k", type=int, default=None, help="ngram's k (default: --k)")
     p.add_argument("--lookup-max", type=int, default=4)
     p.add_argument("--lookup-min", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
@@ -163,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     tok = load_tokenizer(path)
 
     def spec_config(method: str) -> dict[str, Any]:
+        k = args.ngram_k if method == "ngram" and args.ngram_k else args.k
         cfg: dict[str, Any] = {
-            "method": method, "num_speculative_tokens": args.k, "adaptive": not args.fixed_k,
+            "method": method, "num_speculative_tokens": k, "adaptive": not args.fixed_k,
         }  # fmt: skip
         if method == "ngram":
             cfg |= {"prompt_lookup_max": args.lookup_max, "prompt_lookup_min": args.lookup_min}

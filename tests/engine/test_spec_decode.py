@@ -61,6 +61,21 @@ def run(engine: LLMEngine, prompts: list[Any], params: list[SamplingParams]) -> 
     return list(outs.values())
 
 
+class ReplayProposer:
+    """Drafts the tokens a request produced in an earlier run (`outputs[request_id]`)."""
+
+    free_to_propose = True
+
+    def __init__(self, outputs: dict[str, list[int]]) -> None:
+        self.outputs = outputs
+
+    def propose(self, seqs: Any, ks: Any) -> list[list[int]]:
+        return [
+            self.outputs[s.request_id][s.num_output_tokens : s.num_output_tokens + k]
+            for s, k in zip(seqs, ks, strict=True)
+        ]
+
+
 def greedy_params(n: int, spec_off_every: int = 3) -> list[SamplingParams]:
     """Greedy requests of different lengths; every third one opts out of speculation."""
     return [
@@ -127,17 +142,33 @@ def test_prefix_hits_and_preemption_keep_greedy_output(tiny: ModelParts) -> None
 
 
 def test_max_tokens_and_min_tokens_exact(tiny: ModelParts) -> None:
-    prompts = looping_prompts(6, seed=2)
+    """With and without logprobs (the per-sequence and the batched greedy verification),
+    stop tokens are banned below min_tokens at every draft position, as the sampler does:
+    the stop tokens are the ones the request would emit unbanned."""
+    prompts = looping_prompts(12, seed=2)
+    free = run(tiny.engine(), prompts, [SamplingParams(temperature=0, max_tokens=8)] * 12)
     params = [
-        SamplingParams(temperature=0, max_tokens=1 + i, min_tokens=i // 2, logprobs=2)
-        for i in range(6)
+        SamplingParams(
+            temperature=0,
+            max_tokens=1 + i % 6 * 2,
+            min_tokens=i % 6,
+            logprobs=2 if i < 6 else None,
+            stop_token_ids=free[i].token_ids[1:3],
+        )
+        for i in range(12)
     ]
     expected = run(tiny.engine(), prompts, params)
-    got = run(tiny.engine(speculative_config=NGRAM), prompts, params)
+    engine = tiny.engine(speculative_config=NGRAM)
+    engine.spec.proposer = ReplayProposer(  # type: ignore[union-attr]
+        {f"r{i}": o.token_ids for i, o in enumerate(free)}
+    )
+    got = run(engine, prompts, params)
     for e, g, p in zip(expected, got, params, strict=True):
         assert g.token_ids == e.token_ids
         assert len(g.token_ids) <= (p.max_tokens or 0)
         assert g.finish_reason == e.finish_reason
+        if p.logprobs is None:
+            continue
         assert g.logprobs is not None and e.logprobs is not None
         assert [lp.token_id for lp in g.logprobs] == g.token_ids
         for a, b in zip(g.logprobs, e.logprobs, strict=True):

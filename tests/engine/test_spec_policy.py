@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
 
 import pytest
 from tests.engine.conftest import ModelParts
@@ -125,18 +126,29 @@ def test_engine_with_adaptive_policy_keeps_greedy_output(tiny: ModelParts) -> No
 
 def test_engine_policy_follows_its_cost_model(tiny: ModelParts) -> None:
     """Drafts that cost nothing are always verified; drafts that cost far more than a step
-    are never proposed (the same requests, the same output)."""
+    are never proposed, and prompt lookup is not even run (the same requests, the same
+    output)."""
     prompts = looping_prompts(4, seed=6)
     params = greedy_params(len(prompts), spec_off_every=99)
     outputs = []
     drafted = []
+    lookups = []
     for coeffs in [(1.0, 0.0, 0.0), (1e-3, 10.0, 10.0)]:
         engine = tiny.engine(speculative_config=ADAPTIVE)
         spec = engine.spec
         assert spec is not None and spec.policy is not None
         spec.policy.cost = CostModel.from_coefficients(*coeffs)
         spec.policy.cost.observe = lambda *_: None  # type: ignore[method-assign]
+        calls: list[int] = []
+
+        def counted(seqs: Any, ks: Any, calls: list = calls, propose: Any = spec.proposer.propose):
+            calls.append(len(seqs))
+            return propose(seqs, ks)
+
+        spec.proposer.propose = counted  # type: ignore[method-assign]
         outputs.append([o.token_ids for o in run(engine, prompts, params)])
         drafted.append(spec.stats.num_draft_tokens)
+        lookups.append(len(calls))
     assert outputs[0] == outputs[1]
     assert drafted[0] > 0 and drafted[1] == 0
+    assert lookups[0] > 0 and lookups[1] == 0

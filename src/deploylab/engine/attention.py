@@ -96,6 +96,9 @@ class AttentionMetadata:
     # Per-row LoRA corrections (engine/lora `LoraBatch`): `lora(x, y, modules)` adds them to
     # `y`, the concatenated outputs of the projections `modules` for input `x`; None: none.
     lora: Callable[..., torch.Tensor] | None = None
+    # Speculative verify chunks attended together (spec_decode/verify_attention.py, CPU path):
+    # `verify(q, k_cache, v_cache, out, scale)` fills their rows of `out`; None: none.
+    verify: Callable[..., None] | None = None
 
 
 def write_kv(
@@ -194,6 +197,8 @@ def paged_attention(
             scale,
         )
         out[s : s + n] = od.view(n, num_heads, head_dim)
+    if meta.verify is not None:
+        meta.verify(q, k_cache, v_cache, out, scale)
     if meta.prefill_kernel is not None and meta.prefill_batch is not None:
         fresh = meta.prefill_batch.fresh and k.shape == (q.shape[0], kv_heads, head_dim)
         fresh_kv = (k, v) if fresh and k.stride() == v.stride() and k.stride(2) == 1 else None

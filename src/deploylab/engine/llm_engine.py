@@ -31,6 +31,7 @@ from deploylab.engine.scheduler import Scheduler, SchedulerOutput
 from deploylab.engine.sequence import Sequence
 from deploylab.engine.sleep import EngineSleeper, SleepReport
 from deploylab.engine.spec_decode import SpecDecoder, parse_speculative_config
+from deploylab.engine.spec_decode.config import cuda_graph_rows
 from deploylab.engine.stop import find_stop_string, holdback
 from deploylab.engine.structured import StructuredBackend
 from deploylab.engine.tokenizer import eos_token_ids
@@ -114,7 +115,8 @@ class LLMEngine:
             for name, path in lora_settings.modules.items():
                 self.lora.add(name, path)
         if config.cuda_graphs and self.device.type == "cuda":
-            self.runner.enable_cuda_graphs(config.max_num_seqs, self.max_model_len)
+            rows = cuda_graph_rows(config.max_num_seqs, config.speculative_config)
+            self.runner.enable_cuda_graphs(rows, self.max_model_len)
         self.sampler = Sampler(self.device, config.seed, self.eos_token_ids)
         # Errors of requests that failed inside a step (finish_reason "error"), by request id.
         self.failures: dict[str, BaseException] = {}

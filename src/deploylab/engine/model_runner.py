@@ -16,6 +16,7 @@ from deploylab.engine.kv_cache import KVCache
 from deploylab.engine.models.llama import LlamaForCausalLM
 from deploylab.engine.scheduler import ScheduledSeq, SchedulerOutput
 from deploylab.engine.sequence import Sequence
+from deploylab.engine.spec_decode.verify_attention import VerifyItem, build_verify_batch
 from deploylab.engine.triton_attention import PagedDecodeFn, load_paged_decode
 from deploylab.engine.triton_prefill import PagedPrefillFn, PrefillBatch, load_paged_prefill
 from deploylab.engine.triton_tree import TreeDecoder
@@ -82,6 +83,12 @@ class ModelRunner:
         self._prompt_rows: list[tuple[Sequence, int, int, int]] = []  # seq, row, len, pos
         # Speculative draft heads read the last hidden state of every sampled row (hook).
         self.keep_hidden = False
+        # Speculative verify chunks attended in one call per layer (CPU path; CUDA has the
+        # paged-prefill kernel). False: one SDPA call per chunk, as any prefill chunk.
+        self.batch_verify = True
+        # Verify chunks replay the decode CUDA graphs as k + 1 decode rows (opt-in, set from
+        # speculative_config.cuda_graph_verify; not yet measured on a GPU).
+        self.graph_verify = False
         self.sample_hidden: torch.Tensor | None = None
 
     def enable_cuda_graphs(self, max_batch: int, max_model_len: int) -> bool:
@@ -114,29 +121,47 @@ class ModelRunner:
         self, scheduled: list[ScheduledSeq]
     ) -> tuple[list[Sequence], torch.Tensor | None]:
         assert self.graphs is not None
-        ids, pos, slots, tables, lens = [], [], [], [], []
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        tables: list[list[int]] = []
+        lens: list[int] = []
         rows: list[int] = []
         seqs: list[Sequence] = []
-        for row, item in enumerate(scheduled):
+        lora_slots: list[int] | None = [] if self.graphs.lora is not None else None
+        bs = self.block_size
+        for item in scheduled:  # a verify chunk of k + 1 tokens is k + 1 decode rows
             seq = item.seq
-            token, p, slot = self._decode_row(seq)
-            ids.append(token)
-            pos.append(p)
-            slots.append(slot)
-            tables.append(seq.block_table)
-            lens.append(p + 1)
-            if item.samples:
-                rows.append(row)
-                seqs.append(seq)
-        lora_slots = None
-        if self.graphs.lora is not None:
-            lora_slots = [self.lora.row_slot(item.seq) for item in scheduled]  # type: ignore[union-attr]
+            table = seq.block_table
+            for p in range(seq.num_computed_tokens, seq.num_computed_tokens + item.num_new_tokens):
+                if item.samples:
+                    rows.append(len(ids))
+                    seqs.append(seq)
+                ids.append(seq.token_ids[p])
+                pos.append(p)
+                slots.append(table[p // bs] * bs + p % bs)
+                tables.append(table)
+                lens.append(p + 1)
+                if lora_slots is not None:
+                    lora_slots.append(self.lora.row_slot(seq))  # type: ignore[union-attr]
         logits = self.graphs.run(ids, pos, slots, tables, lens, lora_slots)
         if not rows:
             return seqs, None
-        if len(rows) == len(scheduled):
+        if len(rows) == len(ids):
             return seqs, logits.clone()
         return seqs, logits[self._to_device(torch.tensor(rows, dtype=torch.int64))]
+
+    def _verify_rows(self, item: ScheduledSeq) -> bool:
+        """True for a speculative verify chunk a decode graph can replay as k + 1 decode rows
+        (each attends to its own prefix; no graph keeps the hidden states a draft head reads)."""
+        seq = item.seq
+        return bool(
+            seq.num_draft_tokens
+            and seq.num_computed_tokens
+            and item.num_new_tokens == 1 + seq.num_draft_tokens
+            and self.graph_verify
+            and not self.keep_hidden
+        )
 
     def _decode_row(self, seq: Sequence) -> tuple[int, int, int]:
         """A decoding sequence's input token, its position and the cache slot it writes."""
@@ -190,12 +215,17 @@ class ModelRunner:
         kernel_chunks: list[tuple[int, int, int]] = []
         kernel_tables: list[list[int]] = []
         start = len(decodes)
+        verify_items: list[VerifyItem] = []  # speculative verify chunks, attended together
         for item in chunks:
             seq, n = item.seq, item.num_new_tokens
             p0 = seq.num_computed_tokens
             chunk_ids.append(seq.input_ids(p0, p0 + n))
             chunk = PrefillChunk(query_start=start, query_len=n, context_len=p0 + n)
-            if self.paged_prefill is not None:  # positions and slots are made on the device
+            if self.batch_verify and self.device.type == "cpu" and seq.num_draft_tokens and p0:
+                pos.extend(range(p0, p0 + n))
+                slots.extend(self._chunk_slots(seq.block_table, p0, n))
+                verify_items.append((start, n, p0, seq.block_table))
+            elif self.paged_prefill is not None:  # positions and slots are made on the device
                 kernel_chunks.append((start, n, p0 + n))
                 kernel_tables.append(seq.block_table[: -(-(p0 + n) // bs)])
             else:
@@ -203,7 +233,8 @@ class ModelRunner:
                 slots.extend(self._chunk_slots(seq.block_table, p0, n))
                 if p0 > 0:
                     chunk.gather_index, chunk.mask = self._context_index(seq.block_table, p0, n)
-            prefills.append(chunk)
+            if not verify_items or verify_items[-1][0] != start:
+                prefills.append(chunk)
             if _wants_prompt_logits(seq):
                 self._prompt_rows.append((seq, start, n, p0))
             if item.samples:  # speculative drafts: every draft position's row, then the bonus
@@ -267,6 +298,11 @@ class ModelRunner:
         if plan is not None and self.tree is not None:
             meta.decode_kernel = self.tree.eager(plan, self.device)
             ctx_lens = []
+        if verify_items:
+            groups = self.model.config.num_attention_heads // self._head_rows.numel()
+            meta.verify = build_verify_batch(
+                verify_items, self._head_rows, groups, bs, self.device, self.workspace
+            )
         if self.lora is not None:
             layout = [(s.seq, 1) for s in decodes] + [(s.seq, s.num_new_tokens) for s in chunks]
             meta.lora = self.lora.prepare(layout, tokens)
@@ -346,8 +382,8 @@ class ModelRunner:
         graphs = self.graphs
         if (
             graphs is not None
-            and len(out.scheduled) <= graphs.max_batch
-            and all(s.num_new_tokens == 1 for s in out.scheduled)
+            and out.num_tokens <= graphs.max_batch
+            and all(s.num_new_tokens == 1 or self._verify_rows(s) for s in out.scheduled)
             and not any(_wants_prompt_logits(s.seq) for s in out.scheduled)
             # adapters replay a graph only when it was captured with the LoRA kernels
             and (graphs.lora is not None or not any(s.seq.lora_id for s in out.scheduled))

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from deploylab.engine.cpu_linear import prepack_linears, prepack_supported, unpack_linears
+from deploylab.engine.spec_decode.config import cuda_graph_rows
 from deploylab.errors import ConfigError, InvalidRequestError
 
 
@@ -166,7 +167,8 @@ class EngineSleeper:
             torch.cuda.synchronize(device)
             graphs_start = time.perf_counter()
             if config.cuda_graphs:
-                engine.runner.enable_cuda_graphs(config.max_num_seqs, engine.max_model_len)  # type: ignore[attr-defined]
+                rows = cuda_graph_rows(config.max_num_seqs, config.speculative_config)
+                engine.runner.enable_cuda_graphs(rows, engine.max_model_len)  # type: ignore[attr-defined]
             torch.cuda.synchronize(device)
         end = time.perf_counter()
         self.level = 0

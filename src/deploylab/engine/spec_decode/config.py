@@ -19,6 +19,7 @@ _KEYS = (
     "head_path",
     "model",
     "draft_layers",
+    "cuda_graph_verify",
 )
 
 
@@ -40,6 +41,9 @@ class SpeculativeConfig:
     head_path: str | None = None  # method "head": a DraftHead safetensors file
     model: str | None = None  # method "draft_model": catalog name or path of the draft
     draft_layers: int | None = None  # method "draft_model": keep the target's first N layers
+    # CUDA: verify steps replay the decode CUDA graphs as k + 1 rows per sequence (opt-in: not
+    # yet measured on a GPU); off: a step with drafts runs eagerly.
+    cuda_graph_verify: bool = False
 
 
 def _int_field(raw: dict[str, Any], name: str, low: int, high: int) -> int | None:
@@ -94,8 +98,10 @@ def parse_speculative_config(raw: Any) -> SpeculativeConfig | None:
             f"speculative_config.prompt_lookup_min ({lo}) must not exceed prompt_lookup_max ({hi})."
         )
     adaptive = raw.get("adaptive", True)
-    if not isinstance(adaptive, bool):
-        raise ConfigError(f"speculative_config.adaptive must be true or false, got {adaptive!r}.")
+    graph_verify = raw.get("cuda_graph_verify", False)
+    for name, flag in (("adaptive", adaptive), ("cuda_graph_verify", graph_verify)):
+        if not isinstance(flag, bool):
+            raise ConfigError(f"speculative_config.{name} must be true or false, got {flag!r}.")
     head_path = raw.get("head_path")
     if head_path is not None and (not isinstance(head_path, str) or method != "head"):
         raise ConfigError(
@@ -114,4 +120,16 @@ def parse_speculative_config(raw: Any) -> SpeculativeConfig | None:
             "speculative_config.model must be a model name or path (string), and is exclusive "
             f"with draft_layers; got model={model!r}, draft_layers={layers!r}."
         )
-    return SpeculativeConfig(method, k, hi, lo, adaptive, head_path, model, layers)
+    return SpeculativeConfig(method, k, hi, lo, adaptive, head_path, model, layers, graph_verify)
+
+
+def cuda_graph_rows(max_num_seqs: int, raw: Any) -> int:
+    """Rows the decode CUDA graphs are captured for: with `cuda_graph_verify` a verify step
+    replays them with k + 1 rows per drafting sequence, so up to max_num_seqs · (k + 1),
+    capped at the largest bucket (bigger verify steps run eagerly)."""
+    from deploylab.engine.cuda_graphs import BUCKETS
+
+    spec = parse_speculative_config(raw)
+    if spec is None or not spec.cuda_graph_verify:
+        return max_num_seqs
+    return max(max_num_seqs, min(max_num_seqs * (1 + spec.num_speculative_tokens), BUCKETS[-1]))

@@ -68,6 +68,8 @@ class SpecDecoder:
         self.max_model_len = max_model_len
         self.runner = runner
         self.proposer: Proposer = proposer or make_proposer(config, runner)
+        if runner is not None:
+            runner.graph_verify = config.cuda_graph_verify
         self._hidden: torch.Tensor | None = None  # this step's sampled rows' hidden states
         self.stats = SpecStats(accepted_per_position=[0] * config.num_speculative_tokens)
         self.drafting: list[Sequence] = []  # sequences holding drafts this step
@@ -150,6 +152,8 @@ class SpecDecoder:
         keys = [(s.request_id, s.index) for s in seqs]
         if policy is not None and not self.proposer.free_to_propose:
             ks = policy.choose(keys, ks, len(seqs))  # pay only for the drafts worth it
+        elif policy is not None and not any(policy.choose(keys, ks, len(seqs))):
+            return  # no draft pays even at full length, so none of fewer tokens would: skip
         proposals = self.proposer.propose(seqs, ks)
         if policy is not None and self.proposer.free_to_propose:
             ks = policy.choose(keys, [len(d) for d in proposals], len(seqs))
@@ -202,6 +206,7 @@ class SpecDecoder:
             return []
         plain_rows: list[int] = []
         plain: list[Sequence] = []
+        greedy: list[tuple[Sequence, int]] = []  # greedy drafting sequences, first row
         self._rows_of: dict[int, int] = {}
         results: dict[int, StepResult] = {}
         row = 0
@@ -213,9 +218,14 @@ class SpecDecoder:
                 plain.append(seq)
                 row += 1
                 continue
-            results[id(seq)] = self._verify_one(seq, logits[row : row + k + 1], sampler)
+            if seq.params.greedy and seq.params.logprobs is None:
+                greedy.append((seq, row))
+            else:
+                results[id(seq)] = self._verify_one(seq, logits[row : row + k + 1], sampler)
             self._rows_of[id(seq)] = k + 1
             row += k + 1
+        if greedy:
+            results.update(self._verify_greedy(greedy, logits, sampler))
         if plain:
             index = torch.tensor(plain_rows, dtype=torch.int64, device=logits.device)
             tokens, lps = sampler(logits.index_select(0, index), plain)
@@ -227,6 +237,43 @@ class SpecDecoder:
             if id(item.seq) in drafting:
                 item.num_new_tokens = len(results[id(item.seq)][1])
         return [results[id(seq)] for seq in dict.fromkeys(seqs)]
+
+    def _verify_greedy(
+        self, spans: list[tuple[Sequence, int]], logits: torch.Tensor, sampler: Sampler
+    ) -> dict[int, StepResult]:
+        """Greedy verification of every greedy drafting sequence at once (`greedy_verify`'s
+        rule on the float32 logits, as the sampler's argmax): one argmax, one device sync."""
+        rows: list[int] = []
+        for seq, first in spans:
+            rows.extend(range(first, first + seq.num_draft_tokens + 1))
+        index = torch.tensor(rows, dtype=torch.int64, device=logits.device)
+        sub = logits.index_select(0, index)
+        at = 0
+        for seq, _ in spans:  # stop tokens banned below min_tokens, per row
+            params, n_out = seq.params, seq.num_output_tokens - seq.num_draft_tokens
+            for j in range(seq.num_draft_tokens + 1):
+                if n_out + j < params.min_tokens:
+                    banned = list(params.stop_token_ids)
+                    banned += [] if params.ignore_eos else sampler.eos_token_ids
+                    if banned:
+                        sub[at + j, banned] = float("-inf")
+            at += seq.num_draft_tokens + 1
+        best: list[int] = sub.argmax(dim=-1).tolist()
+        results: dict[int, StepResult] = {}
+        at = 0
+        for seq, _ in spans:
+            k = seq.num_draft_tokens
+            drafts = seq.token_ids[-k:]
+            del seq.token_ids[-k:]
+            seq.num_draft_tokens = 0
+            n = 0
+            while n < k and drafts[n] == best[at + n]:
+                n += 1
+            tokens = drafts[:n] + [best[at + n]]
+            self._record(seq, k, n)
+            results[id(seq)] = (seq, tokens, [None] * len(tokens))
+            at += k + 1
+        return results
 
     def _observe_verified(self, seqs: list[Sequence], results: dict[int, StepResult]) -> None:
         """After verification: each sequence's hidden row that produced its last token."""
@@ -257,15 +304,19 @@ class SpecDecoder:
             banned += sampler.eos_token_ids
         gen = sampler._seq_generator(seq) if params.seed is not None else sampler.generator
         result = verify_drafts(logits, drafts, seq, banned, gen)
+        self._record(seq, k, result.num_accepted)
+        return seq, result.tokens, result.logprobs
+
+    def _record(self, seq: Sequence, k: int, accepted: int) -> None:
+        """Count one verification (metrics and the policy's per-request acceptance)."""
         if self.policy is not None:
-            self.policy.tracker.record((seq.request_id, seq.index), k, result.num_accepted)
+            self.policy.tracker.record((seq.request_id, seq.index), k, accepted)
         st = self.stats
         st.num_drafts += 1
         st.num_draft_tokens += k
-        st.num_accepted_tokens += result.num_accepted
-        for i in range(result.num_accepted):
+        st.num_accepted_tokens += accepted
+        for i in range(accepted):
             st.accepted_per_position[i] += 1
-        return seq, result.tokens, result.logprobs
 
     def drop_all(self, out: SchedulerOutput) -> None:
         """Take back every draft of this step before it runs (the step then decodes one token

@@ -54,8 +54,11 @@ def prompts(seed: int) -> list[str]:
     return out
 
 
-def generate(llm: Any, texts: list[str], max_tokens: int) -> list[dict[str, Any]]:
-    """The target's answers with the hidden state of every generated position."""
+def generate(
+    llm: Any, texts: list[str], max_tokens: int, sampled: float = 0.5
+) -> list[dict[str, Any]]:
+    """The target's answers with the hidden state of every generated position; a `sampled`
+    fraction of them at temperature 0.7, the rest greedy."""
     from deploylab.engine import SamplingParams
 
     runner = llm.llm_engine.runner
@@ -72,7 +75,11 @@ def generate(llm: Any, texts: list[str], max_tokens: int) -> list[dict[str, Any]
 
     runner.execute = recording
     params = [
-        SamplingParams(temperature=0.0 if i % 2 else 0.7, seed=i, max_tokens=max_tokens)
+        SamplingParams(
+            temperature=0.7 if (i * sampled) % 1 < sampled else 0.0,
+            seed=i,
+            max_tokens=max_tokens,
+        )
         for i in range(len(texts))
     ]
     convs = [[{"role": "user", "content": t}] for t in texts]
@@ -187,6 +194,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--l1", type=float, default=1.0, help="weight of the hidden-state loss")
     p.add_argument("--noise", type=float, default=0.05, help="input noise (EAGLE)")
+    p.add_argument(
+        "--sampled-fraction", type=float, default=0.5, help="answers sampled at temperature 0.7"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -202,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     llm = LLM(args.model, device="cpu", dtype="float32", max_num_seqs=32, kv_cache_gib=0.5)
     model = llm.llm_engine.model
     texts = prompts(args.seed)[: args.prompts + args.prompts // 8]
-    rows = generate(llm, texts, args.max_tokens)
+    rows = generate(llm, texts, args.max_tokens, args.sampled_fraction)
     held = args.prompts // 8
     data, test = examples(rows[held:], model), examples(rows[:held], model)
     print(f"{len(data['y1'])} training rows, {len(test['y1'])} held out, "
