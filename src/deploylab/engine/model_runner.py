@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from deploylab.engine.async_step import fill_placeholders, upload
 from deploylab.engine.attention import AttentionMetadata, DecodeGroup, PrefillChunk, Workspace
 from deploylab.engine.block_manager import extend_with_tables
 from deploylab.engine.cpu_linear import prepack_linears, prepack_supported
@@ -83,6 +84,9 @@ class ModelRunner:
         # Speculative draft heads read the last hidden state of every sampled row (hook).
         self.keep_hidden = False
         self.sample_hidden: torch.Tensor | None = None
+        # Async scheduling (async_step.py): the previous step's sampled tokens on the device,
+        # which input ids still in flight (negative placeholders) are taken from.
+        self.token_fill: torch.Tensor | None = None
 
     def enable_cuda_graphs(self, max_batch: int, max_model_len: int) -> bool:
         """Capture decode steps as CUDA graphs (needs the paged decode kernel). The last
@@ -131,7 +135,7 @@ class ModelRunner:
         lora_slots = None
         if self.graphs.lora is not None:
             lora_slots = [self.lora.row_slot(item.seq) for item in scheduled]  # type: ignore[union-attr]
-        logits = self.graphs.run(ids, pos, slots, tables, lens, lora_slots)
+        logits = self.graphs.run(ids, pos, slots, tables, lens, lora_slots, self.token_fill)
         if not rows:
             return seqs, None
         if len(rows) == len(scheduled):
@@ -229,8 +233,10 @@ class ModelRunner:
             decode_width = -(-max(ctx_lens) // bs)
             extend_with_tables(packed, tables, decode_width)
             packed.fromlist(ctx_lens)
-        dev = self._to_device(torch.frombuffer(packed, dtype=torch.int64))
+        dev = upload(torch.frombuffer(packed, dtype=torch.int64), self.device)
         input_ids, positions = dev[:tokens], dev[tokens : tokens + on_host]
+        if self.token_fill is not None:
+            input_ids = fill_placeholders(input_ids, self.token_fill)
         slot_t = dev[tokens + on_host : tokens + 2 * on_host]
         batch: PrefillBatch | None = None
         if kernel_chunks:
