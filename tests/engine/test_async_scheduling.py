@@ -1,0 +1,112 @@
+"""Async scheduling (engine/async_step.py): the same tokens, text, stops and deltas as the
+synchronous engine, with the real model; aborts and preemption mid-flight; no KV leak."""
+
+from __future__ import annotations
+
+import torch
+
+from deploylab.engine import LLMEngine, SamplingParams
+from deploylab.engine.kv_cache import bytes_per_block
+
+from .conftest import ModelParts
+
+Delta = tuple[tuple[int, ...], str, str | None, int | str | None]
+
+
+def stream(engine: LLMEngine, requests: list[tuple[list[int], SamplingParams]]) -> dict:
+    """Every delta of every (request, sample), in order; nothing may follow a final delta."""
+    for i, (ids, params) in enumerate(requests):
+        engine.add_request(f"r{i}", ids, params)
+    seen: dict[tuple[str, int], list[Delta]] = {}
+    while engine.has_unfinished_requests():
+        for d in engine.step():
+            got = seen.setdefault((d.request_id, d.index), [])
+            assert not got or got[-1][2] is None, f"a delta after the end of {d.request_id}"
+            got.append((tuple(d.new_token_ids), d.new_text, d.finish_reason, d.stop_reason))
+    return seen
+
+
+def assert_no_leak(engine: LLMEngine) -> None:
+    bm = engine.block_manager
+    assert bm.num_free_blocks == bm.num_blocks
+    assert not engine.scheduler.running and not engine.scheduler.waiting
+
+
+def test_async_steps_match_sync_steps_real_model(
+    smol: ModelParts, smol_chat_ids: list[list[int]]
+) -> None:
+    ids = smol_chat_ids
+    sync = smol.engine()
+    free, free4 = smol.llm().generate(
+        [ids[1], ids[4]], SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
+    )
+    stop_str = free.text[len(free.text) // 2 : len(free.text) // 2 + 4]
+    stop_tok = free4.token_ids[3]
+    requests = [
+        (ids[0], SamplingParams(temperature=0, max_tokens=24)),  # ends with EOS
+        (ids[1], SamplingParams(temperature=0, max_tokens=32, stop=[stop_str])),
+        (ids[2], SamplingParams(temperature=0.9, top_p=0.9, seed=3, max_tokens=20)),
+        (ids[3], SamplingParams(temperature=1.0, n=2, seed=5, max_tokens=12)),
+        (ids[4], SamplingParams(temperature=0, stop_token_ids=[stop_tok], min_tokens=2)),
+        (ids[2], SamplingParams(temperature=0, max_tokens=3, logprobs=2)),  # a sync step
+    ]
+    want = stream(sync, requests)
+    engine = smol.engine(async_scheduling=True)
+    got = stream(engine, requests)
+    assert got == want
+    finishes = {v[-1][2:] for v in want.values()}
+    assert ("stop", stop_str) in finishes and ("stop", stop_tok) in finishes
+    assert ("stop", None) in finishes  # EOS
+    assert engine.overlap is not None
+    assert engine.overlap.steps_overlapped > engine.overlap.steps_sync > 0
+    assert_no_leak(engine)
+    assert all(t >= 0 for s in engine._seqs.values() for t in s.token_ids)
+
+
+def test_abort_mid_stream_reports_no_token_in_flight(
+    smol: ModelParts, smol_chat_ids: list[list[int]]
+) -> None:
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    expected = smol.llm().generate(smol_chat_ids[:2], params)
+    engine = smol.engine(async_scheduling=True)
+    engine.add_request("a", smol_chat_ids[0], params)
+    engine.add_request("b", smol_chat_ids[1], params)
+    streamed: dict[str, list[int]] = {"a": [], "b": []}
+    for _ in range(6):
+        for d in engine.step():
+            streamed[d.request_id] += d.new_token_ids
+    assert engine.overlap is not None and engine.overlap.inflight is not None
+    last = engine.abort_request("a")
+    assert last is not None and last.finish_reason == "abort" and last.new_token_ids == []
+    while engine.has_unfinished_requests():
+        for d in engine.step():
+            assert d.request_id == "b"
+            streamed["b"] += d.new_token_ids
+    assert streamed["a"] == expected[0].token_ids[: len(streamed["a"])]
+    assert 0 < len(streamed["a"]) < 16
+    assert streamed["b"] == expected[1].token_ids
+    assert_no_leak(engine)
+
+
+def test_preemption_under_async_scheduling_keeps_tokens(
+    smol: ModelParts, smol_chat_ids: list[list[int]]
+) -> None:
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    expected = [o.token_ids for o in smol.llm().generate(smol_chat_ids, params)]
+    per_block = bytes_per_block(smol.model.config, 16, torch.float32)
+    llm = smol.llm(
+        kv_cache_gib=10.5 * per_block / 1024**3, max_model_len=144, async_scheduling=True
+    )
+    engine = llm.llm_engine
+    engine.scheduler.watermark_blocks = 0  # admit up to the last block, so decodes preempt
+    outs = llm.generate(smol_chat_ids, params)
+    assert engine.stats().num_preemptions_total > 0
+    assert [o.token_ids for o in outs] == expected
+    assert_no_leak(engine)
+
+
+def test_async_scheduling_is_refused_beside_speculation(tiny: ModelParts) -> None:
+    spec = {"method": "ngram", "num_speculative_tokens": 2}
+    engine = tiny.engine(async_scheduling=True, speculative_config=spec)
+    assert engine.overlap is None
+    assert tiny.engine(async_scheduling=True).overlap is not None
