@@ -188,8 +188,8 @@ class DecodeGraphs:
         if g.lora_slots is not None:
             g.lora_slots.copy_(dev[at : at + size])
             at += size
-        ids = dev[:size]
-        g.ids.copy_(ids if token_fill is None else fill_placeholders(ids, token_fill))
+        ids_dev = dev[:size]
+        g.ids.copy_(ids_dev if token_fill is None else fill_placeholders(ids_dev, token_fill))
         g.pos.copy_(dev[size : 2 * size])
         g.slots.copy_(dev[2 * size : 3 * size])
         g.lens.copy_(dev[3 * size : 4 * size])

@@ -149,9 +149,7 @@ class ModelRunner:
         return seq.token_ids[p], p, seq.block_table[p // bs] * bs + p % bs
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cpu":
-            return t
-        return t.to(self.device, non_blocking=True)
+        return upload(t, self.device)  # through pinned memory on CUDA: no wait on the device
 
     def prepare(
         self, scheduled: list[ScheduledSeq]
