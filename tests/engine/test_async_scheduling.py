@@ -110,3 +110,16 @@ def test_async_scheduling_is_refused_beside_speculation(tiny: ModelParts) -> Non
     engine = tiny.engine(async_scheduling=True, speculative_config=spec)
     assert engine.overlap is None
     assert tiny.engine(async_scheduling=True).overlap is not None
+
+
+def test_chunked_prefill_and_mixed_steps_overlap_too(tiny: ModelParts) -> None:
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    prompts = [[(7 * i + j) % 500 + 1 for j in range(40 + 9 * i)] for i in range(4)]
+    small = {"max_num_batched_tokens": 24, "max_num_seqs": 4}
+    expected = [o.token_ids for o in tiny.llm(**small).generate(prompts, params)]
+    llm = tiny.llm(async_scheduling=True, **small)
+    assert [o.token_ids for o in llm.generate(prompts, params)] == expected
+    engine = llm.llm_engine
+    assert engine.overlap is not None and engine.overlap.steps_sync == 0
+    assert engine.overlap.steps_overlapped == engine.stats().num_steps_total
+    assert_no_leak(engine)

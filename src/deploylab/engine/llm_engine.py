@@ -578,8 +578,9 @@ class LLMEngine:
             spec_num_draft_tokens_total=spec.num_draft_tokens if spec else 0,
             spec_num_accepted_tokens_total=spec.num_accepted_tokens if spec else 0,
             spec_accepted_per_position=tuple(spec.accepted_per_position) if spec else (),
-            lora_running=_lora_names(self.scheduler.running),
-            lora_waiting=_lora_names(self.scheduler.waiting),
+            # Without LoRA the queues are not walked: AsyncEngine takes stats every step.
+            lora_running=_lora_names(self.scheduler.running) if lora is not None else (),
+            lora_waiting=_lora_names(self.scheduler.waiting) if lora is not None else (),
             lora_max=lora.config.max_loras if lora is not None else 0,
             lora_loads_total=lora.stats.loads if lora is not None else 0,
             lora_evictions_total=lora.stats.evictions if lora is not None else 0,
