@@ -123,3 +123,41 @@ def test_chunked_prefill_and_mixed_steps_overlap_too(tiny: ModelParts) -> None:
     assert engine.overlap is not None and engine.overlap.steps_sync == 0
     assert engine.overlap.steps_overlapped == engine.stats().num_steps_total
     assert_no_leak(engine)
+
+
+async def test_async_engine_streams_with_async_scheduling(tiny: ModelParts) -> None:
+    import asyncio
+
+    from deploylab.engine import AsyncEngine
+
+    jobs = []
+    for i in range(40):
+        prompt = [(13 * i + j) % 500 + 3 for j in range(1 + i % 17)]
+        params = SamplingParams(temperature=0, max_tokens=1 + i % 9, ignore_eos=True)
+        jobs.append((f"r{i}", prompt, params))
+    engine = AsyncEngine(engine=tiny.engine(max_num_seqs=8, async_scheduling=True))
+
+    async def collect(rid: str, prompt: list[int], params: SamplingParams) -> list[int]:
+        return [t async for d in engine.add_request(rid, prompt, params) for t in d.new_token_ids]
+
+    async def aborted() -> list[int]:
+        tokens: list[int] = []
+        params = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
+        async for d in engine.add_request("long", [5, 6, 7], params):
+            tokens += d.new_token_ids
+            assert d.finish_reason != "length"
+            if len(tokens) >= 5 and not d.finished:
+                engine.abort("long")
+        return tokens
+
+    try:
+        results = await asyncio.gather(aborted(), *(collect(*job) for job in jobs))
+    finally:
+        engine.shutdown()
+    expected = tiny.llm().generate([j[1] for j in jobs], [j[2] for j in jobs])
+    assert results[1:] == [o.token_ids for o in expected]
+    ref = tiny.llm().generate(
+        [[5, 6, 7]], SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
+    )[0]
+    assert 5 <= len(results[0]) < 400 and results[0] == ref.token_ids[: len(results[0])]
+    assert engine.stats().kv_cache_usage == 0.0
