@@ -46,12 +46,40 @@ def fill_placeholders(ids: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
     return torch.where(ids < 0, fill[rows], ids)
 
 
-def upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy a host tensor to `device` without waiting for the device: on CUDA through pinned
-    memory (PyTorch's caching host allocator keeps the block until the copy has run)."""
-    if device.type != "cuda":
-        return t
-    return t.pin_memory().to(device, non_blocking=True)
+class HostStager:
+    """Host-to-device copies that never wait for the device: on CUDA each goes through one of
+    `slots` persistent pinned buffers (round robin, grown on demand), reused only after the
+    event recorded behind its last copy has passed. On the CPU tensors pass through."""
+
+    def __init__(self, device: torch.device, slots: int = 8) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self._buffers: list[torch.Tensor | None] = [None] * slots
+        self._events: list[Any] = [None] * slots
+        self._next = 0
+
+    def upload(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` on the device (its copy is queued on the current stream)."""
+        if not self.cuda:
+            return t
+        i = self._next
+        self._next = (i + 1) % len(self._buffers)
+        event = self._events[i]
+        if event is not None:
+            event.synchronize()  # the copy that last used this buffer has run (long ago)
+        t = t.contiguous()
+        nbytes = t.numel() * t.element_size()
+        buf = self._buffers[i]
+        if buf is None or buf.numel() < nbytes:
+            buf = torch.empty(max(nbytes, 1 << 16), dtype=torch.uint8, pin_memory=True)
+            self._buffers[i] = buf
+        staged = buf[:nbytes].view(t.dtype).view(t.shape)
+        staged.copy_(t)
+        out = staged.to(self.device, non_blocking=True)
+        if event is None:
+            event = self._events[i] = torch.cuda.Event()
+        event.record()
+        return out
 
 
 def drop_placeholder(seq: Sequence) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from deploylab.engine.async_step import fill_placeholders, upload
+from deploylab.engine.async_step import HostStager, fill_placeholders
 from deploylab.engine.attention import AttentionMetadata
 from deploylab.engine.block_manager import extend_with_tables
 from deploylab.engine.kv_cache import KVCache
@@ -79,6 +79,7 @@ class DecodeGraphs:
         self.graphs: dict[int, _Graph] = {}
         self.tree = tree
         self.tree_graphs: dict[int, _Graph] = {}
+        self.stager = HostStager(self.device)  # pinned buffers for the replays' inputs
 
     @property
     def max_batch(self) -> int:
@@ -183,7 +184,7 @@ class DecodeGraphs:
             packed.fromlist(lora_slots or [-1] * n)
             packed.fromlist([-1] * pad)
         extend_with_tables(packed, tables, width)
-        dev = upload(torch.frombuffer(packed, dtype=torch.int64), self.device)
+        dev = self.stager.upload(torch.frombuffer(packed, dtype=torch.int64))
         at = 4 * size  # the tables follow (after the LoRA slots, if any)
         if g.lora_slots is not None:
             g.lora_slots.copy_(dev[at : at + size])

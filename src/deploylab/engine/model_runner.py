@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from deploylab.engine.async_step import fill_placeholders, upload
+from deploylab.engine.async_step import HostStager, fill_placeholders
 from deploylab.engine.attention import AttentionMetadata, DecodeGroup, PrefillChunk, Workspace
 from deploylab.engine.block_manager import extend_with_tables
 from deploylab.engine.cpu_linear import prepack_linears, prepack_supported
@@ -60,6 +60,7 @@ class ModelRunner:
         if prepack_supported(device, dtype):
             prepack_linears(model)
         self.workspace = Workspace(device, dtype)
+        self.stager = HostStager(device)  # pinned buffers for the step's uploads
         elem = torch.empty(0, dtype=dtype).element_size()
         self._token_bytes = kvh * config.head_dim * elem  # keys of one token, all KV heads
         self.group_bytes = CPU_GROUP_BYTES if device.type == "cpu" else CUDA_GROUP_BYTES
@@ -149,7 +150,7 @@ class ModelRunner:
         return seq.token_ids[p], p, seq.block_table[p // bs] * bs + p % bs
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        return upload(t, self.device)  # through pinned memory on CUDA: no wait on the device
+        return self.stager.upload(t)  # through pinned memory on CUDA: no wait on the device
 
     def prepare(
         self, scheduled: list[ScheduledSeq]
@@ -231,7 +232,7 @@ class ModelRunner:
             decode_width = -(-max(ctx_lens) // bs)
             extend_with_tables(packed, tables, decode_width)
             packed.fromlist(ctx_lens)
-        dev = upload(torch.frombuffer(packed, dtype=torch.int64), self.device)
+        dev = self.stager.upload(torch.frombuffer(packed, dtype=torch.int64))
         input_ids, positions = dev[:tokens], dev[tokens : tokens + on_host]
         if self.token_fill is not None:
             input_ids = fill_placeholders(input_ids, self.token_fill)
