@@ -3,6 +3,7 @@ synchronous engine, with the real model; aborts and preemption mid-flight; no KV
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from deploylab.engine import LLMEngine, SamplingParams
@@ -13,8 +14,11 @@ from .conftest import ModelParts
 Delta = tuple[tuple[int, ...], str, str | None, int | str | None]
 
 
-def stream(engine: LLMEngine, requests: list[tuple[list[int], SamplingParams]]) -> dict:
-    """Every delta of every (request, sample), in order; nothing may follow a final delta."""
+def stream(
+    engine: LLMEngine, requests: list[tuple[list[int], SamplingParams]], logprobs: list
+) -> dict:
+    """Every delta of every (request, sample), in order; nothing may follow a final delta.
+    The deltas' logprobs are appended to `logprobs`, in order."""
     for i, (ids, params) in enumerate(requests):
         engine.add_request(f"r{i}", ids, params)
     seen: dict[tuple[str, int], list[Delta]] = {}
@@ -23,6 +27,7 @@ def stream(engine: LLMEngine, requests: list[tuple[list[int], SamplingParams]]) 
             got = seen.setdefault((d.request_id, d.index), [])
             assert not got or got[-1][2] is None, f"a delta after the end of {d.request_id}"
             got.append((tuple(d.new_token_ids), d.new_text, d.finish_reason, d.stop_reason))
+            logprobs += d.logprobs or []
     return seen
 
 
@@ -48,12 +53,20 @@ def test_async_steps_match_sync_steps_real_model(
         (ids[2], SamplingParams(temperature=0.9, top_p=0.9, seed=3, max_tokens=20)),
         (ids[3], SamplingParams(temperature=1.0, n=2, seed=5, max_tokens=12)),
         (ids[4], SamplingParams(temperature=0, stop_token_ids=[stop_tok], min_tokens=2)),
-        (ids[2], SamplingParams(temperature=0, max_tokens=3, logprobs=2)),  # a sync step
+        (ids[2], SamplingParams(temperature=0, max_tokens=5, logprobs=2)),
+        (ids[1], SamplingParams(temperature=0.7, seed=9, max_tokens=4, logprobs=0)),
     ]
-    want = stream(sync, requests)
+    want_lp: list = []
+    want = stream(sync, requests, want_lp)
     engine = smol.engine(async_scheduling=True)
-    got = stream(engine, requests)
+    got_lp: list = []
+    got = stream(engine, requests, got_lp)
     assert got == want
+    assert len(got_lp) == len(want_lp) == 9
+    for g, w in zip(got_lp, want_lp, strict=True):
+        assert g.token_id == w.token_id and [t for t, _ in g.top] == [t for t, _ in w.top]
+        assert g.logprob == pytest.approx(w.logprob, abs=1e-4)
+        assert [v for _, v in g.top] == pytest.approx([v for _, v in w.top], abs=1e-4)
     finishes = {v[-1][2:] for v in want.values()}
     assert ("stop", stop_str) in finishes and ("stop", stop_tok) in finishes
     assert ("stop", None) in finishes  # EOS

@@ -16,8 +16,8 @@ A sequence that stops at step n (EOS, stop token, stop string) was already in st
 extra token is discarded, never reported. One whose length makes step n's token its last
 (`max_tokens`, the context) gets no placeholder, so it is not scheduled again. An abort
 drops the placeholder at once. Steps that need the host's tokens or more than the sampled
-token (logprobs, prompt logprobs, penalties, structured output, the prefill that forks `n`
-samples) run synchronously after the step in flight is finished; speculative decoding,
+token (prompt logprobs, penalties, structured output, the prefill that forks `n` samples)
+run synchronously after the step in flight is finished; speculative decoding,
 LoRA, KV tiers and tensor parallelism turn the feature off for the engine.
 """
 
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from deploylab.engine.outputs import TokenLogprobs
 from deploylab.engine.scheduler import ScheduledSeq, SchedulerOutput
 from deploylab.engine.sequence import Sequence
 
@@ -98,8 +99,7 @@ def _needs_host(item: ScheduledSeq) -> bool:
     if p.prompt_logprobs is not None and seq.num_computed_tokens < seq.num_prompt_tokens:
         return True
     return (
-        p.logprobs is not None
-        or seq.structured is not None
+        seq.structured is not None
         or p.repetition_penalty != 1.0
         or bool(p.presence_penalty)
         or bool(p.frequency_penalty)
@@ -121,9 +121,39 @@ class _InFlight:
     out: SchedulerOutput
     seqs: list[Sequence]  # one per sampled row
     tokens: torch.Tensor | None  # on the device
-    host: torch.Tensor | None  # pinned copy (the same tensor on the CPU)
-    event: Any  # torch.cuda.Event after the copy, None on the CPU
+    host: list[torch.Tensor]  # tokens, then chosen/top logprobs: host copies (pinned on CUDA)
+    event: Any  # torch.cuda.Event after the copies, None on the CPU
     faults: dict[int, BaseException] = field(default_factory=dict)
+    lp_rows: list[int] = field(default_factory=list)  # rows that asked for logprobs
+
+
+def _device_logprobs(
+    raw: torch.Tensor, tokens: torch.Tensor, seqs: list[Sequence], rows: list[int]
+) -> list[torch.Tensor]:
+    """The chosen tokens' logprobs of `rows` and their top-k (values, ids), on the device."""
+    idx = torch.tensor(rows, dtype=torch.int64).to(raw.device, non_blocking=True)
+    sel = raw.index_select(0, idx)
+    chosen = sel.gather(1, tokens.index_select(0, idx)[:, None])[:, 0]
+    kmax = max(seqs[i].params.logprobs or 0 for i in rows)
+    if not kmax:
+        return [chosen]
+    top = sel.topk(kmax, dim=-1)
+    return [chosen, top.values, top.indices]
+
+
+def _logprobs(prev: _InFlight, tokens: list[int]) -> list[TokenLogprobs | None]:
+    """Per sampled row, its `TokenLogprobs` (None where not asked for) from the host copies."""
+    result: list[TokenLogprobs | None] = [None] * len(tokens)
+    if not prev.lp_rows:
+        return result
+    chosen: list[float] = prev.host[1].tolist()
+    top_vals: list[list[float]] = prev.host[2].tolist() if len(prev.host) > 2 else []
+    top_ids: list[list[int]] = prev.host[3].tolist() if len(prev.host) > 3 else []
+    for j, i in enumerate(prev.lp_rows):
+        k = prev.seqs[i].params.logprobs or 0
+        alternatives = tuple(zip(top_ids[j][:k], top_vals[j][:k], strict=True)) if k else ()
+        result[i] = TokenLogprobs(tokens[i], chosen[j], alternatives)
+    return result
 
 
 class OverlapStepper:
@@ -170,30 +200,36 @@ class OverlapStepper:
         finally:
             runner.token_fill = None
         if logits is None:
-            return _InFlight(out, [], None, None, None)
+            return _InFlight(out, [], None, [], None)
         faults: dict[int, BaseException] = {}
+        lp_rows = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
         with torch.inference_mode():
+            raw = torch.log_softmax(logits, dim=-1) if lp_rows else None  # before sampling
             tokens = eng.sampler.sample(logits, seqs, faults)
-        host, event = tokens, None
+            parts = [tokens]
+            if raw is not None:
+                parts += _device_logprobs(raw, tokens, seqs, lp_rows)
+        host, event = parts, None
         if tokens.device.type == "cuda":
-            host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
-            host.copy_(tokens, non_blocking=True)
+            host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in parts]
+            for h, t in zip(host, parts, strict=True):
+                h.copy_(t, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-        return _InFlight(out, seqs, tokens, host, event, faults)
+        return _InFlight(out, seqs, tokens, host, event, faults, lp_rows)
 
     def _finish(self, prev: _InFlight | None) -> list[RequestDelta]:
         """Wait for a launched step's tokens and do its bookkeeping."""
-        if prev is None or prev.host is None:
+        if prev is None or not prev.host:
             return []
         if prev.event is not None:
             t0 = time.perf_counter()
             prev.event.synchronize()
             self.wait_seconds += time.perf_counter() - t0
-        tokens: list[int] = prev.host.tolist()
+        tokens: list[int] = prev.host[0].tolist()
         for seq in prev.seqs:
             drop_placeholder(seq)
-        return self.engine._append_tokens(prev.seqs, tokens, [None] * len(tokens), prev.faults)
+        return self.engine._append_tokens(prev.seqs, tokens, _logprobs(prev, tokens), prev.faults)
 
     def _settle(self, cur: _InFlight) -> None:
         """After the previous step's bookkeeping: mark the launched step's tokens computed
