@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from offline_throughput import make_requests, run_deploylab, sync
+from offline_throughput import StepProfile, make_requests, run_deploylab, sync
 from roofline import graph_decode, prefill_steps
 
 PHASES = ("schedule", "runner", "sample", "bookkeeping", "wait")
@@ -181,18 +181,21 @@ def run_decode(llm: Any, stepper: Any, timer: PhaseTimer, args: argparse.Namespa
 def run_offline(llm: Any, stepper: Any, timer: PhaseTimer, args: argparse.Namespace) -> list:
     engine = llm.llm_engine
     vocab = engine.model_config.vocab_size
+    profile = StepProfile(engine)  # step calls by the kind of step they launch
     rows = []
     for n in args.sweep:
         for on in (False, True) if n in args.sync_sizes else (True,):
             set_mode(engine, stepper, on, timer)
             reqs = make_requests(argparse.Namespace(**{**vars(args), "num_requests": n}), vocab)
             before = engine.stats()
+            profile.reset()
             r = run_deploylab(llm, reqs)
             after = engine.stats()
             row = {
                 "requests": n, "async": on, "seconds": r.seconds, "output_tps": r.output_tps,
                 "steps": after.num_steps_total - before.num_steps_total,
                 "preemptions": after.num_preemptions_total - before.num_preemptions_total,
+                "step_kinds": {k: [profile.count[k], profile.seconds[k]] for k in profile.count},
             }  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
