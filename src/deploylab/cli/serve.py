@@ -95,7 +95,8 @@ def serve(
         False,
         "--async-scheduling/--no-async-scheduling",
         help="Prepare the next step and read sampled tokens back while the device runs "
-        "(vLLM's async scheduling; helps on CUDA, not on the CPU).",
+        "(vLLM's async scheduling; meant for CUDA, not yet measured on a GPU; no gain on "
+        "the CPU).",
     ),
     shutdown_timeout: float = typer.Option(
         30.0,
