@@ -91,6 +91,13 @@ def serve(
         help="KV tiers: auto (copy back only when the cost model says it is cheaper "
         "than recomputing) or always.",
     ),
+    async_scheduling: bool = typer.Option(
+        False,
+        "--async-scheduling/--no-async-scheduling",
+        help="Prepare the next step and read sampled tokens back while the device runs "
+        "(vLLM's async scheduling; meant for CUDA, not yet measured on a GPU; no gain on "
+        "the CPU).",
+    ),
     shutdown_timeout: float = typer.Option(
         30.0,
         "--shutdown-timeout",
@@ -161,6 +168,7 @@ def serve(
         kv_offload_dir=kv_offload_dir,
         kv_offload_disk_gib=kv_offload_disk_gib,
         kv_offload_policy=kv_offload_policy,
+        async_scheduling=async_scheduling,
     )
 
     if tensor_parallel_size > 1:  # heads that do not split: exit 2 before binding

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from deploylab.engine.async_step import HostStager, fill_placeholders
 from deploylab.engine.attention import AttentionMetadata
 from deploylab.engine.block_manager import extend_with_tables
 from deploylab.engine.kv_cache import KVCache
@@ -78,6 +79,7 @@ class DecodeGraphs:
         self.graphs: dict[int, _Graph] = {}
         self.tree = tree
         self.tree_graphs: dict[int, _Graph] = {}
+        self.stager = HostStager(self.device)  # pinned buffers for the replays' inputs
 
     @property
     def max_batch(self) -> int:
@@ -158,9 +160,11 @@ class DecodeGraphs:
         tables: list[list[int]],
         lens: list[int],
         lora_slots: list[int] | None = None,
+        token_fill: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Replay for n = len(ids) decodes; returns their logits `[n, vocab]`. `lora_slots`:
-        each row's LoRA slot (-1 = base) when captured with LoRA."""
+        each row's LoRA slot (-1 = base) when captured with LoRA; `token_fill`: the tokens
+        that negative ids stand for (async scheduling)."""
         n = len(ids)
         size = next(s for s in self.sizes if s >= n)
         g = self.graphs[size]
@@ -180,12 +184,13 @@ class DecodeGraphs:
             packed.fromlist(lora_slots or [-1] * n)
             packed.fromlist([-1] * pad)
         extend_with_tables(packed, tables, width)
-        dev = torch.frombuffer(packed, dtype=torch.int64).to(self.device, non_blocking=True)
+        dev = self.stager.upload(torch.frombuffer(packed, dtype=torch.int64))
         at = 4 * size  # the tables follow (after the LoRA slots, if any)
         if g.lora_slots is not None:
             g.lora_slots.copy_(dev[at : at + size])
             at += size
-        g.ids.copy_(dev[:size])
+        ids_dev = dev[:size]
+        g.ids.copy_(ids_dev if token_fill is None else fill_placeholders(ids_dev, token_fill))
         g.pos.copy_(dev[size : 2 * size])
         g.slots.copy_(dev[2 * size : 3 * size])
         g.lens.copy_(dev[3 * size : 4 * size])

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from deploylab.catalog import resolve_model
+from deploylab.engine.async_step import OverlapStepper, drop_placeholder, make_overlap
 from deploylab.engine.block_manager import BlockManager
 from deploylab.engine.config import EngineConfig
 from deploylab.engine.detokenizer import IncrementalDetokenizer
@@ -136,6 +137,7 @@ class LLMEngine:
         self._finished = 0
         self._steps = 0
         self.sleeper = EngineSleeper(self)
+        self.overlap: OverlapStepper | None = make_overlap(self)  # async scheduling (off: None)
 
     @staticmethod
     def _load(config: EngineConfig) -> tuple[LlamaForCausalLM, Any | None]:
@@ -318,6 +320,7 @@ class LLMEngine:
         deltas = []
         for seq in self._group(request_id):
             if not seq.is_finished:
+                drop_placeholder(seq)  # a token still in flight is never reported
                 self.scheduler.finish(seq, "abort")
                 deltas.append(self._finish_delta(seq))
         return deltas
@@ -343,18 +346,29 @@ class LLMEngine:
         request (finish_reason "error", the exception in `failures`); any other error is
         raised, and `fail_step` then ends the step's requests.
         """
+        if self.overlap is not None:  # async scheduling (engine/async_step.py)
+            return self.overlap.step()
         self._batch = None
+        out = self._schedule()
+        if out.is_empty:
+            return []
+        return self._execute_scheduled(out)
+
+    def _schedule(self) -> SchedulerOutput:
+        """The next batch, with the speculative and KV-tier hooks around the scheduler."""
         spec = self.spec
         if spec is not None:
             spec.propose()
         out = self.scheduler.schedule()
-        tiers = self.kv_tiers
-        if tiers is not None:
-            tiers.transfer()  # evicted blocks out, tier hits in, before any block is written
+        if self.kv_tiers is not None:
+            self.kv_tiers.transfer()  # evicted blocks out, tier hits in, before any write
         if spec is not None:
             spec.reconcile(out)
-        if out.is_empty:
-            return []
+        return out
+
+    def _execute_scheduled(self, out: SchedulerOutput) -> list[RequestDelta]:
+        """Run a scheduled batch synchronously: forward, sampling, bookkeeping."""
+        spec, tiers = self.spec, self.kv_tiers
         self._batch = [item.seq for item in out.scheduled]
         self._steps += 1
         t0 = time.perf_counter()
@@ -378,9 +392,22 @@ class LLMEngine:
         if tiers is not None:  # the sampler waited for the device: the step's real time
             prefill = sum(s.num_new_tokens for s in out.scheduled if s.num_new_tokens > 1)
             tiers.observe_prefill(prefill, time.perf_counter() - t0)
+        return self._append_tokens(seqs, tokens, logprobs, faults)
+
+    def _append_tokens(
+        self,
+        seqs: list[Sequence],
+        tokens: list[int],
+        logprobs: list[TokenLogprobs | None],
+        faults: dict[int, BaseException],
+    ) -> list[RequestDelta]:
+        """Append each sequence's sampled token, check its stops; the step's deltas.
+        Sequences finished meanwhile (aborted during an overlapped step) are skipped."""
         deltas = []
         with self.tokenizer_lock:
             for i, (seq, token, lp) in enumerate(zip(seqs, tokens, logprobs, strict=True)):
+                if seq.is_finished:
+                    continue
                 if i not in faults:
                     try:
                         self._append_token(seq, token, lp)
@@ -396,9 +423,12 @@ class LLMEngine:
         was not formed yet) with finish_reason "error", so the engine can go on."""
         victims = self._batch if self._batch is not None else list(self.scheduler.running)
         self._batch = None
+        if self.overlap is not None:
+            self.overlap.reset()
         return [self._fail(seq, exc) for seq in victims if not seq.is_finished]
 
     def _fail(self, seq: Sequence, exc: BaseException) -> RequestDelta:
+        drop_placeholder(seq)
         logger.error("request %s failed inside the engine: %r", seq.request_id, exc)
         self.scheduler.finish(seq, "error")
         self.failures[seq.request_id] = exc
@@ -550,8 +580,9 @@ class LLMEngine:
             spec_num_draft_tokens_total=spec.num_draft_tokens if spec else 0,
             spec_num_accepted_tokens_total=spec.num_accepted_tokens if spec else 0,
             spec_accepted_per_position=tuple(spec.accepted_per_position) if spec else (),
-            lora_running=_lora_names(self.scheduler.running),
-            lora_waiting=_lora_names(self.scheduler.waiting),
+            # Without LoRA the queues are not walked: AsyncEngine takes stats every step.
+            lora_running=_lora_names(self.scheduler.running) if lora is not None else (),
+            lora_waiting=_lora_names(self.scheduler.waiting) if lora is not None else (),
             lora_max=lora.config.max_loras if lora is not None else 0,
             lora_loads_total=lora.stats.loads if lora is not None else 0,
             lora_evictions_total=lora.stats.evictions if lora is not None else 0,

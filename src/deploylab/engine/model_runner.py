@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from deploylab.engine.async_step import HostStager, fill_placeholders
 from deploylab.engine.attention import AttentionMetadata, DecodeGroup, PrefillChunk, Workspace
 from deploylab.engine.block_manager import extend_with_tables
 from deploylab.engine.cpu_linear import prepack_linears, prepack_supported
@@ -60,6 +61,7 @@ class ModelRunner:
         if prepack_supported(device, dtype):
             prepack_linears(model)
         self.workspace = Workspace(device, dtype)
+        self.stager = HostStager(device)  # pinned buffers for the step's uploads
         elem = torch.empty(0, dtype=dtype).element_size()
         self._token_bytes = kvh * config.head_dim * elem  # keys of one token, all KV heads
         self.group_bytes = CPU_GROUP_BYTES if device.type == "cpu" else CUDA_GROUP_BYTES
@@ -90,6 +92,9 @@ class ModelRunner:
         # speculative_config.cuda_graph_verify; not yet measured on a GPU).
         self.graph_verify = False
         self.sample_hidden: torch.Tensor | None = None
+        # Async scheduling (async_step.py): the previous step's sampled tokens on the device,
+        # which input ids still in flight (negative placeholders) are taken from.
+        self.token_fill: torch.Tensor | None = None
 
     def enable_cuda_graphs(self, max_batch: int, max_model_len: int) -> bool:
         """Capture decode steps as CUDA graphs (needs the paged decode kernel). The last
@@ -144,7 +149,7 @@ class ModelRunner:
                 lens.append(p + 1)
                 if lora_slots is not None:
                     lora_slots.append(self.lora.row_slot(seq))  # type: ignore[union-attr]
-        logits = self.graphs.run(ids, pos, slots, tables, lens, lora_slots)
+        logits = self.graphs.run(ids, pos, slots, tables, lens, lora_slots, self.token_fill)
         if not rows:
             return seqs, None
         if len(rows) == len(ids):
@@ -170,9 +175,7 @@ class ModelRunner:
         return seq.token_ids[p], p, seq.block_table[p // bs] * bs + p % bs
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cpu":
-            return t
-        return t.to(self.device, non_blocking=True)
+        return self.stager.upload(t)  # through pinned memory on CUDA: no wait on the device
 
     def prepare(
         self, scheduled: list[ScheduledSeq]
@@ -260,8 +263,10 @@ class ModelRunner:
             decode_width = -(-max(ctx_lens) // bs)
             extend_with_tables(packed, tables, decode_width)
             packed.fromlist(ctx_lens)
-        dev = self._to_device(torch.frombuffer(packed, dtype=torch.int64))
+        dev = self.stager.upload(torch.frombuffer(packed, dtype=torch.int64))
         input_ids, positions = dev[:tokens], dev[tokens : tokens + on_host]
+        if self.token_fill is not None:
+            input_ids = fill_placeholders(input_ids, self.token_fill)
         slot_t = dev[tokens + on_host : tokens + 2 * on_host]
         batch: PrefillBatch | None = None
         if kernel_chunks:

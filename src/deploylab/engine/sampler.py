@@ -105,6 +105,19 @@ class Sampler:
         raw_logprobs = None
         if any(p.logprobs is not None for p in params):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
+        tokens = self.sample(logits, seqs, faults)
+        token_list: list[int] = tokens.tolist()
+        return token_list, self._logprobs(raw_logprobs, token_list, params)
+
+    def sample(
+        self,
+        logits: torch.Tensor,
+        seqs: list[Sequence],
+        faults: dict[int, BaseException] | None = None,
+    ) -> torch.Tensor:
+        """The tokens as a tensor on the logits' device, without waiting for it (no
+        logprobs); `faults` as in `__call__`."""
+        params = [s.params for s in seqs]
         for i, (seq, p) in enumerate(zip(seqs, params, strict=True)):
             try:
                 self._prepare_row(logits[i], seq, p)
@@ -113,9 +126,7 @@ class Sampler:
                     raise
                 faults[i] = exc
                 logits[i] = 0.0
-        tokens = self._pick(logits, seqs, params, faults)
-        token_list: list[int] = tokens.tolist()
-        return token_list, self._logprobs(raw_logprobs, token_list, params)
+        return self._pick(logits, seqs, params, faults)
 
     def _prepare_row(self, row: torch.Tensor, seq: Sequence, p: SamplingParams) -> None:
         if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
