@@ -69,6 +69,10 @@ class EngineConfig:
     kv_offload_dir: str | None = None
     kv_offload_disk_gib: float = 16.0
     kv_offload_policy: str = "auto"  # auto: a measured cost model; always: every hit
+    # Sleep mode (vLLM's flag): weights and KV cache at fixed addresses (engine/sleep_fixed.py)
+    # so a wake maps memory back under them and keeps the CUDA graphs. Sleep works without it
+    # too, moving the memory and re-capturing the graphs on wake.
+    enable_sleep_mode: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
