@@ -126,7 +126,8 @@ def build_manager(
     loaded: dict[str, Any] = {}  # engine config (model name excluded) -> first LLMEngine
     try:
         for entry in entries:
-            config = entry.engine_config(base)
+            # Sleep mode: weights and KV cache at fixed addresses, so a wake keeps the graphs.
+            config = replace(entry.engine_config(base), enable_sleep_mode=True)
             engine = _load_engine(config, loaded)
             sleeper = engine.engine.sleeper
             weights, kv = sleeper.weight_bytes(), sleeper.kv_bytes()
