@@ -4,6 +4,7 @@ graphs are kept."""
 
 from __future__ import annotations
 
+import gc
 import os
 
 import pytest
@@ -100,9 +101,11 @@ def test_cuda_arena_remaps_at_the_same_address() -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("level", [1, 2])
 def test_cuda_wake_keeps_graphs(level: int) -> None:
+    gc.collect()  # engines of earlier tests give their device memory back
+    torch.cuda.empty_cache()
     engine = LLMEngine(
-        random_weights="tiny", device="cuda", dtype="bfloat16", gpu_memory_utilization=0.3,
-        max_num_seqs=8, max_model_len=512, enable_sleep_mode=True,
+        random_weights="smollm2-135m", device="cuda", dtype="bfloat16",
+        gpu_memory_utilization=0.3, max_num_seqs=8, max_model_len=1024, enable_sleep_mode=True,
     )  # fmt: skip
     assert engine.sleeper.fixed_addresses and engine.runner.graphs is not None
     prompt = list(range(10, 40))
