@@ -1,15 +1,15 @@
 """Model swap: wake from sleep level 1 and 2 against a cold start, in one running process.
 
 For each model: a warm-up engine is built and dropped (CUDA context, kernels), then a cold
-start is timed (a new `LLMEngine` from the checkpoint: read, copy to the device, KV cache,
-CUDA graphs), then the engine sleeps and wakes `--repeats` times per level. Each wake is
-followed by one request whose time to first token (TTFT) is recorded, and a check that 16
-greedy tokens equal those from before the first sleep. Engines run in sleep mode (weights and
-KV cache at fixed addresses, CUDA graphs kept across a wake); on CUDA the same level-1 wake is
-also timed without sleep mode (memory moves, graphs re-captured) and without CUDA graphs. Host->device bandwidth
-is measured with one pinned buffer, so the level-1 wake can be compared with its ideal
-(weight bytes / bandwidth). Random-weight shapes are saved as a safetensors checkpoint first,
-so a cold start and a level-2 wake read real files.
+start is timed (a new `LLMEngine` from the checkpoint: read, copy to the device, KV cache, CUDA
+graphs), then the engine sleeps and wakes `--repeats` times per level. Each wake is followed by
+one request whose time to first token (TTFT) is recorded, and a check that 16 greedy tokens
+equal those from before the first sleep. Engines run in sleep mode (weights and KV cache at
+fixed addresses, CUDA graphs kept across a wake); on CUDA the same level-1 wake is also timed
+without sleep mode (memory moves, graphs re-captured) and without CUDA graphs. Host->device
+bandwidth is measured with one pinned buffer, so the level-1 wake can be compared with its
+ideal (weight bytes / bandwidth). Random-weight shapes are saved as a safetensors checkpoint
+first, so a cold start and a level-2 wake read real files.
 
     python benchmarks/model_swap.py                                   # the default model, CPU
     python benchmarks/model_swap.py --shape llama-3.2-1b --shape llama-3.2-3b --device cuda

@@ -79,12 +79,20 @@ def fix_weights(model: nn.Module, device: torch.device) -> FixedAddresses:
     keep their identity. On CUDA the projections are fused first (as the runner would)."""
     from deploylab.engine.sleep import _bytes_of, _pack_layout, _weight_views
 
-    if device.type == "cuda" and hasattr(model, "fuse_for_cuda"):
-        model.fuse_for_cuda()
+    fuse = getattr(model, "fuse_for_cuda", None)
+    if device.type == "cuda" and callable(fuse):
+        fuse()
     storages, nbytes = _pack_layout(model)
     views = _weight_views(model, storages)
     stash = _stash_if_tight(storages, nbytes, device)
-    arena = VirtualArena(nbytes, device)
+    try:
+        arena = VirtualArena(nbytes, device)
+    except BaseException:
+        if stash:  # put the weights back where they were
+            for ptr, (storage, _) in storages.items():
+                storage.resize_(stash[ptr].numel())
+                _bytes_of(storage).copy_(stash[ptr])
+        raise
     with torch.no_grad():
         for ptr, (storage, offset) in storages.items():
             src = stash[ptr] if stash else _bytes_of(storage)

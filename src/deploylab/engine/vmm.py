@@ -62,7 +62,9 @@ class CudaDriver:
         self.lib = ctypes.CDLL("libcuda.so.1")
         u64, size = ctypes.c_uint64, ctypes.c_size_t
         self._sig("cuGetErrorString", [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)])
-        self._sig("cuMemGetAllocationGranularity", [ctypes.POINTER(size), ctypes.c_void_p, ctypes.c_int])
+        self._sig(
+            "cuMemGetAllocationGranularity", [ctypes.POINTER(size), ctypes.c_void_p, ctypes.c_int]
+        )
         self._sig("cuMemAddressReserve", [ctypes.POINTER(u64), size, size, u64, u64])
         self._sig("cuMemAddressFree", [u64, size])
         self._sig("cuMemCreate", [ctypes.POINTER(u64), size, ctypes.c_void_p, u64])
@@ -108,7 +110,9 @@ class CudaDriver:
         """New physical memory mapped read-write at `ptr`; returns its handle."""
         handle = ctypes.c_uint64()
         prop = self.prop(device)
-        self.check(self.lib.cuMemCreate(ctypes.byref(handle), size, ctypes.byref(prop), 0), "cuMemCreate")
+        self.check(
+            self.lib.cuMemCreate(ctypes.byref(handle), size, ctypes.byref(prop), 0), "cuMemCreate"
+        )
         try:
             self.check(self.lib.cuMemMap(ptr, size, 0, handle, 0), "cuMemMap")
         except RuntimeError:
