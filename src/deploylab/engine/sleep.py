@@ -243,25 +243,29 @@ class EngineSleeper:
 
     def _wake_fixed(self, level: int) -> SleepReport:
         """Wake at fixed addresses: new memory mapped where the old was, the weights copied
-        (level 1) or reloaded (level 2) in place, the KV cache zeroed; graphs kept."""
+        (level 1, on a side stream while the KV cache is mapped and zeroed) or reloaded
+        (level 2) in place; the CUDA graphs are kept."""
         engine = self.engine
         device = engine.device  # type: ignore[attr-defined]
-        assert self.fixed is not None
+        fixed = self.fixed
+        assert fixed is not None and fixed.kv is not None
         start = time.perf_counter()
-        self.fixed.restore()
+        fixed.weights.restore()
         alloc_seconds = time.perf_counter() - start
-        if level == 1:
-            moved = self.fixed.copy_in()
+        copy = fixed.start_copy_in() if level == 1 else None
+        kv_start = time.perf_counter()
+        fixed.kv.restore()
+        alloc_seconds += time.perf_counter() - kv_start
+        fixed.zero_kv()
+        if copy is not None:
+            moved = fixed.finish_copy_in(copy)
         else:
             moved = _reload_weights(engine, self._model())
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         weights_seconds = time.perf_counter() - start
-        self.fixed.zero_kv()
         if prepack_supported(device, engine.dtype):  # type: ignore[attr-defined]
             prepack_linears(self._model())
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
         self.level = 0
         end = time.perf_counter()
         return SleepReport("wake_up", level, end - start, moved, weights_seconds, alloc_seconds)

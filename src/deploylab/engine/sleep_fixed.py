@@ -52,21 +52,27 @@ class FixedAddresses:
         self.kv.release()
         return moved
 
-    def restore(self) -> None:
-        """Wake, first part: new physical memory under both arenas (content undefined)."""
-        assert self.kv is not None
-        self.weights.restore()
-        self.kv.restore()
-
-    def copy_in(self) -> int:
-        """Wake, level 1: the host copy back into the weights' arena (a side stream on
-        CUDA); returns the bytes copied."""
-        from deploylab.engine.sleep import _copy_in
-
+    def start_copy_in(self) -> torch.cuda.Stream | None:
+        """Wake, level 1: start copying the host copy into the (restored) weights' arena;
+        on CUDA on a side stream, returned for `finish_copy_in`."""
         assert self.host is not None
-        _copy_in(self.weights.tensor, self.host, self.weights.device)
-        self.host, moved = None, self.weights.nbytes
-        return moved
+        device = self.weights.device
+        if device.type != "cuda":
+            self.weights.tensor.copy_(self.host)
+            return None
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            self.weights.tensor.copy_(self.host, non_blocking=True)
+        return stream
+
+    def finish_copy_in(self, stream: torch.cuda.Stream | None) -> int:
+        """Make the current stream wait for the copy, drop the host copy (after the copy
+        ends); returns the bytes copied."""
+        if stream is not None:
+            stream.synchronize()
+        self.host = None
+        return self.weights.nbytes
 
     def zero_kv(self) -> None:
         """A fresh KV cache: zeros, as at start (attention reads masked slots)."""
