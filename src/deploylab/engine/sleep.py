@@ -257,7 +257,7 @@ class EngineSleeper:
         fixed.kv.restore()
         alloc_seconds += time.perf_counter() - kv_start
         fixed.zero_kv()
-        if copy is not None:
+        if level == 1:
             moved = fixed.finish_copy_in(copy)
         else:
             moved = _reload_weights(engine, self._model())
