@@ -217,14 +217,3 @@ class VirtualArena:
             with torch.cuda.device(self.device):
                 self._range.map()
         self.mapped = True
-
-
-def cuda_vmm_available() -> bool:
-    """True when CUDA is up and the driver exports the VMM API (a probe allocation works)."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        VirtualArena(1, torch.device("cuda", torch.cuda.current_device())).release()
-    except (OSError, AttributeError, RuntimeError):
-        return False
-    return True
