@@ -5,8 +5,8 @@ start is timed (a new `LLMEngine` from the checkpoint: read, copy to the device,
 graphs), then the engine sleeps and wakes `--repeats` times per level. Each wake is followed by
 one request whose time to first token (TTFT) is recorded, and a check that 16 greedy tokens
 equal those from before the first sleep. Engines run in sleep mode (weights and KV cache at
-fixed addresses, CUDA graphs kept across a wake); on CUDA the same level-1 wake is also timed
-without sleep mode (memory moves, graphs re-captured) and without CUDA graphs. Host->device
+fixed addresses, CUDA graphs kept across a wake); the same level-1 wake is also timed without
+sleep mode (memory moves; on CUDA graphs re-captured) and on CUDA without graphs. Host->device
 bandwidth is measured with one pinned buffer, so the level-1 wake can be compared with its
 ideal (weight bytes / bandwidth). Random-weight shapes are saved as a safetensors checkpoint
 first, so a cold start and a level-2 wake read real files.
@@ -159,11 +159,12 @@ def bench_model(label: str, settings: dict[str, Any], args: argparse.Namespace) 
         out[f"level{level}"] = sleep_wake(engine, level, args, f"l{level}", reference)
     del engine
     release(device)
-    if device.type == "cuda":  # the same wake without sleep mode: the graphs are re-captured
-        engine = LLMEngine(EngineConfig(**settings))
-        out["level1_moving"] = sleep_wake(engine, 1, args, "mv", greedy(engine))
-        del engine
-        release(device)
+    # The same wake without sleep mode (memory moves; on CUDA the graphs are re-captured).
+    engine = LLMEngine(EngineConfig(**settings))
+    out["level1_moving"] = sleep_wake(engine, 1, args, "mv", greedy(engine))
+    del engine
+    release(device)
+    if device.type == "cuda":
         engine = LLMEngine(EngineConfig(**fixed, cuda_graphs=False))
         out["level1_no_graphs"] = sleep_wake(engine, 1, args, "ng", greedy(engine))
         del engine

@@ -26,6 +26,8 @@ _GRANULARITY_MINIMUM = 0
 _ALLOCATION_PINNED = 1
 _LOCATION_DEVICE = 1
 _ACCESS_READWRITE = 3
+_HUGE_PAGE = 2 << 20  # host arenas: sized in huge pages
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14
 
 
 class _Location(ctypes.Structure):
@@ -193,8 +195,9 @@ class VirtualArena:
                 self._range: Any = _CudaRange(nbytes, device)
                 self.tensor = torch.as_tensor(self._range, device=device)[:nbytes]
         else:
-            size = -(-max(nbytes, 1) // mmap.PAGESIZE) * mmap.PAGESIZE
+            size = -(-max(nbytes, 1) // _HUGE_PAGE) * _HUGE_PAGE
             self._range = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            _advise(self._range, getattr(mmap, "MADV_HUGEPAGE", None))  # fewer page faults
             self.tensor = torch.frombuffer(self._range, dtype=torch.uint8)[:nbytes]
 
     def release(self) -> None:
@@ -216,4 +219,16 @@ class VirtualArena:
         if self.device.type == "cuda":
             with torch.cuda.device(self.device):
                 self._range.map()
+        else:  # fault the pages in with one call, not one fault per page on first touch
+            _advise(self._range, _MADV_POPULATE_WRITE)
         self.mapped = True
+
+
+def _advise(region: mmap.mmap, advice: int | None) -> None:
+    """`madvise` a hint; a kernel without it (EINVAL) just skips the hint."""
+    if advice is None:
+        return
+    try:
+        region.madvise(advice)
+    except OSError:
+        pass
