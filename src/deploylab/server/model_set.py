@@ -126,8 +126,11 @@ def build_manager(
     loaded: dict[str, Any] = {}  # engine config (model name excluded) -> first LLMEngine
     try:
         for entry in entries:
-            # Sleep mode: weights and KV cache at fixed addresses, so a wake keeps the graphs.
-            config = replace(entry.engine_config(base), enable_sleep_mode=True)
+            config = entry.engine_config(base)
+            # Sleep mode on CUDA: weights and KV cache at fixed addresses, so a wake keeps the
+            # CUDA graphs (the CPU has none; there its moving wake measured faster).
+            cuda = config.torch_device().type == "cuda"
+            config = replace(config, enable_sleep_mode=config.enable_sleep_mode or cuda)
             engine = _load_engine(config, loaded)
             sleeper = engine.engine.sleeper
             weights, kv = sleeper.weight_bytes(), sleeper.kv_bytes()
