@@ -181,6 +181,63 @@ class _CudaRange:
             pass
 
 
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [
+        ("data", ctypes.c_void_p),
+        ("device", _DLDevice),
+        ("ndim", ctypes.c_int32),
+        ("dtype", _DLDataType),
+        ("shape", ctypes.POINTER(ctypes.c_int64)),
+        ("strides", ctypes.POINTER(ctypes.c_int64)),
+        ("byte_offset", ctypes.c_uint64),
+    ]
+
+
+_DELETER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+class _DLManagedTensor(ctypes.Structure):
+    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", _DELETER)]
+
+
+_OWNED: dict[int, tuple[Any, ...]] = {}  # DLManagedTensor address -> what must stay alive
+
+
+@_DELETER
+def _dlpack_deleter(address: int) -> None:
+    _OWNED.pop(address, None)  # the last tensor on the memory is gone: its owner may go
+
+
+def tensor_at(ptr: int, nbytes: int, device: torch.device, owner: object) -> torch.Tensor:
+    """A uint8 tensor over `nbytes` at address `ptr` on `device`, through DLPack (the device
+    is stated, not looked up from the pointer); `owner` lives as long as the tensor does."""
+    capsule_new = ctypes.pythonapi.PyCapsule_New
+    capsule_new.restype = ctypes.py_object
+    capsule_new.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    shape = (ctypes.c_int64 * 1)(nbytes)
+    managed = _DLManagedTensor()
+    cuda = device.type == "cuda"
+    index = device.index if device.index is not None else 0
+    if cuda and device.index is None:
+        index = torch.cuda.current_device()
+    managed.dl_tensor = _DLTensor(
+        ptr, _DLDevice(2 if cuda else 1, index), 1, _DLDataType(1, 8, 1), shape, None, 0
+    )
+    managed.deleter = _dlpack_deleter
+    address = ctypes.addressof(managed)
+    _OWNED[address] = (managed, shape, owner)
+    capsule = capsule_new(address, b"dltensor", None)
+    return torch.from_dlpack(capsule)
+
+
 class VirtualArena:
     """`nbytes` of memory at fixed addresses (one uint8 `tensor`) whose physical memory can
     be released and restored; CUDA devices use the driver's VMM API, the CPU an mmap."""
@@ -193,12 +250,17 @@ class VirtualArena:
             with torch.cuda.device(device):
                 torch.cuda.synchronize()  # the runtime makes the device's context current
                 self._range: Any = _CudaRange(nbytes, device)
-                self.tensor = torch.as_tensor(self._range, device=device)[:nbytes]
+                try:
+                    whole = tensor_at(self._range.ptr, self._range.size, device, self._range)
+                except (RuntimeError, TypeError, ValueError):  # the CUDA array interface
+                    whole = torch.as_tensor(self._range, device=device)
+                self.tensor = whole[:nbytes]
         else:
             size = -(-max(nbytes, 1) // _HUGE_PAGE) * _HUGE_PAGE
             self._range = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
             _advise(self._range, getattr(mmap, "MADV_HUGEPAGE", None))  # fewer page faults
-            self.tensor = torch.frombuffer(self._range, dtype=torch.uint8)[:nbytes]
+            ptr = ctypes.addressof(ctypes.c_char.from_buffer(self._range))
+            self.tensor = tensor_at(ptr, size, device, self._range)[:nbytes]
 
     def release(self) -> None:
         """Give the physical memory back; the tensor must not be touched until `restore`."""
