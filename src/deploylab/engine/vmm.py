@@ -7,7 +7,7 @@ addresses with new memory (its content is undefined: the caller refills it). Two
 
 - CUDA: the driver's virtual memory API through ctypes on libcuda (`cuMemAddressReserve`,
   `cuMemCreate`, `cuMemMap`, `cuMemSetAccess`; `cuMemUnmap` + `cuMemRelease` on release),
-  the tensor made from the pointer with `__cuda_array_interface__`;
+  the tensor made from the pointer through DLPack (`tensor_at`);
 - host: an anonymous private mmap, released with `madvise(MADV_DONTNEED)` (the pages come
   back zeroed on the next touch). The CPU engine uses it, so the CPU tests run the same path.
 
