@@ -127,10 +127,6 @@ def build_manager(
     try:
         for entry in entries:
             config = entry.engine_config(base)
-            # Sleep mode on CUDA: weights and KV cache at fixed addresses, so a wake keeps the
-            # CUDA graphs (the CPU has none; there its moving wake measured faster).
-            cuda = config.torch_device().type == "cuda"
-            config = replace(config, enable_sleep_mode=config.enable_sleep_mode or cuda)
             engine = _load_engine(config, loaded)
             sleeper = engine.engine.sleeper
             weights, kv = sleeper.weight_bytes(), sleeper.kv_bytes()

@@ -22,10 +22,10 @@ from deploylab.engine.kv_cache import KVCache
 from deploylab.engine.kv_tiers.cost import CostModel
 from deploylab.engine.kv_tiers.disk import DiskStore
 from deploylab.engine.kv_tiers.host import HostPool
-from deploylab.engine.kv_tiers.layerwise import LayerWaits
 from deploylab.engine.kv_tiers.writer import DiskWriter
 
 LAYOUT_VERSION = 1  # bump when the block layout on disk changes
+CHUNK = 64  # blocks per copy chunk (on CUDA, out- and in-copies of chunks overlap)
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,11 @@ class _Counters:
 
 
 class KVTiers:
-    """The host tier (a `HostPool`), the optional disk tier and the transfers between them."""
+    """The host tier (a `HostPool`), the optional disk tier and the transfers between them.
+    Copies on CUDA in chunks of blocks, all done before the forward pass (see
+    `layerwise.LayerwiseKVTiers` for copies layer by layer)."""
+
+    LAYER_MAJOR = False  # the host pool's layout (`HostPool.data`)
 
     def __init__(
         self,
@@ -69,7 +73,11 @@ class KVTiers:
         self.block_bytes = k0.element_size() * len(kv_cache.layers) * 2 * kvh * bs * hd
         cuda = self.device.type == "cuda"
         self.host = HostPool(
-            max(host_bytes // self.block_bytes, 1), self.block_shape, self.dtype, pin=cuda
+            max(host_bytes // self.block_bytes, 1),
+            self.block_shape,
+            self.dtype,
+            pin=cuda,
+            layer_major=self.LAYER_MAJOR,
         )
         identity = f"{identity}|shape={self.block_shape}|dtype={self.dtype}|v{LAYOUT_VERSION}"
         self.disk: DiskWriter | None = None
@@ -87,8 +95,6 @@ class KVTiers:
         self._in_stream = torch.cuda.Stream(self.device) if cuda else None  # copies in
         self._start: Any = None  # event: the main stream's work before this step's copies
         self._event: torch.cuda.Event | None = None  # the last transfer's copies
-        if not isinstance(kv_cache.layers, LayerWaits):  # layer l of a forward waits for
-            kv_cache.layers = LayerWaits(kv_cache.layers)  # layer l's copies only
         self._measure_host_bandwidth()
 
     # ---- block manager hooks -----------------------------------------------------------
@@ -141,14 +147,11 @@ class KVTiers:
     def transfer(self) -> None:
         """Copy this step's evicted blocks out and its hits in, before the forward pass.
 
-        On CUDA the copies run layer by layer on two side streams: out (device -> host) and
-        in (host -> device; layer l after layer l's copies out, whose blocks it may
-        overwrite). The forward pass's layer l waits only for layer l's copies (see
-        `layerwise.py`), so copies of later layers overlap the compute of earlier ones.
+        On CUDA the copies out and in run on two side streams in chunks of `CHUNK` blocks, so
+        the two directions of the PCIe link overlap; a chunk copied in waits only for the
+        chunks copying out the device blocks it overwrites, and the main stream waits for
+        all of them (on the device: the host thread goes on).
         """
-        layers = self.kv.layers
-        if isinstance(layers, LayerWaits):
-            layers.flush()  # the last step's copies, whatever its forward did not reach
         offloads, loads = self._offloads, self._loads
         self._offloads, self._loads, self._found = [], [], []
         cap = self.host.capacity
@@ -159,48 +162,35 @@ class KVTiers:
         if self._stream is not None and (offloads or loads):
             self._start = torch.cuda.Event()
             self._start.record(torch.cuda.current_stream(self.device))
-        out_events: list[Any] = [None] * len(layers)
+        copied_out: dict[int, Any] = {}  # device block -> event after its copy out
         for start in range(0, len(offloads), cap):  # a host pool's worth at a time
             part = self._offload(offloads[start : start + cap])
-            if part:
-                out_events = self._run_layers(
-                    lambda layer, p=part: self._copy_out(p, layer),  # type: ignore[misc]
-                    self._stream,
-                )
-                self._event = out_events[-1]
+            for i in range(0, len(part), CHUNK):
+                chunk = part[i : i + CHUNK]
+                event = self._run(lambda c=chunk: self._copy_out(c), self._stream)  # type: ignore[misc]
+                self._event = event
+                copied_out.update((b, event) for b, _ in chunk)
         self.host.pinned.clear()
-        if not loads:  # no prefill to overlap (a decode step may replay a CUDA graph, which
-            for event in out_events:  # reads no `LayerWaits`): wait for the copies now
-                if event is not None:
-                    torch.cuda.current_stream(self.device).wait_event(event)
-            return
-        events = self._run_layers(
-            lambda layer: self._copy_in(loads, layer), self._in_stream, out_events
-        )
-        if isinstance(layers, LayerWaits) and self._stream is not None:
-            layers.arm(events)
+        for i in range(0, len(loads), CHUNK):
+            chunk_in = loads[i : i + CHUNK]
+            deps = [copied_out[b] for b, _ in chunk_in if b in copied_out]
+            self._run(lambda c=chunk_in: self._copy_in(c), self._in_stream, deps)  # type: ignore[misc]
 
-    def _run_layers(
-        self, copies: Callable[[int], None], stream: Any, deps: list[Any] | None = None
-    ) -> list[Any]:
-        """Run `copies(layer)` for every layer: on the CPU now; on CUDA on `stream` after
-        this step's start (and layer l after `deps[l]`). Returns each layer's event."""
-        n = len(self.kv.layers)
+    def _run(self, copies: Callable[[], None], stream: Any, deps: list[Any] | None = None) -> Any:
+        """Run `copies`: on the CPU now; on CUDA on `stream` after this step's start and
+        `deps` (events), and make the main stream wait for it. Returns its event."""
         if stream is None:
-            for layer in range(n):
-                copies(layer)
-            return [None] * n
+            copies()
+            return None
         stream.wait_event(self._start)  # earlier steps have written / read these blocks
-        events = []
+        for event in dict.fromkeys(deps or ()):
+            stream.wait_event(event)
         with torch.cuda.stream(stream):
-            for layer in range(n):
-                if deps is not None and deps[layer] is not None:
-                    stream.wait_event(deps[layer])
-                copies(layer)
-                done = torch.cuda.Event()
-                done.record(stream)
-                events.append(done)
-        return events
+            copies()
+            done = torch.cuda.Event()
+            done.record(stream)
+        torch.cuda.current_stream(self.device).wait_event(done)
+        return done
 
     def observe_prefill(self, tokens: int, seconds: float) -> None:
         """Learn the prefill rate from a finished step (for the cost model)."""
@@ -264,25 +254,26 @@ class KVTiers:
         host.remove(h)
         return True
 
-    def _copy_out(self, offloads: list[tuple[int, int]], layer: int) -> None:
-        """Layer `layer` of device blocks -> host slots, for (block, slot) pairs."""
-        k, v = list.__getitem__(self.kv.layers, layer)  # no wait: the copies run first
-        idx = _device_index([b for b, _ in offloads], self.device)
-        gathered = torch.stack((k.index_select(1, idx), v.index_select(1, idx)))
-        staging = gathered.permute(2, 0, 1, 3, 4).contiguous()  # [n, 2, kv_heads, block, dim]
-        _copy_runs(self.host.data[layer], [s for _, s in offloads], staging, to_pool=True)
-        if layer == 0:
-            self.counters["host"].stored_bytes += len(offloads) * self.block_bytes
+    def _copy_out(self, offloads: list[tuple[int, int]]) -> None:
+        """Device blocks -> host slots, for (block, slot) pairs."""
+        idx = torch.tensor([b for b, _ in offloads], device=self.device)
+        gathered = torch.stack(
+            [
+                torch.stack((k.index_select(1, idx), v.index_select(1, idx)))
+                for k, v in self.kv.layers
+            ]
+        ).permute(3, 0, 1, 2, 4, 5)  # [n, layers, 2, kv_heads, block, dim]
+        _copy_runs(self.host.data, [s for _, s in offloads], gathered.contiguous(), to_pool=True)
+        self.counters["host"].stored_bytes += len(offloads) * self.block_bytes
 
-    def _copy_in(self, loads: list[tuple[int, torch.Tensor | int]], layer: int) -> None:
-        """Layer `layer` of host slots (ints) or disk-read blocks (tensors) -> device blocks."""
+    def _copy_in(self, loads: list[tuple[int, torch.Tensor | int]]) -> None:
+        """Host slots (ints) or disk-read blocks (tensors) -> device blocks."""
         dev = self.device
-        shape = self.block_shape[1:]
-        staging = torch.empty((len(loads), *shape), dtype=self.dtype, device=dev)
+        staging = torch.empty((len(loads), *self.block_shape), dtype=self.dtype, device=dev)
         slots = [(i, src) for i, (_, src) in enumerate(loads) if isinstance(src, int)]
         if slots:
             _copy_runs(
-                self.host.data[layer],
+                self.host.data,
                 [s for _, s in slots],
                 staging,
                 to_pool=False,
@@ -290,36 +281,25 @@ class KVTiers:
             )
         for i, (_, src) in enumerate(loads):
             if not isinstance(src, int):
-                staging[i].copy_(src[layer], non_blocking=True)
-        idx = _device_index([b for b, _ in loads], dev)
-        k, v = list.__getitem__(self.kv.layers, layer)
-        k.index_copy_(1, idx, staging[:, 0].transpose(0, 1))
-        v.index_copy_(1, idx, staging[:, 1].transpose(0, 1))
+                staging[i].copy_(src, non_blocking=True)
+        idx = torch.tensor([b for b, _ in loads], device=dev)
+        for layer, (k, v) in enumerate(self.kv.layers):
+            k.index_copy_(1, idx, staging[:, layer, 0].transpose(0, 1))
+            v.index_copy_(1, idx, staging[:, layer, 1].transpose(0, 1))
 
     def _measure_host_bandwidth(self) -> None:
         """Time one copy of a few pool slots to the device (the host tier's bandwidth)."""
-        n = min(self.host.capacity, 8 * len(self.kv.layers))  # of layer 0: n / layers blocks
-        src = self.host.data[0, :n]
-        dst = torch.empty(src.shape, dtype=self.dtype, device=self.device)
+        n = min(self.host.capacity, 8)
+        dst = torch.empty((n, *self.block_shape), dtype=self.dtype, device=self.device)
         for _ in range(2):  # the first copy warms up the path
             if self._stream is not None:
                 torch.cuda.synchronize(self.device)
             t0 = time.perf_counter()
-            dst.copy_(src, non_blocking=True)
+            dst.copy_(self.host.data[:n], non_blocking=True)
             if self._stream is not None:
                 torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - t0
-        nbytes = n * self.block_bytes // len(self.kv.layers)
-        self.cost.bandwidth["host"] = nbytes / max(seconds, 1e-9)
-
-
-def _device_index(blocks: list[int], device: torch.device) -> torch.Tensor:
-    """Block numbers as an int64 tensor on `device` (through pinned memory on CUDA, so the
-    host thread does not wait for the stream)."""
-    idx = torch.tensor(blocks, dtype=torch.int64)
-    if device.type != "cuda":
-        return idx
-    return idx.pin_memory().to(device, non_blocking=True)
+        self.cost.bandwidth["host"] = n * self.block_bytes / max(seconds, 1e-9)
 
 
 def _copy_runs(
