@@ -4,15 +4,19 @@ graphs are kept."""
 
 from __future__ import annotations
 
+import copy
 import gc
 import os
 
 import pytest
 import torch
 
+from deploylab.engine.config import EngineConfig
 from deploylab.engine.llm_engine import LLMEngine
 from deploylab.engine.sampling_params import SamplingParams
 from deploylab.engine.vmm import VirtualArena
+
+from .conftest import ModelParts
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
 PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
@@ -52,17 +56,19 @@ def test_host_arena_releases_and_keeps_its_address() -> None:
 
 
 @pytest.fixture(scope="module")
-def sleep_mode_engine() -> LLMEngine:
-    return LLMEngine(kv_cache_gib=0.05, num_threads=1, max_num_seqs=4, enable_sleep_mode=True)
+def sleep_mode_engine(smol: ModelParts) -> LLMEngine:
+    model = copy.deepcopy(smol.model)  # its own weights: sleep mode moves them into an arena
+    return LLMEngine(
+        EngineConfig(model=str(smol.path), kv_cache_gib=0.05, num_threads=1, max_num_seqs=4,
+                     enable_sleep_mode=True),
+        model=model, tokenizer=smol.tokenizer,
+    )  # fmt: skip
 
 
-@pytest.mark.parametrize("level", [1, 2])
-def test_real_model_fixed_addresses_token_identical(
-    sleep_mode_engine: LLMEngine, level: int
-) -> None:
-    engine = sleep_mode_engine
+def _check_sleep_wake(engine: LLMEngine, level: int, prompt: str | list[int]) -> list[int]:
+    """Sleep and wake at `level`: memory released, same addresses, same output (returned)."""
     assert engine.sleeper.fixed_addresses
-    before = _generate(engine, f"before-{level}")
+    before = _generate(engine, f"before-{level}", prompt)
     addresses = _addresses(engine)
     weights, kv = engine.sleeper.weight_bytes(), engine.sleeper.kv_bytes()
     rss = _rss()
@@ -74,12 +80,25 @@ def test_real_model_fixed_addresses_token_identical(
     assert engine.sleeper.host_bytes() == (weights if level == 1 else 0)
     wake = engine.wake_up()
     assert wake.level == level and wake.bytes_moved >= weights // 2
-    assert wake.graphs_seconds == 0.0
+    assert wake.graphs_seconds == 0.0 and engine.sleeper.host_bytes() == 0
     assert _addresses(engine) == addresses  # the same tensors at the same addresses
     assert engine.sleeper.weight_bytes() == weights
-    after = _generate(engine, f"after-{level}")
+    after = _generate(engine, f"after-{level}", prompt)
     assert after == before
-    assert engine.tokenizer.decode(after).startswith("The capital of France is Paris")
+    return after
+
+
+def test_real_model_fixed_addresses_token_identical(sleep_mode_engine: LLMEngine) -> None:
+    after = _check_sleep_wake(sleep_mode_engine, 1, PROMPT)
+    assert sleep_mode_engine.tokenizer.decode(after).startswith("The capital of France is Paris")
+
+
+def test_level2_fixed_addresses_redraws_into_the_same_tensors() -> None:
+    engine = LLMEngine(
+        random_weights="tiny", seed=7, kv_cache_gib=0.01, num_threads=1, enable_sleep_mode=True
+    )
+    _check_sleep_wake(engine, 2, [5, 17, 33, 9, 100])
+    _check_sleep_wake(engine, 1, [5, 17, 33, 9, 100])  # and a level-1 cycle after it
 
 
 @pytest.mark.gpu
