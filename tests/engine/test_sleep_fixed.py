@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import gc
 import os
+from typing import Any
 
 import pytest
 import torch
@@ -15,8 +16,6 @@ from deploylab.engine.config import EngineConfig
 from deploylab.engine.llm_engine import LLMEngine
 from deploylab.engine.sampling_params import SamplingParams
 from deploylab.engine.vmm import VirtualArena
-
-from .conftest import ModelParts
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
 PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
@@ -56,7 +55,7 @@ def test_host_arena_releases_and_keeps_its_address() -> None:
 
 
 @pytest.fixture(scope="module")
-def sleep_mode_engine(smol: ModelParts) -> LLMEngine:
+def sleep_mode_engine(smol: Any) -> LLMEngine:  # conftest.ModelParts
     model = copy.deepcopy(smol.model)  # its own weights: sleep mode moves them into an arena
     return LLMEngine(
         EngineConfig(model=str(smol.path), kv_cache_gib=0.05, num_threads=1, max_num_seqs=4,
