@@ -9,7 +9,10 @@ its token is out). Modes:
 
 - `resident`: a device cache big enough for everything (A is still there: the floor);
 - `off`: the small device cache, no tiers (A is recomputed);
-- `host`: the small cache plus a host tier that holds the sessions (`--kv-offload-gib`);
+- `host`: the small cache plus a host tier that holds the sessions (`--kv-offload-gib`),
+  copies in chunks, all done before the forward pass;
+- `host-layerwise`: the same, copies layer by layer, each layer's compute waiting only for
+  its own blocks (`kv_offload_layerwise`);
 - `disk`: the small cache, a 64-block host tier, and a disk tier in a temporary directory;
   A's block files are dropped from the page cache (posix_fadvise DONTNEED) before it returns,
   so reads come from the disk, not from memory. The cost model may decline slow disk hits;
@@ -96,8 +99,9 @@ def make_engine(
         settings["gpu_memory_utilization"] = (used + CUDA_RESERVE_BYTES + cache_bytes) / total
     else:
         settings["kv_cache_gib"] = cache_bytes / GIB
-    if mode in ("host", "disk", "disk-always"):
-        host = host_tokens if mode == "host" else 64 * BLOCK
+    if mode in ("host", "host-layerwise", "disk", "disk-always"):
+        host = host_tokens if mode.startswith("host") else 64 * BLOCK
+        settings["kv_offload_layerwise"] = mode == "host-layerwise"
         settings["kv_offload_gib"] = (-(-host // BLOCK) + 1) * per_block / GIB
     if mode in ("disk", "disk-always"):
         settings["kv_offload_dir"] = disk_dir

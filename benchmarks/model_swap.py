@@ -1,12 +1,15 @@
 """Model swap: wake from sleep level 1 and 2 against a cold start, in one running process.
 
 For each model: a warm-up engine is built and dropped (CUDA context, kernels), then a cold
-start is timed (a new `LLMEngine` from the checkpoint: read, copy to the device, KV cache,
-CUDA graphs), then the engine sleeps and wakes `--repeats` times per level. Each wake is
-followed by one request whose time to first token (TTFT) is recorded. Host->device bandwidth
-is measured with one pinned buffer, so the level-1 wake can be compared with its ideal
-(weight bytes / bandwidth). Random-weight shapes are saved as a safetensors checkpoint first,
-so a cold start and a level-2 wake read real files.
+start is timed (a new `LLMEngine` from the checkpoint: read, copy to the device, KV cache, CUDA
+graphs), then the engine sleeps and wakes `--repeats` times per level. Each wake is followed by
+one request whose time to first token (TTFT) is recorded, and a check that 16 greedy tokens
+equal those from before the first sleep. Engines run in sleep mode (weights and KV cache at
+fixed addresses, CUDA graphs kept across a wake); the same level-1 wake is also timed without
+sleep mode (memory moves; on CUDA graphs re-captured) and on CUDA without graphs. Host->device
+bandwidth is measured with one pinned buffer, so the level-1 wake can be compared with its
+ideal (weight bytes / bandwidth). Random-weight shapes are saved as a safetensors checkpoint
+first, so a cold start and a level-2 wake read real files.
 
     python benchmarks/model_swap.py                                   # the default model, CPU
     python benchmarks/model_swap.py --shape llama-3.2-1b --shape llama-3.2-3b --device cuda
@@ -33,6 +36,8 @@ from deploylab.engine.llm_engine import LLMEngine
 from deploylab.engine.models.config import LlamaConfig
 from deploylab.engine.models.presets import get_preset
 from deploylab.engine.sampling_params import SamplingParams
+
+GREEDY = SamplingParams(max_tokens=16, temperature=0.0)
 
 # Llama-3.2-3B's shape (not a preset of the engine: only this benchmark uses it).
 LLAMA_3B = dict(
@@ -124,22 +129,26 @@ def release(device: torch.device) -> None:
 
 
 def bench_model(label: str, settings: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Cold start, then sleep/wake per level, each with the next request's TTFT."""
-    warm = LLMEngine(EngineConfig(**settings))  # the process warms up
+    """Cold start, then sleep/wake per level, each with the next request's TTFT. Sleep mode
+    (fixed addresses, graphs kept) against the moving path (graphs re-captured) in one run."""
+    fixed = {**settings, "enable_sleep_mode": True}
+    warm = LLMEngine(EngineConfig(**fixed))  # the process warms up
     ttft(warm, "warm", args.prompt_len)
     device = warm.device
     del warm
     release(device)
     t = time.perf_counter()
-    engine = LLMEngine(EngineConfig(**settings))
+    engine = LLMEngine(EngineConfig(**fixed))
     sync(device)
     cold = time.perf_counter() - t
     cold_ttft = ttft(engine, "cold", args.prompt_len)
     weights = engine.sleeper.weight_bytes()
+    reference = greedy(engine)
     out: dict[str, Any] = {
         "model": label,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": str(engine.dtype).removeprefix("torch."),
+        "fixed_addresses": engine.sleeper.fixed_addresses,
         "weight_bytes": weights,
         "kv_bytes": engine.sleeper.kv_bytes(),
         "cold_start_s": cold,
@@ -147,25 +156,44 @@ def bench_model(label: str, settings: dict[str, Any], args: argparse.Namespace) 
         "warm_ttft_s": statistics.median(ttft(engine, f"w{i}", args.prompt_len) for i in range(3)),
     }
     for level in (1, 2):
-        out[f"level{level}"] = sleep_wake(engine, level, args, f"l{level}")
-    if device.type == "cuda":  # what the wake's parts cost: the cudaMalloc, the graphs
-        engine.sleeper.release_memory = False
-        out["level1_keep_cache"] = sleep_wake(engine, 1, args, "kc")
-        del engine
-        release(device)
-        engine = LLMEngine(EngineConfig(**settings, cuda_graphs=False))
-        out["level1_no_graphs"] = sleep_wake(engine, 1, args, "ng")
+        out[f"level{level}"] = sleep_wake(engine, level, args, f"l{level}", reference)
     del engine
     release(device)
+    # The same wake without sleep mode (memory moves; on CUDA the graphs are re-captured).
+    engine = LLMEngine(EngineConfig(**settings))
+    out["level1_moving"] = sleep_wake(engine, 1, args, "mv", greedy(engine))
+    del engine
+    release(device)
+    if device.type == "cuda":
+        engine = LLMEngine(EngineConfig(**fixed, cuda_graphs=False))
+        out["level1_no_graphs"] = sleep_wake(engine, 1, args, "ng", greedy(engine))
+        del engine
+        release(device)
     return out
 
 
-def sleep_wake(engine: LLMEngine, level: int, args: argparse.Namespace, tag: str) -> dict[str, Any]:
-    """`--repeats` sleeps and wakes at `level`, each followed by one request; medians + runs."""
+def greedy(engine: LLMEngine) -> list[int]:
+    """16 greedy tokens of a fixed prompt (decode steps replay the CUDA graphs)."""
+    engine.add_request(f"g{time.perf_counter_ns()}", list(range(10, 74)), GREEDY)
+    tokens: list[int] = []
+    while engine.has_unfinished_requests():
+        for delta in engine.step():
+            tokens += delta.new_token_ids
+    return tokens
+
+
+def sleep_wake(
+    engine: LLMEngine, level: int, args: argparse.Namespace, tag: str, reference: list[int]
+) -> dict[str, Any]:
+    """`--repeats` sleeps and wakes at `level`, each followed by one request; medians + runs.
+    `identical`: every wake's greedy output equals `reference` (taken before any sleep)."""
     runs = []
+    identical = True
     for i in range(args.repeats):
+        graphs = engine.runner.graphs
         slept = engine.sleep(level)
         woke = engine.wake_up()
+        kept = graphs is not None and engine.runner.graphs is graphs
         runs.append(
             {
                 "sleep_s": slept.seconds,
@@ -174,10 +202,13 @@ def sleep_wake(engine: LLMEngine, level: int, args: argparse.Namespace, tag: str
                 "alloc_s": woke.alloc_seconds,
                 "graphs_s": woke.graphs_seconds,
                 "ttft_after_wake_s": ttft(engine, f"{tag}-{i}", args.prompt_len),
+                "graphs_kept": float(kept),
             }
         )
+        identical = identical and greedy(engine) == reference
     out: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     out["runs"] = runs
+    out["identical"] = identical
     return out
 
 
@@ -186,7 +217,8 @@ def report(r: dict[str, Any], bw: float | None) -> None:
     print(f"\n{r['model']} on {r['device']} ({r['dtype']}, weights {gb:.2f} GB)")
     print(f"  cold start {r['cold_start_s']:.3f} s, first TTFT {r['cold_ttft_s'] * 1e3:.1f} ms,")
     print(f"  warm TTFT {r['warm_ttft_s'] * 1e3:.1f} ms")
-    for level in ("1", "2", "1_keep_cache", "1_no_graphs"):
+    print(f"  sleep mode at fixed addresses: {r['fixed_addresses']}")
+    for level in ("1", "2", "1_moving", "1_no_graphs"):
         if f"level{level}" not in r:
             continue
         x = r[f"level{level}"]
@@ -195,7 +227,8 @@ def report(r: dict[str, Any], bw: float | None) -> None:
             f"(weights {x['weights_s']:.3f} s, of which allocation {x['alloc_s']:.3f} s; "
             f"CUDA graphs {x['graphs_s']:.3f} s), "
             f"TTFT after wake {x['ttft_after_wake_s'] * 1e3:.1f} ms, "
-            f"{r['cold_start_s'] / x['wake_s']:.1f}x faster than cold"
+            f"{r['cold_start_s'] / x['wake_s']:.1f}x faster than cold, graphs kept "
+            f"{x['graphs_kept']:.0%}, output identical {x['identical']}"
         )
     if bw:
         ideal = r["weight_bytes"] / bw

@@ -138,6 +138,22 @@ def _disk_llm(smol: ModelParts, root: Path) -> LLM:
     )
 
 
+def test_both_copy_paths_match_resident(smol: ModelParts, resident: dict[str, Any]) -> None:
+    """The default on the CPU copies layer by layer; the chunked path (CUDA's default until
+    the layer-wise one is measured there) gives the same outputs."""
+    from deploylab.engine.kv_tiers.layerwise import LayerWaits, LayerwiseKVTiers
+
+    layerwise = _llm(smol, kv_offload_gib=_blocks(smol, 64)).llm_engine
+    assert isinstance(layerwise.kv_tiers, LayerwiseKVTiers)
+    assert isinstance(layerwise.kv_cache.layers, LayerWaits)
+    llm = _llm(smol, kv_offload_gib=_blocks(smol, 64), kv_offload_layerwise=False)
+    tiers = llm.llm_engine.kv_tiers
+    assert tiers is not None and not isinstance(tiers, LayerwiseKVTiers)
+    assert not tiers.host.layer_major
+    assert converse(llm, GREEDY) == resident["greedy"]
+    assert check_no_leaks(llm).external_prefix_cache_hits > 0
+
+
 def test_disk_tier_outputs_match(
     smol: ModelParts, resident: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import random
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -21,13 +22,16 @@ GREEDY = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
 PROMPTS = [[5, 6, 7, 8], [100, 3, 44], [9] * 12, [300, 301, 302, 303, 304]]
 
 
-def _manager(n: int, budget_models: float | None, level: int = 1) -> ResidencyManager:
+def _manager(
+    n: int, budget_models: float | None, level: int = 1, fixed: bool = False
+) -> ResidencyManager:
     entries = [ModelEntry(name=f"m{i}", random_weights="tiny", seed=i + 1) for i in range(n)]
-    probe = build_manager(entries[:1], BASE, None, None, level)
+    base = replace(BASE, enable_sleep_mode=fixed)  # fixed: weights and KV at fixed addresses
+    probe = build_manager(entries[:1], base, None, None, level)
     footprint = probe.default.footprint
     probe.shutdown()
     budget = None if budget_models is None else int(footprint * budget_models)
-    return build_manager(entries, BASE, budget, None, level)
+    return build_manager(entries, base, budget, None, level)
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +83,16 @@ def test_models_sleep_at_start_when_over_budget(managers: list[ResidencyManager]
     assert [c["state"] for c in manager.cards()] == states
 
 
-@pytest.mark.parametrize("level", [1, 2])
+@pytest.mark.parametrize(("level", "fixed"), [(1, False), (2, False), (1, True)])
 def test_random_traffic_more_models_than_budget(
-    level: int, reference: dict[tuple[str, int], list[int]], managers: list[ResidencyManager]
+    level: int,
+    fixed: bool,
+    reference: dict[tuple[str, int], list[int]],
+    managers: list[ResidencyManager],
 ) -> None:
-    manager = _manager(4, 2.5, level)
+    manager = _manager(4, 2.5, level, fixed)
     managers.append(manager)
+    assert all(m.engine.engine.sleeper.fixed_addresses == fixed for m in manager.models.values())
     weights = {m.name: m.weight_bytes for m in manager.models.values()}
     rng = random.Random(level)
     plan = [

@@ -98,6 +98,17 @@ def serve(
         "(vLLM's async scheduling; meant for CUDA, not yet measured on a GPU; no gain on "
         "the CPU).",
     ),
+    kv_offload_layerwise: bool | None = typer.Option(
+        None,
+        "--kv-offload-layerwise/--no-kv-offload-layerwise",
+        help="KV tiers: copy layer by layer, each layer's compute waiting only for its own "
+        "blocks (default: on for the CPU; off on CUDA, not yet measured on a GPU).",
+    ),
+    sleep_fixed_addresses: bool = typer.Option(
+        False,
+        help="Keep each model's weights and KV cache at fixed addresses, so a wake keeps the "
+        "CUDA graphs (not yet measured on a GPU).",
+    ),
     shutdown_timeout: float = typer.Option(
         30.0,
         "--shutdown-timeout",
@@ -169,6 +180,8 @@ def serve(
         kv_offload_disk_gib=kv_offload_disk_gib,
         kv_offload_policy=kv_offload_policy,
         async_scheduling=async_scheduling,
+        kv_offload_layerwise=kv_offload_layerwise,
+        enable_sleep_mode=sleep_fixed_addresses,
     )
 
     if tensor_parallel_size > 1:  # heads that do not split: exit 2 before binding

@@ -73,6 +73,13 @@ class EngineConfig:
     kv_offload_dir: str | None = None
     kv_offload_disk_gib: float = 16.0
     kv_offload_policy: str = "auto"  # auto: a measured cost model; always: every hit
+    # Tier copies layer by layer, the forward's layer l waiting only for layer l's blocks
+    # (kv_tiers/layerwise.py). None: on for the CPU, off on CUDA (not yet measured on a GPU).
+    kv_offload_layerwise: bool | None = None
+    # Sleep mode (vLLM's flag): weights and KV cache at fixed addresses (engine/sleep_fixed.py)
+    # so a wake maps memory back under them and keeps the CUDA graphs. Sleep works without it
+    # too, moving the memory and re-capturing the graphs on wake. Not yet measured on a GPU.
+    enable_sleep_mode: bool = False
 
     def __post_init__(self) -> None:
         self.validate()

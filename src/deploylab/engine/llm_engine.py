@@ -77,6 +77,9 @@ class LLMEngine:
             model, tokenizer = self._load(config)
         self.model = model.to(self.device)
         self.model_config: LlamaConfig = model.config
+        self.sleeper = EngineSleeper(self)
+        if config.enable_sleep_mode and self.tp is None:  # weights at fixed addresses
+            self.sleeper.fix_weights()
         self.tokenizer = tokenizer
         self.tokenizer_lock = threading.Lock()
         self.eos_token_ids = list(
@@ -95,6 +98,7 @@ class LLMEngine:
         self.max_model_len = self._max_model_len(config, num_blocks * bs)
         # One extra physical block: scratch space for the padding rows of CUDA-graph steps.
         self.kv_cache = KVCache(self.model_config, num_blocks + 1, bs, self.dtype, self.device)
+        self.sleeper.fix_kv()  # sleep mode: the KV cache at fixed addresses too
         self.block_manager = BlockManager(num_blocks, bs, config.enable_prefix_caching)
         self.scheduler = Scheduler(
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
@@ -136,7 +140,6 @@ class LLMEngine:
         self._generation_tokens = 0
         self._finished = 0
         self._steps = 0
-        self.sleeper = EngineSleeper(self)
         self.overlap: OverlapStepper | None = make_overlap(self)  # async scheduling (off: None)
 
     @staticmethod

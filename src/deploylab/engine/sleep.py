@@ -11,12 +11,17 @@ tensors too (storages resized to zero and back), is re-allocated at its old size
 profiling) and zeroed; the prefix cache is emptied; CUDA graphs are dropped on sleep and
 captured again on wake (their buffers' addresses change).
 
+With `EngineConfig.enable_sleep_mode` the weights and the KV cache live at fixed addresses
+from the start (engine/sleep_fixed.py): a sleep releases their physical memory, a wake maps
+new memory at the same addresses, and the CUDA graphs are kept (no re-capture).
+
 Call only from the engine's own thread, with no request in flight (`AsyncEngine.call`).
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +31,10 @@ from torch import nn
 
 from deploylab.engine.cpu_linear import prepack_linears, prepack_supported, unpack_linears
 from deploylab.engine.spec_decode.config import cuda_graph_rows
+from deploylab.engine.sleep_fixed import FixedAddresses, fix_kv, fix_weights
 from deploylab.errors import ConfigError, InvalidRequestError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,6 +73,36 @@ class EngineSleeper:
         self._views: list[_View] = []  # every tensor on the weights, while asleep
         self._nbytes = 0  # size of the packed weights
         self._host: torch.Tensor | None = None
+        self.fixed: FixedAddresses | None = None  # the fixed-address arenas (sleep mode)
+
+    def fix_weights(self) -> bool:
+        """Move the weights to fixed addresses (call before the KV cache is sized); False
+        (a warning logged) where that is not possible: sleep then moves them."""
+        engine = self.engine
+        try:
+            self.fixed = fix_weights(self._model(), engine.device)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - any failure: the moving path still works
+            logger.warning("sleep mode: weights not at fixed addresses (%s); a wake will "
+                           "re-capture CUDA graphs", exc)  # fmt: skip
+            return False
+        return True
+
+    def fix_kv(self) -> bool:
+        """Move the fresh KV cache to fixed addresses (before anything takes views of it)."""
+        if self.fixed is None:
+            return False
+        try:
+            fix_kv(self.fixed, self.engine.kv_cache.layers)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - any failure: the moving path still works
+            logger.warning("sleep mode: KV cache not at fixed addresses (%s)", exc)
+            self.fixed = None  # the weights' arena lives on in their tensors: sleep moves it
+            return False
+        return True
+
+    @property
+    def fixed_addresses(self) -> bool:
+        """True when a wake keeps every address (weights and KV cache in arenas)."""
+        return self.fixed is not None and self.fixed.ready
 
     @property
     def is_sleeping(self) -> bool:
@@ -73,10 +111,16 @@ class EngineSleeper:
 
     def weight_bytes(self) -> int:
         """Bytes of the model's weights (each shared storage counted once)."""
+        if self.fixed_addresses:
+            assert self.fixed is not None
+            return 0 if self.is_sleeping else self.fixed.weights.nbytes
         return sum(s.nbytes() for s in _weight_storages(self._model()))
 
     def kv_bytes(self) -> int:
         """Bytes the KV cache holds now (0 while asleep)."""
+        if self.fixed_addresses:
+            assert self.fixed is not None and self.fixed.kv is not None
+            return 0 if self.is_sleeping else self.fixed.kv.nbytes
         kv = self.engine.kv_cache  # type: ignore[attr-defined]
         return sum(
             k.untyped_storage().nbytes() + v.untyped_storage().nbytes() for k, v in kv.layers
@@ -84,6 +128,8 @@ class EngineSleeper:
 
     def host_bytes(self) -> int:
         """Bytes of the level-1 host copy (0 unless asleep at level 1)."""
+        if self.fixed is not None and self.fixed.host is not None:
+            return int(self.fixed.host.numel())
         return 0 if self._host is None else int(self._host.numel())
 
     def _model(self) -> nn.Module:
@@ -100,6 +146,8 @@ class EngineSleeper:
         if engine.has_unfinished_requests():  # type: ignore[attr-defined]
             raise ConfigError("Cannot sleep an engine with requests in flight; wait for them.")
         start = time.perf_counter()
+        if self.fixed_addresses:
+            return self._sleep_fixed(level, start)
         device = engine.device  # type: ignore[attr-defined]
         model = self._model()
         unpack_linears(model)  # packed CPU copies would keep the old weights alive
@@ -133,6 +181,8 @@ class EngineSleeper:
         level = self.level
         if not level:
             return SleepReport("wake_up", 0, 0.0, 0)
+        if self.fixed_addresses:
+            return self._wake_fixed(level)
         engine = self.engine
         device = engine.device  # type: ignore[attr-defined]
         start = time.perf_counter()
@@ -175,6 +225,52 @@ class EngineSleeper:
         return SleepReport(
             "wake_up", level, end - start, moved, weights_seconds, alloc_seconds, end - graphs_start
         )
+
+    def _sleep_fixed(self, level: int, start: float) -> SleepReport:
+        """Sleep at fixed addresses: host copy (level 1), physical memory released; the
+        tensors and the CUDA graphs stay."""
+        engine = self.engine
+        device = engine.device  # type: ignore[attr-defined]
+        assert self.fixed is not None
+        unpack_linears(self._model())
+        engine.block_manager.evict_cached()  # type: ignore[attr-defined]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        moved = self.fixed.release(level)
+        engine.runner.workspace._buf = torch.empty(0, dtype=engine.dtype, device=device)  # type: ignore[attr-defined]
+        if device.type == "cuda" and self.release_memory:
+            torch.cuda.empty_cache()
+        self.level = level
+        return SleepReport("sleep", level, time.perf_counter() - start, moved)
+
+    def _wake_fixed(self, level: int) -> SleepReport:
+        """Wake at fixed addresses: new memory mapped where the old was, the weights copied
+        (level 1, on a side stream while the KV cache is mapped and zeroed) or reloaded
+        (level 2) in place; the CUDA graphs are kept."""
+        engine = self.engine
+        device = engine.device  # type: ignore[attr-defined]
+        fixed = self.fixed
+        assert fixed is not None and fixed.kv is not None
+        start = time.perf_counter()
+        fixed.weights.restore()
+        alloc_seconds = time.perf_counter() - start
+        copy = fixed.start_copy_in() if level == 1 else None
+        kv_start = time.perf_counter()
+        fixed.kv.restore()
+        alloc_seconds += time.perf_counter() - kv_start
+        fixed.zero_kv()
+        if level == 1:
+            moved = fixed.finish_copy_in(copy)
+        else:
+            moved = _reload_weights(engine, self._model())
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        weights_seconds = time.perf_counter() - start
+        if prepack_supported(device, engine.dtype):  # type: ignore[attr-defined]
+            prepack_linears(self._model())
+        self.level = 0
+        end = time.perf_counter()
+        return SleepReport("wake_up", level, end - start, moved, weights_seconds, alloc_seconds)
 
 
 def _copy_out(

@@ -43,9 +43,14 @@ def build_kv_tiers(c: EngineConfig, kv_cache: KVCache, model_identity: Any) -> K
     """The `KVTiers` hook for this engine (None when `kv_offload_gib` is 0)."""
     if not c.kv_offload_gib:
         return None
+    from deploylab.engine.kv_tiers.layerwise import LayerwiseKVTiers
     from deploylab.engine.kv_tiers.manager import KVTiers
 
-    return KVTiers(
+    layerwise = c.kv_offload_layerwise
+    if layerwise is None:  # on CUDA not yet measured on a GPU: opt-in there
+        layerwise = kv_cache.layers[0][0].device.type == "cpu"
+    cls = LayerwiseKVTiers if layerwise else KVTiers
+    return cls(
         kv_cache,
         host_bytes=int(c.kv_offload_gib * GIB),
         disk_dir=c.kv_offload_dir,

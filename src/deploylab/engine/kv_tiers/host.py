@@ -18,14 +18,30 @@ class HostEntry:
 
 class HostPool:
     """`capacity` slots, each one KV block of every layer `[layers, 2, kv_heads, block, dim]`,
-    indexed by the block manager's chained block hash, least recently used evicted first."""
+    indexed by the block manager's chained block hash, least recently used evicted first.
+    `data[slot]`, or with `layer_major` `data[layer, slot]` (one layer of consecutive slots
+    is then one contiguous copy, for copies layer by layer)."""
 
-    def __init__(self, capacity: int, block_shape: tuple[int, ...], dtype: torch.dtype, pin: bool):
+    def __init__(
+        self,
+        capacity: int,
+        block_shape: tuple[int, ...],
+        dtype: torch.dtype,
+        pin: bool,
+        layer_major: bool = False,
+    ):
         self.capacity = capacity
-        self.data = torch.empty((capacity, *block_shape), dtype=dtype, pin_memory=pin)
+        self.layer_major = layer_major
+        layers, *rest = block_shape
+        shape = (layers, capacity, *rest) if layer_major else (capacity, *block_shape)
+        self.data = torch.empty(shape, dtype=dtype, pin_memory=pin)
         self.entries: OrderedDict[int, HostEntry] = OrderedDict()
         self._free = deque(range(capacity))  # FIFO: slots freed together stay together
         self.pinned: set[int] = set()  # hashes a scheduled load still needs this step
+
+    def block(self, slot: int) -> torch.Tensor:
+        """The block in `slot`, `[layers, 2, kv_heads, block, dim]` (a view)."""
+        return self.data[:, slot] if self.layer_major else self.data[slot]
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -49,7 +49,11 @@ class _Counters:
 
 
 class KVTiers:
-    """The host tier (a `HostPool`), the optional disk tier and the transfers between them."""
+    """The host tier (a `HostPool`), the optional disk tier and the transfers between them.
+    Copies on CUDA in chunks of blocks, all done before the forward pass (see
+    `layerwise.LayerwiseKVTiers` for copies layer by layer)."""
+
+    LAYER_MAJOR = False  # the host pool's layout (`HostPool.data`)
 
     def __init__(
         self,
@@ -69,7 +73,11 @@ class KVTiers:
         self.block_bytes = k0.element_size() * len(kv_cache.layers) * 2 * kvh * bs * hd
         cuda = self.device.type == "cuda"
         self.host = HostPool(
-            max(host_bytes // self.block_bytes, 1), self.block_shape, self.dtype, pin=cuda
+            max(host_bytes // self.block_bytes, 1),
+            self.block_shape,
+            self.dtype,
+            pin=cuda,
+            layer_major=self.LAYER_MAJOR,
         )
         identity = f"{identity}|shape={self.block_shape}|dtype={self.dtype}|v{LAYOUT_VERSION}"
         self.disk: DiskWriter | None = None
@@ -242,7 +250,7 @@ class KVTiers:
         if self.disk is not None and not self.disk.contains(h):
             if self._event is not None:
                 self._event.synchronize()  # the slot's data has arrived
-            self.disk.write(h, entry.tokens, host.data[entry.slot])
+            self.disk.write(h, entry.tokens, host.block(entry.slot))
         host.remove(h)
         return True
 
