@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from deploylab.engine.cpu_linear import prepack_linears, prepack_supported, unpack_linears
-from deploylab.engine.spec_decode.config import cuda_graph_rows
 from deploylab.engine.sleep_fixed import FixedAddresses, fix_kv, fix_weights
+from deploylab.engine.spec_decode.config import cuda_graph_rows
 from deploylab.errors import ConfigError, InvalidRequestError
 
 logger = logging.getLogger(__name__)
