@@ -69,6 +69,10 @@ class EngineConfig:
     kv_offload_dir: str | None = None
     kv_offload_disk_gib: float = 16.0
     kv_offload_policy: str = "auto"  # auto: a measured cost model; always: every hit
+    # vLLM's name. CPU path (engine/cpu_quant.py): "int4" keeps a GGUF's Q4_0/Q4_1 weights as
+    # int4 for decode-sized matmuls; "none": the dequantized float path (exact); "auto": int4
+    # on the CPU for a GGUF file, else none (docs/engine.md "Quantized CPU path").
+    quantization: str = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -108,6 +112,10 @@ class EngineConfig:
             raise ConfigError(
                 "EngineConfig.gpu_memory_utilization must be in (0, 1], got "
                 f"{self.gpu_memory_utilization}."
+            )
+        if self.quantization not in ("auto", "none", "int4"):
+            raise ConfigError(
+                f"EngineConfig.quantization '{self.quantization}' is not one of auto, none, int4."
             )
         if self.dtype != "auto" and self.dtype not in _DTYPES:
             raise ConfigError(
