@@ -92,11 +92,13 @@ class Server:
 
 def build_servers(args: argparse.Namespace, gguf: Path) -> list[Server]:
     """The sides of the comparison, not started."""
-    base = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    # ours as users start it (this tree's `serve` picks its own OpenMP policy; main's did not)
+    plain = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    base = dict(plain, OMP_WAIT_POLICY="PASSIVE")
     servers = []
 
     def ours(name: str, src: str, quant: str | None = None) -> Server:
-        env = dict(base, PYTHONPATH=src)
+        env = dict(plain, PYTHONPATH=src)
         cmd = [sys.executable, "-m", "deploylab", "serve", "--port", str(free_port())]
         if quant:
             cmd += ["--quantization", quant]
