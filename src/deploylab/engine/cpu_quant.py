@@ -166,7 +166,9 @@ def is_int4(module: Any) -> bool:
     return isinstance(module, nn.Module) and "_deploylab_int4" in module.__dict__
 
 
-def apply_quantization(engine_config: Any, model: nn.Module, device: torch.device, own: bool) -> str:
+def apply_quantization(
+    engine_config: Any, model: nn.Module, device: torch.device, own: bool
+) -> str:
     """The engine's hook: resolve `EngineConfig.quantization` and apply it to `model`;
     `own` is False when the caller passed the model in (its file is then unknown)."""
     from deploylab.catalog import resolve_model
