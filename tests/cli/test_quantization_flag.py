@@ -1,4 +1,4 @@
-"""`deploylab serve --quantization` and the OpenMP policy `serve` sets (engine/cpu_threads.py)."""
+"""`deploylab serve --quantization`; the CPU thread settings (engine/cpu_threads.py)."""
 
 from __future__ import annotations
 
@@ -25,3 +25,27 @@ def test_passive_waits_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv("OMP_WAIT_POLICY")
     passive_omp_waits()  # torch is loaded in this process: set, but too late to take effect
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_step_threads_one_thread_for_small_steps_only() -> None:
+    import torch
+
+    from deploylab.engine.cpu_threads import StepThreads, step_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert step_threads(1, "cpu") is None  # the user pinned a count
+        assert step_threads(None, "cuda") is None
+        threads = step_threads(None, "cpu")
+        assert isinstance(threads, StepThreads)
+        threads.fit(1)
+        assert torch.get_num_threads() == 1
+        threads.restore()
+        assert torch.get_num_threads() == 2
+        threads.fit(64)
+        assert torch.get_num_threads() == 2
+        threads.restore()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
