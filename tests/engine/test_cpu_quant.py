@@ -3,7 +3,6 @@ the float path, the quantization setting and its errors (real model)."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -52,7 +51,9 @@ def test_int4_weight_computes_its_formula() -> None:
 def test_int4_greedy_matches_float_path(smol) -> None:
     """The quantized layers hold the file's weights; greedy decode agrees with the float path
     over a short answer (measured: identical for 48 tokens on 3 of 4 prompts, docs/engine.md)."""
-    model = copy.deepcopy(smol.model)
+    from deploylab.engine.models.loader import load_model
+
+    model, _ = load_model(smol.path, torch.float32, CPU)  # own copy: the shared one is packed
     assert quantize_from_gguf(model, smol.path) == 7 * model.config.num_hidden_layers
     assert is_int4(model.model.layers[0].self_attn.q_proj)
     assert not is_int4(model.lm_head)  # the Q8_0 head stays float
