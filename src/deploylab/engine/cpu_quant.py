@@ -6,9 +6,11 @@ computes with group-32 codes and per-group `(scale, zero)` as `w = (q - 8)*scale
 file's codes go in unchanged (`scale = d`, `zero = m + 8d`) and no re-quantization happens.
 The kernel is fast only with bfloat16 activations (its float32 path measured 20-40x slower than
 oneDNN's float32 linear), so rows are cast to bfloat16 and the result back: that rounding, and
-bfloat16 scales, are where the int4 path's arithmetic differs from the float path. Above
-`INT4_MAX_ROWS` rows (prefill chunks, big decode batches) the layer keeps its float forward,
-which measured faster there. Measured figures and the choice: docs/engine.md "Quantized CPU path".
+bfloat16 scales, are where the int4 path's arithmetic differs from the float path. Every
+call goes to the kernel, prefill chunks included: its rows do not depend on how many rows
+share the call, so a request's output does not depend on its batch or on prefix-cache hits
+(a float path for large calls made a cached prompt's last token take the other arithmetic).
+Measured figures and the choice: docs/engine.md "Quantized CPU path".
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from deploylab.errors import ConfigError
 
 QUANTIZATION_CHOICES = ("auto", "none", "int4")
 GROUP = 32
-# Most rows a call sends to the int4 kernel; more rows take the float (oneDNN) forward. Set
-# from the kernel timings in docs/engine.md (int4 wins at 1-4 rows, loses from 8).
-INT4_MAX_ROWS = 4
+# Most rows a call sends to the int4 kernel; more take the float (oneDNN) forward. Unbounded:
+# a bound makes outputs depend on batch size and prefix-cache hits (see the module docstring).
+INT4_MAX_ROWS = 1 << 62
 _Q4_0, _Q4_1 = "Q4_0", "Q4_1"
 
 
