@@ -1,7 +1,7 @@
 """What the int4 CPU path changes in the default model's output (issue 24, docs/engine.md).
 
 Perplexity of a small text (README.md's opening, teacher-forced, every row through the int4
-kernel: `INT4_MAX_ROWS` is lifted for this script) and the first greedy token that differs from
+kernel, which the engine now does anyway) and the first greedy token that differs from
 the exact float32 path, for a few prompts; bfloat16's float path beside it for scale.
 
     python benchmarks/cpu_quant_quality.py --out benchmarks/results/cpu_quant_quality.json
