@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from deploylab.engine import LLM, SamplingParams, cpu_quant
+from deploylab.engine import LLM, SamplingParams
 
 PROMPTS = [
     "The capital of France is",
@@ -51,7 +51,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cpu_quant.INT4_MAX_ROWS = 1 << 30  # every row through the int4 kernel
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()[: args.chars]
     greedy = SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True)
     rows: list[dict[str, Any]] = []
