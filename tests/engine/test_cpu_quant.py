@@ -60,8 +60,17 @@ def test_int4_greedy_matches_float_path(smol) -> None:
     params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
     prompt = "The capital of France is"
     exact = smol.llm(quantization="none").generate(prompt, params)[0].token_ids
-    quant = replace(smol, model=model).llm().generate(prompt, params)[0].token_ids
+    llm = replace(smol, model=model).llm()
+    quant = llm.generate(prompt, params)[0].token_ids
     assert quant == exact
+    # the same arithmetic however the rows are batched: a prefix-cache hit (a 1-token
+    # prefill) and a batch of 3 give the same seeded samples as the first request alone
+    seeded = SamplingParams(max_tokens=8, temperature=1.0, seed=3, ignore_eos=True)
+    text = "Name a fruit that is yellow and long, and say why monkeys like it. " * 3
+    ids = smol.tokenizer.encode(text)[:35]  # 2 cached blocks of 16, then a 3-token prefill
+    alone = llm.generate(ids, seeded)[0]
+    again = llm.generate([ids, "hi", "Water boils at"], seeded)[0]
+    assert again.num_cached_tokens == 32 and again.token_ids == alone.token_ids
 
 
 def test_quantization_choices_and_errors(tmp_path: Path) -> None:
