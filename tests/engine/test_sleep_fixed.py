@@ -4,7 +4,6 @@ graphs are kept."""
 
 from __future__ import annotations
 
-import copy
 import gc
 import os
 from typing import Any
@@ -14,6 +13,7 @@ import torch
 
 from deploylab.engine.config import EngineConfig
 from deploylab.engine.llm_engine import LLMEngine
+from deploylab.engine.models.loader import load_model
 from deploylab.engine.sampling_params import SamplingParams
 from deploylab.engine.vmm import VirtualArena
 
@@ -56,7 +56,9 @@ def test_host_arena_releases_and_keeps_its_address() -> None:
 
 @pytest.fixture(scope="module")
 def sleep_mode_engine(smol: Any) -> LLMEngine:  # conftest.ModelParts
-    model = copy.deepcopy(smol.model)  # its own weights: sleep mode moves them into an arena
+    # Its own weights (sleep mode moves them into an arena); a fresh load, as the shared
+    # model's linears may be oneDNN-prepacked by other engines (not deep-copyable).
+    model, _ = load_model(smol.path, torch.float32, torch.device("cpu"))
     return LLMEngine(
         EngineConfig(model=str(smol.path), kv_cache_gib=0.05, num_threads=1, max_num_seqs=4,
                      enable_sleep_mode=True),

@@ -72,7 +72,9 @@ class EagerGraphs:
         self.tree_steps = 0
 
     def run(self, ids: list[int], pos: list[int], slots: list[int], tables: list[list[int]],
-            lens: list[int], lora_slots: list[int] | None = None) -> torch.Tensor:  # fmt: skip
+            lens: list[int], lora_slots: list[int] | None = None,
+            token_fill: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        assert token_fill is None  # async scheduling is off with speculation
         r = self.runner
         slot_t = torch.tensor(slots, dtype=torch.int64)
         meta = AttentionMetadata(

@@ -36,12 +36,14 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.mark.timeout(900)  # about a minute alone; the shared 2-core machine can be 4x slower
 def test_lm_eval_loglikelihoods_equal_transformers(
-    server: Any,
+    server_factory: Any,
     hf_model: Any,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     one_torch_thread: None,
 ) -> None:
+    # the exact float path: transformers runs the dequantized weights in float32
+    server = server_factory("--quantization", "none")
     for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.setenv(var, "1")
     monkeypatch.chdir(ROOT)  # the task's data path is relative to the repository root

@@ -109,6 +109,12 @@ def serve(
         help="Keep each model's weights and KV cache at fixed addresses, so a wake keeps the "
         "CUDA graphs (not yet measured on a GPU).",
     ),
+    quantization: str = typer.Option(
+        "auto",
+        help="CPU weights: int4 (keep a GGUF's Q4_0/Q4_1 weights as int4 for decode-sized "
+        "matmuls), none (the dequantized float path, exact) or auto (int4 on the CPU for a "
+        "GGUF file). See docs/engine.md, 'Quantized CPU path'.",
+    ),
     shutdown_timeout: float = typer.Option(
         30.0,
         "--shutdown-timeout",
@@ -118,6 +124,9 @@ def serve(
     ),
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API."""
+    from deploylab.engine.cpu_threads import passive_omp_waits
+
+    passive_omp_waits()  # before torch loads OpenMP
     from deploylab.engine.async_engine import AsyncEngine
     from deploylab.engine.config import EngineConfig
     from deploylab.engine.spec_decode import parse_speculative_config
@@ -127,6 +136,8 @@ def serve(
         raise UsageError(f"--device must be auto, cpu or cuda, got '{device}'.")
     if not shutdown_timeout >= 0:
         raise UsageError(f"--shutdown-timeout must be >= 0 seconds, got {shutdown_timeout}.")
+    if quantization not in ("auto", "none", "int4"):
+        raise UsageError(f"--quantization must be auto, none or int4, got '{quantization}'.")
     if not 0 < port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {port}.")
     many = len(model) > 1 or models_file is not None or enable_sleep_mode
@@ -182,6 +193,7 @@ def serve(
         async_scheduling=async_scheduling,
         kv_offload_layerwise=kv_offload_layerwise,
         enable_sleep_mode=sleep_fixed_addresses,
+        quantization=quantization,
     )
 
     if tensor_parallel_size > 1:  # heads that do not split: exit 2 before binding

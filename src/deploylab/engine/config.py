@@ -80,6 +80,10 @@ class EngineConfig:
     # so a wake maps memory back under them and keeps the CUDA graphs. Sleep works without it
     # too, moving the memory and re-capturing the graphs on wake. Not yet measured on a GPU.
     enable_sleep_mode: bool = False
+    # vLLM's name. CPU path (engine/cpu_quant.py): "int4" keeps a GGUF's Q4_0/Q4_1 weights as
+    # int4 for decode-sized matmuls; "none": the dequantized float path (exact); "auto": int4
+    # on the CPU for a GGUF file, else none (docs/engine.md "Quantized CPU path").
+    quantization: str = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -119,6 +123,10 @@ class EngineConfig:
             raise ConfigError(
                 "EngineConfig.gpu_memory_utilization must be in (0, 1], got "
                 f"{self.gpu_memory_utilization}."
+            )
+        if self.quantization not in ("auto", "none", "int4"):
+            raise ConfigError(
+                f"EngineConfig.quantization '{self.quantization}' is not one of auto, none, int4."
             )
         if self.dtype != "auto" and self.dtype not in _DTYPES:
             raise ConfigError(

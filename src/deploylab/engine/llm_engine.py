@@ -16,6 +16,8 @@ from deploylab.catalog import resolve_model
 from deploylab.engine.async_step import OverlapStepper, drop_placeholder, make_overlap
 from deploylab.engine.block_manager import BlockManager
 from deploylab.engine.config import EngineConfig
+from deploylab.engine.cpu_quant import apply_quantization
+from deploylab.engine.cpu_threads import step_threads
 from deploylab.engine.detokenizer import IncrementalDetokenizer
 from deploylab.engine.distributed.hook import start_tensor_parallel
 from deploylab.engine.kv_cache import KVCache, num_blocks_for
@@ -73,6 +75,7 @@ class LLMEngine:
         self.tp: TensorParallel | None = None  # tensor parallelism (off: None)
         if config.tensor_parallel_size > 1 or config.distributed_executor_backend == "mp":
             self.tp, model, tokenizer = start_tensor_parallel(config, model)
+        own_model = model is None
         if model is None:
             model, tokenizer = self._load(config)
         self.model = model.to(self.device)
@@ -109,6 +112,8 @@ class LLMEngine:
         self.runner = ModelRunner(
             self.model, self.kv_cache, self.device, self.max_model_len, config.tree_attention
         )
+        self.quantization = apply_quantization(config, self.model, self.device, own_model)
+        self.runner.step_threads = step_threads(config.num_threads, self.device.type)
         if self.tp is not None:
             self.runner = self.tp.attach(self.runner, num_blocks + 1, self.max_model_len)  # type: ignore[assignment]
         self.lora: LoraManager | None = None  # the multi-LoRA hook (off: None)

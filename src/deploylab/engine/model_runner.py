@@ -12,6 +12,7 @@ from deploylab.engine.async_step import HostStager, fill_placeholders
 from deploylab.engine.attention import AttentionMetadata, DecodeGroup, PrefillChunk, Workspace
 from deploylab.engine.block_manager import extend_with_tables
 from deploylab.engine.cpu_linear import prepack_linears, prepack_supported
+from deploylab.engine.cpu_threads import StepThreads
 from deploylab.engine.cuda_graphs import DecodeGraphs
 from deploylab.engine.kv_cache import KVCache
 from deploylab.engine.models.llama import LlamaForCausalLM
@@ -38,6 +39,8 @@ MIN_GROUP_FILL = 0.75
 
 class ModelRunner:
     """Runs one forward pass per step over the paged KV cache."""
+
+    step_threads: StepThreads | None = None  # CPU threads per step (engine hook; off: None)
 
     def __init__(
         self,
@@ -395,7 +398,12 @@ class ModelRunner:
         ):
             return self._execute_graph(out.scheduled)
         input_ids, positions, meta, rows, seqs = self.prepare(out.scheduled)
+        threads = self.step_threads  # CPU: threads per step size (cpu_threads.py)
+        if threads is not None:
+            threads.fit(input_ids.shape[0])
         hidden = self.model(input_ids, positions, meta, self.kv_cache.layers)
+        if threads is not None:
+            threads.restore()
         for seq, row, n, p0 in self._prompt_rows:
             chunk_logits = self.model.compute_logits(hidden[row : row + n])
             self.prompt_logits.append((seq, p0, chunk_logits))

@@ -1,0 +1,198 @@
+"""Weight-only int4 linears on the CPU, built from a GGUF file's own Q4_0/Q4_1 blocks.
+
+A GGUF's Q4_1 block of 32 weights stores 4-bit codes `q`, a scale `d` and a minimum `m`
+(`w = d*q + m`; Q4_0: `w = d*(q - 8)`). PyTorch's CPU kernel `_weight_int4pack_mm_for_cpu`
+computes with group-32 codes and per-group `(scale, zero)` as `w = (q - 8)*scale + zero`, so the
+file's codes go in unchanged (`scale = d`, `zero = m + 8d`) and no re-quantization happens.
+The kernel is fast only with bfloat16 activations (its float32 path measured 20-40x slower than
+oneDNN's float32 linear), so rows are cast to bfloat16 and the result back: that rounding, and
+bfloat16 scales, are where the int4 path's arithmetic differs from the float path. Every
+call goes to the kernel, prefill chunks included: its rows do not depend on how many rows
+share the call, so a request's output does not depend on its batch or on prefix-cache hits
+(a float path for large calls made a cached prompt's last token take the other arithmetic).
+Measured figures and the choice: docs/engine.md "Quantized CPU path".
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deploylab.errors import ConfigError
+
+QUANTIZATION_CHOICES = ("auto", "none", "int4")
+GROUP = 32
+# Most rows a call sends to the int4 kernel; more take the float (oneDNN) forward. Unbounded:
+# a bound makes outputs depend on batch size and prefix-cache hits (see the module docstring).
+INT4_MAX_ROWS = 1 << 62
+_Q4_0, _Q4_1 = "Q4_0", "Q4_1"
+
+
+def resolve_quantization(choice: str, device: torch.device, path: Path | None) -> str:
+    """The quantization the engine uses: `auto` is int4 on the CPU for a GGUF file, else none.
+    Raises ConfigError for an unknown choice or int4 where it cannot run."""
+    if choice not in QUANTIZATION_CHOICES:
+        raise ConfigError(
+            f"quantization '{choice}' is not one of {', '.join(QUANTIZATION_CHOICES)}."
+        )
+    gguf = path is not None and path.suffix == ".gguf"
+    if choice == "auto":
+        return "int4" if device.type == "cpu" and gguf and int4_supported() else "none"
+    if choice == "int4":
+        if device.type != "cpu":
+            raise ConfigError(
+                "quantization 'int4' is the CPU path (PyTorch's CPU int4 kernel); on "
+                f"{device.type} use quantization 'none' (or 'auto')."
+            )
+        if not gguf:
+            raise ConfigError(
+                "quantization 'int4' keeps a GGUF file's Q4_0/Q4_1 weights quantized; the model "
+                f"is not a GGUF file ({path or 'random weights'}). Use quantization 'none'."
+            )
+        if not int4_supported():
+            raise ConfigError(
+                "quantization 'int4': this PyTorch build has no CPU int4 kernel "
+                "(_weight_int4pack_mm_for_cpu); use quantization 'none'."
+            )
+    return choice
+
+
+def int4_supported() -> bool:
+    """True when this PyTorch has the CPU int4 weight-only kernel and its packer."""
+    ops = torch.ops.aten
+    return hasattr(ops, "_weight_int4pack_mm_for_cpu") and hasattr(
+        ops, "_convert_weight_to_int4pack_for_cpu"
+    )
+
+
+def q4_blocks(kind: str, raw: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, ...]:
+    """Codes (rows, cols) uint8 in 0..15, scales and zeros (rows, cols/32) float32 of a
+    Q4_0/Q4_1 tensor's raw bytes, for the kernel's `(q - 8)*scale + zero`."""
+    size = 18 if kind == _Q4_0 else 20
+    blocks = np.ascontiguousarray(raw).view(np.uint8).reshape(rows, cols // GROUP, size)
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    qs = blocks[..., size - 16 :]
+    codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(rows, cols)
+    if kind == _Q4_0:
+        return codes, d, np.zeros_like(d)
+    m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+    return codes, d, m + 8.0 * d
+
+
+class Int4Weight:
+    """A linear weight packed for `_weight_int4pack_mm_for_cpu` (bfloat16 scales, zeros)."""
+
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> None:
+        self.out_features = codes.shape[0]
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+            codes.to(torch.int32).contiguous(), 2
+        )
+        # (groups, out_features, 2): the kernel's layout
+        self.scales_zeros = torch.stack([scales.t(), zeros.t()], dim=-1).to(torch.bfloat16)
+        self.scales_zeros = self.scales_zeros.contiguous()
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x (rows, in_features) -> (rows, out_features) in x's dtype."""
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x.to(torch.bfloat16), self.packed, GROUP, self.scales_zeros
+        )
+        return out.to(x.dtype)
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight as the kernel sees it, float32 (tests, error bounds)."""
+        eye = torch.eye(int(self.scales_zeros.shape[0]) * GROUP, dtype=torch.bfloat16)
+        return self.matmul(eye).t().float()
+
+
+def _int4_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    quant: Int4Weight = self.__dict__["_deploylab_int4"]
+    rows = x.numel() // x.shape[-1]
+    if rows > INT4_MAX_ROWS or torch.is_grad_enabled():
+        float_forward: Callable[[torch.Tensor], torch.Tensor] = self.__dict__["_deploylab_float"]
+        return float_forward(x)
+    out = quant.matmul(x.reshape(rows, x.shape[-1]))
+    if self.bias is not None:
+        out = out + self.bias
+    return out.view(*x.shape[:-1], quant.out_features)
+
+
+def quantize_from_gguf(model: nn.Module, path: Path) -> int:
+    """Give each linear layer whose GGUF tensor is Q4_0/Q4_1 the int4 forward (codes taken from
+    the file as they are); returns how many layers were switched."""
+    from gguf import GGUFReader
+
+    from deploylab.engine.models.gguf_loader import hf_name, unpermute_rotary
+
+    config: Any = getattr(model, "config", None)
+    modules = dict(model.named_modules())
+    count = 0
+    for t in GGUFReader(str(path)).tensors:
+        kind = t.tensor_type.name
+        name = hf_name(t.name)
+        if kind not in (_Q4_0, _Q4_1) or name is None or not name.endswith(".weight"):
+            continue
+        layer = modules.get(name[: -len(".weight")])
+        if type(layer) is not nn.Linear or layer.in_features % GROUP:
+            continue
+        rows, cols = layer.out_features, layer.in_features
+        parts = [torch.from_numpy(a) for a in q4_blocks(kind, t.data, rows, cols)]
+        heads = _rotary_heads(name, config)
+        if heads:
+            parts = [unpermute_rotary(p, heads) for p in parts]
+        layer.__dict__["_deploylab_int4"] = Int4Weight(*parts)
+        layer.__dict__["_deploylab_float"] = layer.forward
+        layer.forward = types.MethodType(_int4_forward, layer)  # type: ignore[method-assign]
+        count += 1
+    return count
+
+
+def _rotary_heads(name: str, config: Any) -> int:
+    """Heads whose rows llama.cpp permuted in this tensor (0: not permuted)."""
+    if config is None or config.architecture not in ("LlamaForCausalLM", "MistralForCausalLM"):
+        return 0
+    if name.endswith("q_proj.weight"):
+        return int(config.num_attention_heads)
+    if name.endswith("k_proj.weight"):
+        return int(config.num_key_value_heads)
+    return 0
+
+
+def is_int4(module: Any) -> bool:
+    """True for a linear layer switched by `quantize_from_gguf`."""
+    return isinstance(module, nn.Module) and "_deploylab_int4" in module.__dict__
+
+
+def apply_quantization(
+    engine_config: Any, model: nn.Module, device: torch.device, own: bool
+) -> str:
+    """The engine's hook: resolve `EngineConfig.quantization` and apply it to `model`;
+    `own` is False when the caller passed the model in (its file is then unknown)."""
+    from deploylab.catalog import resolve_model
+
+    choice = engine_config.quantization
+    path: Path | None = None
+    if own and not engine_config.random_weights:
+        path = Path(resolve_model(engine_config.model))
+    if choice != "none" and engine_config.tensor_parallel_size > 1:
+        if choice == "int4":
+            raise ConfigError(
+                "quantization 'int4' does not run under tensor parallelism; use "
+                "--tensor-parallel-size 1 or --quantization none."
+            )
+        return "none"
+    method = resolve_quantization(choice, device, path)
+    if method == "int4" and path is not None:
+        if quantize_from_gguf(model, path) == 0:
+            if choice == "int4":
+                raise ConfigError(
+                    f"quantization 'int4': {path} has no Q4_0/Q4_1 linear weights to keep "
+                    "quantized; use --quantization none."
+                )
+            return "none"
+    return method
