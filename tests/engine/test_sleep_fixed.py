@@ -5,7 +5,6 @@ graphs are kept."""
 from __future__ import annotations
 
 import gc
-import os
 from typing import Any
 
 import pytest
@@ -14,25 +13,10 @@ import torch
 from deploylab.engine.config import EngineConfig
 from deploylab.engine.llm_engine import LLMEngine
 from deploylab.engine.models.loader import load_model
-from deploylab.engine.sampling_params import SamplingParams
 from deploylab.engine.vmm import VirtualArena
 
-GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
-PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
-
-
-def _generate(engine: LLMEngine, rid: str, prompt: str | list[int] = PROMPT) -> list[int]:
-    engine.add_request(rid, prompt, GREEDY)
-    tokens: list[int] = []
-    while engine.has_unfinished_requests():
-        for delta in engine.step():
-            tokens += delta.new_token_ids
-    return tokens
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+# The same greedy request and RSS probe as the moving sleep's tests.
+from .test_sleep import PROMPT, _generate, _rss
 
 
 def _addresses(engine: LLMEngine) -> list[int]:
