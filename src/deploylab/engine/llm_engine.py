@@ -75,6 +75,15 @@ class LLMEngine:
         self.tp: TensorParallel | None = None  # tensor parallelism (off: None)
         if config.tensor_parallel_size > 1 or config.distributed_executor_backend == "mp":
             self.tp, model, tokenizer = start_tensor_parallel(config, model)
+        try:
+            self._build(config, model, tokenizer)
+        except BaseException:
+            if self.tp is not None:  # a half-built engine leaves the process group at once
+                self.tp.close()
+            raise
+
+    def _build(self, config: EngineConfig, model: Any, tokenizer: Any) -> None:
+        """Everything after tensor parallelism started: weights, KV cache, runner, hooks."""
         own_model = model is None
         if model is None:
             model, tokenizer = self._load(config)
