@@ -93,8 +93,12 @@ def start_server(tmp: Path, *args: str, timeout: float = 240) -> ServerProc:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
-    """One real server with the real model for the whole session."""
-    srv = start_server(tmp_path_factory.mktemp("serve"), "--max-num-seqs", "32")
+    """One real server with the real model for the whole session, on the exact float path:
+    its tests compare answers across requests whose prompts meet different prefix-cache
+    states, which only the exact path keeps bit-stable (docs/engine.md, "Quantized CPU
+    path"); the servers the other fixtures start run the int4 default."""
+    args = ("--max-num-seqs", "32", "--quantization", "none")
+    srv = start_server(tmp_path_factory.mktemp("serve"), *args)
     yield srv
     srv.stop()
 

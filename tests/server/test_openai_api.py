@@ -84,12 +84,16 @@ def test_completions_length_and_streaming(server: ServerProc) -> None:
 
 
 def test_server_greedy_equals_offline_llm(server: ServerProc) -> None:
-    from deploylab.engine import LLM, SamplingParams
+    from tests.smol import smol_model, smol_tokenizer
+
+    from deploylab.engine import LLM, EngineConfig, LLMEngine, SamplingParams
 
     prompts = ["The capital of France is", "def fibonacci(n):", "Water boils at"]
-    # The server's defaults (the int4 CPU path for the GGUF included); a smaller KV cache
-    # holds these prompts (greedy tokens do not depend on the thread count).
-    llm = LLM(model=MODEL, kv_cache_gib=0.25, num_threads=1)
+    # The shared server's exact float path around the weights parsed once (tests/smol.py)
+    # rather than a second parse of the GGUF; a smaller KV cache holds these prompts.
+    # (on one torch thread, conftest.py; greedy tokens do not depend on the thread count)
+    config = EngineConfig(model=MODEL, kv_cache_gib=0.25)
+    llm = LLM(llm_engine=LLMEngine(config, model=smol_model(), tokenizer=smol_tokenizer()))
     offline = llm.generate(prompts, SamplingParams(max_tokens=24, temperature=0, ignore_eos=True))
     c = client(server)
     for prompt, out in zip(prompts, offline, strict=True):

@@ -113,7 +113,8 @@ def serve(
         "auto",
         help="CPU weights: int4 (keep a GGUF's Q4_0/Q4_1 weights as int4 for decode-sized "
         "matmuls), none (the dequantized float path, exact) or auto (int4 on the CPU for a "
-        "GGUF file). See docs/engine.md, 'Quantized CPU path'.",
+        "GGUF file; a seeded sample can then depend on which prompt blocks were cached; none "
+        "is bit-stable). See docs/engine.md, 'Quantized CPU path'.",
     ),
     shutdown_timeout: float = typer.Option(
         30.0,
