@@ -91,13 +91,18 @@ def start_server(tmp: Path, *args: str, timeout: float = 240) -> ServerProc:
     raise RuntimeError(f"server not healthy after {timeout}s:\n{log.read_text()}")
 
 
+# The shared server's weights path; a server whose answers a test compares with the shared
+# one's must run it too.
+EXACT = ("--quantization", "none")
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     """One real server with the real model for the whole session, on the exact float path:
     its tests compare answers across requests whose prompts meet different prefix-cache
     states, which only the exact path keeps bit-stable (docs/engine.md, "Quantized CPU
     path"); the servers the other fixtures start run the int4 default."""
-    args = ("--max-num-seqs", "32", "--quantization", "none")
+    args = ("--max-num-seqs", "32", *EXACT)
     srv = start_server(tmp_path_factory.mktemp("serve"), *args)
     yield srv
     srv.stop()

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
-from tests.server.conftest import MODEL, start_server
+from tests.server.conftest import EXACT, MODEL, start_server
 
 QUESTIONS = ["What is the capital of France?", "Name three colours.", "Count to five."]
 
@@ -37,7 +37,7 @@ def streamed(url: str, stop: list[str] | None) -> list[tuple[str, str | None]]:
 def test_async_scheduling_server_streams_like_the_plain_one(server: Any, tmp_path: Path) -> None:
     plain = streamed(server.url, None)
     stop = [plain[1][0][len(plain[1][0]) // 2 :][:3]]  # from the middle of an answer
-    overlapped = start_server(tmp_path, "--async-scheduling", "--max-num-seqs", "32")
+    overlapped = start_server(tmp_path, "--async-scheduling", "--max-num-seqs", "32", *EXACT)
     try:
         got = [streamed(overlapped.url, None), streamed(overlapped.url, stop)]
     finally:

@@ -9,7 +9,7 @@ from typing import Any
 
 import openai
 import pytest
-from tests.server.conftest import MODEL, start_server
+from tests.server.conftest import EXACT, MODEL, start_server
 from tests.server.test_errors_metrics import metrics
 
 BLOCK_GIB = 737280 / 1024**3  # one KV block of SmolLM2-135M (float32, 16 tokens)
@@ -44,6 +44,7 @@ def test_tiered_server_answers_like_the_plain_one(server: Any, tmp_path: Path) -
         "--kv-offload-gib", str(64 * BLOCK_GIB),
         "--kv-offload-dir", str(tmp_path / "kv"),
         "--kv-offload-disk-gib", str(64 * BLOCK_GIB),
+        *EXACT,
     )  # fmt: skip
     try:
         got = converse(tiered.url)

@@ -9,7 +9,7 @@ from typing import Any
 
 import openai
 import pytest
-from tests.server.conftest import MODEL, start_server
+from tests.server.conftest import EXACT, MODEL, start_server
 from tests.server.test_errors_metrics import metrics
 
 # A fixed k: the adaptive policy (tested in tests/engine) picks k from measured step times,
@@ -33,7 +33,7 @@ def answer(url: str) -> str:
 
 
 def test_speculative_server_answers_like_the_plain_one(server: Any, tmp_path: Path) -> None:
-    spec = start_server(tmp_path, "--speculative-config", json.dumps(NGRAM))
+    spec = start_server(tmp_path, "--speculative-config", json.dumps(NGRAM), *EXACT)
     try:
         got = answer(spec.url)
         m = metrics(spec.url)
