@@ -19,10 +19,11 @@ SEGMENT_TILE = 16  # SGMV rows per tile (tl.dot's minimum)
 
 
 @triton.jit
-def _bgmv_shrink(X, A, H, SLOTS, K, sxm, sas, sar, shm, R: tl.constexpr, BLOCK_K: tl.constexpr):
-    row = tl.program_id(0)
+def _shrink_row(X, A, SLOTS, row, K, sxm, sas, sar, R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """`x[row] @ A[slot].T` in float32 (`[R]`) for one decode row; zeros for base-model rows
+    (slot -1), which load nothing."""
     slot = tl.load(SLOTS + row)
-    k_end = tl.where(slot >= 0, K, 0)  # base-model rows load nothing and store zeros
+    k_end = tl.where(slot >= 0, K, 0)
     slot = tl.maximum(slot, 0)
     offs_r = tl.arange(0, R)
     acc = tl.zeros([R], dtype=tl.float32)
@@ -33,7 +34,14 @@ def _bgmv_shrink(X, A, H, SLOTS, K, sxm, sas, sar, shm, R: tl.constexpr, BLOCK_K
         a_ptr = A + slot * sas + offs_r[:, None] * sar + offs_k[None, :]
         a = tl.load(a_ptr, mask=mk[None, :], other=0.0).to(tl.float32)
         acc += tl.sum(a * x[None, :], axis=1)
-    tl.store(H + row * shm + offs_r, acc)
+    return acc
+
+
+@triton.jit
+def _bgmv_shrink(X, A, H, SLOTS, K, sxm, sas, sar, shm, R: tl.constexpr, BLOCK_K: tl.constexpr):
+    row = tl.program_id(0)
+    acc = _shrink_row(X, A, SLOTS, row, K, sxm, sas, sar, R, BLOCK_K)
+    tl.store(H + row * shm + tl.arange(0, R), acc)
 
 
 @triton.jit
@@ -114,19 +122,8 @@ def _bgmv_shrink_multi(
         a_base = A1
     else:
         a_base = A2
-    slot = tl.load(SLOTS + row)
-    k_end = tl.where(slot >= 0, K, 0)
-    slot = tl.maximum(slot, 0)
-    offs_r = tl.arange(0, R)
-    acc = tl.zeros([R], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mk = offs_k < k_end
-        x = tl.load(X + row * sxm + offs_k, mask=mk, other=0.0).to(tl.float32)
-        a_ptr = a_base + slot * sas + offs_r[:, None] * sar + offs_k[None, :]
-        a = tl.load(a_ptr, mask=mk[None, :], other=0.0).to(tl.float32)
-        acc += tl.sum(a * x[None, :], axis=1)
-    tl.store(H + row * shm + module * R + offs_r, acc)
+    acc = _shrink_row(X, a_base, SLOTS, row, K, sxm, sas, sar, R, BLOCK_K)
+    tl.store(H + row * shm + module * R + tl.arange(0, R), acc)
 
 
 @triton.jit
