@@ -123,13 +123,16 @@ def test_fewer_target_passes_than_tokens(tiny: ModelParts) -> None:
     )
 
 
-def test_prefix_hits_and_preemption_keep_greedy_output(tiny: ModelParts) -> None:
+def pressure_keeps_greedy(tiny: ModelParts, spec_config: dict[str, Any]) -> LLMEngine:
+    """Speculation on a cache small enough to preempt, run twice (the second run hits the
+    prefix cache): both runs' greedy output equals plain decoding's. The engine, for more
+    checks."""
     prompts = looping_prompts(10, seed=1)
     params = greedy_params(len(prompts))
     expected = run(tiny.engine(), prompts, params)
     per_block = bytes_per_block(tiny.model.config, 16, torch.float32)
     engine = tiny.engine(
-        speculative_config=NGRAM, kv_cache_gib=14.5 * per_block / 1024**3, max_model_len=96
+        speculative_config=spec_config, kv_cache_gib=14.5 * per_block / 1024**3, max_model_len=96
     )
     engine.scheduler.watermark_blocks = 0  # admit up to the last block, so decodes preempt
     first = run(engine, prompts, params)
@@ -138,6 +141,11 @@ def test_prefix_hits_and_preemption_keep_greedy_output(tiny: ModelParts) -> None
     assert engine.stats().prefix_cache_hits > 0
     assert [o.token_ids for o in first] == [o.token_ids for o in expected]
     assert [o.token_ids for o in again] == [o.token_ids for o in expected]
+    return engine
+
+
+def test_prefix_hits_and_preemption_keep_greedy_output(tiny: ModelParts) -> None:
+    engine = pressure_keeps_greedy(tiny, NGRAM)
     assert engine.spec.stats.num_accepted_tokens > 0  # type: ignore[union-attr]
 
 

@@ -8,12 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from tests.engine.conftest import ModelParts
 from tests.engine.test_models import save_hf_model
-from tests.engine.test_spec_decode import greedy_params, looping_prompts, run
+from tests.engine.test_spec_decode import greedy_params, looping_prompts, pressure_keeps_greedy, run
 
-from deploylab.engine.kv_cache import bytes_per_block
 from deploylab.engine.spec_decode.draft_model import DraftModelProposer, truncated_model
 from deploylab.errors import ConfigError
 
@@ -66,20 +64,7 @@ def test_separate_draft_model_file(tiny: ModelParts, tmp_path: Path) -> None:
 
 
 def test_draft_model_with_preemption_and_prefix_hits(tiny: ModelParts) -> None:
-    prompts = looping_prompts(10, seed=1)
-    params = greedy_params(len(prompts))
-    expected = run(tiny.engine(), prompts, params)
-    per_block = bytes_per_block(tiny.model.config, 16, torch.float32)
-    engine = tiny.engine(
-        speculative_config=DRAFT, kv_cache_gib=14.5 * per_block / 1024**3, max_model_len=96
-    )
-    engine.scheduler.watermark_blocks = 0
-    first = run(engine, prompts, params)
-    again = run(engine, prompts, params)
-    assert engine.stats().num_preemptions_total > 0
-    assert engine.stats().prefix_cache_hits > 0
-    assert [o.token_ids for o in first] == [o.token_ids for o in expected]
-    assert [o.token_ids for o in again] == [o.token_ids for o in expected]
+    engine = pressure_keeps_greedy(tiny, DRAFT)
     draft_is_clean(engine)
 
 

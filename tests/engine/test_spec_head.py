@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from tests.engine.conftest import ModelParts
-from tests.engine.test_spec_decode import greedy_params, looping_prompts, run
+from tests.engine.test_spec_decode import greedy_params, looping_prompts, pressure_keeps_greedy, run
 
 from deploylab.engine import SamplingParams
-from deploylab.engine.kv_cache import bytes_per_block
 from deploylab.engine.spec_decode.head import DraftHead, HeadProposer, default_head_path
 from deploylab.errors import ConfigError
 
@@ -68,22 +67,8 @@ def test_head_greedy_output_identical(tiny: ModelParts, tmp_path: Path, settings
 
 
 def test_head_with_preemption_and_prefix_hits(tiny: ModelParts, tmp_path: Path) -> None:
-    prompts = looping_prompts(10, seed=1)
-    params = greedy_params(len(prompts))
-    expected = run(tiny.engine(), prompts, params)
-    per_block = bytes_per_block(tiny.model.config, 16, torch.float32)
     path = random_head(tiny, tmp_path / "h.safetensors", vocab=512)
-    engine = tiny.engine(
-        speculative_config=head_config(path), kv_cache_gib=14.5 * per_block / 1024**3,
-        max_model_len=96,
-    )  # fmt: skip
-    engine.scheduler.watermark_blocks = 0
-    first = run(engine, prompts, params)
-    again = run(engine, prompts, params)
-    assert engine.stats().num_preemptions_total > 0
-    assert engine.stats().prefix_cache_hits > 0
-    assert [o.token_ids for o in first] == [o.token_ids for o in expected]
-    assert [o.token_ids for o in again] == [o.token_ids for o in expected]
+    pressure_keeps_greedy(tiny, head_config(path))
 
 
 @pytest.mark.skipif(
