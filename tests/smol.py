@@ -4,13 +4,27 @@ each time). Callers must not change the weights."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 MODEL = "smollm2-135m-instruct"
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread: test ops are small, and on a shared 2-core machine a
+    second OpenMP thread mostly waits for a busy core (10x slower steps)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @functools.cache
@@ -26,12 +40,8 @@ def smol_model() -> Any:
     """The model in float32 on the CPU (parsed on one torch thread)."""
     from deploylab.engine.models.loader import load_model
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         model, _ = load_model(smol_path(), torch.float32, torch.device("cpu"))
-    finally:
-        torch.set_num_threads(before)
     return model
 
 

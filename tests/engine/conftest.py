@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,23 +9,12 @@ from typing import Any
 
 import pytest
 import torch
+from tests.smol import one_thread
 
 from deploylab.engine import LLM, EngineConfig, LLMEngine
 from deploylab.engine.models.llama import LlamaForCausalLM
 from deploylab.engine.models.loader import init_random_model
 from deploylab.engine.models.presets import get_preset
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one intra-op thread: engine test ops are small, and on a shared 2-core
-    machine a second OpenMP thread mostly waits for a busy core (10x slower steps)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -26,14 +26,10 @@ def _one_torch_thread() -> Iterator[None]:
     module fixtures get it too): beside the server subprocesses of these tests, a second
     OpenMP thread mostly waits for a busy core on 2 cores (many times slower). The servers
     themselves keep their own default."""
-    import torch
+    from tests.smol import one_thread
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def free_port() -> int:
