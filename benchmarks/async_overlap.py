@@ -102,8 +102,10 @@ class PhaseTimer:
 
 
 def set_mode(engine: Any, stepper: Any, on: bool, timer: PhaseTimer) -> None:
-    """Switch async scheduling (only between runs: nothing may be in flight)."""
+    """Switch async scheduling (only between runs: nothing may be in flight). The prefix
+    cache is emptied: each run computes its prompts (same prompts across runs)."""
     assert not engine.has_unfinished_requests()
+    engine.block_manager.evict_cached()
     if engine.overlap is not None:
         engine.overlap.inflight = None
     engine.overlap = stepper if on else None

@@ -45,6 +45,6 @@ def test_async_tokens_equal_sync_tokens_on_cuda() -> None:
         outs[on] = [o.token_ids for o in llm.generate(prompts, params)]
         engine = llm.llm_engine
         assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
-        del llm, engine
+        del llm, engine  # freed at once (no cycle keeps an engine alive)
         torch.cuda.empty_cache()
     assert outs[True] == outs[False]

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from deploylab.engine.backref import EngineBackRef
 from deploylab.engine.outputs import TokenLogprobs
 from deploylab.engine.scheduler import ScheduledSeq, SchedulerOutput
 from deploylab.engine.sequence import Sequence
@@ -158,6 +159,8 @@ def _logprobs(prev: _InFlight, tokens: list[int]) -> list[TokenLogprobs | None]:
 
 class OverlapStepper:
     """The engine's step with the host one step ahead of the device."""
+
+    engine = EngineBackRef()  # weak: no engine <-> helper cycle
 
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine

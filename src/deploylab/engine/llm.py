@@ -97,3 +97,11 @@ class LLM:
             )
             prompts.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
         return self.generate(prompts, sampling_params)
+
+    def reset_prefix_cache(self) -> bool:
+        """Drop every cached KV block no request holds (vLLM's name); True when none is
+        left. Benchmarks call it between runs so that a second run does not find the
+        first's prompts cached."""
+        manager = self.llm_engine.block_manager
+        manager.evict_cached()
+        return manager.num_cached_blocks == 0

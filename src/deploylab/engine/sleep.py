@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from deploylab.engine.backref import EngineBackRef
 from deploylab.engine.cpu_linear import prepack_linears, prepack_supported, unpack_linears
 from deploylab.engine.sleep_fixed import FixedAddresses, fix_kv, fix_weights
 from deploylab.engine.spec_decode.config import cuda_graph_rows
@@ -62,6 +63,8 @@ class _View:
 
 class EngineSleeper:
     """Sleep/wake state of one `LLMEngine` (weights' storages, the host copy, the level)."""
+
+    engine = EngineBackRef()  # weak: no engine <-> helper cycle
 
     def __init__(self, engine: object) -> None:
         self.engine = engine

@@ -81,7 +81,7 @@ def _sgmv_shrink(
         x = tl.load(x_ptr, mask=mm[:, None] & mk[None, :], other=0.0)
         a_ptr = A + slot * sas + offs_r[None, :] * sar + offs_k[:, None]
         a = tl.load(a_ptr, mask=mk[:, None], other=0.0)  # [BLOCK_K, R] = A[slot].T
-        acc += tl.dot(x, a.to(x.dtype))
+        acc += tl.dot(x, a.to(x.dtype), input_precision="ieee")  # no TF32 for float32
     tl.store(H + (start + offs_m)[:, None] * shm + offs_r[None, :], acc, mask=mm[:, None])
 
 
@@ -101,7 +101,7 @@ def _sgmv_expand(
     h = tl.load(H + (start + offs_m)[:, None] * shm + offs_r[None, :], mask=mm[:, None], other=0.0)
     b_ptr = B + slot * sbs + offs_n[None, :] * sbn + offs_r[:, None]
     b = tl.load(b_ptr, mask=mn[None, :], other=0.0)  # [R, BLOCK_N] = B[slot].T
-    delta = tl.dot(h.to(b.dtype), b)
+    delta = tl.dot(h.to(b.dtype), b, input_precision="ieee")
     y_ptr = Y + (start + offs_m)[:, None] * sym + offs_n[None, :]
     mask = mm[:, None] & mn[None, :]
     y = tl.load(y_ptr, mask=mask, other=0.0)
