@@ -74,7 +74,7 @@ class EngineConfig:
     kv_offload_disk_gib: float = 16.0
     kv_offload_policy: str = "auto"  # auto: a measured cost model; always: every hit
     # Tier copies layer by layer, the forward's layer l waiting only for layer l's blocks
-    # (kv_tiers/layerwise.py). None: on for the CPU, off on CUDA (not yet measured on a GPU).
+    # (kv_tiers/layerwise.py). None (default): on; False: the chunked copy before the step.
     kv_offload_layerwise: bool | None = None
     # Sleep mode (vLLM's flag): weights and KV cache at fixed addresses (engine/sleep_fixed.py)
     # so a wake maps memory back under them and keeps the CUDA graphs. Sleep works without it
