@@ -16,19 +16,29 @@ import triton
 import triton.language as tl
 
 SEGMENT_TILE = 16  # SGMV rows per tile (tl.dot's minimum)
+# BGMV shrink: input features per program. A decode row's shrink is a dot product of K
+# features per rank; one program looping over all of K (8192 for down_proj) waited on one
+# load after another, so K is split over programs and the expand sums the partials.
+BGMV_K_CHUNK = 512
+BGMV_BLOCK_K = 128
 
 
 @triton.jit
-def _shrink_row(X, A, SLOTS, row, K, sxm, sas, sar, R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """`x[row] @ A[slot].T` in float32 (`[R]`) for one decode row; zeros for base-model rows
-    (slot -1), which load nothing."""
+def _shrink_row(
+    X, A, SLOTS, row, K, sxm, sas, sar, R: tl.constexpr, BLOCK_K: tl.constexpr,
+    K_CHUNK: tl.constexpr,
+):  # fmt: skip
+    """Columns `[split * K_CHUNK, (split + 1) * K_CHUNK)` of `x[row] @ A[slot].T` in float32
+    (`[R]`) for one decode row (split = program axis 2); zeros for base-model rows (slot -1),
+    which load nothing. A fixed trip count per program keeps the loads in flight together."""
     slot = tl.load(SLOTS + row)
-    k_end = tl.where(slot >= 0, K, 0)
+    k_lo = tl.program_id(2) * K_CHUNK
+    k_end = tl.where(slot >= 0, tl.minimum(k_lo + K_CHUNK, K), 0)
     slot = tl.maximum(slot, 0)
     offs_r = tl.arange(0, R)
     acc = tl.zeros([R], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
+    for k0 in tl.static_range(0, K_CHUNK, BLOCK_K):
+        offs_k = k_lo + k0 + tl.arange(0, BLOCK_K)
         mk = offs_k < k_end
         x = tl.load(X + row * sxm + offs_k, mask=mk, other=0.0).to(tl.float32)
         a_ptr = A + slot * sas + offs_r[:, None] * sar + offs_k[None, :]
@@ -38,14 +48,31 @@ def _shrink_row(X, A, SLOTS, row, K, sxm, sas, sar, R: tl.constexpr, BLOCK_K: tl
 
 
 @triton.jit
-def _bgmv_shrink(X, A, H, SLOTS, K, sxm, sas, sar, shm, R: tl.constexpr, BLOCK_K: tl.constexpr):
-    row = tl.program_id(0)
-    acc = _shrink_row(X, A, SLOTS, row, K, sxm, sas, sar, R, BLOCK_K)
-    tl.store(H + row * shm + tl.arange(0, R), acc)
+def _partial_sum(H, row, col, shs, shm, R: tl.constexpr, SPLITS: tl.constexpr):
+    """`h[row, col : col + R]` summed over the shrink's K splits (a fixed order: the result
+    does not depend on which program ran first)."""
+    offs_r = tl.arange(0, R)
+    h = tl.zeros([R], dtype=tl.float32)
+    for s in tl.static_range(SPLITS):
+        h += tl.load(H + s * shs + row * shm + col + offs_r)
+    return h
 
 
 @triton.jit
-def _bgmv_expand(H, B, Y, SLOTS, N, shm, sbs, sbn, sym, R: tl.constexpr, BLOCK_N: tl.constexpr):
+def _bgmv_shrink(
+    X, A, H, SLOTS, K, sxm, sas, sar, shs, shm,
+    R: tl.constexpr, BLOCK_K: tl.constexpr, K_CHUNK: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0)
+    acc = _shrink_row(X, A, SLOTS, row, K, sxm, sas, sar, R, BLOCK_K, K_CHUNK)
+    tl.store(H + tl.program_id(2) * shs + row * shm + tl.arange(0, R), acc)
+
+
+@triton.jit
+def _bgmv_expand(
+    H, B, Y, SLOTS, N, shs, shm, sbs, sbn, sym,
+    R: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
+):  # fmt: skip
     row = tl.program_id(0)
     slot = tl.load(SLOTS + row)
     n_end = tl.where(slot >= 0, N, 0)  # base-model rows are left as they are
@@ -53,7 +80,7 @@ def _bgmv_expand(H, B, Y, SLOTS, N, shm, sbs, sbn, sym, R: tl.constexpr, BLOCK_N
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mn = offs_n < n_end
     offs_r = tl.arange(0, R)
-    h = tl.load(H + row * shm + offs_r)
+    h = _partial_sum(H, row, 0, shs, shm, R, SPLITS)
     b_ptr = B + slot * sbs + offs_n[:, None] * sbn + offs_r[None, :]
     b = tl.load(b_ptr, mask=mn[:, None], other=0.0).to(tl.float32)
     delta = tl.sum(b * h[None, :], axis=1)
@@ -110,10 +137,11 @@ def _sgmv_expand(
 
 @triton.jit
 def _bgmv_shrink_multi(
-    X, A0, A1, A2, H, SLOTS, K, sxm, sas, sar, shm, R: tl.constexpr, BLOCK_K: tl.constexpr
-):
+    X, A0, A1, A2, H, SLOTS, K, sxm, sas, sar, shs, shm,
+    R: tl.constexpr, BLOCK_K: tl.constexpr, K_CHUNK: tl.constexpr,
+):  # fmt: skip
     """BGMV shrink of up to 3 projections sharing the input (q/k/v, gate/up): program
-    (row, module) writes `H[row, module * R : (module + 1) * R]`."""
+    (row, module, split) writes split's partial of `H[row, module * R : (module + 1) * R]`."""
     row = tl.program_id(0)
     module = tl.program_id(1)
     if module == 0:
@@ -122,14 +150,14 @@ def _bgmv_shrink_multi(
         a_base = A1
     else:
         a_base = A2
-    acc = _shrink_row(X, a_base, SLOTS, row, K, sxm, sas, sar, R, BLOCK_K)
-    tl.store(H + row * shm + module * R + tl.arange(0, R), acc)
+    acc = _shrink_row(X, a_base, SLOTS, row, K, sxm, sas, sar, R, BLOCK_K, K_CHUNK)
+    tl.store(H + tl.program_id(2) * shs + row * shm + module * R + tl.arange(0, R), acc)
 
 
 @triton.jit
 def _bgmv_expand_multi(
-    H, B0, B1, B2, Y, SLOTS, N0, N1, N2, sbs0, sbs1, sbs2, sbn, shm, sym,
-    R: tl.constexpr, BLOCK_N: tl.constexpr,
+    H, B0, B1, B2, Y, SLOTS, N0, N1, N2, sbs0, sbs1, sbs2, sbn, shs, shm, sym,
+    R: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
 ):  # fmt: skip
     """BGMV expand of up to 3 projections whose outputs are adjacent columns of Y."""
     row = tl.program_id(0)
@@ -146,13 +174,19 @@ def _bgmv_expand_multi(
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mn = offs_n < n_end
     offs_r = tl.arange(0, R)
-    h = tl.load(H + row * shm + module * R + offs_r)
+    h = _partial_sum(H, row, module * R, shs, shm, R, SPLITS)
     b_ptr = b_base + slot * sbs + offs_n[:, None] * sbn + offs_r[None, :]
     b = tl.load(b_ptr, mask=mn[:, None], other=0.0).to(tl.float32)
     delta = tl.sum(b * h[None, :], axis=1)
     y_ptr = Y + row * sym + col + offs_n
     y = tl.load(y_ptr, mask=mn, other=0.0)
     tl.store(y_ptr, (y.to(tl.float32) + delta).to(y.dtype), mask=mn)
+
+
+def _k_split(k: int) -> tuple[int, int]:
+    """(K chunk per program, number of chunks) of a BGMV shrink over `k` input features."""
+    chunk = min(triton.next_power_of_2(k), BGMV_K_CHUNK)
+    return chunk, triton.cdiv(k, chunk)
 
 
 @dataclass
@@ -180,15 +214,17 @@ class LoraStepPlan:
         x = x.contiguous()
         rows, k = x.shape
         r, count = self.rank, len(a)
-        h = torch.empty(rows, count * r, dtype=torch.float32, device=x.device)
         d = self.num_decodes
+        # Decode rows: one partial shrink result per K split; prefill rows: one result.
+        hd = torch.empty(_k_split(k)[1], d, count * r, dtype=torch.float32, device=x.device)
+        h = torch.empty(rows, count * r, dtype=torch.float32, device=x.device)
         if d and self.fused_decode:
-            self._decode_fused(x, y, h, a, b, widths)
+            self._decode_fused(x, y, hd, a, b, widths)
         offs = [sum(widths[:i]) for i in range(count)]
         for i in range(count):
             hi, yi = h[:, i * r : (i + 1) * r], y[:, offs[i] : offs[i] + widths[i]]
             if d and not self.fused_decode:
-                self._decode_one(x, yi, hi, a[i], b[i])
+                self._decode_one(x, yi, hd[:, :, i * r : (i + 1) * r], a[i], b[i])
             if self.tiles is not None:
                 self._segments(x, yi, hi, a[i], b[i])
 
@@ -199,27 +235,30 @@ class LoraStepPlan:
         d, r, count = self.num_decodes, self.rank, len(a)
         a3, b3 = (a * 3)[:3], (b * 3)[:3]
         n3 = (widths + [0, 0])[:3]
-        _bgmv_shrink_multi[(d, count)](
+        chunk, splits = _k_split(x.shape[1])
+        _bgmv_shrink_multi[(d, count, splits)](
             x, a3[0], a3[1], a3[2], h, self.decode_slots, x.shape[1], x.stride(0),
-            a[0].stride(0), a[0].stride(1), h.stride(0), R=r, BLOCK_K=128,
+            a[0].stride(0), a[0].stride(1), h.stride(0), h.stride(1), R=r,
+            BLOCK_K=min(BGMV_BLOCK_K, chunk), K_CHUNK=chunk,
         )  # fmt: skip
         _bgmv_expand_multi[(d, triton.cdiv(max(widths), 128), count)](
             h, b3[0], b3[1], b3[2], y, self.decode_slots, n3[0], n3[1], n3[2],
             b3[0].stride(0), b3[1].stride(0), b3[2].stride(0), b[0].stride(1), h.stride(0),
-            y.stride(0), R=r, BLOCK_N=128,
+            h.stride(1), y.stride(0), R=r, BLOCK_N=128, SPLITS=splits,
         )  # fmt: skip
 
     def _decode_one(
         self, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor
     ) -> None:
         d, r, n = self.num_decodes, self.rank, y.shape[1]
-        _bgmv_shrink[(d,)](
+        chunk, splits = _k_split(x.shape[1])
+        _bgmv_shrink[(d, 1, splits)](
             x, a, h, self.decode_slots, x.shape[1], x.stride(0), a.stride(0), a.stride(1),
-            h.stride(0), R=r, BLOCK_K=128,
+            h.stride(0), h.stride(1), R=r, BLOCK_K=min(BGMV_BLOCK_K, chunk), K_CHUNK=chunk,
         )  # fmt: skip
         _bgmv_expand[(d, triton.cdiv(n, 128))](
-            h, b, y, self.decode_slots, n, h.stride(0), b.stride(0), b.stride(1),
-            y.stride(0), R=r, BLOCK_N=128,
+            h, b, y, self.decode_slots, n, h.stride(0), h.stride(1), b.stride(0), b.stride(1),
+            y.stride(0), R=r, BLOCK_N=128, SPLITS=splits,
         )  # fmt: skip
 
     def _segments(
