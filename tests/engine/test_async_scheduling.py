@@ -125,6 +125,13 @@ def test_async_scheduling_is_refused_beside_speculation(tiny: ModelParts) -> Non
     assert tiny.engine(async_scheduling=True).overlap is not None
 
 
+def test_default_is_off_on_the_cpu(tiny: ModelParts) -> None:
+    """The default (None) turns async scheduling on with CUDA only; on the CPU it gains
+    nothing (tests/engine/test_async_scheduling_gpu.py checks the CUDA default)."""
+    assert tiny.engine().overlap is None
+    assert tiny.engine(async_scheduling=False).overlap is None
+
+
 def test_chunked_prefill_and_mixed_steps_overlap_too(tiny: ModelParts) -> None:
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
     prompts = [[(7 * i + j) % 500 + 1 for j in range(40 + 9 * i)] for i in range(4)]

