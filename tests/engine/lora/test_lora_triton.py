@@ -49,6 +49,29 @@ def test_kernels_match_torch(fused: bool, k: int) -> None:
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_many_decode_rows_span_several_row_tiles(fused: bool) -> None:
+    """150 decode rows (more than one row tile of the slot-grouped kernels), slots scattered
+    over the rows as a length-sorted batch leaves them, base-model rows among them."""
+    gen = torch.Generator().manual_seed(1)
+    k, r, widths, rows = 200, 16, [48, 16], 150
+    a = [torch.randn(5, r, k, generator=gen) for _ in widths]
+    b = [torch.randn(5, n, r, generator=gen) for n in widths]
+    slots = torch.randint(-1, 5, (rows,), generator=gen).tolist()
+    x = torch.randn(rows, k, generator=gen)
+    y = torch.randn(rows, sum(widths), generator=gen)
+    expected = y.clone()
+    for i, s in enumerate(slots):
+        if s >= 0:
+            expected[i] += torch.cat(
+                [(x[i] @ ai[s].T) @ bi[s].T for ai, bi in zip(a, b, strict=True)]
+            )
+    plan = LoraKernels(fused).plan(slots, [], r, DEVICE)
+    got = y.to(DEVICE)
+    plan.apply(x.to(DEVICE), got, [t.to(DEVICE) for t in a], [t.to(DEVICE) for t in b], widths)
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-3, atol=1e-3)
+
+
 def test_self_check_passes() -> None:
     check_kernels(DEVICE, True)
 
