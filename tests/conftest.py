@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 
@@ -19,3 +21,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _free_cuda_memory_after_gpu_tests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a `gpu` test, collect what it dropped and return the cached blocks: engines size
+    their KV cache from the device's free memory, so one test's leftovers must not shrink
+    the next one's budget."""
+    yield
+    if "gpu" in request.keywords:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

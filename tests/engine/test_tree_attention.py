@@ -274,3 +274,35 @@ def test_llm_prefix_hits_decode_identically_with_tree_attention(smol: ModelParts
     assert bm.num_free_blocks == bm.num_blocks
     want = [o.token_ids for o in smol.llm().generate(prompts, greedy)]
     assert got == want
+
+
+def _forked(width: int, prefix: int, suffix: int = 64, bs: int = 16) -> tuple[list, list]:
+    """Block tables and lengths of `width` branches forked from one `prefix`-token prompt."""
+    shared = list(range(prefix // bs))
+    own = -(-(prefix % bs + suffix) // bs)
+    nxt = len(shared)
+    tables = []
+    for _ in range(width):
+        tables.append(shared + list(range(nxt, nxt + own)))
+        nxt += own
+    return tables, [prefix + suffix] * width
+
+
+@pytest.mark.parametrize(
+    ("width", "prefix", "won_on_h100"),
+    [(2, 4096, False), (4, 4096, True), (16, 1024, True), (64, 256, False), (16, 256, False),
+     (4, 1024, False), (2, 16384, True), (64, 1024, True), (16, 16384, True), (2, 0, False)],
+)  # fmt: skip
+def test_default_decoder_picks_the_tree_where_it_won_on_the_h100(
+    width: int, prefix: int, won_on_h100: bool
+) -> None:
+    """The CUDA defaults reproduce the measured crossover (docs/benchmarks.md)."""
+    from deploylab.engine.triton_tree import TreeDecoder
+
+    decoder = TreeDecoder(32, 8, 16)
+    tables, lens = _forked(width, prefix)
+    assert (decoder.plan(tables, lens) is not None) is won_on_h100
+    assert (
+        TreeDecoder(32, 8, 16, min_saved_tokens=0, min_saved_per_row=0).plan(*_forked(16, 256))
+        is not None
+    )  # the CPU floors: any saving above min_savings

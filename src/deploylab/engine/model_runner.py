@@ -79,7 +79,10 @@ class ModelRunner:
         # Tree attention for decode steps whose rows share blocks (needs the paged kernel).
         self.tree: TreeDecoder | None = None
         if tree_attention or (tree_attention is None and self.paged_decode is not None):
+            # The crossover thresholds are the H100's; the CPU path (tests) takes any saving.
             self.tree = TreeDecoder(config.num_attention_heads, kvh, self.block_size)
+            if device.type != "cuda":  # the thresholds are the H100's; the CPU path is for tests
+                self.tree.min_saved_tokens = self.tree.min_saved_per_row = 0
         self.graphs: DecodeGraphs | None = None
         self.lora: LoraManager | None = None  # the multi-LoRA hook (engine/lora), set by the engine
         # Filled by `execute` for prefill chunks of requests that want prompt logprobs:

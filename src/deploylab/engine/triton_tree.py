@@ -323,7 +323,12 @@ class StaticTreePlan:
 
 
 class TreeDecoder:
-    """Decides per decode step whether tree attention pays and builds its plan."""
+    """Decides per decode step whether tree attention pays and builds its plan.
+
+    The defaults follow the H100 crossover grid (docs/benchmarks.md, 23 cases of width 2-64
+    and shared prefix 0-32k): the tree kernel won exactly where it saved at least 12,288 KV
+    token reads per KV head in all and 768 per row; below that (short prefixes, two
+    branches of 4k) the plain kernel was faster."""
 
     def __init__(
         self,
@@ -332,10 +337,14 @@ class TreeDecoder:
         block_size: int,
         min_savings: float = 0.25,
         programs: int = 264,
+        min_saved_tokens: int = 12288,
+        min_saved_per_row: int = 768,
     ) -> None:
         self.block_size = block_size
         self.rows_per_task = rows_per_task(heads, kv_heads)
         self.min_savings = min_savings
+        self.min_saved_tokens = min_saved_tokens
+        self.min_saved_per_row = min_saved_per_row
         # Wide tasks to aim for: `programs` (about two per multiprocessor) over the KV heads.
         self.target_wide_tasks = max(1, programs // kv_heads)
         self.steps = 0  # decode steps that ran tree attention
@@ -352,7 +361,13 @@ class TreeDecoder:
             max_wide_tasks=256,
             target_wide_tasks=self.target_wide_tasks,
         )
-        return plan if plan.savings >= self.min_savings else None
+        saved = plan.tokens_plain - plan.tokens_read
+        pays = (
+            plan.savings >= self.min_savings
+            and saved >= self.min_saved_tokens
+            and saved >= self.min_saved_per_row * len(lens)
+        )
+        return plan if pays else None
 
     def eager(self, plan: TreePlan, device: torch.device) -> Callable[..., torch.Tensor]:
         """A paged-decode-shaped kernel running `plan` (eager steps; the Triton kernels on

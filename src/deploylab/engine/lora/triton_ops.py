@@ -1,7 +1,6 @@
-"""Triton LoRA kernels for CUDA, Punica-style: for decode rows (one token per row, the
-adapter slot of each row read from a tensor, so a captured CUDA graph serves any mix) the
-slot-grouped kernels of `triton_grouped` (fused decode, the default) or BGMV, one program
-per row; SGMV for prefill segments (tiles of up to 16 tokens of one adapter, tensor cores).
+"""Triton LoRA kernels for CUDA, Punica-style: BGMV for decode rows (one token per row, the
+adapter slot of each row read from a tensor, so a captured CUDA graph serves any mix) and
+SGMV for prefill segments (tiles of up to 16 tokens of one adapter, tensor-core matmuls).
 
 Each projection's correction is two launches per kind: shrink `h = x @ A[slot].T` (float32
 `[T, R]`) then expand `y += h @ B[slot].T`. Slots hold zeros past an adapter's rank and for
@@ -15,8 +14,6 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-
-from deploylab.engine.lora.triton_grouped import ROW_TILE, grouped_expand, grouped_shrink
 
 SEGMENT_TILE = 16  # SGMV rows per tile (tl.dot's minimum)
 # BGMV shrink: input features per program. A decode row's shrink is a dot product of K
@@ -138,6 +135,54 @@ def _sgmv_expand(
     tl.store(y_ptr, (y.to(tl.float32) + delta).to(y.dtype), mask=mask)
 
 
+@triton.jit
+def _bgmv_shrink_multi(
+    X, A0, A1, A2, H, SLOTS, K, sxm, sas, sar, shs, shm,
+    R: tl.constexpr, BLOCK_K: tl.constexpr, K_CHUNK: tl.constexpr,
+):  # fmt: skip
+    """BGMV shrink of up to 3 projections sharing the input (q/k/v, gate/up): program
+    (row, module, split) writes split's partial of `H[row, module * R : (module + 1) * R]`."""
+    row = tl.program_id(0)
+    module = tl.program_id(1)
+    if module == 0:
+        a_base = A0
+    elif module == 1:
+        a_base = A1
+    else:
+        a_base = A2
+    acc = _shrink_row(X, a_base, SLOTS, row, K, sxm, sas, sar, R, BLOCK_K, K_CHUNK)
+    tl.store(H + tl.program_id(2) * shs + row * shm + module * R + tl.arange(0, R), acc)
+
+
+@triton.jit
+def _bgmv_expand_multi(
+    H, B0, B1, B2, Y, SLOTS, N0, N1, N2, sbs0, sbs1, sbs2, sbn, shs, shm, sym,
+    R: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
+):  # fmt: skip
+    """BGMV expand of up to 3 projections whose outputs are adjacent columns of Y."""
+    row = tl.program_id(0)
+    module = tl.program_id(2)
+    if module == 0:
+        b_base, n_mod, col, sbs = B0, N0, N0 - N0, sbs0  # col: a runtime 0, same type
+    elif module == 1:
+        b_base, n_mod, col, sbs = B1, N1, N0, sbs1
+    else:
+        b_base, n_mod, col, sbs = B2, N2, N0 + N1, sbs2
+    slot = tl.load(SLOTS + row)
+    n_end = tl.where(slot >= 0, n_mod, 0)
+    slot = tl.maximum(slot, 0)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mn = offs_n < n_end
+    offs_r = tl.arange(0, R)
+    h = _partial_sum(H, row, module * R, shs, shm, R, SPLITS)
+    b_ptr = b_base + slot * sbs + offs_n[:, None] * sbn + offs_r[None, :]
+    b = tl.load(b_ptr, mask=mn[:, None], other=0.0).to(tl.float32)
+    delta = tl.sum(b * h[None, :], axis=1)
+    y_ptr = Y + row * sym + col + offs_n
+    y = tl.load(y_ptr, mask=mn, other=0.0)
+    tl.store(y_ptr, (y.to(tl.float32) + delta).to(y.dtype), mask=mn)
+
+
 def _k_split(k: int) -> tuple[int, int]:
     """(K chunk per program, number of chunks) of a BGMV shrink over `k` input features."""
     chunk = min(triton.next_power_of_2(k), BGMV_K_CHUNK)
@@ -187,21 +232,19 @@ class LoraStepPlan:
         self, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, a: list[torch.Tensor],
         b: list[torch.Tensor], widths: list[int],
     ) -> None:  # fmt: skip
-        """All projections of the group in one launch pair, decode rows grouped by slot."""
         d, r, count = self.num_decodes, self.rank, len(a)
-        slots = a[0].shape[0]
         a3, b3 = (a * 3)[:3], (b * 3)[:3]
         n3 = (widths + [0, 0])[:3]
         chunk, splits = _k_split(x.shape[1])
-        grouped_shrink[(slots, count, splits)](
-            x, a3[0], a3[1], a3[2], h, self.decode_slots, d, x.shape[1], x.stride(0),
-            a[0].stride(0), a[0].stride(1), h.stride(0), h.stride(1), R=r, BLOCK_M=ROW_TILE,
-            BLOCK_K=min(64, chunk), K_CHUNK=chunk,
+        _bgmv_shrink_multi[(d, count, splits)](
+            x, a3[0], a3[1], a3[2], h, self.decode_slots, x.shape[1], x.stride(0),
+            a[0].stride(0), a[0].stride(1), h.stride(0), h.stride(1), R=r,
+            BLOCK_K=min(BGMV_BLOCK_K, chunk), K_CHUNK=chunk,
         )  # fmt: skip
-        grouped_expand[(slots, triton.cdiv(max(widths), 128), count)](
-            h, b3[0], b3[1], b3[2], y, self.decode_slots, d, n3[0], n3[1], n3[2],
+        _bgmv_expand_multi[(d, triton.cdiv(max(widths), 128), count)](
+            h, b3[0], b3[1], b3[2], y, self.decode_slots, n3[0], n3[1], n3[2],
             b3[0].stride(0), b3[1].stride(0), b3[2].stride(0), b[0].stride(1), h.stride(0),
-            h.stride(1), y.stride(0), R=r, BLOCK_M=ROW_TILE, BLOCK_N=128, SPLITS=splits,
+            h.stride(1), y.stride(0), R=r, BLOCK_N=128, SPLITS=splits,
         )  # fmt: skip
 
     def _decode_one(
