@@ -15,6 +15,8 @@ from gguf.quants import dequantize
 from deploylab.engine import EngineConfig, SamplingParams
 from deploylab.engine.cpu_quant import (
     Int4Weight,
+    Int8Weight,
+    apply_quantization,
     is_int4,
     q4_blocks,
     quantize_from_gguf,
@@ -48,6 +50,20 @@ def test_int4_weight_computes_its_formula() -> None:
     assert weight.matmul(x).dtype == torch.float32
 
 
+def test_int8_head_computes_its_formula_with_rows_independent_of_the_batch() -> None:
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(96, 64, generator=gen)
+    head = Int8Weight(w)
+    assert head.codes.dtype == torch.int8 and int(head.codes.abs().max()) == 127
+    x = torch.randn(5, 64, generator=gen)
+    dequantized = head.codes.float() * head.scales.float()[:, None]
+    torch.testing.assert_close(dequantized, w, atol=w.abs().max() / 127, rtol=0)
+    got = head.matmul(x)
+    torch.testing.assert_close(got, x @ w.t(), atol=0.1, rtol=0.02)
+    alone = torch.cat([head.matmul(x[i : i + 1]) for i in range(5)])
+    assert torch.equal(got, alone)
+
+
 def test_int4_greedy_matches_float_path(smol) -> None:
     """The quantized layers hold the file's weights; greedy decode agrees with the float path
     over a short answer (measured: identical for 48 tokens on 3 of 4 prompts, docs/engine.md)."""
@@ -56,7 +72,11 @@ def test_int4_greedy_matches_float_path(smol) -> None:
     model, _ = load_model(smol.path, torch.float32, CPU)  # own copy: the shared one is packed
     assert quantize_from_gguf(model, smol.path) == 7 * model.config.num_hidden_layers
     assert is_int4(model.model.layers[0].self_attn.q_proj)
-    assert not is_int4(model.lm_head)  # the Q8_0 head stays float
+    assert not is_int4(model.lm_head)  # the Q8_0 head: int8 per row, by apply_quantization
+    config = EngineConfig(model=str(smol.path), quantization="int4")
+    model, _ = load_model(smol.path, torch.float32, CPU)
+    assert apply_quantization(config, model, CPU, own=True) == "int4"
+    assert is_int4(model.model.layers[0].mlp.down_proj) and is_int4(model.lm_head)
     params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
     prompt = "The capital of France is"
     exact = smol.llm(quantization="none").generate(prompt, params)[0].token_ids

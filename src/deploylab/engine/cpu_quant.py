@@ -111,7 +111,7 @@ class Int4Weight:
 
 
 def _int4_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    quant: Int4Weight = self.__dict__["_deploylab_int4"]
+    quant: Int4Weight | Int8Weight = self.__dict__["_deploylab_int4"]
     rows = x.numel() // x.shape[-1]
     if rows > INT4_MAX_ROWS or torch.is_grad_enabled():
         float_forward: Callable[[torch.Tensor], torch.Tensor] = self.__dict__["_deploylab_float"]
@@ -120,6 +120,36 @@ def _int4_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if self.bias is not None:
         out = out + self.bias
     return out.view(*x.shape[:-1], quant.out_features)
+
+
+class Int8Weight:
+    """A linear weight as int8 with one scale per output row, for `_weight_int8pack_mm`
+    (bfloat16 activations; the LM head, which a GGUF stores as Q8_0 and the float path
+    reads as float32: two thirds of a decode step's weight bytes for the default model)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        w = weight.detach().float()
+        scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        self.codes = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+        self.scales = scales.to(torch.bfloat16)
+        self.out_features = w.shape[0]
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x (rows, in_features) -> (rows, out_features) in x's dtype."""
+        out = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.codes, self.scales)
+        return out.to(x.dtype)
+
+
+def quantize_lm_head(model: nn.Module) -> bool:
+    """Give the model's LM head the int8 forward (rows scaled per output); False if it has
+    none or it is not a plain linear layer."""
+    head = getattr(model, "lm_head", None)
+    if type(head) is not nn.Linear or head.bias is not None:
+        return False
+    head.__dict__["_deploylab_int4"] = Int8Weight(head.weight)
+    head.__dict__["_deploylab_float"] = head.forward
+    head.forward = types.MethodType(_int4_forward, head)  # type: ignore[method-assign]
+    return True
 
 
 def quantize_from_gguf(model: nn.Module, path: Path) -> int:
@@ -195,4 +225,5 @@ def apply_quantization(
                     "quantized; use --quantization none."
                 )
             return "none"
+        quantize_lm_head(model)
     return method
