@@ -55,8 +55,10 @@ def test_adapters_change_the_answer(reference: dict[str, Any]) -> None:
     [
         {},
         {"max_num_batched_tokens": 7, "max_num_seqs": 4, "enable_prefix_caching": False},
+        {"async_scheduling": True},
+        {"async_scheduling": True, "max_num_batched_tokens": 7, "max_num_seqs": 4},
     ],
-    ids=["one-batch", "chunked-prefill"],
+    ids=["one-batch", "chunked-prefill", "async", "async-chunked"],
 )
 def test_mixed_batch_matches_peft(
     tiny: Any, reference: dict[str, Any], overrides: dict[str, Any]

@@ -35,8 +35,10 @@ def test_prefix_cache_is_keyed_by_adapter(tiny: Any, tmp_path: Path) -> None:
     llm.llm_engine.block_manager.check_invariants()
 
 
-def test_lru_slots_under_random_traffic(tiny: Any, tmp_path: Path) -> None:
-    """Six adapters, two device slots, three host copies: every answer is its own adapter's."""
+@pytest.mark.parametrize("overlap", [False, True], ids=["sync", "async"])
+def test_lru_slots_under_random_traffic(tiny: Any, tmp_path: Path, overlap: bool) -> None:
+    """Six adapters, two device slots, three host copies: every answer is its own adapter's
+    (also with async scheduling, where slots turn over one step behind the device)."""
     targets = ("q_proj", "v_proj", "down_proj", "up_proj")
     specs = [
         AdapterSpec(f"z{i}", 2 + 2 * (i % 3), 8, targets[: 1 + i % 4], seed=10 + i)
@@ -50,7 +52,11 @@ def test_lru_slots_under_random_traffic(tiny: Any, tmp_path: Path) -> None:
     rng = random.Random(5)
     names: list[str | None] = [rng.choice([*paths, None]) for _ in range(24)]
     prompts = [[rng.randrange(3, 512) for _ in range(rng.randrange(4, 20))] for _ in names]
-    llm = tiny.llm(lora_modules=paths, max_loras=2, max_cpu_loras=3, max_num_seqs=6)
+    llm = tiny.llm(
+        lora_modules=paths, max_loras=2, max_cpu_loras=3, max_num_seqs=6,
+        async_scheduling=overlap,
+    )  # fmt: skip
+    assert (llm.llm_engine.overlap is not None) is overlap
     outs = llm.generate(prompts, GREEDY, lora=names)
     expected = [greedy(models[n], p, N_NEW) for p, n in zip(prompts, names, strict=True)]
     assert [o.token_ids for o in outs] == expected
