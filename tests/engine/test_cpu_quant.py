@@ -77,6 +77,14 @@ def test_int4_greedy_matches_float_path(smol) -> None:
     model, _ = load_model(smol.path, torch.float32, CPU)
     assert apply_quantization(config, model, CPU, own=True) == "int4"
     assert is_int4(model.model.layers[0].mlp.down_proj) and is_int4(model.lm_head)
+    # q/k/v and gate/up as one int4 call each: the same values as the layers' own calls
+    attn, mlp = model.model.layers[2].self_attn, model.model.layers[2].mlp
+    assert attn.qkv_fn is not None and mlp.gate_up_fn is not None
+    x = torch.randn(5, model.config.hidden_size)
+    with torch.inference_mode():
+        fused = [*attn.qkv_fn(x), *mlp.gate_up_fn(x)]
+        alone = [attn.q_proj(x), attn.k_proj(x), attn.v_proj(x), mlp.gate_proj(x), mlp.up_proj(x)]
+    assert all(torch.equal(a, b) for a, b in zip(fused, alone, strict=True))
     params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
     prompt = "The capital of France is"
     exact = smol.llm(quantization="none").generate(prompt, params)[0].token_ids

@@ -162,6 +162,7 @@ def quantize_from_gguf(model: nn.Module, path: Path) -> int:
     config: Any = getattr(model, "config", None)
     modules = dict(model.named_modules())
     count = 0
+    parts_of: dict[str, list[torch.Tensor]] = {}
     for t in GGUFReader(str(path)).tensors:
         kind = t.tensor_type.name
         name = hf_name(t.name)
@@ -178,8 +179,42 @@ def quantize_from_gguf(model: nn.Module, path: Path) -> int:
         layer.__dict__["_deploylab_int4"] = Int4Weight(*parts)
         layer.__dict__["_deploylab_float"] = layer.forward
         layer.forward = types.MethodType(_int4_forward, layer)  # type: ignore[method-assign]
+        parts_of[name[: -len(".weight")]] = parts
         count += 1
+    _fuse_projections(modules, parts_of)
     return count
+
+
+class _FusedInt4:
+    """Several int4 linears of one input as one kernel call (q/k/v, gate/up): one cast of the
+    input and one call instead of three, the outputs split as views. Each output column is
+    computed as in its own layer's call, so the results are the same."""
+
+    def __init__(self, layers: list[nn.Module], parts: list[list[torch.Tensor]]) -> None:
+        self.layers = layers
+        self.weight = Int4Weight(*(torch.cat(p) for p in zip(*parts, strict=True)))
+        self.sizes = [int(p[0].shape[0]) for p in parts]
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if torch.is_grad_enabled():  # each layer's own forward (the float path under autograd)
+            return tuple(layer(x) for layer in self.layers)
+        out = self.weight.matmul(x.reshape(-1, x.shape[-1]))
+        return tuple(o.view(*x.shape[:-1], -1) for o in out.split(self.sizes, dim=-1))
+
+
+def _fuse_projections(
+    modules: dict[str, nn.Module], parts_of: dict[str, list[torch.Tensor]]
+) -> None:
+    """Hand each attention (MLP) whose q/k/v (gate/up) are all int4 a fused projection."""
+    groups = (("qkv_fn", ("q_proj", "k_proj", "v_proj")), ("gate_up_fn", ("gate_proj", "up_proj")))
+    for name, module in modules.items():
+        for attr, children in groups:
+            keys = [f"{name}.{c}" for c in children]
+            if hasattr(module, attr) and all(k in parts_of for k in keys):
+                biased = any(getattr(module, c).bias is not None for c in children)
+                if not biased:
+                    layers = [getattr(module, c) for c in children]
+                    setattr(module, attr, _FusedInt4(layers, [parts_of[k] for k in keys]))
 
 
 def _rotary_heads(name: str, config: Any) -> int:

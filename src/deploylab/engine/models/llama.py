@@ -27,6 +27,9 @@ KVPair = tuple[torch.Tensor, torch.Tensor]
 # Per-row adapter corrections, passed in by the runtime: `lora(x, y, modules)` returns `y`
 # (the concatenated outputs of the linear `modules` for input `x`) plus each row's LoRA delta.
 LoraFn = Callable[[torch.Tensor, torch.Tensor, tuple[nn.Linear, ...]], torch.Tensor]
+# A fused projection passed in by the runtime (the CPU int4 path): `fn(x)` returns the outputs
+# of several linear layers of the same input in one call, e.g. (q, k, v) or (gate, up).
+ProjectFn = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
 # SDPA backends for the CUDA path, flash first: cuDNN attention costs 1.6-2.6 ms of CPU per
 # call in PyTorch 2.11 (measured on H100), which made the engine's steps CPU-bound.
 CUDA_SDPA_PRIORITY = [
@@ -84,10 +87,14 @@ class LlamaMLP(nn.Module):
         # Stacked gate/up weights, set by `LlamaForCausalLM.fuse_for_cuda`.
         self.gate_up_weight: torch.Tensor | None = None
         self.gate_up_bias: torch.Tensor | None = None
+        self.gate_up_fn: ProjectFn | None = None  # (gate, up) in one call, from the runtime
 
     def forward(self, x: torch.Tensor, lora: LoraFn | None = None) -> torch.Tensor:
         if lora is not None:
             return self._forward_lora(x, lora)
+        if self.gate_up_fn is not None:
+            gate, up = self.gate_up_fn(x)
+            return self.down_proj(F.silu(gate) * up)
         if self.gate_up_weight is not None:
             gate_up = F.linear(x, self.gate_up_weight, self.gate_up_bias)
             return self.down_proj(gpu_kernels.silu_mul(gate_up))
@@ -122,6 +129,7 @@ class LlamaAttention(nn.Module):
         # Stacked q/k/v weights, set by `LlamaForCausalLM.fuse_for_cuda`.
         self.qkv_weight: torch.Tensor | None = None
         self.qkv_bias: torch.Tensor | None = None
+        self.qkv_fn: ProjectFn | None = None  # (q, k, v) in one call, from the runtime
         if config.qk_norm:
             self.q_norm = RMSNorm(d, config.rms_norm_eps)
             self.k_norm = RMSNorm(d, config.rms_norm_eps)
@@ -131,7 +139,10 @@ class LlamaAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q `[..., H, d]`, k and v `[..., kv_heads, d]`, with norms and RoPE applied."""
         lead = x.shape[:-1]
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.qkv_fn is not None and lora is None:
+            q, k, v = self.qkv_fn(x)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if lora is not None:
             q = lora(x, q, (self.q_proj,))
             k = lora(x, k, (self.k_proj,))
