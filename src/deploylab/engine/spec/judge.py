@@ -89,9 +89,10 @@ class JudgeHead(nn.Module):
         with torch.no_grad():
             return float(loss_fn(self.linear(x).squeeze(-1), y))
 
-    def save(self, path: str | Path) -> None:
-        """Write the judge next to its model: weights in safetensors, size and delta as metadata."""
-        meta = {"hidden_size": str(self.hidden_size), "delta": repr(self.delta)}
+    def save(self, path: str | Path, extra: dict[str, str] | None = None) -> None:
+        """Write the judge next to its model: weights in safetensors, size and delta (and
+        `extra`, e.g. how it was trained) as metadata."""
+        meta = {**(extra or {}), "hidden_size": str(self.hidden_size), "delta": repr(self.delta)}
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(tensors, str(path), metadata=meta)
 

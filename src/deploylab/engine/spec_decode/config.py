@@ -20,6 +20,11 @@ _KEYS = (
     "model",
     "draft_layers",
     "cuda_graph_verify",
+    "cascade_rule",
+    "cascade_alpha",
+    "judge",
+    "judge_path",
+    "judge_delta",
 )
 
 
@@ -45,6 +50,17 @@ class SpeculativeConfig:
     # 64, k = 4: 8.4 ms against 42.6 ms eager; same logits as k + 1 single decode steps);
     # off: a step with drafts runs eagerly.
     cuda_graph_verify: bool = True
+    # Lossy, opt-in: speculative cascades (engine/spec/cascades.py). Drafts are verified against
+    # the cascade target of this deferral rule and lenience instead of the target itself, so
+    # the output no longer follows the target exactly. None: the exact rules.
+    cascade_rule: str | None = None
+    cascade_alpha: float = 0.0
+    # Lossy, opt-in: judge decoding (engine/spec/judge.py). A draft is also kept when a linear
+    # judge on the target's hidden state at that draft fires. judge_path: the judge file
+    # (None: the one shipped for the default model); judge_delta: None takes the file's.
+    judge: bool = False
+    judge_path: str | None = None
+    judge_delta: float | None = None
 
 
 def _int_field(raw: dict[str, Any], name: str, low: int, high: int) -> int | None:
@@ -121,7 +137,55 @@ def parse_speculative_config(raw: Any) -> SpeculativeConfig | None:
             "speculative_config.model must be a model name or path (string), and is exclusive "
             f"with draft_layers; got model={model!r}, draft_layers={layers!r}."
         )
-    return SpeculativeConfig(method, k, hi, lo, adaptive, head_path, model, layers, graph_verify)
+    rule, alpha = _cascade(raw)
+    judge, judge_path, delta = _judge(raw)
+    if judge and rule is not None:
+        raise ConfigError(
+            "speculative_config: pick one lossy rule, cascade_rule or judge, not both."
+        )
+    return SpeculativeConfig(
+        method, k, hi, lo, adaptive, head_path, model, layers, graph_verify, rule, alpha,
+        judge, judge_path, delta,
+    )  # fmt: skip
+
+
+def _judge(raw: dict[str, Any]) -> tuple[bool, str | None, float | None]:
+    """The validated (judge, judge_path, judge_delta); judge_path or judge_delta imply judge
+    unless it is false."""
+    path, delta = raw.get("judge_path"), raw.get("judge_delta")
+    judge = raw.get("judge", path is not None or delta is not None)
+    if not isinstance(judge, bool):
+        raise ConfigError(f"speculative_config.judge must be true or false, got {judge!r}.")
+    if not judge and (path is not None or delta is not None):
+        raise ConfigError("speculative_config.judge_path and judge_delta need judge: true.")
+    if path is not None and not isinstance(path, str):
+        raise ConfigError(f"speculative_config.judge_path must be a file path, got {path!r}.")
+    if delta is not None and (
+        isinstance(delta, bool) or not isinstance(delta, int | float) or not 0 <= delta <= 1
+    ):
+        raise ConfigError(
+            f"speculative_config.judge_delta must be a number in [0, 1], got {delta!r}."
+        )
+    return judge, path, None if delta is None else float(delta)
+
+
+def _cascade(raw: dict[str, Any]) -> tuple[str | None, float]:
+    """The validated (cascade_rule, cascade_alpha) pair; (None, 0.0) when off."""
+    from deploylab.engine.spec.cascades import DeferralRule
+
+    rule, alpha = raw.get("cascade_rule"), raw.get("cascade_alpha", 0.0)
+    rules = ", ".join(r.value for r in DeferralRule)
+    if rule is None:
+        if "cascade_alpha" in raw:
+            raise ConfigError(f"speculative_config.cascade_alpha needs cascade_rule ({rules}).")
+        return None, 0.0
+    if rule not in {r.value for r in DeferralRule}:
+        raise ConfigError(f"speculative_config.cascade_rule {rule!r} is not one of {rules}.")
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= 1:
+        raise ConfigError(
+            f"speculative_config.cascade_alpha must be a number in [0, 1], got {alpha!r}."
+        )
+    return str(rule), float(alpha)
 
 
 def cuda_graph_rows(max_num_seqs: int, raw: Any) -> int:

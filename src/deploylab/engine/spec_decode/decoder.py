@@ -31,6 +31,7 @@ from deploylab.engine.scheduler import Scheduler, SchedulerOutput
 from deploylab.engine.sequence import Sequence
 from deploylab.engine.spec_decode.config import SpeculativeConfig
 from deploylab.engine.spec_decode.cost import CostModel, calibrate
+from deploylab.engine.spec_decode.judge import load_judge
 from deploylab.engine.spec_decode.policy import AdaptivePolicy
 from deploylab.engine.spec_decode.proposer import Proposer, make_proposer
 from deploylab.engine.spec_decode.verify import verify_drafts
@@ -63,10 +64,15 @@ class SpecDecoder:
         runner: ModelRunner | None = None,
     ) -> None:
         self.config = config
+        # Lossy speculative cascades (opt-in): (deferral rule, lenience), else None.
+        self.cascade: tuple[str, float] | None = None
+        if config.cascade_rule is not None:
+            self.cascade = (config.cascade_rule, config.cascade_alpha)
         self.scheduler = scheduler
         self.block_manager: BlockManager = scheduler.block_manager
         self.max_model_len = max_model_len
         self.runner = runner
+        self.judge = load_judge(config, runner)  # lossy judge decoding (opt-in), else None
         self.proposer: Proposer = proposer or make_proposer(config, runner)
         if runner is not None:
             runner.graph_verify = config.cuda_graph_verify
@@ -209,6 +215,7 @@ class SpecDecoder:
         greedy: list[tuple[Sequence, int]] = []  # greedy drafting sequences, first row
         self._rows_of: dict[int, int] = {}
         results: dict[int, StepResult] = {}
+        lossy = self.cascade is not None or self.judge is not None
         row = 0
         while row < len(seqs):
             seq = seqs[row]
@@ -218,10 +225,11 @@ class SpecDecoder:
                 plain.append(seq)
                 row += 1
                 continue
-            if seq.params.greedy and seq.params.logprobs is None:
+            if seq.params.greedy and seq.params.logprobs is None and not lossy:
                 greedy.append((seq, row))
             else:
-                results[id(seq)] = self._verify_one(seq, logits[row : row + k + 1], sampler)
+                judged = self._judged(row, k)
+                results[id(seq)] = self._verify_one(seq, logits[row : row + k + 1], sampler, judged)
             self._rows_of[id(seq)] = k + 1
             row += k + 1
         if greedy:
@@ -293,7 +301,21 @@ class SpecDecoder:
         index = torch.tensor(rows, dtype=torch.int64, device=hidden.device)
         observe(keep, positions, hidden.index_select(0, index))
 
-    def _verify_one(self, seq: Sequence, logits: torch.Tensor, sampler: Sampler) -> StepResult:
+    def _judged(self, row: int, k: int) -> torch.Tensor | None:
+        """The judge's verdicts on the k drafts whose rows follow `row` (row + j read draft j),
+        or None without a judge."""
+        hidden = self.runner.sample_hidden if self.runner is not None else None
+        if self.judge is None or hidden is None:
+            return None
+        return self.judge.verdicts(hidden[row + 1 : row + k + 1])
+
+    def _verify_one(
+        self,
+        seq: Sequence,
+        logits: torch.Tensor,
+        sampler: Sampler,
+        judged: torch.Tensor | None = None,
+    ) -> StepResult:
         k = seq.num_draft_tokens
         drafts = seq.token_ids[-k:]
         del seq.token_ids[-k:]
@@ -303,7 +325,7 @@ class SpecDecoder:
         if not params.ignore_eos:
             banned += sampler.eos_token_ids
         gen = sampler._seq_generator(seq) if params.seed is not None else sampler.generator
-        result = verify_drafts(logits, drafts, seq, banned, gen)
+        result = verify_drafts(logits, drafts, seq, banned, gen, self.cascade, judged)
         self._record(seq, k, result.num_accepted)
         return seq, result.tokens, result.logprobs
 

@@ -55,10 +55,10 @@ def prompts(seed: int) -> list[str]:
 
 
 def generate(
-    llm: Any, texts: list[str], max_tokens: int, sampled: float = 0.5
+    llm: Any, texts: list[str], max_tokens: int, sampled: float = 0.5, temperature: float = 0.7
 ) -> list[dict[str, Any]]:
-    """The target's answers with the hidden state of every generated position; a `sampled`
-    fraction of them at temperature 0.7, the rest greedy."""
+    """The target's answers with the hidden state of every generated position (`hidden[t]`
+    predicted token t); a `sampled` fraction of them at `temperature`, the rest greedy."""
     from deploylab.engine import SamplingParams
 
     runner = llm.llm_engine.runner
@@ -76,7 +76,7 @@ def generate(
     runner.execute = recording
     params = [
         SamplingParams(
-            temperature=0.7 if (i * sampled) % 1 < sampled else 0.0,
+            temperature=temperature if (i * sampled) % 1 < sampled else 0.0,
             seed=i,
             max_tokens=max_tokens,
         )

@@ -11,6 +11,8 @@ import torch
 from deploylab.engine.outputs import TokenLogprobs
 from deploylab.engine.sampler import Sampler, apply_min_p, apply_top_k_top_p
 from deploylab.engine.sequence import Sequence
+from deploylab.engine.spec.cascades import cascade_verify
+from deploylab.engine.spec.judge import judge_verify
 from deploylab.engine.spec.single import greedy_verify, speculative_sampling
 
 
@@ -48,17 +50,31 @@ def verify_drafts(
     seq: Sequence,
     banned: list[int],
     generator: torch.Generator,
+    cascade: tuple[str, float] | None = None,
+    judged: torch.Tensor | None = None,
 ) -> Verified:
     """Accept a prefix of `drafts` from float32 `logits` (len(drafts) + 1, V) (modified in
-    place); the emitted tokens follow the target's distribution exactly."""
+    place); the emitted tokens follow the target's distribution exactly, or with `cascade`
+    (deferral rule, lenience) the cascade target's, or keep drafts the judge passed
+    (`judged`, bool (len(drafts),)) too (both lossy, opt-in)."""
     params = seq.params
     raw = torch.log_softmax(logits, dim=-1) if params.logprobs is not None else None
     p = target_probs(logits, seq, banned)
     d = torch.tensor([drafts], dtype=torch.int64, device=logits.device)
-    if params.greedy:
+    q = torch.nn.functional.one_hot(d, p.shape[-1]).to(p.dtype)
+    if cascade is not None:
+        # Greedy requests: the target is the argmax's point mass; the deferral test reads
+        # the temperature-1 probabilities (a draft within the lenience of the best is kept).
+        p_defer = p[None] if params.greedy else None
+        target = _argmax_mass(p) if params.greedy else p
+        result = cascade_verify(target[None], q, d, cascade[0], cascade[1], generator, p_defer)
+    elif judged is not None:
+        # Greedy: rule = "the draft is the argmax" (point mass); sampled: speculative sampling.
+        target = _argmax_mass(p) if params.greedy else p
+        result = judge_verify(target[None], q, d, judged[None].to(p.device), generator)
+    elif params.greedy:
         result = greedy_verify(p[None], d)
     else:
-        q = torch.nn.functional.one_hot(d, p.shape[-1]).to(p.dtype)
         result = speculative_sampling(p[None], q, d, generator)
     n = int(result.num_accepted[0])
     tokens: list[int] = result.tokens[0, : n + 1].tolist()
@@ -66,3 +82,8 @@ def verify_drafts(
     if raw is not None:
         logprobs = Sampler._logprobs(raw[: n + 1], tokens, [params] * len(tokens))
     return Verified(tokens, logprobs, n)
+
+
+def _argmax_mass(p: torch.Tensor) -> torch.Tensor:
+    """Each row's point mass on its most likely token (greedy's target distribution)."""
+    return torch.nn.functional.one_hot(p.argmax(dim=-1), p.shape[-1]).to(p.dtype)

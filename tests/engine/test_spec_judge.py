@@ -1,0 +1,108 @@
+"""Judge decoding in the engine (lossy, opt-in): a judge that never fires is the exact rule,
+one that always fires keeps every draft, the shipped judge fits the default model, and every
+setting a user can get wrong is refused with a clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from tests.engine.test_spec_decode import NGRAM, greedy_params, looping_prompts, run
+
+from deploylab.engine import SamplingParams
+from deploylab.engine.sequence import Sequence
+from deploylab.engine.spec.judge import JudgeHead
+from deploylab.engine.spec_decode.config import parse_speculative_config
+from deploylab.engine.spec_decode.judge import default_judge_path
+from deploylab.engine.spec_decode.verify import verify_drafts
+from deploylab.errors import ConfigError
+
+
+def _judge_file(tmp_path: Path, hidden: int, bias: float, name: str = "j.safetensors") -> str:
+    """A judge whose verdict is the sign of `bias` whatever the hidden state (weights 0)."""
+    judge = JudgeHead(hidden, delta=0.5)
+    with torch.no_grad():
+        judge.linear.weight.zero_()
+        judge.linear.bias.fill_(bias)
+    path = tmp_path / name
+    judge.save(path)
+    return str(path)
+
+
+def test_verify_keeps_a_draft_the_rule_rejects_only_when_the_judge_passes_it() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 30, generator=gen)
+    best = logits.argmax(-1).tolist()
+    drafts = [best[0], (best[1] + 1) % 30, best[2]]  # the second draft is not the argmax
+    seq = Sequence("s", [1, 2] + drafts, SamplingParams(temperature=0), arrival=0)
+    no = verify_drafts(logits.clone(), drafts, seq, [], gen, None, torch.tensor([0, 0, 0]) > 0)
+    assert (no.num_accepted, no.tokens) == (1, [best[0], best[1]])
+    yes = verify_drafts(logits.clone(), drafts, seq, [], gen, None, torch.tensor([0, 1, 0]) > 0)
+    assert yes.num_accepted == 3 and yes.tokens[:3] == drafts  # judged, then argmax agreed
+
+
+def test_judge_that_never_fires_is_exact_and_one_that_always_fires_keeps_every_draft(
+    tiny: Any, tmp_path: Path
+) -> None:
+    hidden = tiny.model.config.hidden_size
+    prompts = looping_prompts(6, seed=3)
+    params = greedy_params(len(prompts))
+    plain = [o.token_ids for o in run(tiny.engine(), prompts, params)]
+    never = tiny.engine(
+        speculative_config={**NGRAM, "judge_path": _judge_file(tmp_path, hidden, -20.0)}
+    )
+    assert [o.token_ids for o in run(never, prompts, params)] == plain
+    always = tiny.engine(
+        speculative_config={**NGRAM, "judge_path": _judge_file(tmp_path, hidden, 20.0, "a")}
+    )
+    outs = run(always, prompts, params)
+    st = always.spec.stats  # type: ignore[union-attr]
+    assert st.num_draft_tokens and st.num_accepted_tokens == st.num_draft_tokens
+    assert [len(o.token_ids) for o in outs] == [len(t) for t in plain]  # max_tokens still holds
+    # (`run` checks the engine's invariants after every step and that no block leaks)
+
+
+def test_judge_delta_overrides_the_files(tiny: Any, tmp_path: Path) -> None:
+    """delta 1.0: sigmoid never exceeds it, so even an always-firing judge is the exact rule."""
+    prompts = looping_prompts(4, seed=5)
+    params = greedy_params(len(prompts))
+    plain = [o.token_ids for o in run(tiny.engine(), prompts, params)]
+    path = _judge_file(tmp_path, tiny.model.config.hidden_size, 20.0)
+    eng = tiny.engine(speculative_config={**NGRAM, "judge_path": path, "judge_delta": 1.0})
+    assert [o.token_ids for o in run(eng, prompts, params)] == plain
+
+
+def test_shipped_judge_fits_the_default_model() -> None:
+    judge = JudgeHead.load(default_judge_path("smollm2-135m-instruct"))
+    assert judge.hidden_size == 576 and 0.5 <= judge.delta <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"judge": "yes"}, "judge must be true or false"),
+        ({"judge": False, "judge_delta": 0.5}, "need judge: true"),
+        ({"judge_path": 3}, "judge_path must be a file path"),
+        ({"judge": True, "judge_delta": 2}, r"a number in \[0, 1\]"),
+        ({"judge": True, "judge_delta": True}, "judge_delta must be a number"),
+        ({"judge": True, "cascade_rule": "v3"}, "pick one lossy rule"),
+    ],
+)  # fmt: skip
+def test_judge_settings_are_validated(extra: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_speculative_config({**NGRAM, **extra})
+    ok = parse_speculative_config({**NGRAM, "judge_delta": 0.9})
+    assert ok is not None and (ok.judge, ok.judge_path, ok.judge_delta) == (True, None, 0.9)
+
+
+def test_missing_or_foreign_judge_files_are_refused(tiny: Any, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        tiny.engine(speculative_config={**NGRAM, "judge_path": str(tmp_path / "none")})
+    (tmp_path / "junk").write_bytes(b"not a safetensors file")
+    with pytest.raises(ConfigError, match="not a judge head"):
+        tiny.engine(speculative_config={**NGRAM, "judge_path": str(tmp_path / "junk")})
+    wide = _judge_file(tmp_path, tiny.model.config.hidden_size + 1, 1.0)
+    with pytest.raises(ConfigError, match="Train a judge for this model"):
+        tiny.engine(speculative_config={**NGRAM, "judge_path": wide})
