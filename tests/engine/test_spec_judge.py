@@ -106,3 +106,25 @@ def test_missing_or_foreign_judge_files_are_refused(tiny: Any, tmp_path: Path) -
     wide = _judge_file(tmp_path, tiny.model.config.hidden_size + 1, 1.0)
     with pytest.raises(ConfigError, match="Train a judge for this model"):
         tiny.engine(speculative_config={**NGRAM, "judge_path": wide})
+
+
+@pytest.mark.parametrize("kind", ["sampled", "greedy-logprobs"])
+def test_per_sequence_path_obeys_the_judge(tiny: Any, tmp_path: Path, kind: str) -> None:
+    """Sampled requests and greedy ones with logprobs are verified one sequence at a time:
+    an always-firing judge keeps every draft there too, a silent one does not."""
+    hidden = tiny.model.config.hidden_size
+    prompts = looping_prompts(4, seed=7)
+    extra: dict[str, Any] = {"temperature": 1.0, "seed": 3}
+    if kind == "greedy-logprobs":
+        extra = {"temperature": 0, "logprobs": 2}
+    params = [SamplingParams(max_tokens=16, ignore_eos=True, **extra) for _ in prompts]
+    rates = []
+    for name, bias in (("never", -20.0), ("always", 20.0)):
+        path = _judge_file(tmp_path, hidden, bias, name)
+        eng = tiny.engine(speculative_config={**NGRAM, "judge_path": path})
+        outs = run(eng, prompts, params)
+        assert all(len(o.token_ids) == 16 for o in outs)
+        st = eng.spec.stats  # type: ignore[union-attr]
+        assert st.num_draft_tokens > 0
+        rates.append(st.num_accepted_tokens / st.num_draft_tokens)
+    assert rates[1] == 1.0 and rates[0] < 1.0

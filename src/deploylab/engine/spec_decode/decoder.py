@@ -215,7 +215,6 @@ class SpecDecoder:
         greedy: list[tuple[Sequence, int]] = []  # greedy drafting sequences, first row
         self._rows_of: dict[int, int] = {}
         results: dict[int, StepResult] = {}
-        lossy = self.cascade is not None or self.judge is not None
         row = 0
         while row < len(seqs):
             seq = seqs[row]
@@ -225,7 +224,7 @@ class SpecDecoder:
                 plain.append(seq)
                 row += 1
                 continue
-            if seq.params.greedy and seq.params.logprobs is None and not lossy:
+            if seq.params.greedy and seq.params.logprobs is None and self.cascade is None:
                 greedy.append((seq, row))
             else:
                 judged = self._judged(row, k)
@@ -267,6 +266,7 @@ class SpecDecoder:
                         sub[at + j, banned] = float("-inf")
             at += seq.num_draft_tokens + 1
         best: list[int] = sub.argmax(dim=-1).tolist()
+        passed = self._judged_rows(spans)  # judge decoding: drafts the judge keeps anyway
         results: dict[int, StepResult] = {}
         at = 0
         for seq, _ in spans:
@@ -275,7 +275,7 @@ class SpecDecoder:
             del seq.token_ids[-k:]
             seq.num_draft_tokens = 0
             n = 0
-            while n < k and drafts[n] == best[at + n]:
+            while n < k and (drafts[n] == best[at + n] or passed[at + n]):
                 n += 1
             tokens = drafts[:n] + [best[at + n]]
             self._record(seq, k, n)
@@ -300,6 +300,23 @@ class SpecDecoder:
             row += self._rows_of.get(id(seq), 1)
         index = torch.tensor(rows, dtype=torch.int64, device=hidden.device)
         observe(keep, positions, hidden.index_select(0, index))
+
+    def _judged_rows(self, spans: list[tuple[Sequence, int]]) -> list[bool]:
+        """Per verify row of `spans` (k + 1 per sequence): whether the judge passes the draft
+        that row's logits score (all False without a judge; the last row scores none)."""
+        n = sum(seq.num_draft_tokens + 1 for seq, _ in spans)
+        hidden = self.runner.sample_hidden if self.runner is not None else None
+        if self.judge is None or hidden is None:
+            return [False] * n
+        rows: list[int] = []
+        for seq, first in spans:  # row first + j + 1 read draft j
+            rows.extend(range(first + 1, first + seq.num_draft_tokens + 1))
+        index = torch.tensor(rows, dtype=torch.int64, device=hidden.device)
+        verdicts = iter(self.judge.verdicts(hidden.index_select(0, index)).tolist())
+        out: list[bool] = []
+        for seq, _ in spans:
+            out += [next(verdicts) for _ in range(seq.num_draft_tokens)] + [False]
+        return out
 
     def _judged(self, row: int, k: int) -> torch.Tensor | None:
         """The judge's verdicts on the k drafts whose rows follow `row` (row + j read draft j),
