@@ -128,3 +128,26 @@ def test_per_sequence_path_obeys_the_judge(tiny: Any, tmp_path: Path, kind: str)
         assert st.num_draft_tokens > 0
         rates.append(st.num_accepted_tokens / st.num_draft_tokens)
     assert rates[1] == 1.0 and rates[0] < 1.0
+
+
+def test_judge_training_pipeline_end_to_end(tiny_tok: Any, tmp_path: Path) -> None:
+    """Generate with the target, label the non-argmax tokens, fit, choose delta, save, serve."""
+    from deploylab.engine.spec_decode import train_head as th
+    from deploylab.engine.spec_decode import train_judge as tj
+
+    rows = th.generate(tiny_tok.llm(), th.prompts(0)[:8], 16, sampled=1.0, temperature=1.0)
+    data = tj.examples(rows, tiny_tok.model, ratio=0.5)
+    ok = data["ok"]
+    assert len(ok) > 40 and data["hidden"].shape[1] == tiny_tok.model.config.hidden_size
+    assert 0 < int(ok.sum()) < len(ok)  # both labels occur
+    judge = JudgeHead(data["hidden"].shape[1])
+    judge.fit(data["hidden"], ok)
+    assert tj.auc(judge, data) > 0.6  # the training rows themselves are ranked
+    chosen = tj.pick_delta(judge, data, precision=0.7)
+    assert chosen["delta"] == 1.0 or chosen["precision"] >= 0.7
+    judge.delta = chosen["delta"]
+    path = tmp_path / "judge.safetensors"
+    judge.save(path, {"label": "test"})
+    engine = tiny_tok.engine(speculative_config={**NGRAM, "judge_path": str(path)})
+    assert engine.spec is not None and engine.spec.judge is not None
+    assert engine.spec.judge.delta == chosen["delta"]

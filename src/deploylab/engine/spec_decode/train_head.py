@@ -202,19 +202,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def generations(
+    args: argparse.Namespace, temperature: float = 0.7
+) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The target (CPU, float32) and its answers to `args.prompts` templated prompts plus
+    1/8 held out: (model, training rows, held-out rows) of `generate`."""
     from deploylab.engine import LLM
 
-    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    t0 = time.perf_counter()
     llm = LLM(args.model, device="cpu", dtype="float32", max_num_seqs=32, kv_cache_gib=0.5)
-    model = llm.llm_engine.model
     texts = prompts(args.seed)[: args.prompts + args.prompts // 8]
-    rows = generate(llm, texts, args.max_tokens, args.sampled_fraction)
+    rows = generate(llm, texts, args.max_tokens, args.sampled_fraction, temperature)
     held = args.prompts // 8
-    data, test = examples(rows[held:], model), examples(rows[:held], model)
+    return llm.llm_engine.model, rows[held:], rows[:held]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    model, train_rows, held_rows = generations(args)
+    data, test = examples(train_rows, model), examples(held_rows, model)
     print(f"{len(data['y1'])} training rows, {len(test['y1'])} held out, "
           f"generated in {time.perf_counter() - t0:.0f}s", flush=True)  # fmt: skip
     vocab_ids = draft_vocabulary(data, args.draft_vocab, model.config.vocab_size)

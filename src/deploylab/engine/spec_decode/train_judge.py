@@ -24,7 +24,7 @@ import torch
 
 from deploylab.engine.spec.judge import JudgeHead
 from deploylab.engine.spec_decode.judge import default_judge_path
-from deploylab.engine.spec_decode.train_head import generate, prompts
+from deploylab.engine.spec_decode.train_head import generations
 
 
 @torch.no_grad()  # not inference mode: the rows feed the judge's autograd fit
@@ -97,19 +97,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from deploylab.engine import LLM
-
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    llm = LLM(args.model, device="cpu", dtype="float32", max_num_seqs=32, kv_cache_gib=0.5)
-    model = llm.llm_engine.model
-    texts = prompts(args.seed)[: args.prompts + args.prompts // 8]
-    rows = generate(llm, texts, args.max_tokens, args.sampled_fraction, args.temperature)
-    held = args.prompts // 8
-    data = examples(rows[held:], model, args.ratio)
-    test = examples(rows[:held], model, args.ratio)
+    model, train_rows, held_rows = generations(args, args.temperature)
+    data = examples(train_rows, model, args.ratio)
+    test = examples(held_rows, model, args.ratio)
     print(f"{len(data['ok'])} training rows ({float(data['ok'].float().mean()):.2f} acceptable), "
           f"{len(test['ok'])} held out; generated in {time.perf_counter() - t0:.0f}s")  # fmt: skip
     judge = JudgeHead(data["hidden"].shape[1])
