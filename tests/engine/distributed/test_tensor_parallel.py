@@ -68,6 +68,9 @@ def test_tiny_qwen3_tp2_matches_tp1(qwen3_dir: Path) -> None:
     expected, (samples, logprobs) = _ids(one, prompts), _extras(one)
     two = LLM(tensor_parallel_size=2, **settings)
     try:
+        # The graph handshake (every rank captures, kept only if all did): the CPU has no
+        # graphs, so both ranks decline, agree, and keep stepping eagerly in lockstep.
+        assert two.llm_engine.runner.enable_cuda_graphs(8, 64) is False
         assert _ids(two, prompts) == expected
         samples2, logprobs2 = _extras(two)
         assert samples2 == samples and len(samples) == 2
@@ -133,3 +136,19 @@ def test_a_dead_rank_fails_the_engine_fast(qwen3_dir: Path) -> None:
     finally:
         async_engine.shutdown()
         tp.close()
+
+
+@pytest.mark.gpu
+def test_tp_executor_captures_cuda_graphs_with_the_all_reduce(qwen3_dir: Path) -> None:
+    """CUDA, the TP executor at size 1 over NCCL: decode steps replay graphs that hold the
+    all-reduces, with the plain engine's greedy tokens."""
+    settings = {"model": str(qwen3_dir), "device": "cuda", "dtype": "float32"}
+    settings |= {"gpu_memory_utilization": 0.2}
+    prompts = [[5, 17, 33, 2, 90, 100], [1, 2, 3], [7] * 40]
+    expected = _ids(LLM(**settings), prompts)
+    one = LLM(distributed_executor_backend="mp", **settings)
+    try:
+        assert one.llm_engine.runner.graphs is not None
+        assert _ids(one, prompts) == expected
+    finally:
+        _close(one)

@@ -152,9 +152,19 @@ class TensorParallel:
             pass
         return None
 
-    def _expect(self, kind: str) -> None:
-        """Wait for `kind` from every worker, failing fast on one that exits or errs."""
+    def send_all(self, msg: tuple[Any, ...]) -> None:
+        """Send a control message to every worker."""
+        try:
+            for conn in self.conns:
+                conn.send(msg)
+        except OSError as exc:
+            raise self.fail(f"a worker's pipe broke ({exc})") from exc
+
+    def _expect(self, kind: str) -> list[tuple[Any, ...]]:
+        """Wait for `kind` from every worker, failing fast on one that exits or errs; the
+        messages, rank 1 first."""
         deadline = time.monotonic() + max(600.0, collective_timeout().total_seconds())
+        got: list[tuple[Any, ...]] = []
         for rank, (proc, conn) in enumerate(zip(self.procs, self.conns, strict=True), start=1):
             while not conn.poll(0.2):
                 if not proc.is_alive() or time.monotonic() > deadline:
@@ -165,6 +175,8 @@ class TensorParallel:
                 self.close()
                 detail = str(msg[1]).splitlines()[0] if msg[0] == "error" else repr(msg)
                 raise self.fail(f"rank {rank} failed while starting: {detail}")
+            got.append(msg)
+        return got
 
     def close(self) -> None:
         """Stop the workers and leave the group."""
@@ -202,10 +214,22 @@ class TPModelRunner:
         return getattr(self.inner, name)
 
     def enable_cuda_graphs(self, max_batch: int, max_model_len: int) -> bool:
-        """Off under tensor parallelism (see docs/scale_out.md): every rank would have to
-        capture the same graphs, and capture is best effort per rank."""
-        logger.info("CUDA graphs are off under tensor parallelism; decoding eagerly")
-        return False
+        """Every rank captures the same decode graphs at once (same buckets in the same
+        order, each rank's all-reduces captured inside them); they are kept only where every
+        rank captured, so that all ranks replay a step's graph or all run it eagerly (each
+        rank decides per step from the same batch)."""
+        self.tp.send_all(("graphs", max_batch, max_model_len))
+        ok = self.inner.enable_cuda_graphs(max_batch, max_model_len)
+        oks = [bool(msg[1]) for msg in self.tp._expect("graphs")]
+        use = ok and all(oks)
+        self.tp.send_all(("use_graphs", use))
+        if not use:
+            self.inner.graphs = None
+            logger.warning(
+                "CUDA graphs are off under tensor parallelism: capture failed on rank(s) %s",
+                [r for r, good in enumerate([ok, *oks]) if not good],
+            )
+        return use
 
     def execute(self, out: SchedulerOutput) -> tuple[list[Sequence], torch.Tensor | None]:
         """Send the step, run rank 0's shard; the sampling rows and their full logits."""

@@ -73,6 +73,7 @@ class StepSeq:
         self.num_draft_tokens = drafts
         self.num_prompt_tokens = prompt_tokens
         self.params = SimpleNamespace(prompt_logprobs=prompt_lp)
+        self.lora_id = None  # adapters do not run under TP (refused at start-up)
         self.token_ids = _Window(p0, ids)
         self._ids = ids
 

@@ -68,9 +68,17 @@ def _serve(
     conn.send(("ready", rank))
     while True:
         msg = _receive(conn, parent)
-        if msg[0] != "step":
+        if msg[0] == "step":
+            runner.execute(decode_step(msg[1]))
+        elif msg[0] == "graphs":  # capture with rank 0 (the all-reduces run in lockstep)
+            conn.send(("graphs", runner.enable_cuda_graphs(msg[1], msg[2])))
+            use = _receive(conn, parent)  # ("use_graphs", whether every rank captured)
+            if use[0] != "use_graphs":
+                return
+            if not use[1]:
+                runner.graphs = None
+        else:
             return
-        runner.execute(decode_step(msg[1]))
 
 
 def _receive(conn: Connection, parent: int) -> tuple[Any, ...]:
