@@ -75,6 +75,7 @@ def engine_config(
         kv_cache_gib=1.0,
         gpu_memory_utilization=0.85,
         enable_prefix_caching=False,
+        async_scheduling=False,  # TP steps synchronously: the plain engine alike
         **extra,
     )
 
@@ -267,7 +268,7 @@ def main() -> None:
         print("greedy equality:", res["equality"], flush=True)
         save()
     # (TP size, executor): the plain engine; the TP executor at size 1 (its overhead alone:
-    # step message, collectives over one rank, no CUDA graphs); TP N.
+    # step message, collectives over one rank); TP N.
     runs = [(1, "uni"), (1, "mp")] + ([(args.tp, "mp")] if args.tp > 1 else [])
     for shape in args.shapes:
         for tp, backend in runs:
