@@ -222,7 +222,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--methods", nargs="+", default=["ngram", "head"],
         help="proposers; lossy rules: METHOD@RULE:ALPHA (cascades, e.g. ngram@v3:0.3), "
-        "METHOD@judge[:DELTA] (judge decoding with the shipped judge)",
+        "METHOD@judge[:DELTA] (judge decoding with the shipped judge); token trees: ngram+treeW",
     )  # fmt: skip
     p.add_argument("--fixed-k", action="store_true", help="adaptive k policy off")
     p.add_argument("--draft-layers", type=int, default=8, help="draft_model: target layers kept")
@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def spec_config(label: str) -> dict[str, Any]:
         method, _, cascade = label.partition("@")
+        method, _, tree = method.partition("+tree")  # ngram+treeW: token trees of width W
         k = args.ngram_k if method == "ngram" and args.ngram_k else args.k
         cfg: dict[str, Any] = {
             "method": method, "num_speculative_tokens": k, "adaptive": not args.fixed_k,
@@ -255,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg |= {"cascade_rule": rule, "cascade_alpha": float(alpha or 0)}
         if method == "ngram":
             cfg |= {"prompt_lookup_max": args.lookup_max, "prompt_lookup_min": args.lookup_min}
+        if tree:
+            cfg["tree_width"] = int(tree)
         if method == "draft_model":
             cfg["draft_layers"] = args.draft_layers
         return cfg

@@ -86,6 +86,20 @@ class KVCache:
         """Tokens the cache holds."""
         return self.num_blocks * self.block_size
 
+    def move_slots(self, src: list[int], dst: list[int]) -> None:
+        """Copy single token slots src -> dst in every layer, in order (a token tree's kept
+        path moves to the positions a chain would have used; dst[i] < src[i] and the
+        sources ahead of a destination are never overwritten before they are read)."""
+        if not src:
+            return
+        device = self.layers[0][0].device
+        s = torch.tensor(src, dtype=torch.int64, device=device)
+        d = torch.tensor(dst, dtype=torch.int64, device=device)
+        for k, v in self.layers:
+            for cache in (k, v):
+                flat = cache.view(cache.shape[0], -1, cache.shape[-1])
+                flat.index_copy_(1, d, flat.index_select(1, s))
+
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         """Copy whole blocks src -> dst in every layer (copy-on-write after a fork)."""
         if not pairs:

@@ -18,6 +18,7 @@ from deploylab.engine.kv_cache import KVCache
 from deploylab.engine.models.llama import LlamaForCausalLM
 from deploylab.engine.scheduler import ScheduledSeq, SchedulerOutput
 from deploylab.engine.sequence import Sequence
+from deploylab.engine.spec_decode.tree_drafts import row_offsets
 from deploylab.engine.spec_decode.verify_attention import VerifyItem, build_verify_batch
 from deploylab.engine.triton_attention import PagedDecodeFn, load_paged_decode
 from deploylab.engine.triton_prefill import PagedPrefillFn, PrefillBatch, load_paged_prefill
@@ -172,6 +173,7 @@ class ModelRunner:
             and item.num_new_tokens == 1 + seq.num_draft_tokens
             and self.graph_verify
             and not self.keep_hidden
+            and seq.draft_parents is None  # a token tree's rows attend by mask, not in order
         )
 
     def _decode_row(self, seq: Sequence) -> tuple[int, int, int]:
@@ -230,10 +232,14 @@ class ModelRunner:
             p0 = seq.num_computed_tokens
             chunk_ids.append(seq.input_ids(p0, p0 + n))
             chunk = PrefillChunk(query_start=start, query_len=n, context_len=p0 + n)
-            if self.batch_verify and self.device.type == "cpu" and seq.num_draft_tokens and p0:
-                pos.extend(range(p0, p0 + n))
+            tree = seq.draft_parents if seq.num_draft_tokens else None
+            if tree is not None or (
+                self.batch_verify and self.device.type == "cpu" and seq.num_draft_tokens and p0
+            ):  # verify chunks; a token tree's on every device (its nodes attend by mask)
+                offsets = range(n) if tree is None else row_offsets(tree)
+                pos.extend(p0 + d for d in offsets)
                 slots.extend(self._chunk_slots(seq.block_table, p0, n))
-                verify_items.append((start, n, p0, seq.block_table))
+                verify_items.append((start, n, p0, seq.block_table, tree))
             elif self.paged_prefill is not None:  # positions and slots are made on the device
                 kernel_chunks.append((start, n, p0 + n))
                 kernel_tables.append(seq.block_table[: -(-(p0 + n) // bs)])

@@ -62,6 +62,9 @@ class Sequence:
         self.block_hashes: list[int] = []  # chained hashes of the full blocks of token_ids
         self.num_hashed_blocks = 0  # leading blocks of block_table offered to the prefix cache
         self.num_draft_tokens = 0  # speculative drafts at the end of token_ids (this step only)
+        # A token tree of drafts: each draft's parent (-1: the last real token), parents
+        # before children; None for a chain (each draft follows the one before it).
+        self.draft_parents: list[int] | None = None
         self.lora_id = 0  # the LoRA adapter's load id (engine/lora); 0 = the base model
         self.lora_name: str | None = None
         self.status = SequenceStatus.WAITING

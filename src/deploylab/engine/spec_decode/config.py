@@ -25,6 +25,7 @@ _KEYS = (
     "judge",
     "judge_path",
     "judge_delta",
+    "tree_width",
 )
 
 
@@ -61,6 +62,9 @@ class SpeculativeConfig:
     judge: bool = False
     judge_path: str | None = None
     judge_delta: float | None = None
+    # Token trees (ngram): up to this many different continuations per step, merged into a
+    # tree of at most num_speculative_tokens nodes and verified in one pass; 1: a chain.
+    tree_width: int = 1
 
 
 def _int_field(raw: dict[str, Any], name: str, low: int, high: int) -> int | None:
@@ -143,9 +147,15 @@ def parse_speculative_config(raw: Any) -> SpeculativeConfig | None:
         raise ConfigError(
             "speculative_config: pick one lossy rule, cascade_rule or judge, not both."
         )
+    width = _int_field(raw, "tree_width", 1, 16) or 1
+    if width > 1 and (method != "ngram" or rule is not None or judge):
+        raise ConfigError(
+            'speculative_config.tree_width > 1 (token trees) needs "method": "ngram" and '
+            f"the exact rules (no cascade_rule or judge); got method {method!r}."
+        )
     return SpeculativeConfig(
         method, k, hi, lo, adaptive, head_path, model, layers, graph_verify, rule, alpha,
-        judge, judge_path, delta,
+        judge, judge_path, delta, width,
     )  # fmt: skip
 
 

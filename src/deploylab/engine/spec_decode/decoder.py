@@ -31,10 +31,12 @@ from deploylab.engine.scheduler import Scheduler, SchedulerOutput
 from deploylab.engine.sequence import Sequence
 from deploylab.engine.spec_decode.config import SpeculativeConfig
 from deploylab.engine.spec_decode.cost import CostModel, calibrate
+from deploylab.engine.spec_decode.greedy_batch import greedy_best, greedy_outcome
 from deploylab.engine.spec_decode.judge import load_judge
 from deploylab.engine.spec_decode.policy import AdaptivePolicy
 from deploylab.engine.spec_decode.proposer import Proposer, make_proposer
-from deploylab.engine.spec_decode.verify import verify_drafts
+from deploylab.engine.spec_decode.tree_drafts import path_slots
+from deploylab.engine.spec_decode.verify import verify_drafts, verify_tree_drafts
 
 if TYPE_CHECKING:
     from deploylab.engine.model_runner import ModelRunner
@@ -77,6 +79,7 @@ class SpecDecoder:
         if runner is not None:
             runner.graph_verify = config.cuda_graph_verify
         self._hidden: torch.Tensor | None = None  # this step's sampled rows' hidden states
+        self._paths: list[tuple[Sequence, list[int]]] = []  # kept tree paths of this step
         self.stats = SpecStats(accepted_per_position=[0] * config.num_speculative_tokens)
         self.drafting: list[Sequence] = []  # sequences holding drafts this step
         self.dropped: list[Sequence] = []  # drafts taken back before the step (drop_all)
@@ -160,13 +163,20 @@ class SpecDecoder:
             ks = policy.choose(keys, ks, len(seqs))  # pay only for the drafts worth it
         elif policy is not None and not any(policy.choose(keys, ks, len(seqs))):
             return  # no draft pays even at full length, so none of fewer tokens would: skip
-        proposals = self.proposer.propose(seqs, ks)
+        width = self.config.tree_width
+        if width > 1:  # token trees: (tokens, parents) per sequence, topological order
+            trees = self.proposer.propose_tree(seqs, ks, width)  # type: ignore[attr-defined]
+            proposals, parents = [t for t, _ in trees], [a for _, a in trees]
+        else:
+            proposals, parents = self.proposer.propose(seqs, ks), None
         if policy is not None and self.proposer.free_to_propose:
             ks = policy.choose(keys, [len(d) for d in proposals], len(seqs))
-        for seq, k, drafts in zip(seqs, ks, proposals, strict=True):
+        for i, (seq, k, drafts) in enumerate(zip(seqs, ks, proposals, strict=True)):
             if drafts and k:
                 seq.token_ids.extend(drafts[:k])
                 seq.num_draft_tokens = len(drafts[:k])
+                if parents is not None:  # a prefix of a topological order is still a tree
+                    seq.draft_parents = parents[i][:k]
                 self.drafting.append(seq)
 
     def reconcile(self, out: SchedulerOutput) -> None:
@@ -179,6 +189,8 @@ class SpecDecoder:
             if keep < seq.num_draft_tokens:
                 del seq.token_ids[len(seq.token_ids) - seq.num_draft_tokens + keep :]
                 seq.num_draft_tokens = keep
+                if seq.draft_parents is not None:
+                    seq.draft_parents = seq.draft_parents[:keep] or None
             if keep:
                 kept.append(seq)
         self.drafting = kept
@@ -226,6 +238,8 @@ class SpecDecoder:
                 continue
             if seq.params.greedy and seq.params.logprobs is None and self.cascade is None:
                 greedy.append((seq, row))
+            elif seq.draft_parents is not None:
+                results[id(seq)] = self._verify_tree_one(seq, logits[row : row + k + 1], sampler)
             else:
                 judged = self._judged(row, k)
                 results[id(seq)] = self._verify_one(seq, logits[row : row + k + 1], sampler, judged)
@@ -238,6 +252,7 @@ class SpecDecoder:
             tokens, lps = sampler(logits.index_select(0, index), plain)
             for seq, token, lp in zip(plain, tokens, lps, strict=True):
                 results[id(seq)] = (seq, [token], [lp])
+        self._move_paths()
         self._observe_verified(seqs, results)
         drafting = {id(s) for s in self.drafting}
         for item in out.scheduled:  # valid keys and values: the input token + accepted drafts
@@ -250,35 +265,18 @@ class SpecDecoder:
     ) -> dict[int, StepResult]:
         """Greedy verification of every greedy drafting sequence at once (`greedy_verify`'s
         rule on the float32 logits, as the sampler's argmax): one argmax, one device sync."""
-        rows: list[int] = []
-        for seq, first in spans:
-            rows.extend(range(first, first + seq.num_draft_tokens + 1))
-        index = torch.tensor(rows, dtype=torch.int64, device=logits.device)
-        sub = logits.index_select(0, index)
-        at = 0
-        for seq, _ in spans:  # stop tokens banned below min_tokens, per row
-            params, n_out = seq.params, seq.num_output_tokens - seq.num_draft_tokens
-            for j in range(seq.num_draft_tokens + 1):
-                if n_out + j < params.min_tokens:
-                    banned = list(params.stop_token_ids)
-                    banned += [] if params.ignore_eos else sampler.eos_token_ids
-                    if banned:
-                        sub[at + j, banned] = float("-inf")
-            at += seq.num_draft_tokens + 1
-        best: list[int] = sub.argmax(dim=-1).tolist()
+        best = greedy_best(spans, logits, sampler.eos_token_ids)
         passed = self._judged_rows(spans)  # judge decoding: drafts the judge keeps anyway
         results: dict[int, StepResult] = {}
         at = 0
         for seq, _ in spans:
-            k = seq.num_draft_tokens
-            drafts = seq.token_ids[-k:]
-            del seq.token_ids[-k:]
-            seq.num_draft_tokens = 0
-            n = 0
-            while n < k and (drafts[n] == best[at + n] or passed[at + n]):
-                n += 1
-            tokens = drafts[:n] + [best[at + n]]
-            self._record(seq, k, n)
+            k, tree = seq.num_draft_tokens, seq.draft_parents
+            drafts = self._take_drafts(seq)
+            rows = slice(at, at + k + 1)
+            tokens, path = greedy_outcome(drafts, tree, best[rows], passed[rows])
+            if path is not None:
+                self._paths.append((seq, path))
+            self._record(seq, k, len(tokens) - 1)
             results[id(seq)] = (seq, tokens, [None] * len(tokens))
             at += k + 1
         return results
@@ -302,25 +300,14 @@ class SpecDecoder:
         observe(keep, positions, hidden.index_select(0, index))
 
     def _judged_rows(self, spans: list[tuple[Sequence, int]]) -> list[bool]:
-        """Per verify row of `spans` (k + 1 per sequence): whether the judge passes the draft
-        that row's logits score (all False without a judge; the last row scores none)."""
-        n = sum(seq.num_draft_tokens + 1 for seq, _ in spans)
+        """Per verify row of `spans`: whether the judge passes the draft that row scores."""
         hidden = self.runner.sample_hidden if self.runner is not None else None
         if self.judge is None or hidden is None:
-            return [False] * n
-        rows: list[int] = []
-        for seq, first in spans:  # row first + j + 1 read draft j
-            rows.extend(range(first + 1, first + seq.num_draft_tokens + 1))
-        index = torch.tensor(rows, dtype=torch.int64, device=hidden.device)
-        verdicts = iter(self.judge.verdicts(hidden.index_select(0, index)).tolist())
-        out: list[bool] = []
-        for seq, _ in spans:
-            out += [next(verdicts) for _ in range(seq.num_draft_tokens)] + [False]
-        return out
+            return [False] * sum(seq.num_draft_tokens + 1 for seq, _ in spans)
+        return self.judge.span_verdicts(hidden, [(f, s.num_draft_tokens) for s, f in spans])
 
     def _judged(self, row: int, k: int) -> torch.Tensor | None:
-        """The judge's verdicts on the k drafts whose rows follow `row` (row + j read draft j),
-        or None without a judge."""
+        """The judge's verdicts on the k drafts whose rows follow `row`, or None."""
         hidden = self.runner.sample_hidden if self.runner is not None else None
         if self.judge is None or hidden is None:
             return None
@@ -334,9 +321,7 @@ class SpecDecoder:
         judged: torch.Tensor | None = None,
     ) -> StepResult:
         k = seq.num_draft_tokens
-        drafts = seq.token_ids[-k:]
-        del seq.token_ids[-k:]
-        seq.num_draft_tokens = 0
+        drafts = self._take_drafts(seq)
         params = seq.params
         banned = list(params.stop_token_ids)
         if not params.ignore_eos:
@@ -345,6 +330,40 @@ class SpecDecoder:
         result = verify_drafts(logits, drafts, seq, banned, gen, self.cascade, judged)
         self._record(seq, k, result.num_accepted)
         return seq, result.tokens, result.logprobs
+
+    def _verify_tree_one(self, seq: Sequence, logits: torch.Tensor, sampler: Sampler) -> StepResult:
+        """A token tree of a sampled request, or of a greedy one with logprobs."""
+        k, parents = seq.num_draft_tokens, seq.draft_parents
+        assert parents is not None
+        drafts = self._take_drafts(seq)
+        params = seq.params
+        banned = list(params.stop_token_ids)
+        if not params.ignore_eos:
+            banned += sampler.eos_token_ids
+        gen = sampler._seq_generator(seq) if params.seed is not None else sampler.generator
+        result, path = verify_tree_drafts(logits, drafts, parents, seq, banned, gen)
+        self._paths.append((seq, path))
+        self._record(seq, k, result.num_accepted)
+        return seq, result.tokens, result.logprobs
+
+    @staticmethod
+    def _take_drafts(seq: Sequence) -> list[int]:
+        """Remove the step's drafts from the sequence (tokens, count, tree); return them."""
+        k = seq.num_draft_tokens
+        drafts = seq.token_ids[-k:] if k else []
+        if k:
+            del seq.token_ids[-k:]
+        seq.num_draft_tokens = 0
+        seq.draft_parents = None
+        return drafts
+
+    def _move_paths(self) -> None:
+        """Move each kept tree path's KV to the slots a chain would have used (one copy per
+        step for every sequence), so the cache holds the emitted tokens in order."""
+        paths, self._paths = self._paths, []
+        if self.runner is not None and paths:
+            src, dst = path_slots(paths, self.block_manager.block_size)
+            self.runner.kv_cache.move_slots(src, dst)
 
     def _record(self, seq: Sequence, k: int, accepted: int) -> None:
         """Count one verification (metrics and the policy's per-request acceptance)."""
@@ -365,9 +384,8 @@ class SpecDecoder:
             seq = item.seq
             k = seq.num_draft_tokens
             if id(seq) in drafting and k:
-                del seq.token_ids[-k:]
+                self._take_drafts(seq)
                 item.num_new_tokens -= k
-                seq.num_draft_tokens = 0
         self.dropped, self.drafting = self.drafting, []
 
     def release_dropped(self) -> None:

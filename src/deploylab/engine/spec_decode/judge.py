@@ -34,6 +34,20 @@ class Judge:
         """Bool (k,): the judge's verdict on each draft, from the target's hidden state at it."""
         return self.head.fires(hidden.to(torch.float32), self.delta)
 
+    def span_verdicts(self, hidden: torch.Tensor, spans: list[tuple[int, int]]) -> list[bool]:
+        """Per verify row of `spans` ((first row, k) per sequence, k + 1 rows each): whether
+        the judge passes the draft that row's logits score (row first + j + 1 read draft j;
+        the last row scores none), from one judge call over every draft row."""
+        rows: list[int] = []
+        for first, k in spans:
+            rows.extend(range(first + 1, first + k + 1))
+        index = torch.tensor(rows, dtype=torch.int64, device=hidden.device)
+        verdicts = iter(self.verdicts(hidden.index_select(0, index)).tolist())
+        out: list[bool] = []
+        for _, k in spans:
+            out += [next(verdicts) for _ in range(k)] + [False]
+        return out
+
 
 def load_judge(config: SpeculativeConfig, runner: ModelRunner | None) -> Judge | None:
     """The judge of `config` (None when judge decoding is off); a clear ConfigError for a

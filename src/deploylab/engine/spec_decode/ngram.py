@@ -8,6 +8,7 @@ from collections.abc import Sequence as Seq
 import numpy as np
 
 from deploylab.engine.sequence import Sequence
+from deploylab.engine.spec_decode.tree_drafts import lookup_tree
 
 
 def lookup(tokens: np.ndarray, k: int, n_max: int, n_min: int) -> list[int]:
@@ -42,4 +43,18 @@ class NgramProposer:
                 continue
             tokens = np.asarray(seq.token_ids, dtype=np.int64)
             out.append(lookup(tokens, k, self.n_max, self.n_min))
+        return out
+
+    def propose_tree(
+        self, seqs: Seq[Sequence], ks: Seq[int], width: int
+    ) -> list[tuple[list[int], list[int]]]:
+        """Per sequence a token tree of at most ks[i] nodes from up to `width` different
+        continuations: (tokens, parents) in topological order (`tree_drafts.lookup_tree`)."""
+        out: list[tuple[list[int], list[int]]] = []
+        for seq, k in zip(seqs, ks, strict=True):
+            if k <= 0 or seq.num_tokens <= self.n_min:
+                out.append(([], []))
+                continue
+            tokens = np.asarray(seq.token_ids, dtype=np.int64)
+            out.append(lookup_tree(tokens, k, self.n_max, self.n_min, width))
         return out

@@ -14,6 +14,7 @@ from deploylab.engine.sequence import Sequence
 from deploylab.engine.spec.cascades import cascade_verify
 from deploylab.engine.spec.judge import judge_verify
 from deploylab.engine.spec.single import greedy_verify, speculative_sampling
+from deploylab.engine.spec_decode.tree_drafts import row_offsets, walk_greedy, walk_sampled
 
 
 @dataclass
@@ -25,13 +26,16 @@ class Verified:
     num_accepted: int
 
 
-def target_probs(logits: torch.Tensor, seq: Sequence, banned: list[int]) -> torch.Tensor:
+def target_probs(
+    logits: torch.Tensor, seq: Sequence, banned: list[int], offsets: list[int] | None = None
+) -> torch.Tensor:
     """The distribution the sampler would draw from at each of the rows (k + 1, V): stop
-    tokens banned below min_tokens, then temperature, top-k, top-p and min-p."""
+    tokens banned below min_tokens, then temperature, top-k, top-p and min-p. `offsets`:
+    each row's output index past the current one (a chain: 0..k; a tree: the depths)."""
     params = seq.params
     n_out = seq.num_output_tokens
     for j in range(logits.shape[0]):
-        if n_out + j < params.min_tokens and banned:
+        if n_out + (j if offsets is None else offsets[j]) < params.min_tokens and banned:
             logits[j, banned] = float("-inf")
     if params.greedy:  # float64: no ties created by rounding that argmax of logits lacks
         return logits.double().softmax(dim=-1)
@@ -82,6 +86,35 @@ def verify_drafts(
     if raw is not None:
         logprobs = Sampler._logprobs(raw[: n + 1], tokens, [params] * len(tokens))
     return Verified(tokens, logprobs, n)
+
+
+def verify_tree_drafts(
+    logits: torch.Tensor,
+    drafts: list[int],
+    parents: list[int],
+    seq: Sequence,
+    banned: list[int],
+    generator: torch.Generator,
+) -> tuple[Verified, list[int]]:
+    """Verify a token tree of drafts from its chunk's float32 `logits` (root row first,
+    modified in place): greedy keeps the argmax child at each row, sampled requests keep
+    children by recursive rejection of their point masses (exact). Returns what the
+    sequence emits and the kept path (node indices)."""
+    params = seq.params
+    raw = torch.log_softmax(logits, dim=-1) if params.logprobs is not None else None
+    p = target_probs(logits, seq, banned, row_offsets(parents))
+    if params.greedy:
+        best: list[int] = p.argmax(dim=-1).tolist()
+        path = walk_greedy(parents, drafts, best)
+        last = best[path[-1] + 1 if path else 0]
+    else:
+        path, last = walk_sampled(parents, drafts, p, generator)
+    tokens = [drafts[c] for c in path] + [last]
+    logprobs: list[TokenLogprobs | None] = [None] * len(tokens)
+    if raw is not None:  # each token's scoring row: the root, then the kept nodes
+        rows = torch.tensor([0] + [c + 1 for c in path], device=raw.device)
+        logprobs = Sampler._logprobs(raw.index_select(0, rows), tokens, [params] * len(tokens))
+    return Verified(tokens, logprobs, len(path)), path
 
 
 def _argmax_mass(p: torch.Tensor) -> torch.Tensor:

@@ -22,8 +22,10 @@ import torch.nn.functional as F
 
 from deploylab.engine.attention import Workspace
 from deploylab.engine.attention import _gather as gather_rows
+from deploylab.engine.spec_decode.tree_drafts import chunk_mask
 
-VerifyItem = tuple[int, int, int, list[int]]  # query start, query length, cached tokens, table
+# query start, query length, cached tokens, block table, token-tree parents (None: a chain)
+VerifyItem = tuple[int, int, int, list[int], "list[int] | None"]
 
 
 @dataclass
@@ -82,14 +84,14 @@ def build_verify_batch(
     `head_rows` are the KV heads' row offsets in the flat cache view."""
     n = len(items)
     qn = max(item[1] for item in items)
-    nblocks = max(-(-(ctx + ql) // block_size) for _, ql, ctx, _ in items)
+    nblocks = max(-(-(ctx + ql) // block_size) for _, ql, ctx, _, _ in items)
     length = nblocks * block_size
     query_index: list[int] = []
     valid: list[bool] = []
     dest: list[int] = []
     tables: list[list[int]] = []
     limits: list[int] = []  # keys each (seq, query row) may attend
-    for start, ql, ctx, table in items:
+    for start, ql, ctx, table, _ in items:
         for j in range(qn):
             row = start + min(j, ql - 1)
             query_index.append(row)
@@ -105,6 +107,11 @@ def build_verify_batch(
     lim = torch.tensor(limits, dtype=torch.int64).view(n, 1, 1, qn, 1)
     bias = torch.zeros((n, 1, 1, qn, length), dtype=torch.float32)
     bias.masked_fill_(keys.view(1, 1, 1, 1, length) >= lim, float("-inf"))
+    for i, (_, ql, ctx, _, tree) in enumerate(items):
+        if tree is not None:  # a token tree: each node sees the context and its own path
+            mask = chunk_mask(tree)
+            region = bias[i, 0, 0, :ql, ctx : ctx + ql]
+            region.copy_(torch.zeros_like(region).masked_fill_(~mask, float("-inf")))
     bias = bias.expand(n, 1, groups, qn, length).reshape(n, 1, groups * qn, length)
 
     def dev(t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,206 @@
+"""Token trees of drafts in the engine (`speculative_config.tree_width`): greedy output equals
+plain decoding whichever branch is kept (the kept path's KV moves into place), sampled output
+follows the target (chi-square), and the tree helpers do what they say."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence as Seq
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+from tests.engine.conftest import ModelParts
+from tests.engine.test_spec_decode import (
+    NGRAM,
+    greedy_params,
+    looping_prompts,
+    pressure_keeps_greedy,
+    run,
+)
+from tests.engine.test_spec_decode_sampling import PROMPT, TOP_K, top_probs
+
+from deploylab.engine import SamplingParams
+from deploylab.engine.sequence import Sequence
+from deploylab.engine.spec_decode.config import parse_speculative_config
+from deploylab.engine.spec_decode.tree_drafts import (
+    chunk_mask,
+    depths,
+    lookup_tree,
+    path_moves,
+    walk_greedy,
+    walk_sampled,
+)
+from deploylab.errors import ConfigError
+
+TREE = {**NGRAM, "tree_width": 3}
+
+
+def test_tree_helpers() -> None:
+    parents = [-1, -1, 0, 1, 3]  # two root children; node 4 below node 3 below node 1
+    assert depths(parents) == [1, 1, 2, 2, 3]
+    mask = chunk_mask(parents)
+    assert mask[5].tolist() == [True, False, True, False, True, True]  # root, 1, 3, itself
+    assert mask[:, 0].all() and not mask[1, 2]
+    tokens = [10, 11, 12, 13, 14]
+    assert walk_greedy(parents, tokens, [11, 0, 13, 0, 14, 0]) == [1, 3, 4]
+    assert walk_greedy(parents, tokens, [9, 0, 0, 0, 0, 0]) == []
+    assert path_moves(100, [1, 3, 4]) == [(102, 101), (104, 102), (105, 103)]
+    assert path_moves(100, [0]) == []  # a node already where a chain would have it stays
+    assert path_moves(100, [0, 2]) == [(103, 102)]
+    seq = np.array([1, 2, 3, 7, 1, 2, 3, 8, 9, 1, 2, 3])
+    toks, pars = lookup_tree(seq, k=4, n_max=3, n_min=1, width=2)
+    assert (toks, pars) == ([8, 9, 1, 7], [-1, 0, 1, -1])  # latest match first, then older
+
+
+def test_sampled_walk_is_exact_for_point_mass_candidates() -> None:
+    """Distinct deterministic candidates kept by recursive rejection: the emitted first
+    token follows p whichever candidates are offered."""
+    p = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.1, 0.2, 0.3, 0.4], [0.25, 0.25, 0.25, 0.25]])
+    gen = torch.Generator().manual_seed(0)
+    n = 20000
+    counts: Counter[int] = Counter()
+    for _ in range(n):
+        path, last = walk_sampled([-1, -1], [1, 2], p, gen)
+        counts[[1, 2][path[0]] if path else last] += 1
+    observed = [counts[t] for t in range(3)]
+    assert chisquare(observed, [n * 0.5, n * 0.3, n * 0.2]).pvalue > 1e-3
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"max_num_batched_tokens": 24, "max_num_seqs": 8}],
+    ids=["plain", "chunked"],
+)
+def test_ngram_trees_keep_greedy_output(tiny: ModelParts, settings: dict[str, Any]) -> None:
+    prompts = looping_prompts(12)
+    params = greedy_params(len(prompts))
+    expected = run(tiny.engine(**settings), prompts, params)
+    engine = tiny.engine(speculative_config=TREE, **settings)
+    got = run(engine, prompts, params)
+    assert [o.token_ids for o in got] == [o.token_ids for o in expected]
+    assert engine.spec.stats.num_accepted_tokens > 0  # type: ignore[union-attr]
+
+
+def test_trees_under_preemption_and_prefix_hits(tiny: ModelParts) -> None:
+    engine = pressure_keeps_greedy(tiny, TREE)
+    assert engine.spec.stats.num_accepted_tokens > 0  # type: ignore[union-attr]
+
+
+class BranchProposer:
+    """A tree whose first root child is wrong and whose second branch is the plain engine's
+    continuation (`answers[request_id]`): every step keeps a branch that has to move."""
+
+    free_to_propose = True
+
+    def __init__(self, answers: dict[str, list[int]], vocab: int) -> None:
+        self.answers = answers
+        self.vocab = vocab
+
+    def propose_tree(
+        self, seqs: Seq[Sequence], ks: Seq[int], width: int
+    ) -> list[tuple[list[int], list[int]]]:
+        out = []
+        for seq, k in zip(seqs, ks, strict=True):
+            right = self.answers[seq.request_id][seq.num_output_tokens :][: max(k - 1, 0)]
+            if not right:
+                out.append(([], []))
+                continue
+            wrong = (right[0] + 1) % self.vocab
+            out.append(([wrong, *right], [-1, -1, *range(1, len(right))]))
+        return out
+
+
+@pytest.mark.parametrize("logprobs", [None, 2])
+def test_a_kept_second_branch_moves_into_place(tiny: ModelParts, logprobs: int | None) -> None:
+    """Greedy (batched path) and greedy with logprobs (per-sequence path)."""
+    prompts = looping_prompts(6, seed=4)
+    params = [
+        SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, logprobs=logprobs)
+        for _ in prompts
+    ]
+    expected = run(tiny.engine(), prompts, params)
+    engine = tiny.engine(speculative_config={**TREE, "num_speculative_tokens": 5})
+    assert engine.spec is not None
+    answers = {o.request_id: list(o.token_ids) for o in expected}
+    engine.spec.proposer = BranchProposer(answers, tiny.model.config.vocab_size)  # type: ignore[assignment]
+    got = run(engine, prompts, params)
+    assert [o.token_ids for o in got] == [o.token_ids for o in expected]
+    if logprobs:
+        for g, e in zip(got, expected, strict=True):
+            assert [lp.logprob for lp in g.logprobs] == pytest.approx(
+                [lp.logprob for lp in e.logprobs], abs=1e-4
+            )
+    st = engine.spec.stats
+    assert st.num_accepted_tokens > 0.6 * st.num_draft_tokens  # all but the wrong node
+
+
+class SampledTreeProposer:
+    """After the first token a: a tree [second-best b, best b, best c after best b]."""
+
+    free_to_propose = True
+
+    def __init__(self, table: dict[int, list[int]]) -> None:
+        self.table = table
+
+    def propose_tree(
+        self, seqs: Seq[Sequence], ks: Seq[int], width: int
+    ) -> list[tuple[list[int], list[int]]]:
+        out = []
+        for seq in seqs:
+            tree = (
+                self.table.get(seq.token_ids[len(PROMPT)]) if seq.num_output_tokens == 1 else None
+            )
+            out.append((tree, [-1, -1, 1]) if tree else ([], []))
+        return out
+
+
+def test_sampled_trees_follow_the_target_distribution(tiny: ModelParts) -> None:
+    plain = tiny.engine()
+    p1 = top_probs(plain, PROMPT)
+    exact: dict[tuple[int, ...], float] = {}
+    table: dict[int, list[int]] = {}
+    for a, pa in p1.items():
+        p2 = top_probs(plain, [*PROMPT, a])
+        ranked = sorted(p2, key=p2.__getitem__, reverse=True)
+        p3_best = top_probs(plain, [*PROMPT, a, ranked[0]])
+        table[a] = [ranked[1], ranked[0], max(p3_best, key=p3_best.__getitem__)]
+        for b, pb in p2.items():
+            for c, pc in top_probs(plain, [*PROMPT, a, b]).items():
+                exact[(a, b, c)] = pa * pb * pc
+    n = 2400
+    engine = tiny.engine(
+        speculative_config={**TREE, "num_speculative_tokens": 3, "adaptive": False},
+        max_num_seqs=256,
+        seed=7,
+    )
+    assert engine.spec is not None
+    engine.spec.proposer = SampledTreeProposer(table)  # type: ignore[assignment]
+    params = SamplingParams(temperature=1.0, top_k=TOP_K, max_tokens=3, ignore_eos=True)
+    seqs = [engine.add_request(f"s{i}", PROMPT, params) for i in range(n)]
+    while engine.has_unfinished_requests():
+        engine.step()
+    counts = Counter(tuple(s.output_token_ids) for s in seqs)
+    assert set(counts) <= set(exact)
+    cells = sorted(exact)
+    observed = [counts.get(c, 0) for c in cells]
+    assert chisquare(observed, [exact[c] * n for c in cells]).pvalue > 1e-3
+    stats = engine.spec.stats
+    assert 0 < stats.num_accepted_tokens < stats.num_draft_tokens
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"tree_width": 0}, r"tree_width must be an integer in \[1, 16\]"),
+        ({"tree_width": 2, "method": "head"}, "needs \"method\": \"ngram\""),
+        ({"tree_width": 2, "cascade_rule": "v3"}, "the exact rules"),
+    ],
+)  # fmt: skip
+def test_tree_settings_are_validated(extra: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_speculative_config({**NGRAM, **extra})
+    ok = parse_speculative_config(TREE)
+    assert ok is not None and ok.tree_width == 3
