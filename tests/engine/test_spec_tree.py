@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence as Seq
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from tests.engine.test_spec_decode import (
     run,
 )
 from tests.engine.test_spec_decode_sampling import PROMPT, TOP_K, top_probs
+from tests.engine.test_spec_head import head_config, random_head
 
 from deploylab.engine import SamplingParams
 from deploylab.engine.sequence import Sequence
@@ -195,7 +197,7 @@ def test_sampled_trees_follow_the_target_distribution(tiny: ModelParts) -> None:
     ("extra", "message"),
     [
         ({"tree_width": 0}, r"tree_width must be an integer in \[1, 16\]"),
-        ({"tree_width": 2, "method": "head"}, "needs \"method\": \"ngram\""),
+        ({"tree_width": 2, "method": "draft_model"}, "needs \"method\" \"ngram\" or"),
         ({"tree_width": 2, "cascade_rule": "v3"}, "the exact rules"),
     ],
 )  # fmt: skip
@@ -204,3 +206,34 @@ def test_tree_settings_are_validated(extra: dict[str, Any], message: str) -> Non
         parse_speculative_config({**NGRAM, **extra})
     ok = parse_speculative_config(TREE)
     assert ok is not None and ok.tree_width == 3
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"max_num_batched_tokens": 24, "max_num_seqs": 8}],
+    ids=["plain", "chunked"],
+)
+def test_head_trees_keep_greedy_output(
+    tiny: ModelParts, tmp_path: Path, settings: dict[str, Any]
+) -> None:
+    """The head's top-3 first tokens as root children, the best one continued."""
+    prompts = looping_prompts(10, seed=4)
+    params = greedy_params(len(prompts))
+    expected = run(tiny.engine(**settings), prompts, params)
+    path = random_head(tiny, tmp_path / "h.safetensors", vocab=512)
+    config = {**head_config(path), "num_speculative_tokens": 5, "tree_width": 3}
+    engine = tiny.engine(speculative_config=config, **settings)
+    assert engine.spec is not None
+    seen: list[list[int]] = []
+    propose_tree = engine.spec.proposer.propose_tree  # type: ignore[attr-defined]
+
+    def spy(seqs, ks, width):  # noqa: ANN001, ANN202
+        trees = propose_tree(seqs, ks, width)
+        seen.extend(parents for _, parents in trees if parents)
+        return trees
+
+    engine.spec.proposer.propose_tree = spy  # type: ignore[attr-defined]
+    got = run(engine, prompts, params)
+    assert [o.token_ids for o in got] == [o.token_ids for o in expected]
+    assert seen and all(p.count(-1) == 3 and len(p) == 5 for p in seen if len(p) == 5)
+    assert any(p == [-1, 0, 1, -1, -1] for p in seen)  # a 3-deep chain and two siblings

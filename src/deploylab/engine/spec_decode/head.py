@@ -115,10 +115,11 @@ class HeadProposer:
             keep = {(s.request_id, s.index) for s in seqs}
             self.states = {k: v for k, v in self.states.items() if k in keep}
 
-    @torch.inference_mode()
-    def propose(self, seqs: Seq[Sequence], ks: Seq[int]) -> list[list[int]]:
-        """Up to ks[i] greedy drafts per sequence, all sequences batched per depth."""
-        out: list[list[int]] = [[] for _ in seqs]
+    def _ready(
+        self, seqs: Seq[Sequence], ks: Seq[int]
+    ) -> tuple[list[int], torch.Tensor, torch.Tensor] | None:
+        """Sequences that can draft (a hidden state for their last token, k > 0): their
+        indices, hidden states and last tokens; None when there is none."""
         rows, hs, toks = [], [], []
         for i, (seq, k) in enumerate(zip(seqs, ks, strict=True)):
             state = self.states.get((seq.request_id, seq.index))
@@ -127,16 +128,60 @@ class HeadProposer:
                 hs.append(state[1])
                 toks.append(seq.token_ids[-1])
         if not rows:
-            return out
-        embed = self.model.model.embed_tokens
+            return None
         h = torch.stack(hs)
-        tok = torch.tensor(toks, dtype=torch.int64, device=h.device)
+        return rows, h, torch.tensor(toks, dtype=torch.int64, device=h.device)
+
+    def _step(self, h: torch.Tensor, tok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One head step: the next hidden-state guesses and their draft-vocabulary logits."""
+        h = self.head(h, self.model.model.embed_tokens(tok))
+        return h, h @ self._vocab_weight.T
+
+    @torch.inference_mode()
+    def propose(self, seqs: Seq[Sequence], ks: Seq[int]) -> list[list[int]]:
+        """Up to ks[i] greedy drafts per sequence, all sequences batched per depth."""
+        out: list[list[int]] = [[] for _ in seqs]
+        ready = self._ready(seqs, ks)
+        if ready is None:
+            return out
+        rows, h, tok = ready
         for depth in range(max(ks[i] for i in rows)):
-            h = self.head(h, embed(tok))
-            tok = self.head.draft_vocab[(h @ self._vocab_weight.T).argmax(dim=-1)]
+            h, logits = self._step(h, tok)
+            tok = self.head.draft_vocab[logits.argmax(dim=-1)]
             for j, t in zip(rows, tok.tolist(), strict=True):
                 if depth < ks[j]:
                     out[j].append(t)
+        return out
+
+    @torch.inference_mode()
+    def propose_tree(
+        self, seqs: Seq[Sequence], ks: Seq[int], width: int
+    ) -> list[tuple[list[int], list[int]]]:
+        """Per sequence a tree of at most ks[i] nodes: the head's top-`width` first tokens as
+        root children, the most likely one continued greedily as deep as the budget allows
+        after one node for each other child: (tokens, parents), topological order."""
+        out: list[tuple[list[int], list[int]]] = [([], []) for _ in seqs]
+        ready = self._ready(seqs, ks)
+        if ready is None:
+            return out
+        rows, h, tok = ready
+        h, logits = self._step(h, tok)
+        top = self.head.draft_vocab[logits.topk(min(width, logits.shape[-1])).indices]
+        firsts = top.tolist()
+        siblings = [min(len(firsts[0]) - 1, ks[j] - 1) for j in rows]
+        deep = [ks[j] - n for j, n in zip(rows, siblings, strict=True)]
+        chains: list[list[int]] = [[f[0]] for f in firsts]
+        tok = top[:, 0]
+        for depth in range(1, max(deep)):
+            h, logits = self._step(h, tok)
+            tok = self.head.draft_vocab[logits.argmax(dim=-1)]
+            for chain, t, d in zip(chains, tok.tolist(), deep, strict=True):
+                if depth < d:
+                    chain.append(t)
+        for i, j in enumerate(rows):  # the chain (each node below the last), then siblings
+            chain, extra = chains[i], firsts[i][1 : 1 + siblings[i]]
+            parents = [-1, *range(len(chain) - 1)] + [-1] * len(extra)
+            out[j] = (chain + extra, parents)
         return out
 
 
