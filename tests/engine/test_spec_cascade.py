@@ -65,3 +65,17 @@ def test_cascade_settings_are_validated(extra: dict[str, Any], message: str) -> 
         parse_speculative_config({**NGRAM, **extra})
     ok = parse_speculative_config({**NGRAM, "cascade_rule": "v2", "cascade_alpha": 0.25})
     assert ok is not None and (ok.cascade_rule, ok.cascade_alpha) == ("v2", 0.25)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"cascade_rule": "v3", "cascade_alpha": 0.4}, {"judge_delta": 0.7}, {"tree_width": 2}],
+)
+def test_a_parsed_config_round_trips(extra: dict[str, Any]) -> None:
+    """The server hands the engine `asdict` of the parsed config: parsing it again gives the
+    same config (defaults such as cascade_alpha 0 without a rule are no error)."""
+    from dataclasses import asdict
+
+    first = parse_speculative_config({**NGRAM, **extra})
+    assert first is not None
+    assert parse_speculative_config(asdict(first)) == first

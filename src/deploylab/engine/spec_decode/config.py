@@ -187,7 +187,7 @@ def _cascade(raw: dict[str, Any]) -> tuple[str | None, float]:
     rule, alpha = raw.get("cascade_rule"), raw.get("cascade_alpha", 0.0)
     rules = ", ".join(r.value for r in DeferralRule)
     if rule is None:
-        if "cascade_alpha" in raw:
+        if raw.get("cascade_alpha", 0.0) != 0.0:  # 0.0: the default a round trip carries
             raise ConfigError(f"speculative_config.cascade_alpha needs cascade_rule ({rules}).")
         return None, 0.0
     if rule not in {r.value for r in DeferralRule}:
