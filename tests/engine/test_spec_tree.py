@@ -237,3 +237,28 @@ def test_head_trees_keep_greedy_output(
     assert [o.token_ids for o in got] == [o.token_ids for o in expected]
     assert seen and all(p.count(-1) == 3 and len(p) == 5 for p in seen if len(p) == 5)
     assert any(p == [-1, 0, 1, -1, -1] for p in seen)  # a 3-deep chain and two siblings
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_trees_on_cuda_keep_greedy_output() -> None:
+    """CUDA, float32, CUDA graphs and the Triton kernels for the other steps: tree verify
+    chunks take the masked attention path, the kept second branch moves into place."""
+    from deploylab.engine import LLM
+
+    prompts = looping_prompts(6, seed=4)
+    params = [SamplingParams(temperature=0, max_tokens=20, ignore_eos=True) for _ in prompts]
+    settings: dict[str, Any] = {
+        "random_weights": "tiny", "device": "cuda", "dtype": "float32", "max_num_seqs": 8,
+        "max_model_len": 256, "gpu_memory_utilization": 0.15,
+    }  # fmt: skip
+    plain = LLM(**settings).llm_engine
+    expected = run(plain, prompts, params)
+    del plain
+    engine = LLM(**settings, speculative_config={**TREE, "num_speculative_tokens": 5}).llm_engine
+    assert engine.spec is not None
+    answers = {o.request_id: list(o.token_ids) for o in expected}
+    engine.spec.proposer = BranchProposer(answers, engine.model_config.vocab_size)  # type: ignore[assignment]
+    got = run(engine, prompts, params)
+    assert [o.token_ids for o in got] == [o.token_ids for o in expected]
+    assert engine.spec.stats.num_accepted_tokens > 0
