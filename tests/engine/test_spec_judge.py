@@ -151,3 +151,37 @@ def test_judge_training_pipeline_end_to_end(tiny_tok: Any, tmp_path: Path) -> No
     engine = tiny_tok.engine(speculative_config={**NGRAM, "judge_path": str(path)})
     assert engine.spec is not None and engine.spec.judge is not None
     assert engine.spec.judge.delta == chosen["delta"]
+
+
+class StopProposer:
+    """Drafts the stop token at every position (a judge that always fires would keep it)."""
+
+    free_to_propose = True
+
+    def __init__(self, stop: int) -> None:
+        self.stop = stop
+
+    def propose(self, seqs: Any, ks: Any) -> list[list[int]]:
+        return [[self.stop] * k for k in ks]
+
+
+@pytest.mark.parametrize("logprobs", [None, 1])
+def test_the_judge_never_keeps_a_stop_token_below_min_tokens(
+    tiny: Any, tmp_path: Path, logprobs: int | None
+) -> None:
+    """Greedy batched path and per-sequence path: a stop token is not emitted before
+    min_tokens, whatever the judge says."""
+    path = _judge_file(tmp_path, tiny.model.config.hidden_size, 20.0)
+    eng = tiny.engine(speculative_config={**NGRAM, "judge_path": path})
+    assert eng.spec is not None
+    stop = 7
+    eng.spec.proposer = StopProposer(stop)  # type: ignore[assignment]
+    params = [
+        SamplingParams(
+            temperature=0, max_tokens=20, min_tokens=12, stop_token_ids=[stop], logprobs=logprobs
+        )
+        for _ in range(3)
+    ]
+    outs = run(eng, looping_prompts(3, seed=9), params)
+    for o in outs:
+        assert stop not in o.token_ids[:11] and len(o.token_ids) >= 12

@@ -262,3 +262,88 @@ def test_trees_on_cuda_keep_greedy_output() -> None:
     got = run(engine, prompts, params)
     assert [o.token_ids for o in got] == [o.token_ids for o in expected]
     assert engine.spec.stats.num_accepted_tokens > 0
+
+
+def test_tree_chunks_beside_prefill_kernel_chunks_keep_row_order(tiny: ModelParts) -> None:
+    """A step with token-tree verify chunks and prefill chunks of new requests: with the
+    paged-prefill kernel's path (CUDA; a stand-in here, `prepare` only asks whether it is
+    there) the step's tokens, positions and cache slots equal the host path's, row by row."""
+    engine = tiny.engine(speculative_config=TREE, max_num_seqs=8)
+    runner = engine.runner
+    real_prepare = runner.prepare
+    mixed, mismatched = [0], []
+
+    def prepare(scheduled):  # noqa: ANN001, ANN202
+        chunks = [s for s in scheduled if s.num_new_tokens > 1]
+        if any(s.seq.draft_parents for s in chunks) and any(
+            not s.seq.num_draft_tokens for s in chunks
+        ):
+            mixed[0] += 1
+            saved = runner._prompt_rows[:]
+            runner.paged_prefill = object()  # type: ignore[assignment]
+            try:
+                ids, pos, meta, _, _ = real_prepare(scheduled)
+                kernel = (ids.tolist(), pos.tolist(), meta.write_index.tolist())
+            finally:
+                runner.paged_prefill = None
+                runner._prompt_rows = saved
+            out = real_prepare(scheduled)
+            host = (out[0].tolist(), out[1].tolist(), out[2].write_index.tolist())
+            if kernel != host:
+                mismatched.append(mixed[0])
+            return out
+        return real_prepare(scheduled)
+
+    runner.prepare = prepare  # type: ignore[method-assign]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    for i, prompt in enumerate(looping_prompts(8, seed=1)):  # arrivals beside tree steps
+        engine.add_request(f"r{i}", prompt, params)
+        engine.step()
+        engine.step()
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert mixed[0] > 0 and not mismatched
+
+
+def test_the_head_drafts_from_the_kept_paths_last_row(tiny: ModelParts, tmp_path: Path) -> None:
+    """After a tree step the head gets the hidden row that produced the last emitted token:
+    the row after the kept path's last node."""
+    path = random_head(tiny, tmp_path / "h.safetensors", vocab=512)
+    config = {**head_config(path), "num_speculative_tokens": 5, "tree_width": 3}
+    engine = tiny.engine(speculative_config=config)
+    spec = engine.spec
+    assert spec is not None
+    step: dict[str, Any] = {}
+    verify_greedy = spec._verify_greedy
+
+    def spy_verify(spans, logits, sampler):  # noqa: ANN001, ANN202
+        res = verify_greedy(spans, logits, sampler)
+        step["first"] = {id(s): f for s, f in spans}
+        step["paths"] = {id(s): list(p) for s, p in spec._paths}
+        step["hidden"] = engine.runner.sample_hidden
+        return res
+
+    observe = spec.proposer.observe  # type: ignore[attr-defined]
+    checked, wrong = [0], []
+
+    def spy_observe(seqs, positions, hidden):  # noqa: ANN001, ANN202
+        if step:
+            for i, seq in enumerate(seqs):
+                kept = step["paths"].get(id(seq))
+                if kept:
+                    want = step["hidden"][step["first"][id(seq)] + kept[-1] + 1]
+                    checked[0] += 1
+                    if not torch.equal(hidden[i], want):
+                        wrong.append(kept)
+            step.clear()
+        observe(seqs, positions, hidden)
+
+    spec._verify_greedy = spy_verify  # type: ignore[method-assign]
+    spec.proposer.observe = spy_observe  # type: ignore[attr-defined]
+    prompts = looping_prompts(10, seed=4)
+    params = greedy_params(len(prompts))
+    answers = {o.request_id: list(o.token_ids) for o in run(tiny.engine(), prompts, params)}
+    branch = BranchProposer(answers, engine.model_config.vocab_size)
+    spec.proposer.propose_tree = branch.propose_tree  # type: ignore[attr-defined]
+    run(engine, prompts, params)
+    assert checked[0] > 0 and not wrong

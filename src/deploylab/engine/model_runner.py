@@ -199,7 +199,11 @@ class ModelRunner:
             (s for s in scheduled if s.num_new_tokens == 1),
             key=lambda s: -s.seq.num_computed_tokens,
         )
-        chunks = [s for s in scheduled if s.num_new_tokens > 1]
+        # Token-tree verify chunks last: the prefill kernel's chunks must be one run of rows.
+        chunks = sorted(
+            (s for s in scheduled if s.num_new_tokens > 1),
+            key=lambda s: bool(s.seq.num_draft_tokens and s.seq.draft_parents is not None),
+        )
         ids: list[int] = []
         pos: list[int] = []
         slots: list[int] = []
@@ -290,10 +294,12 @@ class ModelRunner:
                 fresh=all(c[1] == c[2] for c in kernel_chunks),
                 first_position=kernel_chunks[0][2] - kernel_chunks[0][1],
             )
-            chunk_pos, chunk_slots = batch.positions_and_slots(len(decodes), tokens, bs)
-            if on_host:
-                positions = torch.cat([positions, chunk_pos])
-                slot_t = torch.cat([slot_t, chunk_slots])
+            nd = len(decodes)
+            kernel_end = nd + sum(c[1] for c in kernel_chunks)
+            chunk_pos, chunk_slots = batch.positions_and_slots(nd, kernel_end, bs)
+            if on_host:  # rows: decodes, the kernel's chunks, then token-tree chunks
+                positions = torch.cat([positions[:nd], chunk_pos, positions[nd:]])
+                slot_t = torch.cat([slot_t[:nd], chunk_slots, slot_t[nd:]])
             else:
                 positions, slot_t = chunk_pos, chunk_slots
         meta = AttentionMetadata(

@@ -64,7 +64,7 @@ def _serve(
     _, num_blocks, max_model_len = msg
     dtype = config.torch_dtype(device)
     cache = KVCache(model.config, num_blocks, config.block_size, dtype, device)
-    runner = ModelRunner(model, cache, device, max_model_len)
+    runner = ModelRunner(model, cache, device, max_model_len, config.tree_attention)
     conn.send(("ready", rank))
     while True:
         msg = _receive(conn, parent)

@@ -226,6 +226,8 @@ class SpecDecoder:
         plain: list[Sequence] = []
         greedy: list[tuple[Sequence, int]] = []  # greedy drafting sequences, first row
         self._rows_of: dict[int, int] = {}
+        self._paths = []
+        self._last_row: dict[int, int] = {}  # tree: chunk row that produced the last token
         results: dict[int, StepResult] = {}
         row = 0
         while row < len(seqs):
@@ -266,7 +268,7 @@ class SpecDecoder:
         """Greedy verification of every greedy drafting sequence at once (`greedy_verify`'s
         rule on the float32 logits, as the sampler's argmax): one argmax, one device sync."""
         best = greedy_best(spans, logits, sampler.eos_token_ids)
-        passed = self._judged_rows(spans)  # judge decoding: drafts the judge keeps anyway
+        passed = self._judged_rows(spans, sampler.eos_token_ids)  # judge decoding
         results: dict[int, StepResult] = {}
         at = 0
         for seq, _ in spans:
@@ -275,7 +277,7 @@ class SpecDecoder:
             rows = slice(at, at + k + 1)
             tokens, path = greedy_outcome(drafts, tree, best[rows], passed[rows])
             if path is not None:
-                self._paths.append((seq, path))
+                self._keep_path(seq, path)
             self._record(seq, k, len(tokens) - 1)
             results[id(seq)] = (seq, tokens, [None] * len(tokens))
             at += k + 1
@@ -292,19 +294,30 @@ class SpecDecoder:
         while row < len(seqs):
             seq = seqs[row]
             n = len(results[id(seq)][1])  # tokens this step emits: row + n - 1 made the last
-            rows.append(row + n - 1)
+            rows.append(row + self._last_row.get(id(seq), n - 1))  # (a tree: its path's end)
             keep.append(seq)
             positions.append(seq.num_tokens + n - 1)
             row += self._rows_of.get(id(seq), 1)
         index = torch.tensor(rows, dtype=torch.int64, device=hidden.device)
         observe(keep, positions, hidden.index_select(0, index))
 
-    def _judged_rows(self, spans: list[tuple[Sequence, int]]) -> list[bool]:
-        """Per verify row of `spans`: whether the judge passes the draft that row scores."""
+    def _judged_rows(self, spans: list[tuple[Sequence, int]], eos: list[int]) -> list[bool]:
+        """Per verify row of `spans`: whether the judge passes the draft that row scores (never
+        a stop token below min_tokens, which the target may not emit there)."""
         hidden = self.runner.sample_hidden if self.runner is not None else None
         if self.judge is None or hidden is None:
             return [False] * sum(seq.num_draft_tokens + 1 for seq, _ in spans)
-        return self.judge.span_verdicts(hidden, [(f, s.num_draft_tokens) for s, f in spans])
+        out = self.judge.span_verdicts(hidden, [(f, s.num_draft_tokens) for s, f in spans])
+        at = 0
+        for seq, _ in spans:
+            params, k = seq.params, seq.num_draft_tokens
+            stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos))
+            n_out = seq.num_output_tokens - k
+            for j, draft in enumerate(seq.token_ids[-k:]):
+                if n_out + j < params.min_tokens and draft in stops:
+                    out[at + j] = False
+            at += k + 1
+        return out
 
     def _judged(self, row: int, k: int) -> torch.Tensor | None:
         """The judge's verdicts on the k drafts whose rows follow `row`, or None."""
@@ -342,9 +355,15 @@ class SpecDecoder:
             banned += sampler.eos_token_ids
         gen = sampler._seq_generator(seq) if params.seed is not None else sampler.generator
         result, path = verify_tree_drafts(logits, drafts, parents, seq, banned, gen)
-        self._paths.append((seq, path))
+        self._keep_path(seq, path)
         self._record(seq, k, result.num_accepted)
         return seq, result.tokens, result.logprobs
+
+    def _keep_path(self, seq: Sequence, path: list[int]) -> None:
+        """Note a verified tree's kept path: its KV moves after verification, and the row
+        after its last node produced the sequence's last token."""
+        self._paths.append((seq, path))
+        self._last_row[id(seq)] = path[-1] + 1 if path else 0
 
     @staticmethod
     def _take_drafts(seq: Sequence) -> list[int]:

@@ -75,7 +75,9 @@ def verify_drafts(
     elif judged is not None:
         # Greedy: rule = "the draft is the argmax" (point mass); sampled: speculative sampling.
         target = _argmax_mass(p) if params.greedy else p
-        result = judge_verify(target[None], q, d, judged[None].to(p.device), generator)
+        # never a draft the target may not emit (a stop token below min_tokens, top-k/p cut)
+        allowed = p[torch.arange(len(drafts), device=p.device), d[0]] > 0
+        result = judge_verify(target[None], q, d, (judged.to(p.device) & allowed)[None], generator)
     elif params.greedy:
         result = greedy_verify(p[None], d)
     else:
