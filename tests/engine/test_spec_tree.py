@@ -4,6 +4,7 @@ follows the target (chi-square), and the tree helpers do what they say."""
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from collections.abc import Sequence as Seq
 from pathlib import Path
@@ -255,6 +256,8 @@ def test_trees_on_cuda_keep_greedy_output() -> None:
     plain = LLM(**settings).llm_engine
     expected = run(plain, prompts, params)
     del plain
+    gc.collect()  # the next engine sizes its KV cache from what this one leaves free
+    torch.cuda.empty_cache()
     engine = LLM(**settings, speculative_config={**TREE, "num_speculative_tokens": 5}).llm_engine
     assert engine.spec is not None
     answers = {o.request_id: list(o.token_ids) for o in expected}

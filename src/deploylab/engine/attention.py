@@ -196,7 +196,7 @@ def paged_attention(
             group,
             scale,
         )
-        out[s : s + n] = od.view(n, num_heads, head_dim)
+        out[s : s + n] = od.reshape(n, num_heads, head_dim)  # SDPA on CUDA may return strided
     if meta.verify is not None:
         meta.verify(q, k_cache, v_cache, out, scale)
     if meta.prefill_kernel is not None and meta.prefill_batch is not None:

@@ -226,7 +226,8 @@ class TPModelRunner:
         if not use:
             self.inner.graphs = None
             logger.warning(
-                "CUDA graphs are off under tensor parallelism: capture failed on rank(s) %s",
+                "CUDA graphs are off under tensor parallelism: rank(s) %s did not capture "
+                "(no paged decode kernel for this dtype, or the capture failed)",
                 [r for r, good in enumerate([ok, *oks]) if not good],
             )
         return use
