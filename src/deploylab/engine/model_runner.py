@@ -19,7 +19,8 @@ from deploylab.engine.models.llama import LlamaForCausalLM
 from deploylab.engine.scheduler import ScheduledSeq, SchedulerOutput
 from deploylab.engine.sequence import Sequence
 from deploylab.engine.spec_decode.tree_drafts import row_offsets
-from deploylab.engine.spec_decode.verify_attention import VerifyItem, build_verify_batch
+from deploylab.engine.spec_decode.verify_attention import build_verify_batch
+from deploylab.engine.step_rows import StepRows, chunk_slots, group_sizes
 from deploylab.engine.triton_attention import PagedDecodeFn, load_paged_decode
 from deploylab.engine.triton_prefill import PagedPrefillFn, PrefillBatch, load_paged_prefill
 from deploylab.engine.triton_tree import TreeDecoder
@@ -193,7 +194,6 @@ class ModelRunner:
         Token order: single-token items (decodes) first, then multi-token prefill chunks. A
         chunk ending in speculative drafts samples from each draft position and the last one.
         """
-        bs = self.block_size
         # Longest context first, so decode groups of similar lengths waste little padding.
         decodes = sorted(
             (s for s in scheduled if s.num_new_tokens == 1),
@@ -204,80 +204,95 @@ class ModelRunner:
             (s for s in scheduled if s.num_new_tokens > 1),
             key=lambda s: bool(s.seq.num_draft_tokens and s.seq.draft_parents is not None),
         )
-        ids: list[int] = []
-        pos: list[int] = []
-        slots: list[int] = []
-        sample_rows: list[int] = []
-        sample_seqs: list[Sequence] = []
-        ctx_lens: list[int] = []
-        tables: list[list[int]] = []
+        rows = StepRows()
+        self._add_decodes(rows, decodes)
+        self._add_chunks(rows, chunks, len(decodes))
+        input_ids, positions, meta = self._upload(rows, len(decodes))
+        if rows.verify_items:
+            groups = self.model.config.num_attention_heads // self._head_rows.numel()
+            meta.verify = build_verify_batch(
+                rows.verify_items, self._head_rows, groups, self.block_size, self.device,
+                self.workspace,
+            )  # fmt: skip
+        if self.lora is not None:
+            layout = [(s.seq, 1) for s in decodes] + [(s.seq, s.num_new_tokens) for s in chunks]
+            meta.lora = self.lora.prepare(layout, meta.num_tokens)
+        return input_ids, positions, meta, rows.sample_rows, rows.sample_seqs
+
+    def _add_decodes(self, rows: StepRows, decodes: list[ScheduledSeq]) -> None:
+        """One row per decoding sequence: its input token, position and cache slot."""
         for row, item in enumerate(decodes):
             seq = item.seq
             token, p, slot = self._decode_row(seq)
-            ids.append(token)
-            pos.append(p)
-            slots.append(slot)
-            ctx_lens.append(p + 1)
-            tables.append(seq.block_table)
+            rows.ids.append(token)
+            rows.pos.append(p)
+            rows.slots.append(slot)
+            rows.ctx_lens.append(p + 1)
+            rows.tables.append(seq.block_table)
             if _wants_prompt_logits(seq):  # a one-token chunk inside a prompt
                 self._prompt_rows.append((seq, row, 1, p))
             if item.samples:
-                sample_rows.append(row)
-                sample_seqs.append(seq)
-        prefills: list[PrefillChunk] = []
-        chunk_ids: list[array] = []  # each chunk's input ids, packed
-        # The prefill kernel's (query start, query length, context length) and block tables.
-        kernel_chunks: list[tuple[int, int, int]] = []
-        kernel_tables: list[list[int]] = []
-        start = len(decodes)
-        verify_items: list[VerifyItem] = []  # speculative verify chunks, attended together
+                rows.sample_rows.append(row)
+                rows.sample_seqs.append(seq)
+
+    def _add_chunks(self, rows: StepRows, chunks: list[ScheduledSeq], start: int) -> None:
+        """Multi-token chunks: verify chunks (batched on the CPU; token trees everywhere),
+        chunks for the paged-prefill kernel (positions made on the device), or gathered."""
+        bs = self.block_size
         for item in chunks:
             seq, n = item.seq, item.num_new_tokens
             p0 = seq.num_computed_tokens
-            chunk_ids.append(seq.input_ids(p0, p0 + n))
+            rows.chunk_ids.append(seq.input_ids(p0, p0 + n))
             chunk = PrefillChunk(query_start=start, query_len=n, context_len=p0 + n)
             tree = seq.draft_parents if seq.num_draft_tokens else None
             if tree is not None or (
                 self.batch_verify and self.device.type == "cpu" and seq.num_draft_tokens and p0
             ):  # verify chunks; a token tree's on every device (its nodes attend by mask)
                 offsets = range(n) if tree is None else row_offsets(tree)
-                pos.extend(p0 + d for d in offsets)
-                slots.extend(self._chunk_slots(seq.block_table, p0, n))
-                verify_items.append((start, n, p0, seq.block_table, tree))
+                rows.pos.extend(p0 + d for d in offsets)
+                rows.slots.extend(chunk_slots(seq.block_table, p0, n, bs))
+                rows.verify_items.append((start, n, p0, seq.block_table, tree))
             elif self.paged_prefill is not None:  # positions and slots are made on the device
-                kernel_chunks.append((start, n, p0 + n))
-                kernel_tables.append(seq.block_table[: -(-(p0 + n) // bs)])
+                rows.kernel_chunks.append((start, n, p0 + n))
+                rows.kernel_tables.append(seq.block_table[: -(-(p0 + n) // bs)])
             else:
-                pos.extend(range(p0, p0 + n))
-                slots.extend(self._chunk_slots(seq.block_table, p0, n))
+                rows.pos.extend(range(p0, p0 + n))
+                rows.slots.extend(chunk_slots(seq.block_table, p0, n, bs))
                 if p0 > 0:
                     chunk.gather_index, chunk.mask = self._context_index(seq.block_table, p0, n)
-            if not verify_items or verify_items[-1][0] != start:
-                prefills.append(chunk)
+            if not rows.verify_items or rows.verify_items[-1][0] != start:
+                rows.prefills.append(chunk)
             if _wants_prompt_logits(seq):
                 self._prompt_rows.append((seq, start, n, p0))
             if item.samples:  # speculative drafts: every draft position's row, then the bonus
                 for row in range(start + n - 1 - seq.num_draft_tokens, start + n):
-                    sample_rows.append(row)
-                    sample_seqs.append(seq)
+                    rows.sample_rows.append(row)
+                    rows.sample_seqs.append(seq)
             start += n
-        # One host-to-device copy: token ids, the positions and cache slots made on the host,
-        # the prefill kernel's chunk table, the decode kernel's block tables and lengths.
-        packed = array("q", ids)
-        for part in chunk_ids:
+
+    def _upload(
+        self, rows: StepRows, nd: int
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        """One host-to-device copy of the step's rows (token ids, the positions and cache
+        slots made on the host, the prefill kernel's chunk table, the decode kernel's block
+        tables and lengths); the input ids, positions and attention metadata."""
+        bs = self.block_size
+        packed = array("q", rows.ids)
+        for part in rows.chunk_ids:
             packed += part
-        tokens, on_host = len(packed), len(pos)
-        packed.fromlist(pos)
-        packed.fromlist(slots)
-        table_width = max((len(t) for t in kernel_tables), default=0)
+        tokens, on_host = len(packed), len(rows.pos)
+        packed.fromlist(rows.pos)
+        packed.fromlist(rows.slots)
+        kernel_chunks = rows.kernel_chunks
+        table_width = max(map(len, rows.kernel_tables), default=0)
         for i in range(3):
             packed.extend(c[i] for c in kernel_chunks)
-        extend_with_tables(packed, kernel_tables, table_width)
-        decode_at, decode_width = len(packed), 0
-        plan = self.tree.plan(tables, ctx_lens) if self.tree is not None and decodes else None
-        if self.paged_decode is not None and decodes:
+        extend_with_tables(packed, rows.kernel_tables, table_width)
+        decode_at, decode_width, ctx_lens = len(packed), 0, rows.ctx_lens
+        plan = self.tree.plan(rows.tables, ctx_lens) if self.tree is not None and nd else None
+        if self.paged_decode is not None and nd:
             decode_width = -(-max(ctx_lens) // bs)
-            extend_with_tables(packed, tables, decode_width)
+            extend_with_tables(packed, rows.tables, decode_width)
             packed.fromlist(ctx_lens)
         dev = self.stager.upload(torch.frombuffer(packed, dtype=torch.int64))
         input_ids, positions = dev[:tokens], dev[tokens : tokens + on_host]
@@ -294,63 +309,40 @@ class ModelRunner:
                 fresh=all(c[1] == c[2] for c in kernel_chunks),
                 first_position=kernel_chunks[0][2] - kernel_chunks[0][1],
             )
-            nd = len(decodes)
             kernel_end = nd + sum(c[1] for c in kernel_chunks)
-            chunk_pos, chunk_slots = batch.positions_and_slots(nd, kernel_end, bs)
+            chunk_pos, chunk_slot = batch.positions_and_slots(nd, kernel_end, bs)
             if on_host:  # rows: decodes, the kernel's chunks, then token-tree chunks
                 positions = torch.cat([positions[:nd], chunk_pos, positions[nd:]])
-                slot_t = torch.cat([slot_t[:nd], chunk_slots, slot_t[nd:]])
+                slot_t = torch.cat([slot_t[:nd], chunk_slot, slot_t[nd:]])
             else:
-                positions, slot_t = chunk_pos, chunk_slots
+                positions, slot_t = chunk_pos, chunk_slot
         meta = AttentionMetadata(
             num_tokens=tokens,
             write_index=(self._head_slots[:, None] + slot_t[None, :]).flatten(),
-            num_decodes=len(decodes),
-            prefills=prefills,
+            num_decodes=nd,
+            prefills=rows.prefills,
             workspace=self.workspace,
             prefill_kernel=self.paged_prefill if batch is not None else None,
             prefill_batch=batch,
         )
         if decode_width:
-            n = len(decodes)
-            lens_at = decode_at + n * decode_width
+            lens_at = decode_at + nd * decode_width
             meta.decode_kernel = self.paged_decode
-            meta.decode_tables = dev[decode_at:lens_at].view(n, decode_width).to(torch.int32)
-            meta.decode_lens = dev[lens_at : lens_at + n].to(torch.int32)
+            meta.decode_tables = dev[decode_at:lens_at].view(nd, decode_width).to(torch.int32)
+            meta.decode_lens = dev[lens_at : lens_at + nd].to(torch.int32)
             ctx_lens = []  # no gather groups
         if plan is not None and self.tree is not None:
             meta.decode_kernel = self.tree.eager(plan, self.device)
             ctx_lens = []
-        if verify_items:
-            groups = self.model.config.num_attention_heads // self._head_rows.numel()
-            meta.verify = build_verify_batch(
-                verify_items, self._head_rows, groups, bs, self.device, self.workspace
-            )
-        if self.lora is not None:
-            layout = [(s.seq, 1) for s in decodes] + [(s.seq, s.num_new_tokens) for s in chunks]
-            meta.lora = self.lora.prepare(layout, tokens)
         start = 0
         for count in self._group_sizes(ctx_lens):
             meta.decode_groups.append(
                 self._decode_group(
-                    start, tables[start : start + count], ctx_lens[start : start + count]
+                    start, rows.tables[start : start + count], ctx_lens[start : start + count]
                 )
             )
             start += count
-        return input_ids, positions, meta, sample_rows, sample_seqs
-
-    def _chunk_slots(self, table: list[int], p0: int, n: int) -> list[int]:
-        """Cache slots of positions `[p0, p0 + n)` of a sequence with block table `table`."""
-        bs = self.block_size
-        slots: list[int] = []
-        p, end = p0, p0 + n
-        while p < end:
-            off = p % bs
-            take = min(bs - off, end - p)
-            base = table[p // bs] * bs + off
-            slots.extend(range(base, base + take))
-            p += take
-        return slots
+        return input_ids, positions, meta
 
     def _context_index(
         self, table: list[int], p0: int, n: int
@@ -366,21 +358,9 @@ class ModelRunner:
 
     def _group_sizes(self, ctx_lens: list[int]) -> list[int]:
         """Split decode rows (sorted longest first) into attention groups."""
-        sizes: list[int] = []
-        count, padded = 0, 0
-        for n in ctx_lens:
-            if count and (
-                (count + 1) * padded * self._token_bytes > self.group_bytes
-                or n < MIN_GROUP_FILL * padded
-            ):
-                sizes.append(count)
-                count = 0
-            if count == 0:
-                padded = -(-n // self.block_size) * self.block_size
-            count += 1
-        if count:
-            sizes.append(count)
-        return sizes
+        return group_sizes(
+            ctx_lens, self.block_size, self._token_bytes, self.group_bytes, MIN_GROUP_FILL
+        )
 
     def _decode_group(self, start: int, tables: list[list[int]], lens: list[int]) -> DecodeGroup:
         bs = self.block_size

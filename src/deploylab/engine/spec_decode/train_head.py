@@ -47,9 +47,26 @@ FORMS = [
 ]
 
 
-def prompts(seed: int) -> list[str]:
-    """Every topic × form, shuffled."""
-    out = [f.format(t=t) for t, f in itertools.product(TOPICS, FORMS)]
+# More everyday request shapes (`--wide-forms`): short answers, how-tos, lists, comparisons.
+WIDE_FORMS = [
+    "How does {t} work? Answer in two sentences.",
+    "Give me one practical tip about {t}.",
+    "Write a haiku about {t}.",
+    "List three things people get wrong about {t}.",
+    "What is the difference between {t} and {u}?",
+    "Write the opening of a short story about {t}.",
+    "Answer briefly: is {t} good for beginners?",
+    "Summarise what you know about {t} in one paragraph.",
+]
+
+
+def prompts(seed: int, wide: bool = False) -> list[str]:
+    """Every topic × form (with `wide`, also × WIDE_FORMS; {u} is another topic), shuffled."""
+    forms = FORMS + (WIDE_FORMS if wide else [])
+    out = [
+        f.format(t=t, u=TOPICS[(i + 7) % len(TOPICS)])
+        for (i, t), f in itertools.product(enumerate(TOPICS), forms)
+    ]
     random.Random(seed).shuffle(out)
     return out
 
@@ -199,6 +216,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--wide-forms", action="store_true", help="also WIDE_FORMS' request shapes")
     return p.parse_args(argv)
 
 
@@ -212,7 +230,8 @@ def generations(
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     llm = LLM(args.model, device="cpu", dtype="float32", max_num_seqs=32, kv_cache_gib=0.5)
-    texts = prompts(args.seed)[: args.prompts + args.prompts // 8]
+    texts = prompts(args.seed, getattr(args, "wide_forms", False))
+    texts = texts[: args.prompts + args.prompts // 8]
     rows = generate(llm, texts, args.max_tokens, args.sampled_fraction, temperature)
     held = args.prompts // 8
     return llm.llm_engine.model, rows[held:], rows[:held]
