@@ -71,6 +71,15 @@ def test_sampled_tokens_follow_the_target_distribution(tiny: ModelParts, top_p: 
     engine.spec.proposer = TableProposer(table)
     params = SamplingParams(temperature=1.0, top_k=TOP_K, top_p=top_p, max_tokens=3,
                             ignore_eos=True)  # fmt: skip
+    assert_follows(engine, params, exact, n)
+    stats = engine.spec.stats
+    assert 0 < stats.num_accepted_tokens < stats.num_draft_tokens  # both branches ran
+
+
+def assert_follows(
+    engine: LLMEngine, params: SamplingParams, exact: dict[tuple[int, ...], float], n: int
+) -> None:
+    """Sample `n` requests of PROMPT and chi-square their outputs against `exact`."""
     seqs = [engine.add_request(f"s{i}", PROMPT, params) for i in range(n)]
     while engine.has_unfinished_requests():
         engine.step()
@@ -80,8 +89,6 @@ def test_sampled_tokens_follow_the_target_distribution(tiny: ModelParts, top_p: 
     observed = [counts.get(c, 0) for c in cells]
     expected = [exact[c] * n for c in cells]
     assert chisquare(observed, expected).pvalue > 1e-3
-    stats = engine.spec.stats
-    assert 0 < stats.num_accepted_tokens < stats.num_draft_tokens  # both branches ran
 
 
 def nucleus(engine: LLMEngine, p1: dict[int, float], top_p: float) -> dict[tuple[int, ...], float]:

@@ -22,7 +22,7 @@ from tests.engine.test_spec_decode import (
     pressure_keeps_greedy,
     run,
 )
-from tests.engine.test_spec_decode_sampling import PROMPT, TOP_K, top_probs
+from tests.engine.test_spec_decode_sampling import PROMPT, TOP_K, assert_follows, top_probs
 from tests.engine.test_spec_head import head_config, random_head
 
 from deploylab.engine import SamplingParams
@@ -182,14 +182,7 @@ def test_sampled_trees_follow_the_target_distribution(tiny: ModelParts) -> None:
     assert engine.spec is not None
     engine.spec.proposer = SampledTreeProposer(table)  # type: ignore[assignment]
     params = SamplingParams(temperature=1.0, top_k=TOP_K, max_tokens=3, ignore_eos=True)
-    seqs = [engine.add_request(f"s{i}", PROMPT, params) for i in range(n)]
-    while engine.has_unfinished_requests():
-        engine.step()
-    counts = Counter(tuple(s.output_token_ids) for s in seqs)
-    assert set(counts) <= set(exact)
-    cells = sorted(exact)
-    observed = [counts.get(c, 0) for c in cells]
-    assert chisquare(observed, [exact[c] * n for c in cells]).pvalue > 1e-3
+    assert_follows(engine, params, exact, n)
     stats = engine.spec.stats
     assert 0 < stats.num_accepted_tokens < stats.num_draft_tokens
 

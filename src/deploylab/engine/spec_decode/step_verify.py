@@ -175,11 +175,7 @@ class VerifyStep:
     ) -> StepResult:
         k = seq.num_draft_tokens
         drafts = self._take_drafts(seq)
-        params = seq.params
-        banned = list(params.stop_token_ids)
-        if not params.ignore_eos:
-            banned += sampler.eos_token_ids
-        gen = sampler._seq_generator(seq) if params.seed is not None else sampler.generator
+        banned, gen = _stops_and_generator(seq, sampler)
         result = verify_drafts(logits, drafts, seq, banned, gen, self.cascade, judged)
         self._record(seq, k, result.num_accepted)
         return seq, result.tokens, result.logprobs
@@ -189,11 +185,7 @@ class VerifyStep:
         k, parents = seq.num_draft_tokens, seq.draft_parents
         assert parents is not None
         drafts = self._take_drafts(seq)
-        params = seq.params
-        banned = list(params.stop_token_ids)
-        if not params.ignore_eos:
-            banned += sampler.eos_token_ids
-        gen = sampler._seq_generator(seq) if params.seed is not None else sampler.generator
+        banned, gen = _stops_and_generator(seq, sampler)
         result, path = verify_tree_drafts(logits, drafts, parents, seq, banned, gen)
         self._keep_path(seq, path)
         self._record(seq, k, result.num_accepted)
@@ -234,3 +226,14 @@ class VerifyStep:
         st.num_accepted_tokens += accepted
         for i in range(accepted):
             st.accepted_per_position[i] += 1
+
+
+def _stops_and_generator(seq: Sequence, sampler: Sampler) -> tuple[list[int], torch.Generator]:
+    """The tokens banned below min_tokens (stop ids, EOS unless ignored) and the generator a
+    sequence samples with (its own when seeded)."""
+    params = seq.params
+    banned = list(params.stop_token_ids)
+    if not params.ignore_eos:
+        banned += sampler.eos_token_ids
+    gen = sampler._seq_generator(seq) if params.seed is not None else sampler.generator
+    return banned, gen
