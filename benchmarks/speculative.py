@@ -225,6 +225,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "METHOD@judge[:DELTA] (judge decoding with the shipped judge); token trees: ngram+treeW",
     )  # fmt: skip
     p.add_argument("--fixed-k", action="store_true", help="adaptive k policy off")
+    p.add_argument("--alt-head-path", help="method alt-head: a head file to compare")
     p.add_argument("--draft-layers", type=int, default=8, help="draft_model: target layers kept")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     return p.parse_args(argv)
@@ -245,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     def spec_config(label: str) -> dict[str, Any]:
         method, _, cascade = label.partition("@")
         method, _, tree = method.partition("+tree")  # ngram+treeW: token trees of width W
+        alt = method == "alt-head"  # the head at --alt-head-path, beside the shipped one
+        method = "head" if alt else method
         k = args.ngram_k if method == "ngram" and args.ngram_k else args.k
         cfg: dict[str, Any] = {
             "method": method, "num_speculative_tokens": k, "adaptive": not args.fixed_k,
@@ -258,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg |= {"prompt_lookup_max": args.lookup_max, "prompt_lookup_min": args.lookup_min}
         if tree:
             cfg["tree_width"] = int(tree)
+        if alt:
+            cfg["head_path"] = args.alt_head_path
         if method == "draft_model":
             cfg["draft_layers"] = args.draft_layers
         return cfg

@@ -203,7 +203,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--out", default=None, help="default: the shipped head's path")
-    p.add_argument("--prompts", type=int, default=160, help="training prompts (+1/8 held out)")
+    p.add_argument("--prompts", type=int, default=480, help="training prompts (+1/8 held out)")
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--draft-vocab", type=int, default=4096)
     p.add_argument("--epochs", type=int, default=10)
@@ -212,11 +212,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--l1", type=float, default=1.0, help="weight of the hidden-state loss")
     p.add_argument("--noise", type=float, default=0.05, help="input noise (EAGLE)")
     p.add_argument(
-        "--sampled-fraction", type=float, default=0.5, help="answers sampled at temperature 0.7"
+        "--sampled-fraction", type=float, default=0.25, help="answers sampled at temperature 0.7"
     )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--wide-forms", action="store_true", help="also WIDE_FORMS' request shapes")
+    p.add_argument(
+        "--wide-forms",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also WIDE_FORMS' request shapes (--no-wide-forms: the first head's prompts)",
+    )
     return p.parse_args(argv)
 
 
