@@ -15,30 +15,28 @@ from typing import Any
 import numpy as np
 import torch
 
+from deploylab.engine.spec.tree import ancestor_mask, node_depths
+
+
+def rooted(parents: list[int]) -> list[int]:
+    """The chunk's tree in `engine/spec/tree.py`'s form: node 0 the root, node i + 1 draft i."""
+    return [-1, *(a + 1 for a in parents)]
+
 
 def depths(parents: list[int]) -> list[int]:
     """Each node's depth below the root (a root child: 1)."""
-    out: list[int] = []
-    for a in parents:
-        out.append(1 if a < 0 else out[a] + 1)
-    return out
+    return node_depths(rooted(parents))[1:]
 
 
 def row_offsets(parents: list[int]) -> list[int]:
     """Each chunk row's output index past the current one: the root 0, a node its depth."""
-    return [0, *depths(parents)]
+    return node_depths(rooted(parents))
 
 
 def chunk_mask(parents: list[int]) -> torch.Tensor:
     """(n + 1, n + 1) bool over the verify chunk (root first): row r may attend to chunk key
     c iff c is r itself or one of r's ancestors (the root is everyone's)."""
-    n = len(parents) + 1
-    mask = torch.zeros(n, n, dtype=torch.bool)
-    mask[:, 0] = True
-    for i, a in enumerate(parents, start=1):
-        mask[i] |= mask[a + 1]
-        mask[i, i] = True
-    return mask
+    return ancestor_mask(rooted(parents))
 
 
 def children(parents: list[int]) -> list[list[int]]:

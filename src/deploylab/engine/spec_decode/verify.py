@@ -5,6 +5,7 @@ proposer's point-mass draft distribution)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -65,7 +66,10 @@ def verify_drafts(
     raw = torch.log_softmax(logits, dim=-1) if params.logprobs is not None else None
     p = target_probs(logits, seq, banned)
     d = torch.tensor([drafts], dtype=torch.int64, device=logits.device)
-    q = torch.nn.functional.one_hot(d, p.shape[-1]).to(p.dtype)
+    if params.greedy and cascade is None and judged is None:
+        result = greedy_verify(p[None], d)  # the common case: no draft distribution needed
+        return _verified(result, raw, params)
+    q = torch.nn.functional.one_hot(d, p.shape[-1]).to(p.dtype)  # point-mass drafts
     if cascade is not None:
         # Greedy requests: the target is the argmax's point mass; the deferral test reads
         # the temperature-1 probabilities (a draft within the lenience of the best is kept).
@@ -78,10 +82,13 @@ def verify_drafts(
         # never a draft the target may not emit (a stop token below min_tokens, top-k/p cut)
         allowed = p[torch.arange(len(drafts), device=p.device), d[0]] > 0
         result = judge_verify(target[None], q, d, (judged.to(p.device) & allowed)[None], generator)
-    elif params.greedy:
-        result = greedy_verify(p[None], d)
     else:
         result = speculative_sampling(p[None], q, d, generator)
+    return _verified(result, raw, params)
+
+
+def _verified(result: Any, raw: torch.Tensor | None, params: Any) -> Verified:
+    """The first row of a chain rule's result as a `Verified` (logprobs from `raw` rows)."""
     n = int(result.num_accepted[0])
     tokens: list[int] = result.tokens[0, : n + 1].tolist()
     logprobs: list[TokenLogprobs | None] = [None] * len(tokens)
