@@ -154,6 +154,35 @@ def test_both_copy_paths_match_resident(smol: ModelParts, resident: dict[str, An
     assert check_no_leaks(llm).external_prefix_cache_hits > 0
 
 
+def test_layerwise_gather_groups_and_rising_runs(
+    smol: ModelParts, resident: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copies out in gather groups of one block (so the two staging buffers are reused many
+    times) give the resident outputs, and every pool copy is one rising run of slots: the
+    blocks are sorted by host slot, so no copy needs a flip."""
+    from deploylab.engine.kv_tiers import layerwise
+
+    runs: list[list[int]] = []
+    real = layerwise._copy_runs
+
+    def recording(
+        pool: Any, slots: list[int], staging: Any, to_pool: bool, rows: Any = None
+    ) -> None:
+        runs.append(list(slots))
+        real(pool, slots, staging, to_pool, rows)
+
+    monkeypatch.setattr(layerwise, "_copy_runs", recording)
+    llm = _llm(smol, kv_offload_gib=_blocks(smol, 64))
+    tiers = llm.llm_engine.kv_tiers
+    assert isinstance(tiers, layerwise.LayerwiseKVTiers)
+    monkeypatch.setattr(tiers, "STAGING_BYTES", tiers.block_bytes)  # one block per group
+    assert converse(llm, GREEDY) == resident["greedy"]
+    stats = check_no_leaks(llm)
+    assert stats.external_prefix_cache_hits > 0
+    assert runs and all(r == sorted(r) for r in runs)
+    assert any(len(r) == 1 for r in runs)  # the one-block groups of the copies out
+
+
 def test_disk_tier_outputs_match(
     smol: ModelParts, resident: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -10,8 +10,9 @@ overlap the compute of earlier ones. `flush` waits for whatever was not reached.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, SupportsIndex, overload
 
 import torch
@@ -76,22 +77,24 @@ class LayerWaits(list[KVPair]):
 
 
 class LayerwiseKVTiers(KVTiers):
-    """`KVTiers` whose copies run layer by layer (host pool stored layer-major): on CUDA,
-    copies out and in of layer l each end with an event, and the forward pass's layer l
-    waits only for layer l's (through `LayerWaits`), so later layers' copies overlap the
-    compute of earlier ones."""
+    """`KVTiers` whose copies run layer by layer (host pool stored layer-major). On CUDA the
+    evicted blocks are first gathered on the device (all layers, one pass) so the copies in
+    need not wait for the copies out; then the copies out (staging -> host) run on one side
+    stream while the copies in (host -> device, one event per layer) run on the other, and
+    the forward pass's layer l waits only for layer l's (through `LayerWaits`)."""
 
     LAYER_MAJOR = True
+    STAGING_BYTES = 256 * 1024**2  # per gather buffer (two alternate; more blocks: groups)
 
     def __init__(self, kv_cache: KVCache, *args: Any, **kwargs: Any) -> None:
         super().__init__(kv_cache, *args, **kwargs)
         if not isinstance(kv_cache.layers, LayerWaits):
             kv_cache.layers = LayerWaits(kv_cache.layers)
+        self._out_done: Any = None  # event: the last transfer's copies out reached the host
 
     def transfer(self) -> None:
-        """Copy this step's evicted blocks out and its hits in, layer by layer: out (device
-        -> host) on one side stream, in (host -> device) on the other, layer l in after
-        layer l out (it may overwrite those blocks); the forward pass waits per layer."""
+        """Copy this step's evicted blocks out and its hits in, layer by layer (see the class);
+        the host thread only enqueues, the forward pass waits per layer on the device."""
         layers = self.kv.layers
         if isinstance(layers, LayerWaits):
             layers.flush()  # the last step's copies, whatever its forward did not reach
@@ -100,78 +103,84 @@ class LayerwiseKVTiers(KVTiers):
         cap = self.host.capacity
         if self.disk is None:
             offloads = offloads[-cap:]  # the last ones: a conversation's head blocks
-        if self._stream is not None and (offloads or loads):
+        cuda = self._stream is not None
+        if cuda and (offloads or loads):
             self._start = torch.cuda.Event()
             self._start.record(torch.cuda.current_stream(self.device))
-        out_events: list[Any] = [None] * len(layers)
+            _wait(self._in_stream, self._start)  # earlier steps wrote / read these blocks
         for start in range(0, len(offloads), cap):  # a host pool's worth at a time
             part = self._offload(offloads[start : start + cap])
             if part:
-                out_events = self._run_layers(
-                    lambda layer, p=part: self._copy_out_layer(p, layer),  # type: ignore[misc]
-                    self._stream,
-                )
-                self._event = out_events[-1]
+                self._gather_out(sorted(part, key=lambda p: p[1]))  # rising slots: one run each
         self.host.pinned.clear()
-        if not loads:  # no prefill to overlap (a decode step may replay a CUDA graph, which
-            for event in out_events:  # reads no `LayerWaits`): wait for the copies now
-                if event is not None:
-                    torch.cuda.current_stream(self.device).wait_event(event)
+        main = torch.cuda.current_stream(self.device) if cuda else None
+        if not loads:
+            if main is not None and offloads:  # the gathers read the blocks this step writes
+                _wait(main, _record(self._in_stream))
             return
-        events = self._run_layers(
-            lambda layer: self._copy_in_layer(loads, layer), self._in_stream, out_events
-        )
-        if isinstance(layers, LayerWaits) and self._stream is not None:
+        loads = sorted(loads, key=lambda p: p[1] if isinstance(p[1], int) else -1)
+        events = self._copy_in_layers(loads)
+        if isinstance(layers, LayerWaits) and cuda:
             layers.arm(events)
 
-    def _run_layers(
-        self, copies: Callable[[int], None], stream: Any, deps: list[Any] | None = None
-    ) -> list[Any]:
-        """Run `copies(layer)` for every layer: on the CPU now; on CUDA on `stream` after
-        this step's start (and layer l after `deps[l]`). Returns each layer's event."""
-        n = len(self.kv.layers)
-        if stream is None:
-            for layer in range(n):
-                copies(layer)
-            return [None] * n
-        stream.wait_event(self._start)  # earlier steps have written / read these blocks
-        events = []
-        with torch.cuda.stream(stream):
-            for layer in range(n):
-                if deps is not None and deps[layer] is not None:
-                    stream.wait_event(deps[layer])
-                copies(layer)
-                done = torch.cuda.Event()
-                done.record(stream)
-                events.append(done)
-        return events
+    def _gather_out(self, offloads: list[tuple[int, int]]) -> None:
+        """Device blocks -> host slots for (block, slot) pairs: gathered into a device
+        staging buffer on the copy-in stream (in groups of `STAGING_BYTES`, two buffers
+        alternating), then copied to the host on the copy-out stream."""
+        n_layers = len(self.kv.layers)
+        group = max(1, self.STAGING_BYTES // self.block_bytes)
+        self.counters["host"].stored_bytes += len(offloads) * self.block_bytes
+        buffers: list[tuple[torch.Tensor, Any]] = []
+        for g, first in enumerate(range(0, len(offloads), group)):
+            part = offloads[first : first + group]
+            if len(buffers) < 2:
+                shape = (n_layers, len(part), *self.block_shape[1:])
+                with _on(self._in_stream):
+                    staging = torch.empty(shape, dtype=self.dtype, device=self.device)
+                if self._stream is not None:  # not reused before the copies out are done
+                    staging.record_stream(self._stream)
+                buffers.append((staging, None))
+            staging, reused = buffers[g % 2]
+            staging = staging[:, : len(part)]
+            with _on(self._in_stream):
+                _wait(self._in_stream, reused)  # its last group has reached the host
+                idx = _device_index([b for b, _ in part], self.device)
+                for layer, (k, v) in enumerate(list.__iter__(self.kv.layers)):
+                    staging[layer, :, 0].copy_(k.index_select(1, idx).transpose(0, 1))
+                    staging[layer, :, 1].copy_(v.index_select(1, idx).transpose(0, 1))
+            gathered = _record(self._in_stream)
+            slots = [s for _, s in part]
+            with _on(self._stream):
+                _wait(self._stream, gathered)
+                for layer in range(n_layers):
+                    _copy_runs(self.host.data[layer], slots, staging[layer], to_pool=True)
+            done = _record(self._stream)
+            buffers[g % 2] = (buffers[g % 2][0], done)
+            self._event = self._out_done = done
 
-    def _copy_out_layer(self, offloads: list[tuple[int, int]], layer: int) -> None:
-        """Layer `layer` of device blocks -> host slots, for (block, slot) pairs."""
-        k, v = list.__getitem__(self.kv.layers, layer)  # no wait: the copies run first
-        idx = _device_index([b for b, _ in offloads], self.device)
-        gathered = torch.stack((k.index_select(1, idx), v.index_select(1, idx)))
-        staging = gathered.permute(2, 0, 1, 3, 4).contiguous()  # [n, 2, kv_heads, block, dim]
-        _copy_runs(self.host.data[layer], [s for _, s in offloads], staging, to_pool=True)
-        if layer == 0:
-            self.counters["host"].stored_bytes += len(offloads) * self.block_bytes
-
-    def _copy_in_layer(self, loads: list[tuple[int, torch.Tensor | int]], layer: int) -> None:
-        """Layer `layer` of host slots (ints) or disk-read blocks (tensors) -> device blocks."""
+    def _copy_in_layers(self, loads: list[tuple[int, torch.Tensor | int]]) -> list[Any]:
+        """Host slots (ints) or disk-read blocks (tensors) -> device blocks, layer by layer on
+        the copy-in stream (after the gathers of this step's copies out). Returns each
+        layer's event (None on the CPU)."""
         dev = self.device
-        staging = torch.empty((len(loads), *self.block_shape[1:]), dtype=self.dtype, device=dev)
         slots = [(i, src) for i, (_, src) in enumerate(loads) if isinstance(src, int)]
-        if slots:
-            rows = [i for i, _ in slots]
-            pool = self.host.data[layer]
-            _copy_runs(pool, [s for _, s in slots], staging, to_pool=False, rows=rows)
-        for i, (_, src) in enumerate(loads):
-            if not isinstance(src, int):
-                staging[i].copy_(src[layer], non_blocking=True)
-        idx = _device_index([b for b, _ in loads], dev)
-        k, v = list.__getitem__(self.kv.layers, layer)
-        k.index_copy_(1, idx, staging[:, 0].transpose(0, 1))
-        v.index_copy_(1, idx, staging[:, 1].transpose(0, 1))
+        rows, pool_slots = [i for i, _ in slots], [s for _, s in slots]
+        disk = [(i, src) for i, (_, src) in enumerate(loads) if not isinstance(src, int)]
+        events = []
+        with _on(self._in_stream):
+            if slots:  # earlier steps' copies out have filled the slots
+                _wait(self._in_stream, self._out_done)
+            idx = _device_index([b for b, _ in loads], dev)
+            staging = torch.empty((len(loads), *self.block_shape[1:]), dtype=self.dtype, device=dev)
+            for layer, (k, v) in enumerate(list.__iter__(self.kv.layers)):
+                if slots:
+                    _copy_runs(self.host.data[layer], pool_slots, staging, False, rows)
+                for i, src in disk:
+                    staging[i].copy_(src[layer], non_blocking=True)
+                k.index_copy_(1, idx, staging[:, 0].transpose(0, 1))
+                v.index_copy_(1, idx, staging[:, 1].transpose(0, 1))
+                events.append(_record(self._in_stream))
+        return events
 
     def _measure_host_bandwidth(self) -> None:
         """Time one copy of layer 0 of a few pool slots to the device."""
@@ -189,6 +198,26 @@ class LayerwiseKVTiers(KVTiers):
             seconds = time.perf_counter() - t0
         nbytes = src.numel() * src.element_size()
         self.cost.bandwidth["host"] = nbytes / max(seconds, 1e-9)
+
+
+def _on(stream: Any) -> Any:
+    """`torch.cuda.stream(stream)`, or nothing to enter on the CPU (`stream` None)."""
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+
+
+def _record(stream: Any) -> Any:
+    """An event recorded on `stream` now (None on the CPU)."""
+    if stream is None:
+        return None
+    event = torch.cuda.Event()
+    event.record(stream)
+    return event
+
+
+def _wait(stream: Any, event: Any) -> None:
+    """`stream` waits for `event` (nothing when either is None: the CPU, no event)."""
+    if stream is not None and event is not None:
+        stream.wait_event(event)
 
 
 def _device_index(blocks: list[int], device: torch.device) -> torch.Tensor:
