@@ -11,6 +11,11 @@ steps); the plan's host build time is reported beside them.
 - flex: FlexAttention, the W branch queries as one query sequence over [prefix; suffixes]
   with a mask_mod (prefix visible to all, each suffix to its own branch), compiled.
 
+With `--verify`, token-tree verification (multi-draft speculation): B sequences, each a tree
+of N draft nodes after a C-token context, attended by the tree kernel with tail masks
+(`spec_decode/tree_verify.py`) against the masked-SDPA verify path the engine used before
+(`spec_decode/verify_attention.py`), both inside CUDA graphs.
+
 With `--e2e`, also the engine end to end: `n` samples of one long prompt, decode throughput
 with tree attention on and off (random weights, see --shape).
 
@@ -46,6 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--suffix", type=int, default=64, help="own tokens per branch")
     p.add_argument("--crossover", action="store_true", help="also short prefixes / small widths")
     p.add_argument("--no-flex", action="store_true")
+    p.add_argument("--verify", action="store_true", help="token-tree verify: kernel vs SDPA")
+    p.add_argument("--verify-nodes", default="16,64")
+    p.add_argument("--verify-contexts", default="1024,4096,16384")
+    p.add_argument("--verify-batches", default="1,8")
     p.add_argument("--e2e", action="store_true", help="engine n-sample decode, tree on vs off")
     p.add_argument("--e2e-prompt", type=int, default=16384)
     p.add_argument("--e2e-n", type=int, default=16)
@@ -157,6 +166,51 @@ def _flex_case(row, q, k, v, tables, width, prefix, args, ref):  # type: ignore[
     row["flex_ms"] = bench_graph(lambda: run(qf))
 
 
+def verify_case(nodes: int, context: int, batch: int) -> dict[str, Any]:
+    """Attention time of B token-tree verify chunks (N nodes after C cached tokens each):
+    tree kernel vs masked SDPA, and their largest difference."""
+    from deploylab.engine.spec_decode.tree_verify import build_tree_verify
+    from deploylab.engine.spec_decode.verify_attention import build_verify_batch
+
+    rng = random.Random(nodes * 31 + context + batch)
+    gen = torch.Generator().manual_seed(nodes + context + batch)
+    per_seq = -(-(context + nodes) // BS)
+    nb = batch * per_seq + 1
+    k = torch.randn(KV_HEADS, nb, BS, DIM, generator=gen).cuda().bfloat16()
+    v = torch.randn(KV_HEADS, nb, BS, DIM, generator=gen).cuda().bfloat16()
+    free = list(range(1, nb))
+    rng.shuffle(free)
+    items, start = [], 0
+    for _ in range(batch):
+        parents = [rng.randrange(-1, i) for i in range(nodes - 1)]
+        table = [free.pop() for _ in range(per_seq)]
+        items.append((start, nodes, context, table, parents))
+        start += nodes
+    q = torch.randn(start, HEADS, DIM, generator=gen).cuda().bfloat16()
+    head_rows = torch.arange(KV_HEADS, dtype=torch.int64) * nb
+    dec = TreeDecoder(HEADS, KV_HEADS, BS, programs=2 * SMS)
+    t0 = time.perf_counter()
+    tree = build_tree_verify(items, BS, q.device, dec.rows_per_task, dec.target_wide_tasks)
+    build_ms = (time.perf_counter() - t0) * 1e3
+    sdpa = build_verify_batch(items, head_rows, HEADS // KV_HEADS, BS, q.device)
+    scale = DIM**-0.5
+    out_t, out_s = torch.zeros_like(q), torch.zeros_like(q)
+    tree(q, k, v, out_t, scale)
+    sdpa(q, k, v, out_s, scale)
+    row: dict[str, Any] = {
+        "nodes": nodes,
+        "context": context,
+        "batch": batch,
+        "sdpa_ms": bench_graph(lambda: sdpa(q, k, v, out_s, scale)),
+        "tree_ms": bench_graph(lambda: tree(q, k, v, out_t, scale)),
+        "plan_build_ms": build_ms,
+        "max_abs_diff": float((out_t.float() - out_s.float()).abs().max()),
+    }
+    row["speedup_vs_sdpa"] = row["sdpa_ms"] / row["tree_ms"]
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def e2e(args: argparse.Namespace) -> list[dict[str, Any]]:
     """n samples of one long random prompt: decode tokens/s with tree attention on and off."""
     from deploylab.engine.llm import LLM
@@ -218,6 +272,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"width": w, "prefix": p, "error": repr(exc)[:500]}), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.verify:
+        result["verify"] = [
+            verify_case(n, c, b)
+            for b in map(int, args.verify_batches.split(","))
+            for c in map(int, args.verify_contexts.split(","))
+            for n in map(int, args.verify_nodes.split(","))
+        ]
     if args.e2e:
         result["e2e"] = e2e(args)
     if args.json:

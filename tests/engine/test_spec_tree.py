@@ -237,7 +237,8 @@ def test_head_trees_keep_greedy_output(
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_trees_on_cuda_keep_greedy_output() -> None:
     """CUDA, float32, CUDA graphs and the Triton kernels for the other steps: tree verify
-    chunks take the masked attention path, the kept second branch moves into place."""
+    chunks take the tree-attention kernel (tail masks), the kept second branch moves into
+    place."""
     from deploylab.engine import LLM
 
     prompts = looping_prompts(6, seed=4)
@@ -258,6 +259,7 @@ def test_trees_on_cuda_keep_greedy_output() -> None:
     got = run(engine, prompts, params)
     assert [o.token_ids for o in got] == [o.token_ids for o in expected]
     assert engine.spec.stats.num_accepted_tokens > 0
+    assert engine.runner.tree is not None and engine.runner.tree.verify_steps > 0
 
 
 def test_tree_chunks_beside_prefill_kernel_chunks_keep_row_order(tiny: ModelParts) -> None:

@@ -19,7 +19,7 @@ from deploylab.engine.models.llama import LlamaForCausalLM
 from deploylab.engine.scheduler import ScheduledSeq, SchedulerOutput
 from deploylab.engine.sequence import Sequence
 from deploylab.engine.spec_decode.tree_drafts import row_offsets
-from deploylab.engine.spec_decode.verify_attention import build_verify_batch
+from deploylab.engine.spec_decode.tree_verify import verify_hook
 from deploylab.engine.step_rows import StepRows, chunk_slots, group_sizes
 from deploylab.engine.triton_attention import PagedDecodeFn, load_paged_decode
 from deploylab.engine.triton_prefill import PagedPrefillFn, PrefillBatch, load_paged_prefill
@@ -210,9 +210,9 @@ class ModelRunner:
         input_ids, positions, meta = self._upload(rows, len(decodes))
         if rows.verify_items:
             groups = self.model.config.num_attention_heads // self._head_rows.numel()
-            meta.verify = build_verify_batch(
-                rows.verify_items, self._head_rows, groups, self.block_size, self.device,
-                self.workspace,
+            meta.verify = verify_hook(
+                rows.verify_items, self.tree, self._head_rows, groups, self.block_size,
+                self.device, self.workspace,
             )  # fmt: skip
         if self.lora is not None:
             layout = [(s.seq, 1) for s in decodes] + [(s.seq, s.num_new_tokens) for s in chunks]

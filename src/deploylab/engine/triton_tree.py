@@ -348,6 +348,7 @@ class TreeDecoder:
         # Wide tasks to aim for: `programs` (about two per multiprocessor) over the KV heads.
         self.target_wide_tasks = max(1, programs // kv_heads)
         self.steps = 0  # decode steps that ran tree attention
+        self.verify_steps = 0  # steps whose token-tree verify chunks ran it
 
     def plan(self, tables: list[list[int]], lens: list[int]) -> TreePlan | None:
         """The step's plan, or None when rows share no blocks or too few reads are saved."""
