@@ -201,6 +201,8 @@ def sleep_wake(
                 "weights_s": woke.weights_seconds,
                 "alloc_s": woke.alloc_seconds,
                 "graphs_s": woke.graphs_seconds,
+                "device_copy_s": woke.copy_seconds or 0.0,  # device clock: copy ended
+                "device_zero_s": woke.zero_seconds or 0.0,  # ... KV cache zeroed
                 "ttft_after_wake_s": ttft(engine, f"{tag}-{i}", args.prompt_len),
                 "graphs_kept": float(kept),
             }
@@ -225,7 +227,8 @@ def report(r: dict[str, Any], bw: float | None) -> None:
         print(
             f"  level {level}: sleep {x['sleep_s']:.3f} s, wake {x['wake_s']:.3f} s "
             f"(weights {x['weights_s']:.3f} s, of which allocation {x['alloc_s']:.3f} s; "
-            f"CUDA graphs {x['graphs_s']:.3f} s), "
+            f"CUDA graphs {x['graphs_s']:.3f} s; device clock: copy done at "
+            f"{x['device_copy_s']:.3f} s, KV zeroed at {x['device_zero_s']:.3f} s), "
             f"TTFT after wake {x['ttft_after_wake_s'] * 1e3:.1f} ms, "
             f"{r['cold_start_s'] / x['wake_s']:.1f}x faster than cold, graphs kept "
             f"{x['graphs_kept']:.0%}, output identical {x['identical']}"

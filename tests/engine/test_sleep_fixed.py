@@ -123,4 +123,10 @@ def test_cuda_wake_keeps_graphs(level: int) -> None:
     report = engine.wake_up()
     assert engine.runner.graphs is graphs and report.graphs_seconds == 0.0
     assert _addresses(engine) == addresses
+    # The device clock's phases end within the wake (the copy only at level 1).
+    assert report.zero_seconds is not None and 0 < report.zero_seconds <= report.seconds
+    if level == 1:
+        assert report.copy_seconds is not None and 0 < report.copy_seconds <= report.seconds
+    else:
+        assert report.copy_seconds is None
     assert _generate(engine, "b", prompt) == before

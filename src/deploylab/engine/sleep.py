@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,6 +50,10 @@ class SleepReport:
     weights_seconds: float = 0.0  # part of a wake spent bringing the weights back
     alloc_seconds: float = 0.0  # of which allocating their device buffer
     graphs_seconds: float = 0.0  # part of a wake spent re-capturing CUDA graphs
+    # CUDA, fixed addresses: device seconds from the wake's start until the weights' copy
+    # and the KV cache's zeroing ended (they run side by side; None elsewhere).
+    copy_seconds: float | None = None
+    zero_seconds: float | None = None
 
 
 @dataclass
@@ -257,11 +262,15 @@ class EngineSleeper:
         start = time.perf_counter()
         fixed.weights.restore()
         alloc_seconds = time.perf_counter() - start
+        marks = _Marks(device)
         copy = fixed.start_copy_in() if level == 1 else None
+        if copy is not None:
+            marks.mark("copy", copy)
         kv_start = time.perf_counter()
         fixed.kv.restore()
         alloc_seconds += time.perf_counter() - kv_start
         fixed.zero_kv()
+        marks.mark("zero")
         if level == 1:
             moved = fixed.finish_copy_in(copy)
         else:
@@ -273,7 +282,32 @@ class EngineSleeper:
             prepack_linears(self._model())
         self.level = 0
         end = time.perf_counter()
-        return SleepReport("wake_up", level, end - start, moved, weights_seconds, alloc_seconds)
+        report = SleepReport("wake_up", level, end - start, moved, weights_seconds, alloc_seconds)
+        report.copy_seconds, report.zero_seconds = marks.seconds("copy"), marks.seconds("zero")
+        return report
+
+
+class _Marks:
+    """CUDA events timing the phases of a wake on the device (nothing on the CPU)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.events: dict[str, Any] = {}
+        if self.cuda:
+            self.start = torch.cuda.Event(enable_timing=True)
+            self.start.record()
+
+    def mark(self, name: str, stream: Any = None) -> None:
+        """An event at the end of what is queued on `stream` (default: the current one)."""
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record(stream)
+            self.events[name] = event
+
+    def seconds(self, name: str) -> float | None:
+        """Device seconds from the start to mark `name` (after a synchronize), or None."""
+        event = self.events.get(name)
+        return None if event is None else self.start.elapsed_time(event) / 1e3
 
 
 def _copy_out(
