@@ -46,6 +46,42 @@ def test_top_p_keeps_the_smallest_nucleus() -> None:
     assert kept(out[2]) == [0, 1]  # top-k applies too
 
 
+def test_top_p_from_candidates_equals_the_full_sort(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The top-k candidate path (no full sort) keeps exactly what sorting keeps: peaked rows
+    from the candidates, flat rows (nucleus past them) redone by sorting, a top-k larger
+    than the candidates, and one too large for them (the sort for the whole call)."""
+    from deploylab.engine import sampler
+
+    gen = torch.Generator().manual_seed(0)
+    vocab = 5000
+    ranks = torch.arange(1, vocab + 1).float().log()
+    peaked = torch.stack([(-3.0 * ranks)[torch.randperm(vocab, generator=gen)] for _ in range(4)])
+    flat = torch.randn(3, vocab, generator=gen)
+    logits = torch.cat([peaked, flat])
+    cases = [
+        ([-1] * 7, [0.9, 0.5, 0.99, 0.95, 0.9, 0.3, 0.999]),
+        ([10, -1, 300, 600, -1, 2, 300], [0.9] * 7),
+        ([5000, -1, 4999, 7, 1, -1, 1000], [0.7] * 7),
+    ]
+    calls = []
+    real = sampler._sorted_top_k_top_p
+
+    def counting(x: torch.Tensor, ks: list[int], ps: list[float]) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return real(x, ks, ps)
+
+    monkeypatch.setattr(sampler, "_sorted_top_k_top_p", counting)
+    for top_k, top_p in cases:
+        got = apply_top_k_top_p(logits, top_k, top_p)
+        ks = [min(k, vocab) if k > 0 else vocab for k in top_k]
+        want = real(logits, ks, top_p)
+        assert torch.equal(torch.isfinite(got), torch.isfinite(want))
+        assert torch.equal(got[torch.isfinite(got)], want[torch.isfinite(want)])
+    # Sorted rows: the flat ones of the first two calls (some of them), all 7 of the third
+    # (top-k 4999 is more than the candidates allow).
+    assert calls[-1] == 7 and all(0 < c < 7 for c in calls[:-1])
+
+
 def test_min_p_drops_unlikely_tokens() -> None:
     probs = torch.tensor([[0.6, 0.3, 0.07, 0.03]])
     out = apply_min_p(probs.log(), [0.1])

@@ -46,6 +46,23 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[float]
         idx = torch.tensor([min(k, vocab) - 1 for k in ks], device=logits.device)
         kth = top_vals.gather(1, idx[:, None])
         return logits.masked_fill(logits < kth, float("-inf"))
+    # On CUDA the sort is cheap, and checking the candidates' mass would wait for the device.
+    fast = _nucleus_of_candidates(logits, ks, top_p) if logits.device.type == "cpu" else None
+    if fast is None:
+        return _sorted_top_k_top_p(logits, ks, top_p)
+    out, short = fast
+    if short:  # rows whose nucleus reaches past the candidates: the full sort
+        rows = torch.tensor(short, device=logits.device)
+        full = _sorted_top_k_top_p(
+            logits.index_select(0, rows), [ks[r] for r in short], [top_p[r] for r in short]
+        )
+        out.index_copy_(0, rows, full)
+    return out
+
+
+def _sorted_top_k_top_p(logits: torch.Tensor, ks: list[int], top_p: list[float]) -> torch.Tensor:
+    """`apply_top_k_top_p` by sorting each row (`ks`: top-k already clamped to the vocab)."""
+    vocab = logits.shape[-1]
     sorted_vals, sorted_idx = logits.sort(dim=-1, descending=True)
     ranks = torch.arange(vocab, device=logits.device)
     k_t = torch.tensor(ks, device=logits.device)
@@ -58,6 +75,37 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: list[int], top_p: list[float]
     remove[:, 0] = False
     sorted_vals = sorted_vals.masked_fill(remove, float("-inf"))
     return torch.empty_like(logits).scatter_(1, sorted_idx, sorted_vals)
+
+
+NUCLEUS_CANDIDATES = 256  # top-p first looks for the nucleus among this many tokens
+MAX_CANDIDATES = 4096  # a larger top-k takes the full sort
+
+
+def _nucleus_of_candidates(
+    logits: torch.Tensor, ks: list[int], top_p: list[float]
+) -> tuple[torch.Tensor, list[int]] | None:
+    """`apply_top_k_top_p` from each row's largest few logits (`torch.topk`, linear in the
+    vocabulary, instead of sorting it all): exact for a row whose top-k and nucleus lie among
+    them, which is checked. Returns the masked logits and the rows where they do not (a flat
+    distribution: to be redone by sorting); None when a top-k is too large for candidates."""
+    vocab = logits.shape[-1]
+    c = max([NUCLEUS_CANDIDATES, *(k for k in ks if k < vocab)])
+    if c > MAX_CANDIDATES or c >= vocab:
+        return None
+    vals, idx = logits.topk(c, dim=-1)  # sorted, largest first
+    k_t = torch.tensor(ks, device=logits.device)
+    remove = torch.arange(c, device=logits.device)[None, :] >= k_t[:, None]
+    kept = vals.masked_fill(remove, float("-inf"))
+    whole = k_t >= vocab  # rows without top-k: the nucleus is of the whole distribution
+    lse = torch.where(whole, logits.logsumexp(dim=-1), kept.logsumexp(dim=-1))
+    probs = (kept - lse[:, None]).exp()
+    mass = probs.cumsum(dim=-1)
+    p_t = torch.tensor(top_p, dtype=probs.dtype, device=logits.device)
+    short = (whole & (mass[:, -1] < p_t)).nonzero().flatten().tolist()
+    remove |= mass - probs >= p_t[:, None]
+    remove[:, 0] = False
+    out = torch.full_like(logits, float("-inf"))
+    return out.scatter_(1, idx, vals.masked_fill(remove, float("-inf"))), short
 
 
 def apply_min_p(logits: torch.Tensor, min_p: list[float]) -> torch.Tensor:
