@@ -123,7 +123,8 @@ def verify_hook(
     """`AttentionMetadata.verify` for a step's verify items: token trees through the tree
     kernel when the engine has a `TreeDecoder` (`tree`), the rest (and every item without
     one) through the batched masked-SDPA path."""
-    trees, rest = [], []
+    trees: list[Any] = []
+    rest: list[Any] = []
     for item in items:
         kernel = tree is not None and item[4] is not None and fits(item[1])
         (trees if kernel else rest).append(item)
