@@ -1,15 +1,17 @@
 """Model swap: wake from sleep level 1 and 2 against a cold start, in one running process.
 
 For each model: a warm-up engine is built and dropped (CUDA context, kernels), then a cold
-start is timed (a new `LLMEngine` from the checkpoint: read, copy to the device, KV cache, CUDA
-graphs), then the engine sleeps and wakes `--repeats` times per level. Each wake is followed by
-one request whose time to first token (TTFT) is recorded, and a check that 16 greedy tokens
-equal those from before the first sleep. Engines run in sleep mode (weights and KV cache at
-fixed addresses, CUDA graphs kept across a wake); the same level-1 wake is also timed without
-sleep mode (memory moves; on CUDA graphs re-captured) and on CUDA without graphs. Host->device
-bandwidth is measured with one pinned buffer, so the level-1 wake can be compared with its
-ideal (weight bytes / bandwidth). Random-weight shapes are saved as a safetensors checkpoint
-first, so a cold start and a level-2 wake read real files.
+start is timed (a new `LLMEngine` from the checkpoint: read, copy to the device, KV cache,
+CUDA graphs; the checkpoint in the page cache, and for random-weight shapes once more after
+its pages are dropped: a cold start from the disk), then the engine sleeps and wakes
+`--repeats` times per level. Each wake is followed by one request whose time to first token
+(TTFT) is recorded, and a check that 16 greedy tokens equal those from before the first sleep.
+Engines run in sleep mode (weights and KV cache at fixed addresses, CUDA graphs kept across a
+wake); the same level-1 wake is also timed without sleep mode (memory moves; on CUDA graphs
+re-captured) and on CUDA without graphs. Host->device bandwidth is measured with one pinned
+buffer, so the level-1 wake can be compared with its ideal (weight bytes / bandwidth).
+Random-weight shapes are saved as a safetensors checkpoint first, so a cold start and a level-2 wake
+read real files.
 
     python benchmarks/model_swap.py                                   # the default model, CPU
     python benchmarks/model_swap.py --shape llama-3.2-1b --shape llama-3.2-3b --device cuda
@@ -128,6 +130,38 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def drop_page_cache(directory: Path) -> float | None:
+    """Ask the kernel to forget the checkpoint's pages (`posix_fadvise(DONTNEED)`, no root
+    needed) so the next load reads the disk; returns the fraction still cached (mincore),
+    None if unknown (tmpfs keeps its pages whatever we ask)."""
+    import ctypes
+    import mmap
+    import os
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    cached = total = 0
+    for path in sorted(directory.rglob("*")):
+        if not path.is_file() or path.stat().st_size == 0:
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            size = os.fstat(fd).st_size
+            with mmap.mmap(fd, size, access=mmap.ACCESS_COPY) as region:  # nothing read
+                pages = -(-size // mmap.PAGESIZE)
+                vec = (ctypes.c_ubyte * pages)()
+                buf = (ctypes.c_char * size).from_buffer(region)
+                if libc.mincore(buf, ctypes.c_size_t(size), vec) != 0:
+                    return None
+                cached += sum(b & 1 for b in vec)
+                total += pages
+                del buf
+        finally:
+            os.close(fd)
+    return cached / total if total else None
+
+
 def bench_model(label: str, settings: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Cold start, then sleep/wake per level, each with the next request's TTFT. Sleep mode
     (fixed addresses, graphs kept) against the moving path (graphs re-captured) in one run."""
@@ -159,6 +193,14 @@ def bench_model(label: str, settings: dict[str, Any], args: argparse.Namespace) 
         out[f"level{level}"] = sleep_wake(engine, level, args, f"l{level}", reference)
     del engine
     release(device)
+    if "model" in settings:  # a cold start from the disk: the checkpoint's pages dropped
+        out["page_cache_left"] = drop_page_cache(Path(settings["model"]))
+        t = time.perf_counter()
+        engine = LLMEngine(EngineConfig(**fixed))
+        sync(device)
+        out["cold_disk_start_s"] = time.perf_counter() - t
+        del engine
+        release(device)
     # The same wake without sleep mode (memory moves; on CUDA the graphs are re-captured).
     engine = LLMEngine(EngineConfig(**settings))
     out["level1_moving"] = sleep_wake(engine, 1, args, "mv", greedy(engine))
@@ -219,6 +261,12 @@ def report(r: dict[str, Any], bw: float | None) -> None:
     print(f"\n{r['model']} on {r['device']} ({r['dtype']}, weights {gb:.2f} GB)")
     print(f"  cold start {r['cold_start_s']:.3f} s, first TTFT {r['cold_ttft_s'] * 1e3:.1f} ms,")
     print(f"  warm TTFT {r['warm_ttft_s'] * 1e3:.1f} ms")
+    if "cold_disk_start_s" in r:
+        left = r["page_cache_left"]
+        print(
+            f"  cold start from disk {r['cold_disk_start_s']:.3f} s (page cache left: "
+            f"{'unknown' if left is None else f'{left:.0%}'})"
+        )
     print(f"  sleep mode at fixed addresses: {r['fixed_addresses']}")
     for level in ("1", "2", "1_moving", "1_no_graphs"):
         if f"level{level}" not in r:
@@ -249,7 +297,7 @@ def bench_one(
     """The default model (shape None) or a random-weight shape saved as a checkpoint."""
     if shape is None:
         return bench_model("smollm2-135m-instruct", common, args)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.checkpoint_root) as tmp:
         dtype = EngineConfig(dtype=args.dtype).torch_dtype(dev)
         save_random_checkpoint(shape_config(shape), dtype, str(dev), Path(tmp))
         release(dev)
@@ -279,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.35)
     p.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument(
+        "--checkpoint-root", default=".", help="where random-weight checkpoints are written "
+        "(a real disk, not tmpfs, for the cold start from disk)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     common: dict[str, Any] = dict(
