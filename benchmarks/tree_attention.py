@@ -14,7 +14,7 @@ steps); the plan's host build time is reported beside them.
 With `--verify`, token-tree verification (multi-draft speculation): B sequences, each a tree
 of N draft nodes after a C-token context, attended by the tree kernel with tail masks
 (`spec_decode/tree_verify.py`) against the masked-SDPA verify path the engine used before
-(`spec_decode/verify_attention.py`), both inside CUDA graphs.
+(`spec_decode/verify_attention.py`), both eager, as the engine runs verify steps.
 
 With `--e2e`, also the engine end to end: `n` samples of one long prompt, decode throughput
 with tree attention on and off (random weights, see --shape).
@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention_variants import bench_graph  # noqa: E402
+from attention_variants import bench, bench_graph  # noqa: E402
 from deploylab.engine.tree_attention import build_tree_plan  # noqa: E402
 from deploylab.engine.triton_attention import load_paged_decode  # noqa: E402
 from deploylab.engine.triton_tree import TreeDecoder, to_device, tree_decode  # noqa: E402
@@ -201,8 +201,8 @@ def verify_case(nodes: int, context: int, batch: int) -> dict[str, Any]:
         "nodes": nodes,
         "context": context,
         "batch": batch,
-        "sdpa_ms": bench_graph(lambda: sdpa(q, k, v, out_s, scale)),
-        "tree_ms": bench_graph(lambda: tree(q, k, v, out_t, scale)),
+        "sdpa_ms": bench(lambda: sdpa(q, k, v, out_s, scale)),
+        "tree_ms": bench(lambda: tree(q, k, v, out_t, scale)),
         "plan_build_ms": build_ms,
         "max_abs_diff": float((out_t.float() - out_s.float()).abs().max()),
     }

@@ -4,6 +4,7 @@ scheduling and CUDA graphs on (their defaults there). Random weights, bf16."""
 
 from __future__ import annotations
 
+import gc
 import random
 from typing import Any
 
@@ -26,6 +27,7 @@ PARAMS = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
 
 def _llm(device_blocks: int, **tiers: Any) -> LLM:
     per_block = bytes_per_block(get_preset("tiny"), 16, torch.bfloat16)
+    gc.collect()  # earlier engines' memory is back before this one sizes its cache
     torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info()
     util = (total - free + CUDA_RESERVE_BYTES + device_blocks * per_block) / total

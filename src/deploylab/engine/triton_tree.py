@@ -130,7 +130,7 @@ def _kernels() -> tuple[Any, Any]:
             blk = tl.load(BLOCKS + b0 + a // BLOCK_SIZE, mask=valid, other=0)
             koff = kvh * stride_kh + blk.to(tl.int64) * stride_kb + (a % BLOCK_SIZE) * HEAD_DIM
             k = tl.load(K + koff[:, None] + d[None, :], mask=valid[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(k)) * scale
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale  # no TF32 for fp32
             vis = valid[None, :] & (r >= 0)[:, None]
             if HAS_MASK:
                 sh = (pos0 + p)[None, :] - mstart[:, None]
@@ -143,7 +143,7 @@ def _kernels() -> tuple[Any, Any]:
             alpha = tl.exp(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(pr, 1)
             v = tl.load(V + koff[:, None] + d[None, :], mask=valid[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(pr.to(v.dtype), v)
+            acc = acc * alpha[:, None] + tl.dot(pr.to(v.dtype), v, input_precision="ieee")
             m_i = m_new
         slot = (p0 + j) * num_heads + heads
         tl.store(M + slot, m_i, mask=rvalid)

@@ -104,6 +104,7 @@ class LayerwiseKVTiers(KVTiers):
         if self.disk is None:
             offloads = offloads[-cap:]  # the last ones: a conversation's head blocks
         cuda = self._stream is not None
+        filled = self._out_done  # earlier steps' copies out: this step's loads read those slots
         if cuda and (offloads or loads):
             self._start = torch.cuda.Event()
             self._start.record(torch.cuda.current_stream(self.device))
@@ -119,7 +120,7 @@ class LayerwiseKVTiers(KVTiers):
                 _wait(main, _record(self._in_stream))
             return
         loads = sorted(loads, key=lambda p: p[1] if isinstance(p[1], int) else -1)
-        events = self._copy_in_layers(loads)
+        events = self._copy_in_layers(loads, filled)
         if isinstance(layers, LayerWaits) and cuda:
             layers.arm(events)
 
@@ -158,18 +159,21 @@ class LayerwiseKVTiers(KVTiers):
             buffers[g % 2] = (buffers[g % 2][0], done)
             self._event = self._out_done = done
 
-    def _copy_in_layers(self, loads: list[tuple[int, torch.Tensor | int]]) -> list[Any]:
+    def _copy_in_layers(
+        self, loads: list[tuple[int, torch.Tensor | int]], filled: Any
+    ) -> list[Any]:
         """Host slots (ints) or disk-read blocks (tensors) -> device blocks, layer by layer on
-        the copy-in stream (after the gathers of this step's copies out). Returns each
-        layer's event (None on the CPU)."""
+        the copy-in stream, after the gathers of this step's copies out and after `filled`
+        (the event of the earlier steps' copies out; never this step's: a slot a load reads
+        is never one a copy out of the same step writes). Each layer's event (None: CPU)."""
         dev = self.device
         slots = [(i, src) for i, (_, src) in enumerate(loads) if isinstance(src, int)]
         rows, pool_slots = [i for i, _ in slots], [s for _, s in slots]
         disk = [(i, src) for i, (_, src) in enumerate(loads) if not isinstance(src, int)]
         events = []
         with _on(self._in_stream):
-            if slots:  # earlier steps' copies out have filled the slots
-                _wait(self._in_stream, self._out_done)
+            if slots:
+                _wait(self._in_stream, filled)
             idx = _device_index([b for b, _ in loads], dev)
             staging = torch.empty((len(loads), *self.block_shape[1:]), dtype=self.dtype, device=dev)
             for layer, (k, v) in enumerate(list.__iter__(self.kv.layers)):

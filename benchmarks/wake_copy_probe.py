@@ -1,0 +1,93 @@
+"""Where a level-1 wake's weight copy loses bandwidth: one pinned host buffer of the weights'
+size copied to the device in the ways a wake could do it, each timed on the device clock.
+
+- destinations: a plain `torch.empty` buffer and a `VirtualArena` (driver VMM memory, what
+  sleep mode maps at fixed addresses), fresh and after a release/restore cycle;
+- host buffer: fresh, or one that slept (its pages untouched since the copy out);
+- one copy, or chunks on 1, 2 or 4 streams.
+
+    PYTHONPATH=src python benchmarks/wake_copy_probe.py --gb 2.47 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deploylab.engine.vmm import VirtualArena
+
+
+def timed(fn: Callable[[], None], repeats: int = 3) -> float:
+    """Median device seconds of `fn` (events on the current stream; fn joins its streams)."""
+    out = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        out.append(start.elapsed_time(end) / 1e3)
+    return sorted(out)[len(out) // 2]
+
+
+def chunked(dst: torch.Tensor, src: torch.Tensor, chunks: int, streams: list[Any]) -> None:
+    """`dst.copy_(src)` in `chunks` pieces spread over `streams`; the current stream waits."""
+    main = torch.cuda.current_stream()
+    size = -(-src.numel() // chunks)
+    for s in streams:
+        s.wait_stream(main)
+    for i in range(chunks):
+        s = streams[i % len(streams)]
+        with torch.cuda.stream(s):
+            dst[i * size : (i + 1) * size].copy_(src[i * size : (i + 1) * size], non_blocking=True)
+    for s in streams:
+        main.wait_stream(s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gb", type=float, default=2.47)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    n = int(args.gb * 1e9)
+    dev = torch.device("cuda")
+    host = torch.empty(n, dtype=torch.uint8, pin_memory=True)
+    host.fill_(1)
+    plain = torch.empty(n, dtype=torch.uint8, device=dev)
+    arena = VirtualArena(n, dev)
+    streams = [torch.cuda.Stream() for _ in range(4)]
+    rows: list[dict[str, Any]] = []
+
+    def case(name: str, fn: Callable[[], None]) -> None:
+        sec = timed(fn)
+        rows.append({"case": name, "seconds": sec, "gb_s": n / sec / 1e9})
+        print(f"{name:48s} {sec * 1e3:8.2f} ms {n / sec / 1e9:6.1f} GB/s", flush=True)
+
+    case("one copy -> torch.empty", lambda: plain.copy_(host, non_blocking=True))
+    case("one copy -> VMM arena", lambda: arena.tensor.copy_(host, non_blocking=True))
+    arena.release()
+    arena.restore()
+    case("one copy -> VMM arena (after release/restore)", lambda: arena.tensor.copy_(host, True))
+    for chunks, k in ((8, 1), (8, 2), (16, 4)):
+        case(
+            f"{chunks} chunks, {k} streams -> VMM arena",
+            lambda c=chunks, k=k: chunked(arena.tensor, host, c, streams[:k]),  # type: ignore[misc]
+        )
+    slept = torch.empty(n, dtype=torch.uint8, pin_memory=True)
+    slept.copy_(arena.tensor, non_blocking=True)  # as a sleep fills it
+    torch.cuda.synchronize()
+    case("one copy from a slept buffer -> VMM arena", lambda: arena.tensor.copy_(slept, True))
+    if args.json:
+        args.json.write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
