@@ -102,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:52s} first {first:6.1f} GB/s, repeated {rest:6.1f} GB/s", flush=True)
 
     case("one copy -> torch.empty", lambda: plain.copy_(host, non_blocking=True))
+    gib = 1 << 30
+    small = torch.empty(gib, dtype=torch.uint8, pin_memory=True)
+    small.fill_(1)
+    secs = timed(lambda: plain[:gib].copy_(small, non_blocking=True))
+    first, rest = gib / secs[0] / 1e9, gib / min(secs[1:]) / 1e9
+    print(f"1 GiB -> torch.empty: first {first:6.1f} GB/s, repeated {rest:6.1f} GB/s")
+    rows.append({"case": "one copy of 1 GiB -> torch.empty", "seconds": secs})
     case("one copy -> VMM arena", lambda: arena.tensor.copy_(host, non_blocking=True))
     arena.release()
     arena.restore()
