@@ -81,6 +81,38 @@ def ctypes_address(region: Any) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(region))
 
 
+def both_ways(
+    host: torch.Tensor, dev: torch.Tensor, streams: list[Any], rows: list[dict[str, Any]]
+) -> None:
+    """1 GiB host-to-device and 1 GiB device-to-host at once on two streams, against each
+    alone: does the link run both directions together (the KV tiers' copies in and out)?"""
+    gib = 1 << 30
+    back = torch.empty(gib, dtype=torch.uint8, pin_memory=True)
+    a, b = streams[0], streams[1]
+
+    def h2d() -> None:
+        dev[:gib].copy_(host[:gib], non_blocking=True)
+
+    def d2h() -> None:
+        back.copy_(dev[gib : 2 * gib], non_blocking=True)
+
+    def together() -> None:
+        main = torch.cuda.current_stream()
+        for s, fn in ((a, h2d), (b, d2h)):
+            s.wait_stream(main)
+            with torch.cuda.stream(s):
+                fn()
+        main.wait_stream(a)
+        main.wait_stream(b)
+
+    out = {name: min(timed(fn)) for name, fn in (("h2d", h2d), ("d2h", d2h), ("both", together))}
+    rows.append({"case": "both directions", **out})
+    print(
+        f"1 GiB each way: H2D alone {out['h2d'] * 1e3:.1f} ms, D2H alone {out['d2h'] * 1e3:.1f}"
+        f" ms, both at once {out['both'] * 1e3:.1f} ms"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gb", type=float, default=2.47)
@@ -125,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     slept.copy_(arena.tensor, non_blocking=True)  # as a sleep fills it
     torch.cuda.synchronize()
     case("one copy from a slept buffer -> VMM arena", lambda: arena.tensor.copy_(slept, True))
+    both_ways(host, plain, streams, rows)
     if args.json:
         args.json.write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}))
     return 0

@@ -72,6 +72,7 @@ def test_bad_sampling_params_name_the_field(params: dict[str, Any], param: str) 
         {"max_num_seqs": 64, "max_num_batched_tokens": 32},
         {"kv_cache_gib": 0},
         {"gpu_memory_utilization": 1.5},
+        {"num_gpu_blocks_override": 1},
         {"dtype": "int8"},
         {"device": "tpu"},
     ],

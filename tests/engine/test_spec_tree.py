@@ -252,7 +252,9 @@ def test_trees_on_cuda_keep_greedy_output() -> None:
     del plain
     gc.collect()  # the next engine sizes its KV cache from what this one leaves free
     torch.cuda.empty_cache()
-    engine = LLM(**settings, speculative_config={**TREE, "num_speculative_tokens": 5}).llm_engine
+    engine = LLM(
+        **settings, speculative_config={**TREE, "num_speculative_tokens": 5}, tree_attention=True
+    ).llm_engine  # float32 has no paged decode kernel, so no tree decoder unless asked
     assert engine.spec is not None
     answers = {o.request_id: list(o.token_ids) for o in expected}
     engine.spec.proposer = BranchProposer(answers, engine.model_config.vocab_size)  # type: ignore[assignment]

@@ -41,6 +41,9 @@ class EngineConfig:
     max_model_len: int | None = None  # default: the model's context, capped by the KV cache
     kv_cache_gib: float = 2.0
     gpu_memory_utilization: float = 0.9
+    # vLLM's name: this many KV blocks on CUDA, whatever gpu_memory_utilization leaves
+    # (tests and benchmarks that need an exact cache size); None sizes it from memory.
+    num_gpu_blocks_override: int | None = None
     enable_prefix_caching: bool = True
     max_waiting: int = 1024
     seed: int = 0
@@ -119,6 +122,11 @@ class EngineConfig:
             )
         if not self.kv_cache_gib > 0:
             raise ConfigError(f"EngineConfig.kv_cache_gib must be > 0, got {self.kv_cache_gib}.")
+        if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 2:
+            raise ConfigError(
+                "EngineConfig.num_gpu_blocks_override must be at least 2 (one usable block and "
+                f"the scratch block), got {self.num_gpu_blocks_override}."
+            )
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(
                 "EngineConfig.gpu_memory_utilization must be in (0, 1], got "

@@ -98,14 +98,17 @@ class LLMEngine:
             dict.fromkeys([*self.model_config.eos_token_ids, *eos_token_ids(tokenizer)])
         )
         bs = config.block_size
-        num_blocks = num_blocks_for(
-            self.model_config,
-            bs,
-            self.dtype,
-            self.device,
-            config.kv_cache_gib,
-            config.gpu_memory_utilization,
-        )
+        if config.num_gpu_blocks_override is not None and self.device.type == "cuda":
+            num_blocks = config.num_gpu_blocks_override
+        else:
+            num_blocks = num_blocks_for(
+                self.model_config,
+                bs,
+                self.dtype,
+                self.device,
+                config.kv_cache_gib,
+                config.gpu_memory_utilization,
+            )
         num_blocks -= 1  # the scratch block below
         self.max_model_len = self._max_model_len(config, num_blocks * bs)
         # One extra physical block: scratch space for the padding rows of CUDA-graph steps.
