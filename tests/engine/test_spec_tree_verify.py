@@ -14,7 +14,12 @@ from tests.engine.conftest import ModelParts
 from tests.engine.test_spec_decode import greedy_params, looping_prompts, run
 from tests.engine.test_spec_tree import TREE
 
-from deploylab.engine.spec_decode.tree_verify import build_tree_verify, verify_hook
+from deploylab.engine.spec_decode.tree_drafts import chunk_mask
+from deploylab.engine.spec_decode.tree_verify import (
+    ancestor_bits,
+    build_tree_verify,
+    verify_hook,
+)
 from deploylab.engine.spec_decode.verify_attention import build_verify_batch
 
 BS, KVH, HEADS, D = 16, 2, 8, 32
@@ -60,6 +65,15 @@ def test_tree_kernel_rows_equal_masked_sdpa_rows(seed: int) -> None:
     # (rows_per_task), not once per node.
     assert tv.plan.tokens_read == sum(-(-ql // 4) * (ctx + ql) for _, ql, ctx, _, _ in items)
     assert tv.plan.tokens_plain == sum(ql * (ctx + ql) for _, ql, ctx, _, _ in items)
+
+
+@pytest.mark.parametrize("n", [1, 5, 63])
+def test_ancestor_bits_are_the_chunk_mask(n: int) -> None:
+    parents = random_parents(n, random.Random(n))
+    mask = chunk_mask(parents)
+    bits = ancestor_bits(parents)
+    for row, b in enumerate(bits):
+        assert [bool((b >> c) & 1) for c in range(n + 1)] == mask[row].tolist()
 
 
 def test_hook_sends_only_trees_to_the_kernel() -> None:

@@ -111,6 +111,7 @@ def build_tree_plan(
     max_rows_per_task: int = 16,
     max_wide_tasks: int | None = None,
     target_wide_tasks: int | None = None,
+    segments: list[tuple[int, int, int, list[int]]] | None = None,
 ) -> TreePlan:
     """Group a decode step's rows by the KV blocks they share (see the module docstring).
 
@@ -119,10 +120,12 @@ def build_tree_plan(
     doubles until at most `max_wide_tasks` wide tasks remain), and a segment with more than
     `max_rows_per_task` rows becomes several tasks. With `target_wide_tasks`, the chunk
     shrinks (to 64 tokens at least) until shared segments give about that many tasks, so a
-    short shared prefix still occupies the GPU."""
+    short shared prefix still occupies the GPU. `segments` ((table row, first token, end
+    token, rows), shared ones first) skips the grouping when the caller knows it."""
     if len(tables) != len(lens) or not lens or min(lens) < 1:
         raise ValueError("tree attention needs one block table and a length >= 1 per row")
-    segments = _segments(tables, lens, block_size)
+    if segments is None:  # callers that know their sharing (token trees) pass it
+        segments = _segments(tables, lens, block_size)
     if target_wide_tasks:
         work = sum(
             (e - a) * -(-len(m) // max_rows_per_task) for _, a, e, m in segments if len(m) > 1

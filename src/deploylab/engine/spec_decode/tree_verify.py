@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from deploylab.engine.spec_decode.tree_drafts import chunk_mask
 from deploylab.engine.spec_decode.verify_attention import build_verify_batch
 from deploylab.engine.tree_attention import TreePlan, build_tree_plan, tree_decode_reference
 
@@ -58,6 +57,16 @@ class TreeVerify:
         out.index_copy_(0, self.rows, o)
 
 
+def ancestor_bits(parents: list[int]) -> list[int]:
+    """Per chunk row (root first): bit c set iff chunk row c is the row itself or one of its
+    ancestors (`chunk_mask` as integers; parents come before children). Bit 63 is the int64
+    sign bit, as the kernel reads it."""
+    bits = [1]
+    for i, parent in enumerate(parents):
+        bits.append(bits[parent + 1] | (1 << (i + 1)))
+    return [b - (1 << 64) if b >= 1 << 63 else b for b in bits]
+
+
 def fits(query_len: int) -> bool:
     """Whether a tree chunk of `query_len` rows fits a tail mask."""
     return query_len <= MAX_TREE_ROWS
@@ -77,10 +86,11 @@ def build_tree_verify(
     lens: list[int] = []
     starts: list[int] = []
     bits: list[int] = []
+    segments: list[tuple[int, int, int, list[int]]] = []
     for start, ql, p0, table, parents in items:
-        mask = chunk_mask(parents)
-        weights = 1 << torch.arange(ql, dtype=torch.int64)
-        row_bits = (mask.long() * weights).sum(1).tolist()  # bit c: chunk row c is visible
+        # The tree's rows share its whole context: one segment, no grouping to search for.
+        segments.append((len(rows), 0, p0 + ql, list(range(len(rows), len(rows) + ql))))
+        row_bits = ancestor_bits(parents)
         for j in range(ql):
             rows.append(start + j)
             tables.append(table)
@@ -94,6 +104,7 @@ def build_tree_verify(
         max_rows_per_task=rows_per_task,
         max_wide_tasks=256,
         target_wide_tasks=target_wide_tasks,
+        segments=segments,
     )
     idx = torch.tensor(rows, dtype=torch.int64)
     ms = torch.tensor(starts, dtype=torch.int32)
