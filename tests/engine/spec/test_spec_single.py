@@ -160,3 +160,28 @@ def test_speculative_sampling_on_cuda_is_exact(stats) -> None:
     res = speculative_sampling(pp.to(dev), qq.to(dev), drafts.to(dev), g)
     assert res.tokens.device.type == "cuda"
     stats.assert_follows(res.tokens[:, 0], p, "cuda position 0")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_point_mass_sampling_equals_speculative_sampling_with_one_hot_drafts(seed: int) -> None:
+    """The engine's rule for deterministic drafts draws the same numbers as
+    `speculative_sampling` with one-hot q, so it emits the same tokens, draw for draw,
+    including targets that give a draft zero mass and fully accepted chains."""
+    from deploylab.engine.spec.single import point_mass_sampling
+
+    gen = torch.Generator().manual_seed(seed)
+    b, gamma, v = 64, 4, 7
+    p = torch.rand(b, gamma + 1, v, generator=gen) ** 3
+    p[: b // 4, :, 0] = 0.0  # some drafts impossible under p
+    p[b // 4 : b // 2] = 0.0
+    p[b // 4 : b // 2, :, 1] = 1.0  # a point-mass target: every matching draft kept
+    p = p / p.sum(-1, keepdim=True)
+    drafts = torch.randint(0, 3, (b, gamma), generator=gen)
+    drafts[b // 4 : b // 2] = 1
+    q = torch.nn.functional.one_hot(drafts, v).to(p.dtype)
+    want = speculative_sampling(p, q, drafts, torch.Generator().manual_seed(100 + seed))
+    got = point_mass_sampling(p, drafts, torch.Generator().manual_seed(100 + seed))
+    assert torch.equal(got.tokens, want.tokens)
+    assert torch.equal(got.num_accepted, want.num_accepted)
+    assert bool((got.num_accepted[b // 4 : b // 2] == gamma).all())
+    assert bool((got.num_accepted < gamma).any())

@@ -10,6 +10,7 @@ import torch
 
 from deploylab.engine.spec._checks import check_probs, check_same_device, check_tokens
 from deploylab.engine.spec.sampling import (
+    _EMPTY,
     ChainResult,
     gather_last,
     residual,
@@ -89,6 +90,42 @@ def speculative_sampling(
     # u * q < p instead of u < p / q: no division, and p(x) = 0 is never accepted.
     accept = u * qx < px
     return finish_chain(d, accept, p, q, generator)
+
+
+def point_mass_sampling(
+    p: torch.Tensor, drafts: torch.Tensor, generator: torch.Generator | None = None
+) -> ChainResult:
+    """`speculative_sampling` for deterministic drafts (q_i a point mass on x_i, as prompt
+    lookup and greedy heads propose), without building q: keep x_i while u_i < p_i(x_i);
+    at the first rejection j sample p_j with x_j's mass removed (= norm(max(0, p_j - q_j))),
+    else a bonus token from p_{gamma+1}. Same random draws as `speculative_sampling` with
+    one-hot q, so the same tokens for the same generator state.
+
+    p: (B, gamma + 1, V); drafts: (B, gamma)."""
+    check_probs("p", p, ndim=3)
+    b, g1, v = p.shape
+    check_tokens("drafts", drafts, v, (b, g1 - 1))
+    gamma = g1 - 1
+    d = drafts.to(torch.long)
+    px = gather_last(p[:, :gamma], d)
+    u = uniform(tuple(d.shape), p, generator)
+    n = leading_run(u < px)
+    rows = torch.arange(b, device=p.device)
+    dist = p[rows, n.clamp(max=gamma)].clone()  # p_j at the rejection, p_{gamma+1} if none
+    rejected = n < gamma
+    if bool(rejected.any()):
+        j = n.clamp(max=max(gamma - 1, 0))
+        cut = dist.clone()
+        cut[rows, d[rows, j]] = 0.0
+        mass = cut.sum(-1, keepdim=True)
+        fix = torch.where(mass > _EMPTY, cut / mass.clamp_min(_EMPTY), dist)
+        dist = torch.where(rejected.unsqueeze(-1), fix, dist)
+    last = sample_categorical(dist, generator)
+    tokens = torch.full((b, g1), -1, dtype=torch.long, device=p.device)
+    keep = torch.arange(gamma, device=p.device).unsqueeze(0) < n.unsqueeze(-1)
+    tokens[:, :gamma] = torch.where(keep, d, tokens[:, :gamma])
+    tokens[rows, n] = last
+    return ChainResult(tokens=tokens, num_accepted=n)
 
 
 def greedy_verify(p: torch.Tensor, drafts: torch.Tensor) -> ChainResult:

@@ -14,7 +14,7 @@ from deploylab.engine.sampler import Sampler, apply_min_p, apply_top_k_top_p
 from deploylab.engine.sequence import Sequence
 from deploylab.engine.spec.cascades import cascade_verify
 from deploylab.engine.spec.judge import judge_verify
-from deploylab.engine.spec.single import greedy_verify, speculative_sampling
+from deploylab.engine.spec.single import greedy_verify, point_mass_sampling
 from deploylab.engine.spec_decode.tree_drafts import row_offsets, walk_greedy, walk_sampled
 
 
@@ -69,6 +69,8 @@ def verify_drafts(
     if params.greedy and cascade is None and judged is None:
         result = greedy_verify(p[None], d)  # the common case: no draft distribution needed
         return _verified(result, raw, params)
+    if cascade is None and judged is None:  # exact: point-mass drafts, no one-hot q needed
+        return _verified(point_mass_sampling(p[None], d, generator), raw, params)
     q = torch.nn.functional.one_hot(d, p.shape[-1]).to(p.dtype)  # point-mass drafts
     if cascade is not None:
         # Greedy requests: the target is the argmax's point mass; the deferral test reads
@@ -76,14 +78,13 @@ def verify_drafts(
         p_defer = p[None] if params.greedy else None
         target = _argmax_mass(p) if params.greedy else p
         result = cascade_verify(target[None], q, d, cascade[0], cascade[1], generator, p_defer)
-    elif judged is not None:
+    else:
+        assert judged is not None
         # Greedy: rule = "the draft is the argmax" (point mass); sampled: speculative sampling.
         target = _argmax_mass(p) if params.greedy else p
         # never a draft the target may not emit (a stop token below min_tokens, top-k/p cut)
         allowed = p[torch.arange(len(drafts), device=p.device), d[0]] > 0
         result = judge_verify(target[None], q, d, (judged.to(p.device) & allowed)[None], generator)
-    else:
-        result = speculative_sampling(p[None], q, d, generator)
     return _verified(result, raw, params)
 
 
