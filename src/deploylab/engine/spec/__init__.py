@@ -33,6 +33,7 @@ from deploylab.engine.spec.selection_lp import (
 from deploylab.engine.spec.single import (
     acceptance_probability,
     greedy_verify,
+    point_mass_sampling,
     speculative_sampling,
 )
 from deploylab.engine.spec.spectr import spectr_acceptance, spectr_kseq, spectr_rho
@@ -68,6 +69,7 @@ __all__ = [
     "node_depths",
     "optimal_acceptance_iid",
     "optimal_plan",
+    "point_mass_sampling",
     "recursive_acceptance",
     "recursive_rejection",
     "spectr_acceptance",
