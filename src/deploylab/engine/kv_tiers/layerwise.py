@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, SupportsIndex, overload
 
 import torch
@@ -85,7 +85,6 @@ class LayerwiseKVTiers(KVTiers):
 
     LAYER_MAJOR = True
     STAGING_BYTES = 256 * 1024**2  # per gather buffer (two alternate; more blocks: groups)
-    SWAP_BYTES = 1024**3  # evictions up to this size are gathered layer by layer with the loads
 
     def __init__(self, kv_cache: KVCache, *args: Any, **kwargs: Any) -> None:
         super().__init__(kv_cache, *args, **kwargs)
@@ -110,67 +109,20 @@ class LayerwiseKVTiers(KVTiers):
             self._start = torch.cuda.Event()
             self._start.record(torch.cuda.current_stream(self.device))
             _wait(self._in_stream, self._start)  # earlier steps wrote / read these blocks
-        parts = []
         for start in range(0, len(offloads), cap):  # a host pool's worth at a time
-            part = sorted(self._offload(offloads[start : start + cap]), key=lambda p: p[1])
-            if len(offloads) > cap and part:  # a later part may reuse this one's slots
-                self._gather_out(part)
-            elif part:
-                parts.append(part)  # rising slots: one copy per run
+            part = self._offload(offloads[start : start + cap])
+            if part:
+                self._gather_out(sorted(part, key=lambda p: p[1]))  # rising slots: one run each
         self.host.pinned.clear()
         main = torch.cuda.current_stream(self.device) if cuda else None
+        if not loads:
+            if main is not None and offloads:  # the gathers read the blocks this step writes
+                _wait(main, _record(self._in_stream))
+            return
         loads = sorted(loads, key=lambda p: p[1] if isinstance(p[1], int) else -1)
-        out = parts[0] if parts else []
-        if loads and len(out) * self.block_bytes <= self.SWAP_BYTES:
-            events = self._swap_layers(out, loads, filled)
-        else:
-            if out:
-                self._gather_out(out)
-            if not loads:
-                if main is not None and out:  # the gathers read the blocks this step writes
-                    _wait(main, _record(self._in_stream))
-                return
-            events = self._copy_in_layers(loads, filled)
+        events = self._copy_in_layers(loads, filled)
         if isinstance(layers, LayerWaits) and cuda:
             layers.arm(events)
-
-    def _swap_layers(
-        self,
-        out: list[tuple[int, int]],
-        loads: list[tuple[int, torch.Tensor | int]],
-        filled: Any,
-    ) -> list[Any]:
-        """Evicted blocks out and hits in, one layer after the other on the copy-in stream:
-        layer l's evicted blocks gathered into a device staging buffer, then layer l's hits
-        copied in over them; the copies out to the host follow on the copy-out stream once
-        every copy in is done (the link's host-to-device direction first: the forward waits
-        for it, nothing waits for the write-back). Returns each layer's event."""
-        stream = self._in_stream
-        with _on(stream):
-            staging = torch.empty(
-                (len(self.kv.layers), len(out), *self.block_shape[1:]),
-                dtype=self.dtype,
-                device=self.device,
-            )
-            out_idx = _device_index([b for b, _ in out], self.device) if out else None
-        if self._stream is not None and out:
-            staging.record_stream(self._stream)  # not reused before the copies out are done
-
-        def gather(layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-            if out_idx is not None:
-                staging[layer, :, 0].copy_(k.index_select(1, out_idx).transpose(0, 1))
-                staging[layer, :, 1].copy_(v.index_select(1, out_idx).transpose(0, 1))
-
-        events = self._copy_in_layers(loads, filled, before=gather)
-        if out:
-            self.counters["host"].stored_bytes += len(out) * self.block_bytes
-            slots = [s for _, s in out]
-            with _on(self._stream):
-                _wait(self._stream, events[-1])
-                for layer in range(len(self.kv.layers)):
-                    _copy_runs(self.host.data[layer], slots, staging[layer], to_pool=True)
-            self._event = self._out_done = _record(self._stream)
-        return events
 
     def _gather_out(self, offloads: list[tuple[int, int]]) -> None:
         """Device blocks -> host slots for (block, slot) pairs: gathered into a device
@@ -208,10 +160,7 @@ class LayerwiseKVTiers(KVTiers):
             self._event = self._out_done = done
 
     def _copy_in_layers(
-        self,
-        loads: list[tuple[int, torch.Tensor | int]],
-        filled: Any,
-        before: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+        self, loads: list[tuple[int, torch.Tensor | int]], filled: Any
     ) -> list[Any]:
         """Host slots (ints) or disk-read blocks (tensors) -> device blocks, layer by layer on
         the copy-in stream, after the gathers of this step's copies out and after `filled`
@@ -228,8 +177,6 @@ class LayerwiseKVTiers(KVTiers):
             idx = _device_index([b for b, _ in loads], dev)
             staging = torch.empty((len(loads), *self.block_shape[1:]), dtype=self.dtype, device=dev)
             for layer, (k, v) in enumerate(list.__iter__(self.kv.layers)):
-                if before is not None:  # the layer's evicted blocks, before they are overwritten
-                    before(layer, k, v)
                 if slots:
                     _copy_runs(self.host.data[layer], pool_slots, staging, False, rows)
                 for i, src in disk:
