@@ -211,6 +211,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["rag", "rag-docs", "chat"],
     )
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument(
+        "--temperature", type=float, default=0.0,
+        help="> 0: sampled requests (seeded per request; outputs are then not comparable)",
+    )  # fmt: skip
+    p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--k", type=int, default=4, help="num_speculative_tokens")
     p.add_argument("--ngram-k", type=int, default=None, help="ngram's k (default: --k)")
     p.add_argument("--lookup-max", type=int, default=4)
@@ -277,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         llm.llm_engine.block_manager.evict_cached()
         return llm
 
-    params = SamplingParams(temperature=0, max_tokens=args.max_tokens)
+    params = SamplingParams(
+        temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+        seed=0 if args.temperature > 0 else None,
+    )  # fmt: skip
     rows = []
     for name in args.prompt_sets:
         for batch in args.batch_sizes:
