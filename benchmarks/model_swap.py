@@ -191,6 +191,8 @@ def bench_model(label: str, settings: dict[str, Any], args: argparse.Namespace) 
     }
     for level in (1, 2):
         out[f"level{level}"] = sleep_wake(engine, level, args, f"l{level}", reference)
+    if args.profile_wake:
+        out["wake_profile"] = profile_wake(engine)
     del engine
     release(device)
     if "model" in settings:  # a cold start from the disk: the checkpoint's pages dropped
@@ -211,6 +213,41 @@ def bench_model(label: str, settings: dict[str, Any], args: argparse.Namespace) 
         out["level1_no_graphs"] = sleep_wake(engine, 1, args, "ng", greedy(engine))
         del engine
         release(device)
+    return out
+
+
+def profile_wake(engine: LLMEngine) -> dict[str, Any]:
+    """One more level-1 sleep and wake, the wake under `torch.profiler`: the host's busiest
+    ops and each copy kind's busy time and span (ms from the wake's first event)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from gpu_timeline import trace_events
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    engine.sleep(1)
+    with torch.profiler.profile(activities=activities) as prof:
+        engine.wake_up()
+    events = trace_events(prof)
+    t0 = min(float(e["ts"]) for e in events)
+    out: dict[str, Any] = {}
+    for cat in ("gpu_memcpy", "gpu_memset", "kernel"):
+        sel = [e for e in events if e.get("cat") == cat]
+        if sel:
+            out[cat] = {
+                "ops": len(sel),
+                "busy_ms": sum(float(e["dur"]) for e in sel) / 1e3,
+                "span_ms": (
+                    (min(float(e["ts"]) for e in sel) - t0) / 1e3,
+                    (max(float(e["ts"]) + float(e["dur"]) for e in sel) - t0) / 1e3,
+                ),
+            }
+    host: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") in ("cpu_op", "cuda_runtime", "cuda_driver"):
+            host[e["name"]] = host.get(e["name"], 0.0) + float(e["dur"]) / 1e3
+    out["host_ms"] = dict(sorted(host.items(), key=lambda kv: -kv[1])[:12])
+    print(f"  wake profile: {json.dumps(out)}")
     return out
 
 
@@ -327,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.35)
     p.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument(
+        "--profile-wake", action="store_true", help="one more level-1 wake under torch.profiler"
+    )
     p.add_argument(
         "--checkpoint-root", default=".", help="where random-weight checkpoints are written "
         "(a real disk, not tmpfs, for the cold start from disk)",
