@@ -99,12 +99,7 @@ def greedy_params(n: int, spec_off_every: int = 3) -> list[SamplingParams]:
     ids=["plain", "chunked", "no-prefix-cache"],
 )
 def test_greedy_output_identical_to_plain_engine(tiny: ModelParts, settings: dict) -> None:
-    prompts = looping_prompts(12)
-    params = greedy_params(len(prompts))
-    expected = run(tiny.engine(**settings), prompts, params)
-    engine = tiny.engine(speculative_config=NGRAM, **settings)
-    got = run(engine, prompts, params)
-    assert [o.token_ids for o in got] == [o.token_ids for o in expected]
+    engine = keeps_greedy(tiny, NGRAM, **settings)
     stats = engine.spec.stats  # type: ignore[union-attr]
     assert stats.num_accepted_tokens > 0 and stats.num_draft_tokens > stats.num_accepted_tokens
 
@@ -121,6 +116,20 @@ def test_fewer_target_passes_than_tokens(tiny: ModelParts) -> None:
     assert engine.stats().num_steps_total == plain.stats().num_steps_total - (
         stats.num_accepted_tokens
     )
+
+
+def keeps_greedy(
+    tiny: ModelParts, spec_config: dict[str, Any], n: int = 12, seed: int = 0, **settings: Any
+) -> LLMEngine:
+    """Greedy output of `n` looping prompts with `spec_config` equals the plain engine's
+    (same `settings` on both sides). The speculating engine, for more checks."""
+    prompts = looping_prompts(n, seed=seed)
+    params = greedy_params(len(prompts))
+    expected = run(tiny.engine(**settings), prompts, params)
+    engine = tiny.engine(speculative_config=spec_config, **settings)
+    got = run(engine, prompts, params)
+    assert [o.token_ids for o in got] == [o.token_ids for o in expected]
+    return engine
 
 
 def pressure_keeps_greedy(tiny: ModelParts, spec_config: dict[str, Any]) -> LLMEngine:

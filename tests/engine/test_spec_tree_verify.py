@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 from tests.engine.conftest import ModelParts
-from tests.engine.test_spec_decode import greedy_params, looping_prompts, run
+from tests.engine.test_spec_decode import keeps_greedy
 from tests.engine.test_spec_tree import TREE
 
 from deploylab.engine.spec_decode.tree_drafts import chunk_mask
@@ -98,12 +98,7 @@ def test_hook_sends_only_trees_to_the_kernel() -> None:
 
 
 def test_engine_with_tree_attention_keeps_greedy_output(tiny: ModelParts) -> None:
-    prompts = looping_prompts(10, seed=2)
-    params = greedy_params(len(prompts))
-    expected = run(tiny.engine(), prompts, params)
-    engine = tiny.engine(speculative_config=TREE, tree_attention=True)
-    got = run(engine, prompts, params)
-    assert [o.token_ids for o in got] == [o.token_ids for o in expected]
+    engine = keeps_greedy(tiny, TREE, n=10, seed=2, tree_attention=True)
     assert engine.runner.tree is not None and engine.runner.tree.verify_steps > 0
     assert engine.spec.stats.num_accepted_tokens > 0  # type: ignore[union-attr]
 

@@ -90,7 +90,6 @@ class LayerwiseKVTiers(KVTiers):
         super().__init__(kv_cache, *args, **kwargs)
         if not isinstance(kv_cache.layers, LayerWaits):
             kv_cache.layers = LayerWaits(kv_cache.layers)
-        self._out_done: Any = None  # event: the last transfer's copies out reached the host
 
     def transfer(self) -> None:
         """Copy this step's evicted blocks out and its hits in, layer by layer (see the class);
@@ -104,7 +103,7 @@ class LayerwiseKVTiers(KVTiers):
         if self.disk is None:
             offloads = offloads[-cap:]  # the last ones: a conversation's head blocks
         cuda = self._stream is not None
-        filled = self._out_done  # earlier steps' copies out: this step's loads read those slots
+        filled = self._event  # earlier steps' copies out: this step's loads read those slots
         if cuda and (offloads or loads):
             self._start = torch.cuda.Event()
             self._start.record(torch.cuda.current_stream(self.device))
@@ -157,7 +156,7 @@ class LayerwiseKVTiers(KVTiers):
                     _copy_runs(self.host.data[layer], slots, staging[layer], to_pool=True)
             done = _record(self._stream)
             buffers[g % 2] = (buffers[g % 2][0], done)
-            self._event = self._out_done = done
+            self._event = done
 
     def _copy_in_layers(
         self, loads: list[tuple[int, torch.Tensor | int]], filled: Any
