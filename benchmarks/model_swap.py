@@ -193,6 +193,12 @@ def bench_model(label: str, settings: dict[str, Any], args: argparse.Namespace) 
         out[f"level{level}"] = sleep_wake(engine, level, args, f"l{level}", reference)
     if args.profile_wake:
         out["wake_profile"] = profile_wake(engine)
+        from deploylab.engine import sleep as sleep_mod
+
+        sleep_mod.WAKE_KV_FIRST = True  # the KV cache mapped before the weights' copy starts
+        out["level1_kv_first"] = sleep_wake(engine, 1, args, "kvf", reference)
+        out["wake_profile_kv_first"] = profile_wake(engine)
+        sleep_mod.WAKE_KV_FIRST = False
     del engine
     release(device)
     if "model" in settings:  # a cold start from the disk: the checkpoint's pages dropped
@@ -242,6 +248,24 @@ def profile_wake(engine: LLMEngine) -> dict[str, Any]:
                     (max(float(e["ts"]) + float(e["dur"]) for e in sel) - t0) / 1e3,
                 ),
             }
+    copies = sorted(
+        (e for e in events if e.get("cat") == "gpu_memcpy"), key=lambda e: -float(e["dur"])
+    )
+    out["largest_copies"] = [
+        {
+            "name": e["name"],
+            "start_ms": (float(e["ts"]) - t0) / 1e3,
+            "ms": float(e["dur"]) / 1e3,
+            "bytes": (e.get("args") or {}).get("bytes"),
+            "gb_s": (e.get("args") or {}).get("memory bandwidth (GB/s)"),
+        }
+        for e in copies[:4]
+    ]
+    driver = [e for e in events if e.get("cat") in ("cuda_runtime", "cuda_driver")]
+    out["driver_calls"] = [
+        {"name": e["name"], "start_ms": (float(e["ts"]) - t0) / 1e3, "ms": float(e["dur"]) / 1e3}
+        for e in sorted(driver, key=lambda e: -float(e["dur"]))[:8]
+    ]
     host: dict[str, float] = {}
     for e in events:
         if e.get("cat") in ("cpu_op", "cuda_runtime", "cuda_driver"):
@@ -305,7 +329,7 @@ def report(r: dict[str, Any], bw: float | None) -> None:
             f"{'unknown' if left is None else f'{left:.0%}'})"
         )
     print(f"  sleep mode at fixed addresses: {r['fixed_addresses']}")
-    for level in ("1", "2", "1_moving", "1_no_graphs"):
+    for level in ("1", "2", "1_kv_first", "1_moving", "1_no_graphs"):
         if f"level{level}" not in r:
             continue
         x = r[f"level{level}"]

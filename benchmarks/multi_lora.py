@@ -62,6 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--vllm", metavar="MODEL_DIR", help="also run vLLM's LLM on this model")
     p.add_argument("--trtllm", metavar="MODEL_DIR", help="also run TensorRT-LLM's LLM API")
+    p.add_argument(
+        "--lora-decode", choices=("onepass", "fused", "split"), default=None,
+        help="CUDA decode kernels (default: the engine's first that passes its self-check)",
+    )  # fmt: skip
+    p.add_argument("--onepass-shapes", metavar="JSON", help="lora_kernels.py --shapes-out")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--plot", help="draw throughput against adapter count into this PNG")
     p.add_argument("--plot-from", metavar="JSON", help="only plot an earlier run's results")
@@ -365,6 +370,21 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def choose_kernels(args: argparse.Namespace) -> None:
+    """Apply `--lora-decode` and `--onepass-shapes` (CUDA only)."""
+    if args.lora_decode is None and args.onepass_shapes is None:
+        return
+    from deploylab.engine.lora import triton_ops
+
+    if args.lora_decode:
+        triton_ops.DECODE_MODES = (args.lora_decode,)
+    if args.onepass_shapes:
+        with open(args.onepass_shapes) as f:
+            for key, shape in json.load(f).items():
+                k, n = (int(v) for v in key.split("x"))
+                triton_ops.ONEPASS_SHAPES[(k, n)] = triton_ops.OnepassShape(**shape)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.plot_from:
@@ -376,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    choose_kernels(args)
     model, device, dtype = load_base(args)
     if args.save_adapters:
         for i, adapter in enumerate(

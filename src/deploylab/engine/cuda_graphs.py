@@ -27,6 +27,7 @@ from deploylab.engine.async_step import HostStager, fill_placeholders
 from deploylab.engine.attention import AttentionMetadata
 from deploylab.engine.block_manager import extend_with_tables
 from deploylab.engine.kv_cache import KVCache
+from deploylab.engine.lora.ops import slot_order
 from deploylab.engine.models.llama import LlamaForCausalLM
 from deploylab.engine.tree_attention import TreePlan
 from deploylab.engine.triton_attention import PagedDecodeFn
@@ -48,7 +49,8 @@ class _Graph:
     logits: torch.Tensor | None = None
     graph: torch.cuda.CUDAGraph | None = None
     tree: StaticTreePlan | None = None  # set for a tree-attention graph
-    lora_slots: torch.Tensor | None = None  # each row's LoRA slot (int32, -1 = base)
+    # Each row's LoRA slot (int32, -1 = base), then the rows sorted by slot: [2 * size].
+    lora_slots: torch.Tensor | None = None
 
 
 class DecodeGraphs:
@@ -95,8 +97,8 @@ class DecodeGraphs:
             slots=torch.full((size,), self.scratch_slot, dtype=torch.int64, device=dev),
             tables=torch.zeros(size, self.width, dtype=torch.int32, device=dev),
             lens=torch.ones(size, dtype=torch.int32, device=dev),
-            lora_slots=(
-                torch.full((size,), -1, dtype=torch.int32, device=dev) if self.lora else None
+            lora_slots=(  # each row's slot, then the rows in slot order
+                torch.full((2 * size,), -1, dtype=torch.int32, device=dev) if self.lora else None
             ),
         )
 
@@ -181,14 +183,15 @@ class DecodeGraphs:
             packed.fromlist(values)
             packed.fromlist([filler] * pad)
         if g.lora_slots is not None:
-            packed.fromlist(lora_slots or [-1] * n)
-            packed.fromlist([-1] * pad)
+            row_slots = (lora_slots or [-1] * n) + [-1] * pad
+            packed.fromlist(row_slots)
+            packed.fromlist(slot_order(row_slots))
         extend_with_tables(packed, tables, width)
         dev = self.stager.upload(torch.frombuffer(packed, dtype=torch.int64))
-        at = 4 * size  # the tables follow (after the LoRA slots, if any)
+        at = 4 * size  # the tables follow (after the LoRA slots and order, if any)
         if g.lora_slots is not None:
-            g.lora_slots.copy_(dev[at : at + size])
-            at += size
+            g.lora_slots.copy_(dev[at : at + 2 * size])
+            at += 2 * size
         ids_dev = dev[:size]
         g.ids.copy_(ids_dev if token_fill is None else fill_placeholders(ids_dev, token_fill))
         g.pos.copy_(dev[size : 2 * size])

@@ -20,9 +20,9 @@ from deploylab.engine.lora.triton_ops import LoraKernels, check_kernels  # noqa:
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("decode", ["onepass", "fused", "split"])
 @pytest.mark.parametrize("k", [24, 1100])  # 1100: the decode shrink split over 3 programs
-def test_kernels_match_torch(fused: bool, k: int) -> None:
+def test_kernels_match_torch(decode: str, k: int) -> None:
     """Decode rows (BGMV) and prefill segments (SGMV) of 3 projections writing adjacent
     column ranges of a wider output, slots of different ranks, base-model rows untouched."""
     gen = torch.Generator().manual_seed(0)
@@ -42,15 +42,15 @@ def test_kernels_match_torch(fused: bool, k: int) -> None:
         if s >= 0:
             parts = [(x[i] @ ai[s].T) @ bi[s].T for ai, bi in zip(a, b, strict=True)]
             expected[i, 8:] += torch.cat(parts)
-    plan = LoraKernels(fused).plan(decode_slots, segments, r, DEVICE)
+    plan = LoraKernels(decode).plan(decode_slots, segments, r, DEVICE)
     got = wide.to(DEVICE)
     dev = [t.to(DEVICE) for t in a], [t.to(DEVICE) for t in b]
     plan.apply(x.to(DEVICE), got[:, 8:], dev[0], dev[1], widths)
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_many_decode_rows_span_several_row_tiles(fused: bool) -> None:
+@pytest.mark.parametrize("decode", ["onepass", "fused", "split"])
+def test_many_decode_rows_span_several_row_tiles(decode: str) -> None:
     """150 decode rows (more than one row tile of the slot-grouped kernels), slots scattered
     over the rows as a length-sorted batch leaves them, base-model rows among them."""
     gen = torch.Generator().manual_seed(1)
@@ -66,14 +66,43 @@ def test_many_decode_rows_span_several_row_tiles(fused: bool) -> None:
             expected[i] += torch.cat(
                 [(x[i] @ ai[s].T) @ bi[s].T for ai, bi in zip(a, b, strict=True)]
             )
-    plan = LoraKernels(fused).plan(slots, [], r, DEVICE)
+    plan = LoraKernels(decode).plan(slots, [], r, DEVICE)
+    got = y.to(DEVICE)
+    plan.apply(x.to(DEVICE), got, [t.to(DEVICE) for t in a], [t.to(DEVICE) for t in b], widths)
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_onepass_tiles_of_rows_sorted_by_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One-pass programs of 4 rows each, read through the rows' order sorted by slot (a
+    ragged last tile, base-model rows among them), split over columns: same sums."""
+    from deploylab.engine.lora import triton_ops
+
+    gen = torch.Generator().manual_seed(2)
+    k, r, widths, rows = 300, 16, [96, 32, 32], 37
+    monkeypatch.setitem(
+        triton_ops.ONEPASS_SHAPES, (k, 96), triton_ops.OnepassShape(64, 32, 64, 4, 4)
+    )
+    a = [torch.randn(4, r, k, generator=gen) for _ in widths]
+    b = [torch.randn(4, n, r, generator=gen) for n in widths]
+    slots = torch.randint(-1, 4, (rows,), generator=gen)
+    x = torch.randn(rows, k, generator=gen)
+    y = torch.randn(rows, sum(widths), generator=gen)
+    expected = y.clone()
+    for i, s in enumerate(slots.tolist()):
+        if s >= 0:
+            expected[i] += torch.cat(
+                [(x[i] @ ai[s].T) @ bi[s].T for ai, bi in zip(a, b, strict=True)]
+            )
+    plan = LoraKernels("onepass").plan(slots.tolist(), [], r, DEVICE)
+    plan.decode_order = torch.argsort(slots, stable=True).to(torch.int32).to(DEVICE)
     got = y.to(DEVICE)
     plan.apply(x.to(DEVICE), got, [t.to(DEVICE) for t in a], [t.to(DEVICE) for t in b], widths)
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-3, atol=1e-3)
 
 
 def test_self_check_passes() -> None:
-    check_kernels(DEVICE, True)
+    for decode in ("onepass", "fused", "split"):
+        check_kernels(DEVICE, decode)
 
 
 NAMES = [None, "a8", "b4", "c16", "a8"]

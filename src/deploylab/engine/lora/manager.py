@@ -249,12 +249,13 @@ class LoraManager:
         """The slot of a running sequence's adapter (-1 = base model)."""
         return self._slot_of[seq.lora_id] if seq.lora_id else -1
 
-    def graph_batch(self, decode_slots: torch.Tensor) -> LoraBatch | None:
-        """A `LoraBatch` reading each decode row's slot from the static `decode_slots`
-        (int32, -1 = base) for CUDA-graph capture; None without the Triton kernels."""
+    def graph_batch(self, slots_and_order: torch.Tensor) -> LoraBatch | None:
+        """A `LoraBatch` reading each decode row's slot (int32, -1 = base) and then the rows'
+        slot order from the static `slots_and_order` of a CUDA graph; None without the
+        Triton kernels."""
         if self._kernels is None:
             return None
-        plan = self._kernels.graph_plan(decode_slots, self.slots.max_rank)
+        plan = self._kernels.graph_plan(slots_and_order, self.slots.max_rank)
         return LoraBatch(self.slots, self.keys, RowGroups([]), plan)
 
     def adapter_name(self, adapter_id: int) -> str:
@@ -267,17 +268,17 @@ def _pinned(t: torch.Tensor) -> torch.Tensor:
 
 
 def _load_kernels(device: torch.device) -> Any:
-    """The Triton kernels after a start-up self-check: fused decode launches if they pass,
-    else one launch pair per projection, else None (the grouped torch path)."""
+    """The Triton kernels after a start-up self-check: the first decode mode of
+    `DECODE_MODES` that passes, else None (the grouped torch path)."""
     try:
-        from deploylab.engine.lora.triton_ops import LoraKernels, check_kernels
+        from deploylab.engine.lora.triton_ops import DECODE_MODES, LoraKernels, check_kernels
     except ImportError:
         logger.warning("Triton is missing: LoRA corrections take the grouped torch path")
         return None
-    for fused in (True, False):
+    for decode in DECODE_MODES:
         try:
-            check_kernels(device, fused)
-            return LoraKernels(fused)
+            check_kernels(device, decode)
+            return LoraKernels(decode)
         except Exception as exc:  # noqa: BLE001 - any failure means: don't use this variant
-            logger.warning("LoRA kernels (fused decode %s) failed their self-check: %r", fused, exc)
+            logger.warning("LoRA kernels (decode %s) failed their self-check: %r", decode, exc)
     return None

@@ -88,6 +88,12 @@ class LoraBatch:
             y.index_add_(0, perm, out)
 
 
+def slot_order(slots: list[int]) -> list[int]:
+    """The rows sorted by slot (stable): one-pass decode programs of several rows then mostly
+    read one adapter."""
+    return sorted(range(len(slots)), key=slots.__getitem__)
+
+
 def group_rows(row_slots: list[int], device: torch.device) -> RowGroups:
     """Group a step's rows by slot (-1 = base model, skipped)."""
     rows: dict[int, list[int]] = {}

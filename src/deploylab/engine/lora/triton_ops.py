@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from deploylab.engine.lora.ops import slot_order
+
 SEGMENT_TILE = 16  # SGMV rows per tile (tl.dot's minimum)
 # BGMV shrink: input features per program. A decode row's shrink is a dot product of K
 # features per rank; one program looping over all of K (8192 for down_proj) waited on one
@@ -183,23 +185,104 @@ def _bgmv_expand_multi(
     tl.store(y_ptr, (y.to(tl.float32) + delta).to(y.dtype), mask=mn)
 
 
+@triton.jit
+def _bgmv_onepass(
+    X, A0, A1, A2, B0, B1, B2, Y, SLOTS, ORDER, D, K, N0, N1, N2, sxm, sas0, sas1, sas2, sar,
+    sbs0, sbs1, sbs2, sbn, sym,
+    R: tl.constexpr, BLOCK_K: tl.constexpr, K_TILES: tl.constexpr, BLOCK_N: tl.constexpr,
+    N_TILES: tl.constexpr, T: tl.constexpr, HAS_ORDER: tl.constexpr,
+):  # fmt: skip
+    """Shrink and expand in one launch for up to 3 projections sharing the input: program
+    (row tile, n_split, module) computes `h = x[row] @ A[slot].T` over all of K for its `T`
+    rows (each n-split recomputes it from L2: one launch fewer is worth more at decode
+    sizes), then adds `h @ B[slot].T` to its `N_TILES * BLOCK_N` columns of the module.
+    With `ORDER` (rows sorted by slot) a tile's rows mostly share one adapter, so its A and
+    B lines come from L1 once for the tile."""
+    module = tl.program_id(2)
+    if module == 0:
+        a_base, b_base, n_mod, col, sas, sbs = A0, B0, N0, N0 - N0, sas0, sbs0
+    elif module == 1:
+        a_base, b_base, n_mod, col, sas, sbs = A1, B1, N1, N0, sas1, sbs1
+    else:
+        a_base, b_base, n_mod, col, sas, sbs = A2, B2, N2, N0 + N1, sas2, sbs2
+    idx = tl.program_id(0) * T + tl.arange(0, T)
+    valid = idx < D
+    if HAS_ORDER:
+        rows = tl.load(ORDER + idx, mask=valid, other=0)
+    else:
+        rows = idx
+    slots = tl.load(SLOTS + rows, mask=valid, other=-1)
+    n_lo = tl.program_id(1) * (N_TILES * BLOCK_N)
+    live = (slots >= 0) & (n_lo < n_mod)  # base-model rows and columns past N load nothing
+    k_end = tl.where(live, K, 0)[:, None]
+    n_end = tl.where(live, n_mod, 0)[:, None]
+    slots = tl.maximum(slots, 0)
+    offs_r = tl.arange(0, R)
+    a_rows = a_base + slots[:, None, None] * sas + offs_r[None, :, None] * sar  # [T, R, 1]
+    b_rows = b_base + slots[:, None, None] * sbs + offs_r[None, None, :]  # [T, 1, R]
+    h = tl.zeros([T, R], dtype=tl.float32)
+    for kt in tl.static_range(K_TILES):
+        offs_k = (kt * BLOCK_K + tl.arange(0, BLOCK_K))[None, :]
+        mk = offs_k < k_end  # [T, BLOCK_K]
+        x = tl.load(X + rows[:, None] * sxm + offs_k, mask=mk, other=0.0).to(tl.float32)
+        a = tl.load(a_rows + offs_k[:, None, :], mask=mk[:, None, :], other=0.0).to(tl.float32)
+        h += tl.sum(a * x[:, None, :], axis=2)
+    for nt in tl.static_range(N_TILES):
+        offs_n = (n_lo + nt * BLOCK_N + tl.arange(0, BLOCK_N))[None, :]
+        mn = offs_n < n_end  # [T, BLOCK_N]
+        b = tl.load(b_rows + offs_n[:, :, None] * sbn, mask=mn[:, :, None], other=0.0).to(
+            tl.float32
+        )
+        delta = tl.sum(b * h[:, None, :], axis=2)
+        y_ptr = Y + rows[:, None] * sym + col + offs_n
+        y = tl.load(y_ptr, mask=mn, other=0.0)
+        tl.store(y_ptr, (y.to(tl.float32) + delta).to(y.dtype), mask=mn)
+
+
+@dataclass(frozen=True)
+class OnepassShape:
+    """Launch shape of the one-pass decode kernel: K and N tile widths, columns a program
+    covers, rows a program covers, warps."""
+
+    block_k: int = 256
+    block_n: int = 128
+    cols: int = 2048
+    rows: int = 1
+    warps: int = 4
+
+
+# Measured shapes by (K, widest module) (`benchmarks/lora_kernels.py`); else `OnepassShape()`.
+ONEPASS_SHAPES: dict[tuple[int, int], OnepassShape] = {}
+
+
+def onepass_shape(k: int, n: int) -> OnepassShape:
+    """The launch shape for input width `k` and widest output `n`."""
+    return ONEPASS_SHAPES.get((k, n), OnepassShape())
+
+
 def _k_split(k: int) -> tuple[int, int]:
     """(K chunk per program, number of chunks) of a BGMV shrink over `k` input features."""
     chunk = min(triton.next_power_of_2(k), BGMV_K_CHUNK)
     return chunk, triton.cdiv(k, chunk)
 
 
+# Decode launches: one per projection group, two per group, two per projection.
+DECODE_MODES = ("onepass", "fused", "split")
+
+
 @dataclass
 class LoraStepPlan:
     """One step's kernel inputs: the first `num_decodes` rows take BGMV with a slot per row
     (`decode_slots`, -1 = base); the prefill rows take SGMV over `tiles` (start, len, slot).
-    `fused_decode`: one BGMV launch pair for all projections of a fused group."""
+    `decode`: one of `DECODE_MODES`; `decode_order`: the decode rows sorted by slot (for
+    one-pass shapes of several rows a program), or None."""
 
     num_decodes: int
     decode_slots: torch.Tensor  # int32 [num_decodes]
     tiles: torch.Tensor | None  # int32 [3, num_tiles]
     rank: int
-    fused_decode: bool = True
+    decode: str = "onepass"
+    decode_order: torch.Tensor | None = None
 
     def apply(
         self,
@@ -215,18 +298,47 @@ class LoraStepPlan:
         rows, k = x.shape
         r, count = self.rank, len(a)
         d = self.num_decodes
-        # Decode rows: one partial shrink result per K split; prefill rows: one result.
-        hd = torch.empty(_k_split(k)[1], d, count * r, dtype=torch.float32, device=x.device)
+        if d and self.decode == "onepass":
+            self._decode_onepass(x, y, a, b, widths)
+        elif d:  # one partial shrink result per K split
+            hd = torch.empty(_k_split(k)[1], d, count * r, dtype=torch.float32, device=x.device)
+            if self.decode == "fused":
+                self._decode_fused(x, y, hd, a, b, widths)
+        if self.tiles is None and self.decode != "split":
+            return
         h = torch.empty(rows, count * r, dtype=torch.float32, device=x.device)
-        if d and self.fused_decode:
-            self._decode_fused(x, y, hd, a, b, widths)
         offs = [sum(widths[:i]) for i in range(count)]
         for i in range(count):
             hi, yi = h[:, i * r : (i + 1) * r], y[:, offs[i] : offs[i] + widths[i]]
-            if d and not self.fused_decode:
+            if d and self.decode == "split":
                 self._decode_one(x, yi, hd[:, :, i * r : (i + 1) * r], a[i], b[i])
             if self.tiles is not None:
                 self._segments(x, yi, hi, a[i], b[i])
+
+    def _decode_onepass(
+        self, x: torch.Tensor, y: torch.Tensor, a: list[torch.Tensor], b: list[torch.Tensor],
+        widths: list[int],
+    ) -> None:  # fmt: skip
+        d, k, count = self.num_decodes, x.shape[1], len(a)
+        a3, b3 = (a * 3)[:3], (b * 3)[:3]
+        n3 = (widths + [0, 0])[:3]
+        shape = onepass_shape(k, max(widths))
+        block_k = min(shape.block_k, triton.next_power_of_2(k))
+        block_n = min(shape.block_n, triton.next_power_of_2(max(widths)))
+        cols = max(block_n, min(shape.cols, max(widths)))
+        n_tiles = triton.cdiv(cols, block_n)
+        has_order = self.decode_order is not None and shape.rows > 1
+        rows = shape.rows if has_order else 1
+        order = self.decode_order if has_order else self.decode_slots
+        grid = (triton.cdiv(d, rows), triton.cdiv(max(widths), n_tiles * block_n), count)
+        _bgmv_onepass[grid](
+            x, a3[0], a3[1], a3[2], b3[0], b3[1], b3[2], y, self.decode_slots, order, d, k,
+            n3[0], n3[1], n3[2], x.stride(0), a3[0].stride(0), a3[1].stride(0),
+            a3[2].stride(0), a[0].stride(1), b3[0].stride(0), b3[1].stride(0),
+            b3[2].stride(0), b[0].stride(1), y.stride(0), R=self.rank, BLOCK_K=block_k,
+            K_TILES=triton.cdiv(k, block_k), BLOCK_N=block_n, N_TILES=n_tiles, T=rows,
+            HAS_ORDER=has_order, num_warps=shape.warps,
+        )  # fmt: skip
 
     def _decode_fused(
         self, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, a: list[torch.Tensor],
@@ -280,8 +392,10 @@ class LoraStepPlan:
 class LoraKernels:
     """Builds each step's `LoraStepPlan` from its row layout."""
 
-    def __init__(self, fused_decode: bool = True) -> None:
-        self.fused_decode = fused_decode
+    def __init__(self, decode: str = "onepass") -> None:
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
+        self.decode = decode
 
     def plan(
         self, decode_slots: list[int], segments: list[tuple[int, int, int]], rank: int,
@@ -296,18 +410,21 @@ class LoraKernels:
                 starts.append(s)
                 lens.append(min(SEGMENT_TILE, start + length - s))
                 slots.append(slot)
-        packed = torch.tensor(decode_slots + starts + lens + slots, dtype=torch.int32)
+        order = slot_order(decode_slots)
+        packed = torch.tensor(decode_slots + order + starts + lens + slots, dtype=torch.int32)
         packed = packed.to(device, non_blocking=True)
         d = len(decode_slots)
-        tiles = packed[d:].view(3, -1) if starts else None
-        return LoraStepPlan(d, packed[:d], tiles, rank, self.fused_decode)
+        tiles = packed[2 * d :].view(3, -1) if starts else None
+        return LoraStepPlan(d, packed[:d], tiles, rank, self.decode, packed[d : 2 * d])
 
-    def graph_plan(self, decode_slots: torch.Tensor, rank: int) -> LoraStepPlan:
-        """A decode-only plan reading the static `decode_slots` (CUDA-graph capture)."""
-        return LoraStepPlan(decode_slots.shape[0], decode_slots, None, rank, self.fused_decode)
+    def graph_plan(self, slots_and_order: torch.Tensor, rank: int) -> LoraStepPlan:
+        """A decode-only plan reading the static `[slots..., slot_order(slots)...]` tensor
+        (int32, 2n) of a captured CUDA graph."""
+        n = slots_and_order.shape[0] // 2
+        return LoraStepPlan(n, slots_and_order[:n], None, rank, self.decode, slots_and_order[n:])
 
 
-def check_kernels(device: torch.device, fused_decode: bool) -> None:
+def check_kernels(device: torch.device, decode: str) -> None:
     """Run the kernels once on small random data against torch; raise on any difference
     (the start-up self-check: a kernel that fails to compile or is wrong is never used)."""
     gen = torch.Generator().manual_seed(0)
@@ -322,7 +439,7 @@ def check_kernels(device: torch.device, fused_decode: bool) -> None:
     for i, s in enumerate(row_slots):
         if s >= 0:
             want[i] += torch.cat([(x[i] @ ai[s].T) @ bi[s].T for ai, bi in zip(a, b, strict=True)])
-    plan = LoraKernels(fused_decode).plan(decode_slots, segments, r, device)
+    plan = LoraKernels(decode).plan(decode_slots, segments, r, device)
     got = y.to(device)
     plan.apply(x.to(device), got, [t.to(device) for t in a], [t.to(device) for t in b], widths)
     torch.testing.assert_close(got.cpu(), want, rtol=2e-2, atol=2e-1)
