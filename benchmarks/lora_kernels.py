@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -62,15 +63,16 @@ def graph_us(fn: Any, calls: int, replays: int = 20) -> float:
 
 def candidate_shapes(k: int, n: int) -> list[OnepassShape]:
     """The one-pass launch shapes tried for a group (rows 1, and 2-4 rows sorted by slot)."""
+    block_ks = (128, 256) if k <= 4096 else (256, 512)
     out = [
-        OnepassShape(bk, bn, cols, 1, w)
-        for bk, bn, cols, w in itertools.product((128, 256), (64, 128), (1024, 2048, 8192), (4, 8))
-        if cols <= max(n, 1024)
+        OnepassShape(bk, bn, cols, 1, 4)
+        for bk, bn, cols in itertools.product(block_ks, (64, 128), (256, 1024, 4096))
+        if cols <= max(n, 256)
     ]
     out += [
-        OnepassShape(bk, bn, cols, rows, 4)
-        for bk, bn, cols, rows in itertools.product((64, 128), (32, 64), (2048, 8192), (2, 4))
-        if cols <= max(n, 2048)
+        OnepassShape(block_ks[0], bn, cols, rows, 4)
+        for bn, cols, rows in itertools.product((32, 64), (1024, 8192), (2, 4))
+        if cols <= max(n, 1024)
     ]
     return out
 
@@ -82,12 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapters", type=int, default=16, help="rows cycle over this many slots")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--calls", type=int, default=32, help="calls per captured graph")
+    p.add_argument("--budget-s", type=float, default=240, help="stop trying shapes after")
     p.add_argument("--out", type=Path)
     p.add_argument("--shapes-out", type=Path, help="best one-pass shape per group (JSON)")
     args = p.parse_args(argv)
     dev, dtype = torch.device("cuda"), torch.bfloat16
     gen = torch.Generator(device=dev).manual_seed(0)
     slots = [i % args.adapters for i in range(args.rows)]  # the benchmark's cyclic traffic
+    deadline = time.perf_counter() + args.budget_s
     results: list[dict[str, Any]] = []
     best: dict[str, Any] = {}
     for name, k, widths in groups_of(args.shape):
@@ -99,14 +103,23 @@ def main(argv: list[str] | None = None) -> int:
         b = [torch.randn(args.adapters, n, args.rank, device=dev, dtype=dtype, generator=gen)
              for n in widths]  # fmt: skip
         row: dict[str, Any] = {"group": name, "k": k, "widths": widths}
-        row["base_matmul_us"] = graph_us(partial(torch.matmul, x, w.T, out=y), args.calls)
         for mode in ("fused", "split"):
             plan = LoraKernels(mode).plan(slots, [], args.rank, dev)
             row[f"{mode}_us"] = graph_us(partial(plan.apply, x, y, a, b, widths), args.calls)
+        base = partial(torch.matmul, x, w.T)
+        row["base_matmul_us"] = graph_us(base, args.calls)
+        for mode in ("fused", "overlap"):
+            plan = LoraKernels(mode).plan(slots, [], args.rank, dev)
+            row[f"base_plus_{mode}_us"] = graph_us(
+                partial(plan.apply, x, base, a, b, widths), args.calls
+            )
         reference = y.clone().zero_()
         LoraKernels("fused").plan(slots, [], args.rank, dev).apply(x, reference, a, b, widths)
         tried = []
         for shape in candidate_shapes(k, max(widths)):
+            if time.perf_counter() > deadline:
+                tried.append({"shape": vars(shape), "error": "skipped: --budget-s spent"})
+                continue
             triton_ops.ONEPASS_SHAPES[(k, max(widths))] = shape
             plan = LoraKernels("onepass").plan(slots, [], args.rank, dev)
             try:
@@ -118,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 tried.append({"shape": vars(shape), "error": repr(exc)[:200]})
                 continue
             tried.append({"shape": vars(shape), "us": us, "max_err": err})
+            print(f"  {name} {shape}: {us:.1f} us (max err {err:.3g})", flush=True)
         triton_ops.ONEPASS_SHAPES.pop((k, max(widths)), None)
         ok = [t for t in tried if "us" in t]
         row["onepass"] = sorted(ok, key=lambda t: t["us"])[:8]
@@ -126,10 +140,20 @@ def main(argv: list[str] | None = None) -> int:
             top = min(ok, key=lambda t: t["us"])
             best[f"{k}x{max(widths)}"] = top["shape"]
             row["onepass_best_us"] = top["us"]
+            triton_ops.ONEPASS_SHAPES[(k, max(widths))] = OnepassShape(**top["shape"])
+            plan = LoraKernels("onepass").plan(slots, [], args.rank, dev)
+            row["base_plus_onepass_us"] = graph_us(
+                partial(plan.apply, x, base, a, b, widths), args.calls
+            )
+            triton_ops.ONEPASS_SHAPES.pop((k, max(widths)))
+        nan = float("nan")
         print(
-            f"{name:8s} K={k:5d} N={widths}: base matmul {row['base_matmul_us']:.1f} us, "
-            f"fused {row['fused_us']:.1f}, split {row['split_us']:.1f}, one-pass best "
-            f"{row.get('onepass_best_us', float('nan')):.1f} us {best.get(f'{k}x{max(widths)}')}",
+            f"{name:8s} K={k:5d} N={widths}: base matmul {row['base_matmul_us']:.1f} us; LoRA "
+            f"alone: fused {row['fused_us']:.1f}, split {row['split_us']:.1f}, one-pass best "
+            f"{row.get('onepass_best_us', nan):.1f} {best.get(f'{k}x{max(widths)}')}; base + "
+            f"LoRA: fused {row['base_plus_fused_us']:.1f}, overlap "
+            f"{row['base_plus_overlap_us']:.1f}, "
+            f"one-pass {row.get('base_plus_onepass_us', nan):.1f}",
             flush=True,
         )
         results.append(row)

@@ -199,6 +199,7 @@ def bench_model(label: str, settings: dict[str, Any], args: argparse.Namespace) 
         out["level1_kv_first"] = sleep_wake(engine, 1, args, "kvf", reference)
         out["wake_profile_kv_first"] = profile_wake(engine)
         sleep_mod.WAKE_KV_FIRST = False
+        out["copy_probe_in_process"] = copy_probe(engine)
     del engine
     release(device)
     if "model" in settings:  # a cold start from the disk: the checkpoint's pages dropped
@@ -273,6 +274,54 @@ def profile_wake(engine: LLMEngine) -> dict[str, Any]:
     out["host_ms"] = dict(sorted(host.items(), key=lambda kv: -kv[1])[:12])
     print(f"  wake profile: {json.dumps(out)}")
     return out
+
+
+def copy_probe(engine: LLMEngine) -> dict[str, Any]:
+    """Host-to-device copy speed inside the engine's process: a fresh pinned buffer of the
+    weights' size, and the level-1 host copy a sleep leaves, each with the NUMA nodes of its
+    pages; tells a slow wake copy from a slow process or a slow buffer."""
+    fixed = engine.sleeper.fixed
+    if engine.device.type != "cuda" or fixed is None:
+        return {}
+    n = fixed.weights.nbytes
+    dev = torch.empty(n, dtype=torch.uint8, device=engine.device)
+
+    def gb_s(src: torch.Tensor, dev: torch.Tensor = dev) -> list[float]:
+        out = []
+        for _ in range(3):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            dev.copy_(src, non_blocking=True)
+            end.record()
+            torch.cuda.synchronize()
+            out.append(n / (start.elapsed_time(end) / 1e3) / 1e9)
+        return out
+
+    fresh = torch.empty(n, dtype=torch.uint8, pin_memory=True)
+    fresh.fill_(1)
+    result: dict[str, Any] = {"fresh_gb_s": gb_s(fresh), "fresh_numa": numa_pages(fresh)}
+    del fresh
+    engine.sleep(1)
+    assert fixed.host is not None
+    result["slept_gb_s"] = gb_s(fixed.host)
+    result["slept_numa"] = numa_pages(fixed.host)
+    engine.wake_up()
+    print(f"  copy probe in the engine's process: {json.dumps(result)}")
+    return result
+
+
+def numa_pages(t: torch.Tensor) -> str:
+    """The `N<node>=<pages>` fields of the mapping holding `t` (/proc/self/numa_maps)."""
+    ptr, best = t.data_ptr(), (-1, "")
+    try:
+        with open("/proc/self/numa_maps") as f:
+            for line in f:
+                addr = int(line.split()[0], 16)
+                if best[0] < addr <= ptr:
+                    best = (addr, line)
+    except OSError as exc:
+        return f"unreadable: {exc}"
+    return " ".join(w for w in best[1].split() if w[:1] == "N" and "=" in w)
 
 
 def greedy(engine: LLMEngine) -> list[int]:

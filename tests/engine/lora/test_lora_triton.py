@@ -20,7 +20,7 @@ from deploylab.engine.lora.triton_ops import LoraKernels, check_kernels  # noqa:
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@pytest.mark.parametrize("decode", ["onepass", "fused", "split"])
+@pytest.mark.parametrize("decode", ["overlap", "onepass", "fused", "split"])
 @pytest.mark.parametrize("k", [24, 1100])  # 1100: the decode shrink split over 3 programs
 def test_kernels_match_torch(decode: str, k: int) -> None:
     """Decode rows (BGMV) and prefill segments (SGMV) of 3 projections writing adjacent
@@ -49,7 +49,7 @@ def test_kernels_match_torch(decode: str, k: int) -> None:
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("decode", ["onepass", "fused", "split"])
+@pytest.mark.parametrize("decode", ["overlap", "onepass", "fused", "split"])
 def test_many_decode_rows_span_several_row_tiles(decode: str) -> None:
     """150 decode rows (more than one row tile of the slot-grouped kernels), slots scattered
     over the rows as a length-sorted batch leaves them, base-model rows among them."""
@@ -101,7 +101,7 @@ def test_onepass_tiles_of_rows_sorted_by_slot(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_self_check_passes() -> None:
-    for decode in ("onepass", "fused", "split"):
+    for decode in ("overlap", "onepass", "fused", "split"):
         check_kernels(DEVICE, decode)
 
 

@@ -8,7 +8,7 @@ CPU this is a grouped torch path (one small GEMM pair per adapter); on CUDA the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -53,14 +53,19 @@ class LoraBatch:
         self.kernels = kernels  # a `triton_ops.LoraKernels` step plan on CUDA, else None
 
     def __call__(
-        self, x: torch.Tensor, y: torch.Tensor, modules: Sequence[nn.Linear]
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | Callable[[], torch.Tensor],
+        modules: Sequence[nn.Linear],
     ) -> torch.Tensor:
+        """`y` (the base outputs, or a thunk computing them) plus each row's correction."""
         keys = [self.keys[id(m)] for m in modules]
         if self.kernels is not None:  # one call for the group (fused q/k/v, gate/up)
             a = [self.slots.a[k] for k in keys]
             b = [self.slots.b[k] for k in keys]
-            self.kernels.apply(x, y, a, b, [m.out_features for m in modules])  # type: ignore[attr-defined]
-            return y
+            widths = [m.out_features for m in modules]
+            return self.kernels.apply(x, y, a, b, widths)  # type: ignore[attr-defined,no-any-return]
+        y = y() if callable(y) else y
         off = 0
         for module, key in zip(modules, keys, strict=True):
             n = module.out_features

@@ -9,6 +9,7 @@ the modules it does not target, so running every row at the slot width R is exac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -227,7 +228,7 @@ def _bgmv_onepass(
         x = tl.load(X + rows[:, None] * sxm + offs_k, mask=mk, other=0.0).to(tl.float32)
         a = tl.load(a_rows + offs_k[:, None, :], mask=mk[:, None, :], other=0.0).to(tl.float32)
         h += tl.sum(a * x[:, None, :], axis=2)
-    for nt in tl.static_range(N_TILES):
+    for nt in range(N_TILES):  # a loop, not unrolled: up to 128 tiles
         offs_n = (n_lo + nt * BLOCK_N + tl.arange(0, BLOCK_N))[None, :]
         mn = offs_n < n_end  # [T, BLOCK_N]
         b = tl.load(b_rows + offs_n[:, :, None] * sbn, mask=mn[:, :, None], other=0.0).to(
@@ -266,8 +267,9 @@ def _k_split(k: int) -> tuple[int, int]:
     return chunk, triton.cdiv(k, chunk)
 
 
-# Decode launches: one per projection group, two per group, two per projection.
-DECODE_MODES = ("onepass", "fused", "split")
+# Decode launches: "overlap" two per projection group, the shrink on a side stream beside the
+# base GEMM; "onepass" one per group; "fused" two per group; "split" two per projection.
+DECODE_MODES = ("overlap", "onepass", "fused", "split")
 
 
 @dataclass
@@ -283,37 +285,53 @@ class LoraStepPlan:
     rank: int
     decode: str = "onepass"
     decode_order: torch.Tensor | None = None
+    side: torch.cuda.Stream | None = None  # "overlap": the stream of the decode shrink
 
     def apply(
         self,
         x: torch.Tensor,
-        y: torch.Tensor,
+        y: torch.Tensor | Callable[[], torch.Tensor],
         a: list[torch.Tensor],
         b: list[torch.Tensor],
         widths: list[int],
-    ) -> None:
+    ) -> torch.Tensor:
         """`y[:, cols of module i] += x @ A_i[slot].T @ B_i[slot].T` per row, for up to 3
-        projections whose outputs are adjacent column ranges of `y` (contiguous columns)."""
+        projections whose outputs are adjacent column ranges of `y` (contiguous columns);
+        returns `y`. `y` may be a thunk computing the base outputs: in "overlap" mode the
+        decode shrink then runs on a side stream beside it."""
         x = x.contiguous()
         rows, k = x.shape
         r, count = self.rank, len(a)
         d = self.num_decodes
-        if d and self.decode == "onepass":
-            self._decode_onepass(x, y, a, b, widths)
-        elif d:  # one partial shrink result per K split
+        hd = None
+        if d and self.decode != "onepass":  # one partial shrink result per K split
             hd = torch.empty(_k_split(k)[1], d, count * r, dtype=torch.float32, device=x.device)
-            if self.decode == "fused":
-                self._decode_fused(x, y, hd, a, b, widths)
+        if hd is not None and self.decode == "overlap" and self.side is not None:
+            main = torch.cuda.current_stream(x.device)
+            self.side.wait_stream(main)
+            with torch.cuda.stream(self.side):
+                self._shrink_fused(x, hd, a)
+            y = y() if callable(y) else y
+            main.wait_stream(self.side)
+            self._expand_fused(hd, y, b, widths)
+        else:
+            y = y() if callable(y) else y
+            if d and self.decode == "onepass":
+                self._decode_onepass(x, y, a, b, widths)
+            elif hd is not None and self.decode in ("fused", "overlap"):
+                self._shrink_fused(x, hd, a)
+                self._expand_fused(hd, y, b, widths)
         if self.tiles is None and self.decode != "split":
-            return
+            return y
         h = torch.empty(rows, count * r, dtype=torch.float32, device=x.device)
         offs = [sum(widths[:i]) for i in range(count)]
         for i in range(count):
             hi, yi = h[:, i * r : (i + 1) * r], y[:, offs[i] : offs[i] + widths[i]]
-            if d and self.decode == "split":
+            if hd is not None and self.decode == "split":
                 self._decode_one(x, yi, hd[:, :, i * r : (i + 1) * r], a[i], b[i])
             if self.tiles is not None:
                 self._segments(x, yi, hi, a[i], b[i])
+        return y
 
     def _decode_onepass(
         self, x: torch.Tensor, y: torch.Tensor, a: list[torch.Tensor], b: list[torch.Tensor],
@@ -340,23 +358,25 @@ class LoraStepPlan:
             HAS_ORDER=has_order, num_warps=shape.warps,
         )  # fmt: skip
 
-    def _decode_fused(
-        self, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, a: list[torch.Tensor],
-        b: list[torch.Tensor], widths: list[int],
-    ) -> None:  # fmt: skip
-        d, r, count = self.num_decodes, self.rank, len(a)
-        a3, b3 = (a * 3)[:3], (b * 3)[:3]
-        n3 = (widths + [0, 0])[:3]
+    def _shrink_fused(self, x: torch.Tensor, h: torch.Tensor, a: list[torch.Tensor]) -> None:
+        """Partial shrink results of every projection of the group, one launch."""
+        a3 = (a * 3)[:3]
         chunk, splits = _k_split(x.shape[1])
-        _bgmv_shrink_multi[(d, count, splits)](
+        _bgmv_shrink_multi[(self.num_decodes, len(a), splits)](
             x, a3[0], a3[1], a3[2], h, self.decode_slots, x.shape[1], x.stride(0),
-            a[0].stride(0), a[0].stride(1), h.stride(0), h.stride(1), R=r,
+            a[0].stride(0), a[0].stride(1), h.stride(0), h.stride(1), R=self.rank,
             BLOCK_K=min(BGMV_BLOCK_K, chunk), K_CHUNK=chunk,
         )  # fmt: skip
-        _bgmv_expand_multi[(d, triton.cdiv(max(widths), 128), count)](
+
+    def _expand_fused(
+        self, h: torch.Tensor, y: torch.Tensor, b: list[torch.Tensor], widths: list[int]
+    ) -> None:
+        """`y += h @ B.T` for every projection of the group, summing the partials, one launch."""
+        b3, n3 = (b * 3)[:3], (widths + [0, 0])[:3]
+        _bgmv_expand_multi[(self.num_decodes, triton.cdiv(max(widths), 128), len(b))](
             h, b3[0], b3[1], b3[2], y, self.decode_slots, n3[0], n3[1], n3[2],
             b3[0].stride(0), b3[1].stride(0), b3[2].stride(0), b[0].stride(1), h.stride(0),
-            h.stride(1), y.stride(0), R=r, BLOCK_N=128, SPLITS=splits,
+            h.stride(1), y.stride(0), R=self.rank, BLOCK_N=128, SPLITS=h.shape[0],
         )  # fmt: skip
 
     def _decode_one(
@@ -392,10 +412,19 @@ class LoraStepPlan:
 class LoraKernels:
     """Builds each step's `LoraStepPlan` from its row layout."""
 
-    def __init__(self, decode: str = "onepass") -> None:
+    def __init__(self, decode: str = "overlap") -> None:
         if decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
         self.decode = decode
+        self._side: dict[torch.device, torch.cuda.Stream] = {}
+
+    def _side_stream(self, device: torch.device) -> torch.cuda.Stream | None:
+        """The side stream of "overlap" mode on `device` (None off CUDA)."""
+        if self.decode != "overlap" or device.type != "cuda":
+            return None
+        if device not in self._side:
+            self._side[device] = torch.cuda.Stream(device)
+        return self._side[device]
 
     def plan(
         self, decode_slots: list[int], segments: list[tuple[int, int, int]], rank: int,
@@ -415,7 +444,8 @@ class LoraKernels:
         packed = packed.to(device, non_blocking=True)
         d = len(decode_slots)
         tiles = packed[2 * d :].view(3, -1) if starts else None
-        return LoraStepPlan(d, packed[:d], tiles, rank, self.decode, packed[d : 2 * d])
+        side = self._side_stream(torch.device(device))
+        return LoraStepPlan(d, packed[:d], tiles, rank, self.decode, packed[d : 2 * d], side)
 
     def graph_plan(self, slots_and_order: torch.Tensor, rank: int) -> LoraStepPlan:
         """A decode-only plan reading the static `[slots..., slot_order(slots)...]` tensor
@@ -440,6 +470,7 @@ def check_kernels(device: torch.device, decode: str) -> None:
         if s >= 0:
             want[i] += torch.cat([(x[i] @ ai[s].T) @ bi[s].T for ai, bi in zip(a, b, strict=True)])
     plan = LoraKernels(decode).plan(decode_slots, segments, r, device)
-    got = y.to(device)
-    plan.apply(x.to(device), got, [t.to(device) for t in a], [t.to(device) for t in b], widths)
+    base = y.to(device)
+    dev_a, dev_b = [t.to(device) for t in a], [t.to(device) for t in b]
+    got = plan.apply(x.to(device), lambda: base, dev_a, dev_b, widths)
     torch.testing.assert_close(got.cpu(), want, rtol=2e-2, atol=2e-1)

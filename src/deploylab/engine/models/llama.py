@@ -12,6 +12,7 @@ safetensors load by name. Two ways to run a layer:
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,10 @@ from deploylab.engine.models.rope import RotaryEmbedding, apply_rotary
 KVPair = tuple[torch.Tensor, torch.Tensor]
 # Per-row adapter corrections, passed in by the runtime: `lora(x, y, modules)` returns `y`
 # (the concatenated outputs of the linear `modules` for input `x`) plus each row's LoRA delta.
-LoraFn = Callable[[torch.Tensor, torch.Tensor, tuple[nn.Linear, ...]], torch.Tensor]
+# `y` may be a thunk computing those outputs, so the runtime can start work beside it.
+LoraFn = Callable[
+    [torch.Tensor, torch.Tensor | Callable[[], torch.Tensor], tuple[nn.Linear, ...]], torch.Tensor
+]
 # A fused projection passed in by the runtime (the CPU int4 path): `fn(x)` returns the outputs
 # of several linear layers of the same input in one call, e.g. (q, k, v) or (gate, up).
 ProjectFn = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
@@ -102,12 +106,12 @@ class LlamaMLP(nn.Module):
 
     def _forward_lora(self, x: torch.Tensor, lora: LoraFn) -> torch.Tensor:
         if self.gate_up_weight is not None:
-            gate_up = F.linear(x, self.gate_up_weight, self.gate_up_bias)
+            gate_up = partial(F.linear, x, self.gate_up_weight, self.gate_up_bias)
             h = gpu_kernels.silu_mul(lora(x, gate_up, (self.gate_proj, self.up_proj)))
         else:
             gate = lora(x, self.gate_proj(x), (self.gate_proj,))
             h = F.silu(gate) * lora(x, self.up_proj(x), (self.up_proj,))
-        return lora(h, self.down_proj(h), (self.down_proj,))
+        return lora(h, partial(self.down_proj, h), (self.down_proj,))
 
 
 class LlamaAttention(nn.Module):
@@ -167,9 +171,11 @@ class LlamaAttention(nn.Module):
         stores the keys/values in the cache (Qwen3's q/k norms take the plain path)."""
         assert self.qkv_weight is not None
         tokens, d = x.shape[0], self.head_dim
-        qkv = F.linear(x, self.qkv_weight, self.qkv_bias)
-        if attn.lora is not None:
-            qkv = attn.lora(x, qkv, (self.q_proj, self.k_proj, self.v_proj))
+        if attn.lora is None:
+            qkv = F.linear(x, self.qkv_weight, self.qkv_bias)
+        else:
+            base = partial(F.linear, x, self.qkv_weight, self.qkv_bias)
+            qkv = attn.lora(x, base, (self.q_proj, self.k_proj, self.v_proj))
         qkv = qkv.view(tokens, -1, d)
         if self.q_norm is not None and self.k_norm is not None:
             q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
@@ -187,8 +193,9 @@ class LlamaAttention(nn.Module):
             )
             o = paged_attention(q, k, v, kv_cache[0], kv_cache[1], attn, self.scale)
         o = o.view(tokens, -1)
-        out = self.o_proj(o)  # a module call: tensor parallelism swaps in a row-parallel layer
-        return out if attn.lora is None else attn.lora(o, out, (self.o_proj,))
+        if attn.lora is None:  # a module call: tensor parallelism swaps in a row-parallel layer
+            return self.o_proj(o)
+        return attn.lora(o, partial(self.o_proj, o), (self.o_proj,))
 
     def forward(
         self,
