@@ -13,6 +13,9 @@ its token is out). Modes:
   copies in chunks, all done before the forward pass;
 - `host-layerwise`: the same, copies layer by layer, each layer's compute waiting only for
   its own blocks (`kv_offload_layerwise`);
+- `host-ahead`: `host-layerwise` with write-ahead (`kv_offload_write_ahead`): full blocks go
+  to the host tier in the steps after they are computed, so the evictions on A's return find
+  them there and the return pays only the copies in;
 - `disk`: the small cache, a 64-block host tier, and a disk tier in a temporary directory;
   A's block files are dropped from the page cache (posix_fadvise DONTNEED) before it returns,
   so reads come from the disk, not from memory. The cost model may decline slow disk hits;
@@ -99,9 +102,10 @@ def make_engine(
         settings["gpu_memory_utilization"] = (used + CUDA_RESERVE_BYTES + cache_bytes) / total
     else:
         settings["kv_cache_gib"] = cache_bytes / GIB
-    if mode in ("host", "host-layerwise", "disk", "disk-always"):
+    if mode in ("host", "host-layerwise", "host-ahead", "disk", "disk-always"):
         host = host_tokens if mode.startswith("host") else 64 * BLOCK
-        settings["kv_offload_layerwise"] = mode == "host-layerwise"
+        settings["kv_offload_layerwise"] = mode in ("host-layerwise", "host-ahead")
+        settings["kv_offload_write_ahead"] = mode == "host-ahead"
         settings["kv_offload_gib"] = (-(-host // BLOCK) + 1) * per_block / GIB
     if mode in ("disk", "disk-always"):
         settings["kv_offload_dir"] = disk_dir

@@ -154,6 +154,40 @@ def test_both_copy_paths_match_resident(smol: ModelParts, resident: dict[str, An
     assert check_no_leaks(llm).external_prefix_cache_hits > 0
 
 
+@pytest.mark.parametrize("layerwise", [True, False])
+def test_write_ahead_finds_evicted_blocks_on_the_host(
+    smol: ModelParts, resident: dict[str, Any], layerwise: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With write-ahead, full blocks reach the host tier before they are evicted, so most
+    evictions copy nothing; outputs stay the resident ones, nothing leaks."""
+    from deploylab.engine.kv_tiers.manager import KVTiers
+
+    seen: list[bool] = []  # per eviction: was the block already on the host?
+    evict = KVTiers.on_evict
+
+    def on_evict(self: KVTiers, block: int, h: int | None, tokens: Any) -> None:
+        if h is not None and tokens is not None:
+            seen.append(self.host.get(h, tokens) is not None)
+        evict(self, block, h, tokens)
+
+    monkeypatch.setattr(KVTiers, "on_evict", on_evict)
+    counts = {}
+    for ahead in (False, True):
+        seen.clear()
+        llm = _llm(
+            smol,
+            kv_offload_gib=_blocks(smol, 64),
+            kv_offload_layerwise=layerwise,
+            kv_offload_write_ahead=ahead,
+        )
+        assert converse(llm, GREEDY) == resident["greedy"]
+        assert check_no_leaks(llm).external_prefix_cache_hits > 0
+        counts[ahead] = (sum(seen), len(seen))
+    # Off: only blocks that came back from the host are there when evicted again.
+    (before, n_off), (found, n_on) = counts[False], counts[True]
+    assert found > before and found >= n_on * 3 // 4, counts
+
+
 def test_layerwise_gather_groups_and_rising_runs(
     smol: ModelParts, resident: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

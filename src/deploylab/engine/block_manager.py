@@ -71,6 +71,8 @@ class BlockManager:
         return block
 
     def _uncache(self, block: int) -> None:
+        if self.tiers is not None:
+            self.tiers.on_uncache(block)
         h = self.block_hash[block]
         if h is not None and self._cached.get(h) == block:
             del self._cached[h]
@@ -220,7 +222,9 @@ class BlockManager:
             if self.block_hash[block] is None and h not in self._cached:
                 self._cached[h] = block
                 self.block_hash[block] = h
-                self.block_tokens[block] = self._block_token_ids(seq, i)
+                tokens = self.block_tokens[block] = self._block_token_ids(seq, i)
+                if self.tiers is not None:
+                    self.tiers.on_cached(block, h, tokens)
         seq.num_hashed_blocks = num_full
 
     def evict_cached(self, max_blocks: int | None = None) -> int:

@@ -97,7 +97,7 @@ class LayerwiseKVTiers(KVTiers):
         layers = self.kv.layers
         if isinstance(layers, LayerWaits):
             layers.flush()  # the last step's copies, whatever its forward did not reach
-        offloads, loads = self._offloads, self._loads
+        offloads, loads = self._step_offloads(bool(self._loads)), self._loads
         self._offloads, self._loads, self._found = [], [], []
         cap = self.host.capacity
         if self.disk is None:

@@ -54,6 +54,7 @@ class KVTiers:
     `layerwise.LayerwiseKVTiers` for copies layer by layer)."""
 
     LAYER_MAJOR = False  # the host pool's layout (`HostPool.data`)
+    AHEAD_BLOCKS = 512  # most blocks written ahead per step
 
     def __init__(
         self,
@@ -63,8 +64,12 @@ class KVTiers:
         disk_bytes: int = 0,
         identity: str = "",
         policy: str = "auto",
+        write_ahead: bool = False,
     ) -> None:
         self.kv = kv_cache
+        self.write_ahead = write_ahead
+        # Full cached blocks not yet on the host (write-ahead): block -> (hash, tokens).
+        self._ahead: dict[int, tuple[int, tuple[int, ...]]] = {}
         k0 = kv_cache.layers[0][0]
         self.device, self.dtype = k0.device, k0.dtype
         kvh, _, bs, hd = k0.shape
@@ -99,9 +104,32 @@ class KVTiers:
 
     # ---- block manager hooks -----------------------------------------------------------
     def on_evict(self, block: int, h: int | None, tokens: tuple[int, ...] | None) -> None:
-        """A cached device block is being reused: keep its contents (copied in `transfer`)."""
+        """A cached device block is being reused: keep its contents (copied in `transfer`,
+        unless written ahead already)."""
+        self._ahead.pop(block, None)
         if h is not None and tokens is not None:
             self._offloads.append((block, h, tokens))
+
+    def on_cached(self, block: int, h: int, tokens: tuple[int, ...]) -> None:
+        """A computed full block entered the prefix cache: with write-ahead, queue its copy
+        to the host (the step's forward that wrote it is already on the stream)."""
+        if self.write_ahead:
+            self._ahead[block] = (h, tokens)
+
+    def on_uncache(self, block: int) -> None:
+        """A block left the prefix cache without an eviction (dropped): forget it."""
+        self._ahead.pop(block, None)
+
+    def _step_offloads(self, loads: bool) -> list[tuple[int, int, tuple[int, ...]]]:
+        """This step's evicted blocks, plus up to `AHEAD_BLOCKS` written ahead when the step
+        copies nothing in (the link is then free; a return's copies in never wait for them)."""
+        offloads = self._offloads
+        if self._ahead and not loads:
+            take = list(self._ahead.items())[: self.AHEAD_BLOCKS]
+            for block, _ in take:
+                del self._ahead[block]
+            offloads = [(b, h, t) for b, (h, t) in take] + offloads
+        return offloads
 
     def lookup(
         self, hashes: list[int], tokens_of: Callable[[int], tuple[int, ...]], first: int, end: int
@@ -152,7 +180,7 @@ class KVTiers:
         chunks copying out the device blocks it overwrites, and the main stream waits for
         all of them (on the device: the host thread goes on).
         """
-        offloads, loads = self._offloads, self._loads
+        offloads, loads = self._step_offloads(bool(self._loads)), self._loads
         self._offloads, self._loads, self._found = [], [], []
         cap = self.host.capacity
         if self.disk is None:
