@@ -191,6 +191,8 @@ def bench_model(label: str, settings: dict[str, Any], args: argparse.Namespace) 
     }
     for level in (1, 2):
         out[f"level{level}"] = sleep_wake(engine, level, args, f"l{level}", reference)
+    if args.sleep_gap:
+        out["level1_after_gap"] = sleep_wake(engine, 1, args, "gap", reference, args.sleep_gap)
     if args.profile_wake:
         out["wake_profile"] = profile_wake(engine)
         from deploylab.engine import sleep as sleep_mod
@@ -335,15 +337,22 @@ def greedy(engine: LLMEngine) -> list[int]:
 
 
 def sleep_wake(
-    engine: LLMEngine, level: int, args: argparse.Namespace, tag: str, reference: list[int]
+    engine: LLMEngine,
+    level: int,
+    args: argparse.Namespace,
+    tag: str,
+    reference: list[int],
+    gap: float = 0.0,
 ) -> dict[str, Any]:
-    """`--repeats` sleeps and wakes at `level`, each followed by one request; medians + runs.
-    `identical`: every wake's greedy output equals `reference` (taken before any sleep)."""
+    """`--repeats` sleeps and wakes at `level` (`gap` seconds asleep), each followed by one
+    request; medians + runs. `identical`: every wake's greedy output equals `reference`
+    (taken before any sleep)."""
     runs = []
     identical = True
     for i in range(args.repeats):
         graphs = engine.runner.graphs
         slept = engine.sleep(level)
+        time.sleep(gap)
         woke = engine.wake_up()
         kept = graphs is not None and engine.runner.graphs is graphs
         runs.append(
@@ -378,7 +387,7 @@ def report(r: dict[str, Any], bw: float | None) -> None:
             f"{'unknown' if left is None else f'{left:.0%}'})"
         )
     print(f"  sleep mode at fixed addresses: {r['fixed_addresses']}")
-    for level in ("1", "2", "1_kv_first", "1_moving", "1_no_graphs"):
+    for level in ("1", "1_after_gap", "2", "1_kv_first", "1_moving", "1_no_graphs"):
         if f"level{level}" not in r:
             continue
         x = r[f"level{level}"]
@@ -399,6 +408,9 @@ def report(r: dict[str, Any], bw: float | None) -> None:
             f"  host->device {bw / 1e9:.1f} GB/s: ideal weight copy {ideal:.3f} s; level-1 "
             f"weights {x['weights_s'] / ideal:.2f}x ideal, whole wake {x['wake_s'] / ideal:.2f}x"
         )
+        if "level1_after_gap" in r:
+            g = r["level1_after_gap"]
+            print(f"  after a gap asleep: whole wake {g['wake_s'] / ideal:.2f}x ideal")
 
 
 def bench_one(
@@ -436,6 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kv-cache-gib", type=float, default=0.25, help="KV cache on the CPU")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.35)
     p.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
+    p.add_argument(
+        "--sleep-gap", type=float, default=0.0,
+        help="also time level-1 wakes after this many seconds asleep (the driver's work on "
+        "the memory a sleep released can halve the copy's bandwidth for ~0.1 s)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument(
         "--profile-wake", action="store_true", help="one more level-1 wake under torch.profiler"

@@ -63,10 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vllm", metavar="MODEL_DIR", help="also run vLLM's LLM on this model")
     p.add_argument("--trtllm", metavar="MODEL_DIR", help="also run TensorRT-LLM's LLM API")
     p.add_argument(
-        "--lora-decode", choices=("onepass", "fused", "split"), default=None,
+        "--lora-decode", choices=("tiles", "fused", "split"), default=None,
         help="CUDA decode kernels (default: the engine's first that passes its self-check)",
     )  # fmt: skip
-    p.add_argument("--onepass-shapes", metavar="JSON", help="lora_kernels.py --shapes-out")
+    p.add_argument("--lora-tile-rows", type=int, help="rows per program of 'tiles'")
+    p.add_argument("--no-lora-overlap", action="store_true", help="shrink on the main stream")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--plot", help="draw throughput against adapter count into this PNG")
     p.add_argument("--plot-from", metavar="JSON", help="only plot an earlier run's results")
@@ -371,18 +372,18 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def choose_kernels(args: argparse.Namespace) -> None:
-    """Apply `--lora-decode` and `--onepass-shapes` (CUDA only)."""
-    if args.lora_decode is None and args.onepass_shapes is None:
+    """Apply `--lora-decode`, `--lora-tile-rows` and `--no-lora-overlap` (CUDA only)."""
+    if args.lora_decode is None and args.lora_tile_rows is None and not args.no_lora_overlap:
         return
     from deploylab.engine.lora import triton_ops
 
     if args.lora_decode:
         triton_ops.DECODE_MODES = (args.lora_decode,)
-    if args.onepass_shapes:
-        with open(args.onepass_shapes) as f:
-            for key, shape in json.load(f).items():
-                k, n = (int(v) for v in key.split("x"))
-                triton_ops.ONEPASS_SHAPES[(k, n)] = triton_ops.OnepassShape(**shape)
+    if args.lora_tile_rows:
+        triton_ops.TILE_ROWS = args.lora_tile_rows
+    if args.no_lora_overlap:
+        kernels = triton_ops.LoraKernels
+        triton_ops.LoraKernels = lambda decode="tiles": kernels(decode, overlap=False)  # type: ignore[misc]
 
 
 def main(argv: list[str] | None = None) -> int:

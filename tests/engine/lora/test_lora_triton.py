@@ -20,7 +20,7 @@ from deploylab.engine.lora.triton_ops import LoraKernels, check_kernels  # noqa:
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@pytest.mark.parametrize("decode", ["overlap", "onepass", "fused", "split"])
+@pytest.mark.parametrize("decode", ["tiles", "fused", "split"])
 @pytest.mark.parametrize("k", [24, 1100])  # 1100: the decode shrink split over 3 programs
 def test_kernels_match_torch(decode: str, k: int) -> None:
     """Decode rows (BGMV) and prefill segments (SGMV) of 3 projections writing adjacent
@@ -49,7 +49,7 @@ def test_kernels_match_torch(decode: str, k: int) -> None:
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("decode", ["overlap", "onepass", "fused", "split"])
+@pytest.mark.parametrize("decode", ["tiles", "fused", "split"])
 def test_many_decode_rows_span_several_row_tiles(decode: str) -> None:
     """150 decode rows (more than one row tile of the slot-grouped kernels), slots scattered
     over the rows as a length-sorted batch leaves them, base-model rows among them."""
@@ -72,16 +72,18 @@ def test_many_decode_rows_span_several_row_tiles(decode: str) -> None:
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-3, atol=1e-3)
 
 
-def test_onepass_tiles_of_rows_sorted_by_slot(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One-pass programs of 4 rows each, read through the rows' order sorted by slot (a
-    ragged last tile, base-model rows among them), split over columns: same sums."""
+@pytest.mark.parametrize("tile_rows", [2, 8])
+@pytest.mark.parametrize("overlap", [True, False])
+def test_row_tiles_sorted_by_slot(
+    monkeypatch: pytest.MonkeyPatch, tile_rows: int, overlap: bool
+) -> None:
+    """BGMV programs of several rows read through the rows' slot order (a ragged last tile,
+    base-model rows among them), the base outputs computed by a thunk beside the shrink."""
     from deploylab.engine.lora import triton_ops
 
+    monkeypatch.setattr(triton_ops, "TILE_ROWS", tile_rows)
     gen = torch.Generator().manual_seed(2)
-    k, r, widths, rows = 300, 16, [96, 32, 32], 37
-    monkeypatch.setitem(
-        triton_ops.ONEPASS_SHAPES, (k, 96), triton_ops.OnepassShape(64, 32, 64, 4, 4)
-    )
+    k, r, widths, rows = 1100, 16, [96, 32, 32], 37
     a = [torch.randn(4, r, k, generator=gen) for _ in widths]
     b = [torch.randn(4, n, r, generator=gen) for n in widths]
     slots = torch.randint(-1, 4, (rows,), generator=gen)
@@ -90,18 +92,17 @@ def test_onepass_tiles_of_rows_sorted_by_slot(monkeypatch: pytest.MonkeyPatch) -
     expected = y.clone()
     for i, s in enumerate(slots.tolist()):
         if s >= 0:
-            expected[i] += torch.cat(
-                [(x[i] @ ai[s].T) @ bi[s].T for ai, bi in zip(a, b, strict=True)]
-            )
-    plan = LoraKernels("onepass").plan(slots.tolist(), [], r, DEVICE)
-    plan.decode_order = torch.argsort(slots, stable=True).to(torch.int32).to(DEVICE)
-    got = y.to(DEVICE)
-    plan.apply(x.to(DEVICE), got, [t.to(DEVICE) for t in a], [t.to(DEVICE) for t in b], widths)
+            parts = [(x[i] @ ai[s].T) @ bi[s].T for ai, bi in zip(a, b, strict=True)]
+            expected[i] += torch.cat(parts)
+    plan = LoraKernels("tiles", overlap=overlap).plan(slots.tolist(), [], r, DEVICE)
+    base = y.to(DEVICE)
+    dev_a, dev_b = [t.to(DEVICE) for t in a], [t.to(DEVICE) for t in b]
+    got = plan.apply(x.to(DEVICE), lambda: base, dev_a, dev_b, widths)
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-3, atol=1e-3)
 
 
 def test_self_check_passes() -> None:
-    for decode in ("overlap", "onepass", "fused", "split"):
+    for decode in ("tiles", "fused", "split"):
         check_kernels(DEVICE, decode)
 
 
