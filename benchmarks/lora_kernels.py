@@ -58,8 +58,8 @@ def graph_us(fn: Any, calls: int, replays: int = 20) -> float:
     return sorted(times)[len(times) // 2]
 
 
-VARIANTS = [("split", 1, False), ("fused", 1, False), ("fused", 1, True)] + [
-    ("tiles", t, o) for t in (2, 4, 8) for o in (False, True)
+VARIANTS = [("fused", 1, False), ("fused", 1, True), ("tiles", 4, False)] + [
+    ("tiles", t, True) for t in (2, 4, 8)
 ]
 DEFAULT_TILE_ROWS = triton_ops.TILE_ROWS
 

@@ -55,7 +55,12 @@ class _Packed:
 def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     weight = self.weight
     pack: _Packed | None = self.__dict__.get("_deploylab_pack")
-    if x.dtype != weight.dtype or x.device.type != "cpu" or torch.is_grad_enabled():
+    if (
+        x.dtype != weight.dtype
+        or x.device.type != "cpu"
+        or torch.is_grad_enabled()
+        or torch.compiler.is_compiling()  # a compiled graph (cpu_decode.py) packs its own way
+    ):
         return F.linear(x, weight, self.bias)
     if pack is None or not pack.current(weight):
         pack = _Packed(weight)

@@ -139,6 +139,10 @@ class LLMEngine:
         if config.cuda_graphs and self.device.type == "cuda":
             rows = cuda_graph_rows(config.max_num_seqs, config.speculative_config)
             self.runner.enable_cuda_graphs(rows, self.max_model_len)
+        if config.cpu_compile and self.device.type == "cpu" and self.tp is None:
+            from deploylab.engine.cpu_decode import build_compiled_decode
+
+            self.runner.cpu_decode = build_compiled_decode(self.model, self.kv_cache)
         self.sampler = Sampler(self.device, config.seed, self.eos_token_ids)
         # Errors of requests that failed inside a step (finish_reason "error"), by request id.
         self.failures: dict[str, BaseException] = {}

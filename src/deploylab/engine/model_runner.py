@@ -26,6 +26,7 @@ from deploylab.engine.triton_prefill import PagedPrefillFn, PrefillBatch, load_p
 from deploylab.engine.triton_tree import TreeDecoder
 
 if TYPE_CHECKING:
+    from deploylab.engine.cpu_decode import CompiledDecode
     from deploylab.engine.lora import LoraManager
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,8 @@ class ModelRunner:
         # Async scheduling (async_step.py): the previous step's sampled tokens on the device,
         # which input ids still in flight (negative placeholders) are taken from.
         self.token_fill: torch.Tensor | None = None
+        # CPU: the compiled single-sequence decode step (cpu_decode.py), or None.
+        self.cpu_decode: CompiledDecode | None = None
 
     def enable_cuda_graphs(self, max_batch: int, max_model_len: int) -> bool:
         """Capture decode steps as CUDA graphs (needs the paged decode kernel). The last
@@ -163,6 +166,32 @@ class ModelRunner:
         if len(rows) == len(ids):
             return seqs, logits.clone()
         return seqs, logits[self._to_device(torch.tensor(rows, dtype=torch.int64))]
+
+    def _compiled_decode_fits(self, scheduled: list[ScheduledSeq]) -> bool:
+        """True for a step the compiled CPU decode runs: one sequence, one new token that it
+        samples, the base model, no hidden states kept for a draft head."""
+        if len(scheduled) != 1 or self.keep_hidden:
+            return False
+        item = scheduled[0]
+        seq = item.seq
+        return (
+            item.num_new_tokens == 1
+            and item.samples
+            and seq.num_computed_tokens > 0
+            and not seq.lora_id
+            and not seq.num_draft_tokens
+        )
+
+    def _execute_compiled(self, seq: Sequence) -> tuple[list[Sequence], torch.Tensor]:
+        assert self.cpu_decode is not None
+        p = seq.num_computed_tokens
+        threads = self.step_threads
+        if threads is not None:
+            threads.fit(1)
+        logits = self.cpu_decode.run(seq.token_ids[p], p, seq.block_table)
+        if threads is not None:
+            threads.restore()
+        return [seq], logits
 
     def _verify_rows(self, item: ScheduledSeq) -> bool:
         """True for a speculative verify chunk a decode graph can replay as k + 1 decode rows
@@ -392,6 +421,8 @@ class ModelRunner:
             and (graphs.lora is not None or not any(s.seq.lora_id for s in out.scheduled))
         ):
             return self._execute_graph(out.scheduled)
+        if self.cpu_decode is not None and self._compiled_decode_fits(out.scheduled):
+            return self._execute_compiled(out.scheduled[0].seq)
         input_ids, positions, meta, rows, seqs = self.prepare(out.scheduled)
         threads = self.step_threads  # CPU: threads per step size (cpu_threads.py)
         if threads is not None:
