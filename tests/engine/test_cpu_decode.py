@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from deploylab.engine import SamplingParams
-from deploylab.engine import cpu_decode
+from deploylab.engine import SamplingParams, cpu_decode
 
 from .conftest import ModelParts
 
