@@ -97,15 +97,17 @@ def build_servers(args: argparse.Namespace, gguf: Path) -> list[Server]:
     base = dict(plain, OMP_WAIT_POLICY="PASSIVE")
     servers = []
 
-    def ours(name: str, src: str, quant: str | None = None) -> Server:
+    def ours(name: str, src: str, quant: str | None = None, *extra: str) -> Server:
         env = dict(plain, PYTHONPATH=src)
         cmd = [sys.executable, "-m", "deploylab", "serve", "--port", str(free_port())]
         if quant:
             cmd += ["--quantization", quant]
-        return Server(name, cmd, env, args.out / f"{name}.log", "/health")
+        return Server(name, [*cmd, *extra], env, args.out / f"{name}.log", "/health")
 
     src = str(Path(__file__).resolve().parents[1] / "src")
     servers += [ours(f"deploylab-{q}", src, q) for q in args.quantization]
+    if args.cpu_compile:
+        servers.append(ours("deploylab-int4-compiled", src, "int4", "--cpu-compile"))
     if args.main_src:
         servers.append(ours("deploylab-main", str(args.main_src)))
     amx = cpu_has_amx()
@@ -119,7 +121,8 @@ def build_servers(args: argparse.Namespace, gguf: Path) -> list[Server]:
             "--interrupt_requests", "False",
         ]  # fmt: skip
         name = f"llama.cpp-t{threads}"
-        servers.append(Server(name, cmd, base, args.out / f"{name}.log", "/v1/models"))
+        env = dict(base, PYTHONPATH=args.llama_pythonpath) if args.llama_pythonpath else base
+        servers.append(Server(name, cmd, env, args.out / f"{name}.log", "/v1/models"))
     return servers
 
 
@@ -158,6 +161,12 @@ def main() -> None:
     parser.add_argument("--quantization", nargs="+", default=["int4", "none"])
     parser.add_argument("--main-src", type=Path, default=None, help="a second source tree")
     parser.add_argument("--llama-threads", type=int, nargs="*", default=[1, 2])
+    parser.add_argument(
+        "--llama-pythonpath", help="where llama-cpp-python is installed, if not in this venv"
+    )
+    parser.add_argument(
+        "--cpu-compile", action="store_true", help="also serve int4 with --cpu-compile"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     servers = build_servers(args, resolve_model(DEFAULT_MODEL))

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from deploylab.engine.cpu_threads import StepThreads
 from deploylab.engine.kv_cache import KVCache
 from deploylab.engine.models.llama import LlamaDecoderLayer, LlamaForCausalLM
 
@@ -91,23 +92,32 @@ class CompiledDecode:
             pos + 1,
         )
 
-    def warm_up(self, scratch_block: int) -> float:
+    def warm_up(self, scratch_block: int, threads: StepThreads | None = None) -> float:
         """Compile (two calls: Dynamo makes the second one's sizes dynamic), writing only
-        into `scratch_block`; returns the seconds it took."""
+        into `scratch_block`, with the thread count of a batch-1 step (`threads`: the
+        runner's; Dynamo recompiles for another count); returns the seconds it took."""
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            for pos in (1, 2 * self.block_size + 3):
-                self.run(0, pos, [scratch_block] * (pos // self.block_size + 1))
+        if threads is not None:
+            threads.fit(1)
+        try:
+            with torch.inference_mode():
+                for pos in (1, 2 * self.block_size + 3):
+                    self.run(0, pos, [scratch_block] * (pos // self.block_size + 1))
+        finally:
+            if threads is not None:
+                threads.restore()
         return time.perf_counter() - t0
 
 
-def build_compiled_decode(model: Any, kv_cache: KVCache) -> CompiledDecode | None:
+def build_compiled_decode(
+    model: Any, kv_cache: KVCache, threads: StepThreads | None = None
+) -> CompiledDecode | None:
     """A warmed-up `CompiledDecode`, or None (logged) where compiling fails."""
     if not isinstance(model, LlamaForCausalLM):
         return None
     try:
         compiled = CompiledDecode(model, kv_cache)
-        seconds = compiled.warm_up(kv_cache.num_blocks - 1)
+        seconds = compiled.warm_up(kv_cache.num_blocks - 1, threads)
     except Exception as exc:  # noqa: BLE001 - no C++ compiler, an unsupported op: stay eager
         logger.warning("cpu_compile: compiling the decode step failed (%r); decoding eagerly", exc)
         return None
