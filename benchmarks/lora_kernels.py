@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from attention_variants import bench_graph  # noqa: E402
 from deploylab.engine.lora import triton_ops
 from deploylab.engine.lora.triton_ops import LoraKernels
 from deploylab.engine.models.presets import get_preset
@@ -34,28 +37,9 @@ def groups_of(shape: str) -> list[tuple[str, int, list[int]]]:
     ]
 
 
-def graph_us(fn: Any, calls: int, replays: int = 20) -> float:
-    """Microseconds per call of `fn` captured `calls` times in one CUDA graph (median of
-    `replays` replays, device clock)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls)
-    return sorted(times)[len(times) // 2]
+def graph_us(fn: Any, calls: int) -> float:
+    """Microseconds per call of `fn` captured `calls` times in one CUDA graph."""
+    return bench_graph(fn, calls) * 1e3
 
 
 VARIANTS = [("fused", 1, False), ("fused", 1, True), ("tiles", 4, False)] + [
