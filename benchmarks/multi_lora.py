@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vllm", metavar="MODEL_DIR", help="also run vLLM's LLM on this model")
     p.add_argument("--trtllm", metavar="MODEL_DIR", help="also run TensorRT-LLM's LLM API")
     p.add_argument(
-        "--lora-decode", choices=("tiles", "fused", "split"), default=None,
+        "--lora-decode", choices=("fused", "tiles", "split"), default=None,
         help="CUDA decode kernels (default: the engine's first that passes its self-check)",
     )  # fmt: skip
     p.add_argument("--lora-tile-rows", type=int, help="rows per program of 'tiles'")
@@ -383,7 +383,7 @@ def choose_kernels(args: argparse.Namespace) -> None:
         triton_ops.TILE_ROWS = args.lora_tile_rows
     if args.no_lora_overlap:
         kernels = triton_ops.LoraKernels
-        triton_ops.LoraKernels = lambda decode="tiles": kernels(decode, overlap=False)  # type: ignore[misc]
+        triton_ops.LoraKernels = lambda decode="fused": kernels(decode, overlap=False)  # type: ignore[misc]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,10 +72,11 @@ def _sgmv_expand(
     tl.store(y_ptr, (y.to(tl.float32) + delta).to(y.dtype), mask=mask)
 
 
-# Decode launches: "tiles" one shrink/expand pair per projection group, `TILE_ROWS` rows
-# sorted by slot per program; "fused" the same with one row per program; "split" one pair
-# per projection. With `overlap` the shrink runs on a side stream beside the base GEMM.
-DECODE_MODES = ("tiles", "fused", "split")
+# Decode launches: "fused" one shrink/expand pair per projection group, one row per program
+# (H100: decode step 1.44x the base's); "tiles" the same with `TILE_ROWS` rows sorted by slot
+# per program (not yet timed on a GPU, so not the default); "split" one pair per projection.
+# With `overlap` the shrink runs on a side stream beside the base GEMM.
+DECODE_MODES = ("fused", "tiles", "split")
 
 
 @dataclass
@@ -90,7 +91,7 @@ class LoraStepPlan:
     decode_order: torch.Tensor  # int32 [num_decodes]
     tiles: torch.Tensor | None  # int32 [3, num_tiles]
     rank: int
-    decode: str = "tiles"
+    decode: str = "fused"
     side: torch.cuda.Stream | None = None
 
     def apply(
@@ -174,7 +175,7 @@ class LoraStepPlan:
 class LoraKernels:
     """Builds each step's `LoraStepPlan` from its row layout."""
 
-    def __init__(self, decode: str = "tiles", overlap: bool = True) -> None:
+    def __init__(self, decode: str = "fused", overlap: bool = True) -> None:
         if decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
         self.decode = decode
