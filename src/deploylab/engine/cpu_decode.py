@@ -8,13 +8,10 @@ so quantized projections, q/k norms and biases are whatever the model has; only 
 attention is written here, over the sequence's blocks gathered from the paged cache.
 
 Dynamo's guards on the model's ~300 modules cost ~1 ms a call; they are skipped
-(`skip_guard_on_all_nn_modules_unsafe`), which is safe here because the engine never
-replaces the model's modules or weight tensors while it runs.
-Compiling takes 1-3 min on a 2-core machine (30-40 s with Inductor's cache warm), so it
-happens at engine start; if it fails the engine logs why and decodes eagerly. Unlike eager
-batch-1 steps (one thread: `cpu_threads.StepThreads`), the graph runs on all the engine's
-threads: its fused kernels and int4 matmuls are big enough to share (2 cores: 6.1 against
-8.5 ms a step).
+(`skip_guard_on_all_nn_modules_unsafe`), which is safe here because the modules and their
+weights never change while the engine runs (a weight reload builds a new `CompiledDecode`).
+Compiling takes ~10-70 s on a 2-core machine (cached by Inductor across runs), so it happens
+at engine start; if it fails the engine logs why and decodes eagerly.
 """
 
 from __future__ import annotations
@@ -26,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from deploylab.engine.cpu_threads import StepThreads
 from deploylab.engine.kv_cache import KVCache
 from deploylab.engine.models.llama import LlamaDecoderLayer, LlamaForCausalLM
 
@@ -94,24 +92,32 @@ class CompiledDecode:
             pos + 1,
         )
 
-    def warm_up(self, scratch_block: int) -> float:
+    def warm_up(self, scratch_block: int, threads: StepThreads | None = None) -> float:
         """Compile (two calls: Dynamo makes the second one's sizes dynamic), writing only
-        into `scratch_block`; returns the seconds it took. Run at the thread count the steps
-        will run at: Dynamo guards it and would compile again for another."""
+        into `scratch_block`, with the thread count of a batch-1 step (`threads`: the
+        runner's; Dynamo recompiles for another count); returns the seconds it took."""
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            for pos in (1, 2 * self.block_size + 3):
-                self.run(0, pos, [scratch_block] * (pos // self.block_size + 1))
+        if threads is not None:
+            threads.fit(1)
+        try:
+            with torch.inference_mode():
+                for pos in (1, 2 * self.block_size + 3):
+                    self.run(0, pos, [scratch_block] * (pos // self.block_size + 1))
+        finally:
+            if threads is not None:
+                threads.restore()
         return time.perf_counter() - t0
 
 
-def build_compiled_decode(model: Any, kv_cache: KVCache) -> CompiledDecode | None:
+def build_compiled_decode(
+    model: Any, kv_cache: KVCache, threads: StepThreads | None = None
+) -> CompiledDecode | None:
     """A warmed-up `CompiledDecode`, or None (logged) where compiling fails."""
     if not isinstance(model, LlamaForCausalLM):
         return None
     try:
         compiled = CompiledDecode(model, kv_cache)
-        seconds = compiled.warm_up(kv_cache.num_blocks - 1)
+        seconds = compiled.warm_up(kv_cache.num_blocks - 1, threads)
     except Exception as exc:  # noqa: BLE001 - no C++ compiler, an unsupported op: stay eager
         logger.warning("cpu_compile: compiling the decode step failed (%r); decoding eagerly", exc)
         return None

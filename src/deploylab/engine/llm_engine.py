@@ -142,7 +142,9 @@ class LLMEngine:
         if config.cpu_compile and self.device.type == "cpu" and self.tp is None:
             from deploylab.engine.cpu_decode import build_compiled_decode
 
-            self.runner.cpu_decode = build_compiled_decode(self.model, self.kv_cache)
+            self.runner.cpu_decode = build_compiled_decode(
+                self.model, self.kv_cache, self.runner.step_threads
+            )
         self.sampler = Sampler(self.device, config.seed, self.eos_token_ids)
         # Errors of requests that failed inside a step (finish_reason "error"), by request id.
         self.failures: dict[str, BaseException] = {}

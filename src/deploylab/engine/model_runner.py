@@ -184,8 +184,14 @@ class ModelRunner:
 
     def _execute_compiled(self, seq: Sequence) -> tuple[list[Sequence], torch.Tensor]:
         assert self.cpu_decode is not None
-        p = seq.num_computed_tokens  # on all threads, unlike eager batch-1 steps (see there)
-        return [seq], self.cpu_decode.run(seq.token_ids[p], p, seq.block_table)
+        p = seq.num_computed_tokens
+        threads = self.step_threads
+        if threads is not None:
+            threads.fit(1)
+        logits = self.cpu_decode.run(seq.token_ids[p], p, seq.block_table)
+        if threads is not None:
+            threads.restore()
+        return [seq], logits
 
     def _verify_rows(self, item: ScheduledSeq) -> bool:
         """True for a speculative verify chunk a decode graph can replay as k + 1 decode rows
