@@ -51,7 +51,8 @@ class EngineConfig:
     num_threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
     cuda_graphs: bool = True  # capture decode steps on CUDA (with the Triton decode kernel)
     # CPU: compile the single-sequence decode step with torch.compile at start (cpu_decode.py;
-    # ~10-70 s on 2 cores, cached by Inductor; 1.5x faster steps for one stream).
+    # 1-3 min on 2 cores, 30-40 s cached; 1.3x faster single-stream steps; with int4 its
+    # greedy tokens may part from the eager step's: docs/engine.md).
     cpu_compile: bool = False
     # vLLM's async scheduling: prepare step n+1 and read step n's tokens back while the device
     # runs (engine/async_step.py); features it cannot combine with yet run synchronous steps.
