@@ -195,12 +195,6 @@ def bench_model(label: str, settings: dict[str, Any], args: argparse.Namespace) 
         out["level1_after_gap"] = sleep_wake(engine, 1, args, "gap", reference, args.sleep_gap)
     if args.profile_wake:
         out["wake_profile"] = profile_wake(engine)
-        from deploylab.engine import sleep as sleep_mod
-
-        sleep_mod.WAKE_KV_FIRST = True  # the KV cache mapped before the weights' copy starts
-        out["level1_kv_first"] = sleep_wake(engine, 1, args, "kvf", reference)
-        out["wake_profile_kv_first"] = profile_wake(engine)
-        sleep_mod.WAKE_KV_FIRST = False
         out["copy_probe_in_process"] = copy_probe(engine)
     del engine
     release(device)
@@ -387,7 +381,7 @@ def report(r: dict[str, Any], bw: float | None) -> None:
             f"{'unknown' if left is None else f'{left:.0%}'})"
         )
     print(f"  sleep mode at fixed addresses: {r['fixed_addresses']}")
-    for level in ("1", "1_after_gap", "2", "1_kv_first", "1_moving", "1_no_graphs"):
+    for level in ("1", "1_after_gap", "2", "1_moving", "1_no_graphs"):
         if f"level{level}" not in r:
             continue
         x = r[f"level{level}"]

@@ -85,8 +85,8 @@ class EngineConfig:
     kv_offload_layerwise: bool | None = None
     # Write each full prefix-cache block to the host tier soon after it is computed, in steps
     # without tier hits, so an eviction finds it there and a return pays only the copies in.
-    # None (default): off for now; True: on.
-    kv_offload_write_ahead: bool | None = None
+    # Off by default until measured on an H100 (H200: docs/benchmarks.md).
+    kv_offload_write_ahead: bool = False
     # Sleep mode (vLLM's flag): weights and KV cache at fixed addresses (engine/sleep_fixed.py)
     # so a wake maps memory back under them and keeps the CUDA graphs. Sleep works without it
     # too, moving the memory and re-capturing the graphs on wake (H100: 6x slower wakes).

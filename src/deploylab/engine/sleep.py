@@ -262,17 +262,12 @@ class EngineSleeper:
         start = time.perf_counter()
         fixed.weights.restore()
         alloc_seconds = time.perf_counter() - start
-        kv_start = time.perf_counter()
-        if WAKE_KV_FIRST:
-            fixed.kv.restore()
-        alloc_seconds += time.perf_counter() - kv_start
         marks = _Marks(device)
         copy = fixed.start_copy_in() if level == 1 else None
         if copy is not None:
             marks.mark("copy", copy)
         kv_start = time.perf_counter()
-        if not WAKE_KV_FIRST:
-            fixed.kv.restore()
+        fixed.kv.restore()
         alloc_seconds += time.perf_counter() - kv_start
         fixed.zero_kv()
         marks.mark("zero")
@@ -290,11 +285,6 @@ class EngineSleeper:
         report = SleepReport("wake_up", level, end - start, moved, weights_seconds, alloc_seconds)
         report.copy_seconds, report.zero_seconds = marks.seconds("copy"), marks.seconds("zero")
         return report
-
-
-# Experiment knob (benchmarks/model_swap.py --wake-variants): map the KV cache's memory before
-# the weights' copy starts instead of while it runs.
-WAKE_KV_FIRST = False
 
 
 class _Marks:

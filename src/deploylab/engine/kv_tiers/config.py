@@ -57,5 +57,5 @@ def build_kv_tiers(c: EngineConfig, kv_cache: KVCache, model_identity: Any) -> K
         disk_bytes=int(c.kv_offload_disk_gib * GIB),
         identity=str(model_identity),
         policy=c.kv_offload_policy,
-        write_ahead=bool(c.kv_offload_write_ahead),
+        write_ahead=c.kv_offload_write_ahead,
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,7 @@ class KVTiers:
         copies nothing in (the link is then free; a return's copies in never wait for them)."""
         offloads = self._offloads
         if self._ahead and not loads:
-            take = list(self._ahead.items())[: self.AHEAD_BLOCKS]
+            take = list(islice(self._ahead.items(), self.AHEAD_BLOCKS))
             for block, _ in take:
                 del self._ahead[block]
             offloads = [(b, h, t) for b, (h, t) in take] + offloads

@@ -94,8 +94,8 @@ class LoraBatch:
 
 
 def slot_order(slots: list[int]) -> list[int]:
-    """The rows sorted by slot (stable): one-pass decode programs of several rows then mostly
-    read one adapter."""
+    """The rows sorted by slot (stable): BGMV programs of several rows then mostly read one
+    adapter (`triton_bgmv`)."""
     return sorted(range(len(slots)), key=slots.__getitem__)
 
 
