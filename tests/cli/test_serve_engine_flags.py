@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from deploylab.cli import app
+from deploylab.cli import app, main
 from deploylab.server import launcher
 
 
@@ -35,3 +35,13 @@ def test_flags_reach_the_engine_config(
     config = seen["config"]
     for key, value in expected.items():
         assert getattr(config, key) == value
+
+
+def test_write_ahead_without_a_host_tier_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started: list[str] = []
+    monkeypatch.setattr(launcher, "serve", lambda *a, **k: started.append("served"))
+    code = main(["serve", "--device", "cpu", "--kv-offload-write-ahead"])
+    assert code != 0 and not started
+    assert "set kv_offload_gib > 0" in capsys.readouterr().err

@@ -59,3 +59,11 @@ def test_failed_compile_decodes_eagerly(
     assert "no C++ compiler" in caplog.text and "decoding eagerly" in caplog.text
     out = llm.generate([PROMPTS[0]], GREEDY)[0].token_ids
     assert out == tiny.llm().generate([PROMPTS[0]], GREEDY)[0].token_ids
+
+
+def test_cpu_compile_must_be_a_bool() -> None:
+    from deploylab.engine import EngineConfig
+    from deploylab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cpu_compile must be True or False"):
+        EngineConfig(cpu_compile="yes")  # type: ignore[arg-type]

@@ -66,6 +66,8 @@ def test_disk_store_cap_evicts_oldest_files(tmp_path: Path) -> None:
     [
         ({"kv_offload_gib": -1.0}, "kv_offload_gib"),
         ({"kv_offload_dir": "/tmp/x"}, "needs a host tier"),
+        ({"kv_offload_write_ahead": True}, "kv_offload_gib > 0"),
+        ({"kv_offload_gib": 1.0, "kv_offload_write_ahead": "yes"}, "kv_offload_write_ahead"),
         ({"kv_offload_gib": 1.0, "kv_offload_policy": "never"}, "kv_offload_policy"),
         ({"kv_offload_gib": 1.0, "enable_prefix_caching": False}, "enable_prefix_caching"),
         ({"kv_offload_gib": 1.0, "kv_offload_dir": "/tmp/x", "kv_offload_disk_gib": 0}, "disk"),

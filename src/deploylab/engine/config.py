@@ -140,6 +140,10 @@ class EngineConfig:
                 "EngineConfig.gpu_memory_utilization must be in (0, 1], got "
                 f"{self.gpu_memory_utilization}."
             )
+        if not isinstance(self.cpu_compile, bool):
+            raise ConfigError(
+                f"EngineConfig.cpu_compile must be True or False, got {self.cpu_compile!r}."
+            )
         if self.quantization not in ("auto", "none", "int4"):
             raise ConfigError(
                 f"EngineConfig.quantization '{self.quantization}' is not one of auto, none, int4."

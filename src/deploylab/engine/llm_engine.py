@@ -139,7 +139,12 @@ class LLMEngine:
         if config.cuda_graphs and self.device.type == "cuda":
             rows = cuda_graph_rows(config.max_num_seqs, config.speculative_config)
             self.runner.enable_cuda_graphs(rows, self.max_model_len)
-        if config.cpu_compile and self.device.type == "cpu" and self.tp is None:
+        if config.cpu_compile and (self.device.type != "cpu" or self.tp is not None):
+            logger.warning(
+                "cpu_compile compiles the single-device CPU decode step; ignored on %s%s",
+                self.device, " with tensor parallelism" if self.tp is not None else "",
+            )  # fmt: skip
+        elif config.cpu_compile:
             from deploylab.engine.cpu_decode import build_compiled_decode
 
             self.runner.cpu_decode = build_compiled_decode(

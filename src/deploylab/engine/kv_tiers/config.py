@@ -33,6 +33,15 @@ def validate_kv_tier_config(c: EngineConfig) -> None:
             )
         if not c.kv_offload_disk_gib:
             raise ConfigError("kv_offload_dir is set but kv_offload_disk_gib is 0; raise it.")
+    if not isinstance(c.kv_offload_write_ahead, bool):
+        raise ConfigError(
+            f"EngineConfig.kv_offload_write_ahead must be True or False, "
+            f"got {c.kv_offload_write_ahead!r}."
+        )
+    if c.kv_offload_write_ahead and not c.kv_offload_gib:
+        raise ConfigError(
+            "kv_offload_write_ahead writes blocks to the host tier: set kv_offload_gib > 0."
+        )
     if (c.kv_offload_gib or c.kv_offload_dir) and not c.enable_prefix_caching:
         raise ConfigError(
             "KV offloading keeps prefix-cache blocks: it needs enable_prefix_caching=True."
