@@ -227,7 +227,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--methods", nargs="+", default=["ngram", "head"],
         help="proposers; lossy rules: METHOD@RULE:ALPHA (cascades, e.g. ngram@v3:0.3), "
-        "METHOD@judge[:DELTA] (judge decoding with the shipped judge); token trees: ngram+treeW",
+        "METHOD@judge[:DELTA] (judge decoding with the shipped judge); token trees: METHOD+treeW "
+        "(e.g. ngram+tree4, draft_model+tree4)",
     )  # fmt: skip
     p.add_argument("--fixed-k", action="store_true", help="adaptive k policy off")
     p.add_argument("--alt-head-path", help="method alt-head: a head file to compare")
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def spec_config(label: str) -> dict[str, Any]:
         method, _, cascade = label.partition("@")
-        method, _, tree = method.partition("+tree")  # ngram+treeW: token trees of width W
+        method, _, tree = method.partition("+tree")  # METHOD+treeW: token trees of width W
         alt = method == "alt-head"  # the head at --alt-head-path, beside the shipped one
         method = "head" if alt else method
         k = args.ngram_k if method == "ngram" and args.ngram_k else args.k

@@ -1,6 +1,7 @@
 """Token trees of drafts in the engine (`speculative_config.tree_width`): greedy output equals
-plain decoding whichever branch is kept (the kept path's KV moves into place), sampled output
-follows the target (chi-square), and the tree helpers do what they say."""
+plain decoding whichever branch is kept (the kept path's KV moves into place) for ngram, head
+and draft-model trees, sampled output follows the target (chi-square), and the tree helpers do
+what they say."""
 
 from __future__ import annotations
 
@@ -24,11 +25,13 @@ from tests.engine.test_spec_decode import (
     run,
 )
 from tests.engine.test_spec_decode_sampling import PROMPT, TOP_K, assert_follows, top_probs
+from tests.engine.test_spec_draft_model import DRAFT, draft_is_clean
 from tests.engine.test_spec_head import head_config, random_head
 
-from deploylab.engine import SamplingParams
+from deploylab.engine import LLMEngine, SamplingParams
 from deploylab.engine.sequence import Sequence
 from deploylab.engine.spec_decode.config import parse_speculative_config
+from deploylab.engine.spec_decode.draft_model import DraftModelProposer
 from deploylab.engine.spec_decode.tree_drafts import (
     chunk_mask,
     depths,
@@ -73,19 +76,37 @@ def test_sampled_walk_is_exact_for_point_mass_candidates() -> None:
     assert chisquare(observed, [n * 0.5, n * 0.3, n * 0.2]).pvalue > 1e-3
 
 
+# ngram trees; draft-model trees of width 2 and 4 (the 1-layer truncated draft's top-W firsts)
+TREES = {
+    "ngram": TREE,
+    "draft-w2": {**DRAFT, "num_speculative_tokens": 4, "tree_width": 2},
+    "draft-w4": {**DRAFT, "num_speculative_tokens": 5, "tree_width": 4},
+}
+
+
+def trees_were_used(engine: LLMEngine) -> None:
+    """Drafts were kept, and a draft model's cache holds no block once every request ended."""
+    assert engine.spec is not None and engine.spec.stats.num_accepted_tokens > 0
+    if isinstance(engine.spec.proposer, DraftModelProposer):
+        draft_is_clean(engine)
+
+
+@pytest.mark.parametrize("config", TREES.values(), ids=TREES.keys())
 @pytest.mark.parametrize(
     "settings",
     [{}, {"max_num_batched_tokens": 24, "max_num_seqs": 8}],
     ids=["plain", "chunked"],
 )
-def test_ngram_trees_keep_greedy_output(tiny: ModelParts, settings: dict[str, Any]) -> None:
-    engine = keeps_greedy(tiny, TREE, **settings)
-    assert engine.spec.stats.num_accepted_tokens > 0  # type: ignore[union-attr]
+def test_trees_keep_greedy_output(
+    tiny: ModelParts, config: dict[str, Any], settings: dict[str, Any]
+) -> None:
+    """Mixed batches (every third request never speculates), chunked prefill cutting trees."""
+    trees_were_used(keeps_greedy(tiny, config, **settings))
 
 
-def test_trees_under_preemption_and_prefix_hits(tiny: ModelParts) -> None:
-    engine = pressure_keeps_greedy(tiny, TREE)
-    assert engine.spec.stats.num_accepted_tokens > 0  # type: ignore[union-attr]
+@pytest.mark.parametrize("config", TREES.values(), ids=TREES.keys())
+def test_trees_under_preemption_and_prefix_hits(tiny: ModelParts, config: dict[str, Any]) -> None:
+    trees_were_used(pressure_keeps_greedy(tiny, config))
 
 
 class BranchProposer:
@@ -187,15 +208,18 @@ def test_sampled_trees_follow_the_target_distribution(tiny: ModelParts) -> None:
     ("extra", "message"),
     [
         ({"tree_width": 0}, r"tree_width must be an integer in \[1, 16\]"),
-        ({"tree_width": 2, "method": "draft_model"}, "needs \"method\" \"ngram\" or"),
         ({"tree_width": 2, "cascade_rule": "v3"}, "the exact rules"),
+        ({"tree_width": 2, "judge": True}, "the exact rules"),
+        ({**DRAFT, "tree_width": 2, "cascade_rule": "v3"}, "the exact rules"),
+        ({**DRAFT, "tree_width": 4, "judge_delta": 0.5}, "the exact rules"),
     ],
 )  # fmt: skip
 def test_tree_settings_are_validated(extra: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_speculative_config({**NGRAM, **extra})
-    ok = parse_speculative_config(TREE)
-    assert ok is not None and ok.tree_width == 3
+    for config in TREES.values():
+        ok = parse_speculative_config(config)
+        assert ok is not None and ok.tree_width == config["tree_width"] > 1
 
 
 @pytest.mark.parametrize(

@@ -62,9 +62,9 @@ class SpeculativeConfig:
     judge: bool = False
     judge_path: str | None = None
     judge_delta: float | None = None
-    # Token trees (ngram, head): up to this many different continuations (ngram) or first
-    # tokens (head) per step, a tree of at most num_speculative_tokens nodes verified in one
-    # pass; 1: a chain.
+    # Token trees (every method): up to this many different continuations (ngram) or first
+    # tokens (head, draft_model) per step, a tree of at most num_speculative_tokens nodes
+    # verified in one pass; 1: a chain.
     tree_width: int = 1
 
 
@@ -149,10 +149,10 @@ def parse_speculative_config(raw: Any) -> SpeculativeConfig | None:
             "speculative_config: pick one lossy rule, cascade_rule or judge, not both."
         )
     width = _int_field(raw, "tree_width", 1, 16) or 1
-    if width > 1 and (method not in ("ngram", "head") or rule is not None or judge):
+    if width > 1 and (rule is not None or judge):
         raise ConfigError(
-            'speculative_config.tree_width > 1 (token trees) needs "method" "ngram" or '
-            f'"head" and the exact rules (no cascade_rule or judge); got method {method!r}.'
+            "speculative_config.tree_width > 1 (token trees) needs the exact rules (no "
+            f"cascade_rule or judge); got cascade_rule={rule!r}, judge={judge!r}."
         )
     return SpeculativeConfig(
         method, k, hi, lo, adaptive, head_path, model, layers, graph_verify, rule, alpha,

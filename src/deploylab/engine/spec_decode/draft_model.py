@@ -5,7 +5,10 @@ Every decoding sequence has a shadow sequence in the draft's cache. Each step th
 synced with the target's tokens (its computed tokens past the first disagreement — rejected
 drafts — are rolled back and their blocks trimmed), catches up on the tokens it has not seen
 (the prompt, the target's last token) in one batched pass, then decodes k − 1 more tokens one
-batched pass each. Shadows of finished sequences are freed.
+batched pass each. Shadows of finished sequences are freed. With `tree_width` W > 1
+(`propose_tree`) the first pass's top-W tokens are the tree's root children and only the best
+one's chain is decoded further and read by the shadow; when the target keeps another child,
+its token differs from the shadow's at that position, so `_sync` rolls the chain back there.
 
 The draft is either another model file (`draft_model`: a catalog name or path; same
 vocabulary) or, as the default model has no smaller sibling here, the target's first
@@ -123,6 +126,33 @@ class DraftModelProposer:
     @torch.inference_mode()
     def propose(self, seqs: Seq[Sequence], ks: Seq[int]) -> list[list[int]]:
         """Up to ks[i] greedy draft tokens per sequence, batched per draft position."""
+        return self._draft(seqs, ks, 1)[0]
+
+    @torch.inference_mode()
+    def propose_tree(
+        self, seqs: Seq[Sequence], ks: Seq[int], width: int
+    ) -> list[tuple[list[int], list[int]]]:
+        """Per sequence a tree of at most ks[i] nodes: the draft's top-`width` first tokens as
+        root children, the most likely one continued greedily as deep as the budget allows
+        after one node for each other child: (tokens, parents), chain first, then siblings."""
+        siblings = [min(width - 1, k - 1) if k > 0 else 0 for k in ks]
+        deep = [k - n for k, n in zip(ks, siblings, strict=True)]
+        chains, firsts = self._draft(seqs, deep, width)
+        out: list[tuple[list[int], list[int]]] = []
+        for chain, top, n in zip(chains, firsts, siblings, strict=True):
+            if not chain:
+                out.append(([], []))
+                continue
+            extra = [t for t in top if t != chain[0]][:n]  # distinct from the chain's root
+            out.append((chain + extra, [-1, *range(len(chain) - 1)] + [-1] * len(extra)))
+        return out
+
+    def _draft(
+        self, seqs: Seq[Sequence], ks: Seq[int], width: int
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """Up to ks[i] greedy drafts per sequence (its shadow reads them), one batched draft
+        pass per position, and with `width` > 1 each sequence's top-`width` first tokens
+        (empty where it drafts nothing)."""
         self._free_finished()
         active: list[tuple[int, _Shadow]] = []
         for i, (seq, k) in enumerate(zip(seqs, ks, strict=True)):
@@ -130,19 +160,24 @@ class DraftModelProposer:
             if shadow is not None:
                 active.append((i, shadow))
         out: list[list[int]] = [[] for _ in seqs]
+        firsts: list[list[int]] = [[] for _ in seqs]
         for depth in range(max((ks[i] for i, _ in active), default=0)):
             step = [(i, s) for i, s in active if depth < ks[i]]
             batch = SchedulerOutput()
             for _, s in step:
                 new = s.seq.num_tokens - s.seq.num_computed_tokens
                 batch.scheduled.append(ScheduledSeq(s.seq, new))
-            rows, logits = self.runner.execute(batch)
+            _, logits = self.runner.execute(batch)
             assert logits is not None
+            if depth == 0 and width > 1:  # the root's candidates (the siblings read no KV)
+                top = logits.topk(min(width, logits.shape[-1]), dim=-1).indices.tolist()
+                for (i, _), row in zip(step, top, strict=True):
+                    firsts[i] = row
             tokens = logits.argmax(dim=-1).tolist()
             for item, (i, s), token in zip(batch.scheduled, step, tokens, strict=True):
                 s.seq.num_computed_tokens += item.num_new_tokens
-                s.seq.token_ids.append(token)
+                s.seq.token_ids.append(token)  # the shadow holds the chain only
                 out[i].append(token)
         for seq, (_, s) in zip((seqs[i] for i, _ in active), active, strict=True):
             s.synced = seq.num_tokens
-        return out
+        return out, firsts
