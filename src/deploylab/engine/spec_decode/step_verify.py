@@ -1,7 +1,8 @@
 """The verify half of `SpecDecoder` (after the forward pass): check every drafting
-sequence's drafts against the target's logits — greedy chains and trees batched, sampled
-requests and the lossy rules one sequence at a time — move kept tree paths' KV into place,
-and count what was accepted."""
+sequence's drafts against the target's logits — greedy chains and trees batched (with the
+judge's or a cascade's verdicts for greedy chains), sampled requests and greedy ones with
+logprobs one sequence at a time — move kept tree paths' KV into place, and count what was
+accepted."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from deploylab.engine.outputs import TokenLogprobs
 from deploylab.engine.sampler import Sampler
 from deploylab.engine.scheduler import SchedulerOutput
 from deploylab.engine.sequence import Sequence
-from deploylab.engine.spec_decode.greedy_batch import greedy_best, greedy_outcome
+from deploylab.engine.spec_decode.greedy_batch import greedy_best, greedy_cascade, greedy_outcome
 from deploylab.engine.spec_decode.judge import Judge
 from deploylab.engine.spec_decode.policy import AdaptivePolicy
 from deploylab.engine.spec_decode.tree_drafts import path_slots
@@ -78,7 +79,7 @@ class VerifyStep:
                 plain.append(seq)
                 row += 1
                 continue
-            if seq.params.greedy and seq.params.logprobs is None and self.cascade is None:
+            if seq.params.greedy and seq.params.logprobs is None:
                 greedy.append((seq, row))
             elif seq.draft_parents is not None:
                 results[id(seq)] = self._verify_tree_one(seq, logits[row : row + k + 1], sampler)
@@ -106,9 +107,14 @@ class VerifyStep:
         self, spans: list[tuple[Sequence, int]], logits: torch.Tensor, sampler: Sampler
     ) -> dict[int, StepResult]:
         """Greedy verification of every greedy drafting sequence at once (`greedy_verify`'s
-        rule on the float32 logits, as the sampler's argmax): one argmax, one device sync."""
-        best = greedy_best(spans, logits, sampler.eos_token_ids)
-        passed = self._judged_rows(spans, sampler.eos_token_ids)  # judge decoding
+        rule on the float32 logits, as the sampler's argmax; a lossy rule's verdicts too):
+        one argmax, one device sync."""
+        eos = sampler.eos_token_ids
+        if self.cascade is not None:  # speculative cascades: the deferral rule per row
+            best, passed = greedy_cascade(spans, logits, eos, *self.cascade)
+        else:
+            best = greedy_best(spans, logits, eos)
+            passed = self._judged_rows(spans, eos)  # judge decoding
         results: dict[int, StepResult] = {}
         at = 0
         for seq, _ in spans:

@@ -14,6 +14,7 @@ from deploylab.engine.sampler import Sampler, apply_min_p, apply_top_k_top_p
 from deploylab.engine.sequence import Sequence
 from deploylab.engine.spec.cascades import cascade_verify
 from deploylab.engine.spec.judge import judge_verify
+from deploylab.engine.spec.sampling import ChainResult, sample_categorical
 from deploylab.engine.spec.single import greedy_verify, point_mass_sampling
 from deploylab.engine.spec_decode.tree_drafts import row_offsets, walk_greedy, walk_sampled
 
@@ -71,21 +72,40 @@ def verify_drafts(
         return _verified(result, raw, params)
     if cascade is None and judged is None:  # exact: point-mass drafts, no one-hot q needed
         return _verified(point_mass_sampling(p[None], d, generator), raw, params)
-    q = torch.nn.functional.one_hot(d, p.shape[-1]).to(p.dtype)  # point-mass drafts
     if cascade is not None:
-        # Greedy requests: the target is the argmax's point mass; the deferral test reads
-        # the temperature-1 probabilities (a draft within the lenience of the best is kept).
-        p_defer = p[None] if params.greedy else None
-        target = _argmax_mass(p) if params.greedy else p
-        result = cascade_verify(target[None], q, d, cascade[0], cascade[1], generator, p_defer)
-    else:
-        assert judged is not None
-        # Greedy: rule = "the draft is the argmax" (point mass); sampled: speculative sampling.
-        target = _argmax_mass(p) if params.greedy else p
-        # never a draft the target may not emit (a stop token below min_tokens, top-k/p cut)
-        allowed = p[torch.arange(len(drafts), device=p.device), d[0]] > 0
-        result = judge_verify(target[None], q, d, (judged.to(p.device) & allowed)[None], generator)
+        return _verified(_cascade_chain(p, d, params.greedy, cascade, generator), raw, params)
+    assert judged is not None
+    q = torch.nn.functional.one_hot(d, p.shape[-1]).to(p.dtype)  # point-mass drafts
+    # Greedy: rule = "the draft is the argmax" (point mass); sampled: speculative sampling.
+    target = _argmax_mass(p) if params.greedy else p
+    # never a draft the target may not emit (a stop token below min_tokens, top-k/p cut)
+    allowed = p[torch.arange(len(drafts), device=p.device), d[0]] > 0
+    result = judge_verify(target[None], q, d, (judged.to(p.device) & allowed)[None], generator)
     return _verified(result, raw, params)
+
+
+def _cascade_chain(
+    p: torch.Tensor,
+    d: torch.Tensor,
+    greedy: bool,
+    cascade: tuple[str, float],
+    generator: torch.Generator,
+) -> ChainResult:
+    """`cascade_verify` of one chain (`p` (k + 1, V), `d` (1, k)) with point-mass drafts. A
+    greedy request's target is the argmax's point mass, and the deferral test reads the
+    temperature-1 probabilities (a draft within the lenience of the best is kept). Never a
+    draft the target may not emit (p = 0: a stop token below min_tokens, a top-k/p cut),
+    which rules that defer to a point-mass draft would keep: the chain ends before it, and
+    the target's own token (greedy: the argmax) follows."""
+    n = allowed_prefix(p, d[0])
+    p, d = p[: n + 1], d[:, :n]
+    target = _argmax_mass(p) if greedy else p
+    if n == 0:  # the first draft is not allowed: only the target's token
+        token = sample_categorical(target[:1], generator)
+        return ChainResult(tokens=token[None], num_accepted=torch.zeros_like(token))
+    q = torch.nn.functional.one_hot(d, p.shape[-1]).to(p.dtype)
+    p_defer = p[None] if greedy else None
+    return cascade_verify(target[None], q, d, cascade[0], cascade[1], generator, p_defer)
 
 
 def _verified(result: Any, raw: torch.Tensor | None, params: Any) -> Verified:
@@ -125,6 +145,14 @@ def verify_tree_drafts(
         rows = torch.tensor([0] + [c + 1 for c in path], device=raw.device)
         logprobs = Sampler._logprobs(raw.index_select(0, rows), tokens, [params] * len(tokens))
     return Verified(tokens, logprobs, len(path)), path
+
+
+def allowed_prefix(p: torch.Tensor, drafts: torch.Tensor) -> int:
+    """How many leading drafts (k,) the target may emit: p[j, drafts[j]] > 0 for rows (k + 1,
+    V) of probabilities."""
+    ok = p[torch.arange(len(drafts), device=p.device), drafts] > 0
+    bad = (~ok).nonzero()
+    return int(bad[0, 0]) if len(bad) else len(drafts)
 
 
 def _argmax_mass(p: torch.Tensor) -> torch.Tensor:
