@@ -148,7 +148,7 @@ class SpecDecoder(VerifyStep):
             return  # no draft pays even at full length, so none of fewer tokens would: skip
         width = self.config.tree_width
         if width > 1:  # token trees: (tokens, parents) per sequence, topological order
-            trees = self.proposer.propose_tree(seqs, ks, width)  # type: ignore[attr-defined]
+            trees = self.proposer.propose_tree(seqs, ks, width)
             proposals, parents = [t for t, _ in trees], [a for _, a in trees]
         else:
             proposals, parents = self.proposer.propose(seqs, ks), None

@@ -15,16 +15,20 @@ from deploylab.engine.spec_decode.tree_drafts import row_offsets, walk_greedy
 _CPU_ROWS = 8  # rows per float64 softmax block on CPU (`_draft_and_max_probs`)
 
 
-def banned_rows(
-    spans: list[tuple[Sequence, int]], logits: torch.Tensor, eos_token_ids: list[int]
-) -> torch.Tensor:
-    """The rows of `spans` ((sequence, first row), k + 1 rows each) of the float32 logits,
-    copied, with stop tokens at -inf where the row's output index is below min_tokens."""
+def _span_rows(spans: list[tuple[Sequence, int]]) -> list[int]:
+    """The logits rows of `spans` ((sequence, first row), k + 1 rows each), in order."""
     rows: list[int] = []
     for seq, first in spans:
         rows.extend(range(first, first + seq.num_draft_tokens + 1))
-    index = torch.tensor(rows, dtype=torch.int64, device=logits.device)
-    sub = logits.index_select(0, index)
+    return rows
+
+
+def _bans(
+    spans: list[tuple[Sequence, int]], eos_token_ids: list[int]
+) -> list[tuple[int, list[int]]]:
+    """(row of the spans' rows, stop tokens banned there) where a row's output index is below
+    min_tokens and the request has stop tokens."""
+    out: list[tuple[int, list[int]]] = []
     at = 0
     for seq, _ in spans:
         params, n_out = seq.params, seq.num_output_tokens - seq.num_draft_tokens
@@ -35,16 +39,39 @@ def banned_rows(
                 banned = list(params.stop_token_ids)
                 banned += [] if params.ignore_eos else eos_token_ids
                 if banned:
-                    sub[at + j, banned] = float("-inf")
+                    out.append((at + j, banned))
         at += seq.num_draft_tokens + 1
+    return out
+
+
+def banned_rows(
+    spans: list[tuple[Sequence, int]], logits: torch.Tensor, eos_token_ids: list[int]
+) -> torch.Tensor:
+    """The rows of `spans` ((sequence, first row), k + 1 rows each) of the float32 logits,
+    copied, with stop tokens at -inf where the row's output index is below min_tokens."""
+    index = torch.tensor(_span_rows(spans), dtype=torch.int64, device=logits.device)
+    sub = logits.index_select(0, index)
+    for row, banned in _bans(spans, eos_token_ids):
+        sub[row, banned] = float("-inf")
     return sub
 
 
 def greedy_best(
     spans: list[tuple[Sequence, int]], logits: torch.Tensor, eos_token_ids: list[int]
 ) -> list[int]:
-    """The argmax of every row of `spans` (`banned_rows`)."""
-    return banned_rows(spans, logits, eos_token_ids).argmax(dim=-1).tolist()
+    """The argmax of every row of `spans`, stop tokens banned below min_tokens (as
+    `banned_rows`). Only the banned rows are copied: copying every row cost ~30 ms at 288
+    rows of a 49,152-token vocabulary on the CPU."""
+    index = torch.tensor(_span_rows(spans), dtype=torch.int64, device=logits.device)
+    best = logits.argmax(dim=-1).index_select(0, index)  # other rows: the few plain ones
+    bans = _bans(spans, eos_token_ids)
+    if bans:
+        at = torch.tensor([r for r, _ in bans], dtype=torch.int64, device=logits.device)
+        sub = logits.index_select(0, index.index_select(0, at))
+        for i, (_, banned) in enumerate(bans):
+            sub[i, banned] = float("-inf")
+        best = best.index_copy(0, at, sub.argmax(dim=-1))
+    return best.tolist()
 
 
 def cascade_passed(

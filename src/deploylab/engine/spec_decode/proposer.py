@@ -26,6 +26,13 @@ class Proposer(Protocol):
         """One list of draft token ids per sequence (len <= ks[i])."""
         ...
 
+    def propose_tree(
+        self, seqs: Seq[Sequence], ks: Seq[int], width: int
+    ) -> list[tuple[list[int], list[int]]]:
+        """Per sequence a token tree of at most ks[i] nodes with up to `width` branches:
+        (tokens, parents) in topological order, parent -1 the last real token."""
+        ...
+
 
 def make_proposer(config: SpeculativeConfig, runner: ModelRunner | None) -> Proposer:
     """The proposer `config.method` names."""
