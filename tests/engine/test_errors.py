@@ -113,6 +113,24 @@ def test_empty_text_prompt(tiny_tok: ModelParts) -> None:
         tiny_tok.llm().generate("", SamplingParams())
 
 
+def test_vllm_dict_prompts(tiny_tok: ModelParts) -> None:
+    """vLLM's `{"prompt": ...}` and `{"prompt_token_ids": ...}` mean what they say (a dict
+    was once read as its key names: a five-token prompt "prompt_token_ids")."""
+    llm = tiny_tok.llm()
+    params = SamplingParams(temperature=0, max_tokens=3)
+    ids = [100, 101, 102, 103, 104, 105, 106]
+    text = llm.generate("Hello there", params)[0]
+    assert llm.generate({"prompt": "Hello there"}, params)[0].token_ids == text.token_ids
+    by_ids = llm.generate({"prompt_token_ids": ids}, params)[0]
+    assert by_ids.prompt_token_ids == ids
+    assert by_ids.token_ids == llm.generate(ids, params)[0].token_ids
+    many = llm.generate([{"prompt_token_ids": ids}, {"prompt": "Hello there"}], params)
+    assert [o.token_ids for o in many] == [by_ids.token_ids, text.token_ids]
+    for bad in ({"text": "hi"}, {"prompt": "hi", "prompt_token_ids": ids}, {}):
+        with pytest.raises(InvalidRequestError, match="prompt_token_ids"):
+            llm.generate(bad, params)
+
+
 def test_unknown_model() -> None:
     with pytest.raises(ModelNotFoundError, match="no-such-model"):
         LLM(model="no-such-model")

@@ -11,6 +11,26 @@ from deploylab.engine.outputs import RequestOutput
 from deploylab.engine.sampling_params import SamplingParams
 from deploylab.errors import InvalidRequestError
 
+PromptDict = dict[str, Any]  # vLLM's TextPrompt / TokensPrompt
+
+
+def _plain_prompt(prompt: Any) -> Prompt:
+    """A prompt as the engine takes it: text or token ids; vLLM's dict forms unwrapped.
+    Raises InvalidRequestError for a dict that is neither (a dict used to be read as its
+    key names)."""
+    if not isinstance(prompt, dict):
+        return prompt  # type: ignore[no-any-return]
+    keys = set(prompt)
+    if keys == {"prompt"}:
+        return prompt["prompt"]  # type: ignore[no-any-return]
+    if keys == {"prompt_token_ids"}:
+        return prompt["prompt_token_ids"]  # type: ignore[no-any-return]
+    raise InvalidRequestError(
+        "A dict prompt must have exactly one key, 'prompt' (text) or 'prompt_token_ids' (a "
+        f"list of token ids); got keys {sorted(map(str, keys))}.",
+        param="prompts",
+    )
+
 
 class LLM:
     """Runs a list of prompts through the engine to completion and returns the results in
@@ -30,19 +50,20 @@ class LLM:
 
     def generate(
         self,
-        prompts: Prompt | Seq[Prompt],
+        prompts: Prompt | PromptDict | Seq[Prompt | PromptDict],
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
         lora: str | Seq[str | None] | None = None,
     ) -> list[RequestOutput]:
-        """Generate for one prompt or a list of prompts (text or token-id lists); a request
-        with `n` samples gives `n` outputs in a row (their `index` 0..n-1). `lora` names the
-        LoRA adapter of every prompt, or gives one per prompt (None: the base model)."""
-        if isinstance(prompts, str) or (
+        """Generate for one prompt or a list of prompts (text, token-id lists, or vLLM's
+        `{"prompt": text}` / `{"prompt_token_ids": ids}`); a request with `n` samples gives `n`
+        outputs in a row (their `index` 0..n-1). `lora` names the LoRA adapter of every
+        prompt, or gives one per prompt (None: the base model)."""
+        if isinstance(prompts, str | dict) or (
             isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
         ):
-            prompt_list: list[Prompt] = [prompts]  # type: ignore[list-item]
+            prompt_list = [_plain_prompt(prompts)]
         else:
-            prompt_list = list(prompts)  # type: ignore[arg-type]
+            prompt_list = [_plain_prompt(p) for p in prompts]  # type: ignore[union-attr]
         if sampling_params is None or isinstance(sampling_params, SamplingParams):
             params_list = [sampling_params or SamplingParams()] * len(prompt_list)
         else:
