@@ -192,7 +192,7 @@ def verify_case(nodes: int, context: int, batch: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     tree = build_tree_verify(items, BS, q.device, dec.rows_per_task, dec.target_wide_tasks)
     build_ms = (time.perf_counter() - t0) * 1e3
-    sdpa = build_verify_batch(items, head_rows, HEADS // KV_HEADS, BS, q.device)
+    sdpa = build_verify_batch(items, head_rows, BS, q.device)
     scale = DIM**-0.5
     out_t, out_s = torch.zeros_like(q), torch.zeros_like(q)
     tree(q, k, v, out_t, scale)

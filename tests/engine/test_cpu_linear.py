@@ -75,3 +75,39 @@ def test_cpu_engine_prepacks_the_model(tiny: ModelParts) -> None:
     engine = tiny.engine()
     linears = [m for m in engine.model.modules() if isinstance(m, nn.Linear)]
     assert linears and all(is_prepacked(m) for m in linears)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_row_comes_out_the_same_in_any_batch(threads: int) -> None:
+    """One row alone and the same row among others are bit-identical (oneDNN's one-row
+    product rounded differently at K = 1536), so a speculative verify row equals its decode
+    row on the float path."""
+    torch.manual_seed(0)
+    layer = nn.Linear(1536, 576, bias=False)
+    prepack_linears(layer)
+    x = torch.randn(9, 1536)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            batch = layer(x)
+            for m in (1, 2, 3, 5):
+                assert torch.equal(layer(x[:m]), batch[:m]), m
+            assert torch.equal(layer(x[0]), batch[0])  # a 1-d input too
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_quantized_layers_keep_their_forward(smol: ModelParts) -> None:
+    """A model quantized before the engine packs it (a caller's int4 model) stays int4."""
+    from deploylab.engine import EngineConfig
+    from deploylab.engine.cpu_quant import apply_quantization, is_int4
+    from deploylab.engine.models.loader import load_model
+
+    model, _ = load_model(smol.path, torch.float32, torch.device("cpu"))
+    config = EngineConfig(model=str(smol.path), quantization="int4")
+    assert apply_quantization(config, model, torch.device("cpu"), own=True) == "int4"
+    packed = prepack_linears(model)
+    layer = model.model.layers[0].mlp.down_proj
+    assert is_int4(layer) and not is_prepacked(layer) and not is_prepacked(model.lm_head)
+    assert packed == 0  # every linear of the GGUF model is int4 or the int8 head

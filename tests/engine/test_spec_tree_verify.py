@@ -55,7 +55,7 @@ def test_tree_kernel_rows_equal_masked_sdpa_rows(seed: int) -> None:
     items, q, k_cache, v_cache = _case("cpu", torch.float32, seed)
     head_rows = torch.arange(KVH, dtype=torch.int64) * k_cache.shape[1]
     want = torch.zeros_like(q)
-    build_verify_batch(items, head_rows, HEADS // KVH, BS, q.device)(q, k_cache, v_cache, want, 0.2)
+    build_verify_batch(items, head_rows, BS, q.device)(q, k_cache, v_cache, want, 0.2)
     got = torch.zeros_like(q)
     tv = build_tree_verify(items, BS, q.device, rows_per_task=4, target_wide_tasks=8)
     tv(q, k_cache, v_cache, got, 0.2)
@@ -87,13 +87,13 @@ def test_hook_sends_only_trees_to_the_kernel() -> None:
 
     decoder = Decoder()
     want = torch.zeros_like(q)
-    build_verify_batch(items, head_rows, 4, BS, q.device)(q, k_cache, v_cache, want, 0.3)
+    build_verify_batch(items, head_rows, BS, q.device)(q, k_cache, v_cache, want, 0.3)
     got = torch.zeros_like(q)
-    verify_hook(items, decoder, head_rows, 4, BS, q.device)(q, k_cache, v_cache, got, 0.3)
+    verify_hook(items, decoder, head_rows, BS, q.device)(q, k_cache, v_cache, got, 0.3)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert decoder.verify_steps == 1
     alone = torch.zeros_like(q)
-    verify_hook(items, None, head_rows, 4, BS, q.device)(q, k_cache, v_cache, alone, 0.3)
+    verify_hook(items, None, head_rows, BS, q.device)(q, k_cache, v_cache, alone, 0.3)
     torch.testing.assert_close(alone, want)
 
 
@@ -114,7 +114,7 @@ def test_triton_tree_verify_equals_masked_sdpa(dtype: torch.dtype) -> None:
         items, q, k_cache, v_cache = _case("cuda", dtype, seed)
         head_rows = torch.arange(KVH, dtype=torch.int64) * k_cache.shape[1]
         want = torch.zeros_like(q)
-        batch = build_verify_batch(items, head_rows, HEADS // KVH, BS, q.device)
+        batch = build_verify_batch(items, head_rows, BS, q.device)
         batch(q, k_cache, v_cache, want, 0.2)
         got = torch.zeros_like(q)
         tv = build_tree_verify(items, BS, q.device, decoder.rows_per_task, 33)

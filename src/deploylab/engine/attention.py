@@ -126,18 +126,36 @@ def _gather(
     return torch.index_select(rows, 0, index, out=out.view(index.numel(), rows.shape[1]))
 
 
+def decode_rows_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """CPU attention of single query tokens: q `[n, kv_heads, groups, d]`, k/v `[n, kv_heads,
+    L, d]`, bias `[n, 1, 1, L]` (0 / -inf). One thread: PyTorch's CPU SDPA rounds differently
+    on two threads, and rows must come out bit-identical whatever their batch, so that a
+    speculative verify row equals the decode row it replaces (with int4 weights the
+    activations are rounded to bfloat16, which turns 1e-7 differences into other tokens)."""
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        if q.dtype == torch.float32:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+        # PyTorch's CPU SDPA kernels are slow for a handful of half-precision query rows;
+        # two matmuls with a float32 softmax are faster.
+        scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(scale).add_(bias)
+        return torch.matmul(scores.softmax(dim=-1).to(q.dtype), v)
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
 def _decode_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: DecodeGroup, scale: float
 ) -> torch.Tensor:
     """One decode group: q `[n, kv_heads, groups, d]`, k/v `[n, kv_heads, L, d]`."""
     if q.device.type != "cpu" or group.bias is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=group.mask, scale=scale)
-    if q.dtype == torch.float32:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=group.bias, scale=scale)
-    # PyTorch's CPU SDPA kernels are slow for a handful of half-precision query rows; two
-    # matmuls with a float32 softmax are faster.
-    scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(scale).add_(group.bias)
-    return torch.matmul(scores.softmax(dim=-1).to(q.dtype), v)
+    return decode_rows_attention(q, k, v, group.bias, scale)
 
 
 def _chunk_after_context_cuda(

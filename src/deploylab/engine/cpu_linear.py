@@ -66,10 +66,16 @@ def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         pack = _Packed(weight)
         self.__dict__["_deploylab_pack"] = pack
     lead = x.shape[:-1]
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.shape[0] == 1:
+        # oneDNN rounds a one-row product differently from the same row among others (K =
+        # 1536 measured); two rows cost the same (memory-bound) and keep every row's result
+        # independent of its batch, so a speculative verify row equals its decode row.
+        rows = rows.expand(2, -1).contiguous()
     out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
-        x.reshape(-1, x.shape[-1]), pack.packed, self.bias, "none", [], ""
+        rows, pack.packed, self.bias, "none", [], ""
     )
-    return out.view(*lead, out.shape[-1])
+    return out[: lead.numel()].view(*lead, out.shape[-1])
 
 
 def prepack_linears(model: nn.Module) -> int:
@@ -77,7 +83,8 @@ def prepack_linears(model: nn.Module) -> int:
     many layers were switched. Call only when `prepack_supported` is True."""
     count = 0
     for module in model.modules():
-        if type(module) is nn.Linear and "_deploylab_pack" not in module.__dict__:
+        quantized = "_deploylab_int4" in module.__dict__  # keeps its int4/int8 forward
+        if type(module) is nn.Linear and "_deploylab_pack" not in module.__dict__ and not quantized:
             module.__dict__["_deploylab_pack"] = _Packed(module.weight)
             module.forward = types.MethodType(_packed_forward, module)  # type: ignore[method-assign]
             count += 1

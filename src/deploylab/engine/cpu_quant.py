@@ -8,8 +8,10 @@ The kernel is fast only with bfloat16 activations (its float32 path measured 20-
 oneDNN's float32 linear), so rows are cast to bfloat16 and the result back: that rounding, and
 bfloat16 scales, are where the int4 path's arithmetic differs from the float path. Every
 call goes to the kernel, prefill chunks included: its rows do not depend on how many rows
-share the call, so a request's output does not depend on its batch or on prefix-cache hits
-(a float path for large calls made a cached prompt's last token take the other arithmetic).
+share the call (a float path for large calls made a cached prompt's last token take the other
+arithmetic). Attention keeps decode and verify rows batch-independent too
+(`attention.decode_rows_attention`); a prefill chunk after cached context still rounds
+differently from the whole prompt (docs/engine.md).
 Measured figures and the choice: docs/engine.md "Quantized CPU path".
 """
 

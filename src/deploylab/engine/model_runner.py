@@ -238,10 +238,9 @@ class ModelRunner:
         self._add_chunks(rows, chunks, len(decodes))
         input_ids, positions, meta = self._upload(rows, len(decodes))
         if rows.verify_items:
-            groups = self.model.config.num_attention_heads // self._head_rows.numel()
             meta.verify = verify_hook(
-                rows.verify_items, self.tree, self._head_rows, groups, self.block_size,
-                self.device, self.workspace,
+                rows.verify_items, self.tree, self._head_rows, self.block_size, self.device,
+                self.workspace,
             )  # fmt: skip
         if self.lora is not None:
             layout = [(s.seq, 1) for s in decodes] + [(s.seq, s.num_new_tokens) for s in chunks]

@@ -126,7 +126,6 @@ def verify_hook(
     items: list[Any],
     tree: Any,
     head_rows: torch.Tensor,
-    groups: int,
     block_size: int,
     device: torch.device,
     workspace: Any = None,
@@ -146,7 +145,7 @@ def verify_hook(
         )
         tree.verify_steps += 1
     if rest:
-        hooks.append(build_verify_batch(rest, head_rows, groups, block_size, device, workspace))
+        hooks.append(build_verify_batch(rest, head_rows, block_size, device, workspace))
     if len(hooks) == 1:
         return hooks[0]
 

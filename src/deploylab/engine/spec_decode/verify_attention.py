@@ -3,11 +3,14 @@
 A sequence that verifies k drafts runs a chunk of k + 1 query tokens after its cached
 context. The generic prefill path attends every such chunk with its own SDPA call (a gather
 and a boolean offset-causal mask per sequence and layer). Here the verify chunks of a step
-are attended together, one SDPA call per layer, like the decode groups of `attention.py`:
-each sequence's blocks are gathered into a padded `[n, kv_heads, L, d]` buffer, the query
-heads of one KV head are laid along SDPA's query axis as `(group, query)` (no GQA repeat),
-chunks shorter than the longest are padded with copies of their last query row (whose
-outputs are dropped), and an additive bias carries the per-row causal lengths.
+are attended together, like the decode groups of `attention.py`: each sequence's blocks
+are gathered once into a padded `[n, kv_heads, L, d]` buffer, chunks shorter than the longest
+are padded with copies of their last query row (whose outputs are dropped), and an additive
+bias carries the per-row causal lengths (and token trees' masks). Each query row is attended
+exactly as a decode row (`attention.decode_rows_attention`: the query heads of one KV head
+along SDPA's query axis, one thread), one SDPA call per sequence with its keys broadcast over
+its rows (a view, no copy): a verify row's output is then bit-identical to the decode step it
+replaces, which greedy identity with int4 weights needs (docs/speculative.md, "Exactness").
 
 On CUDA the Triton paged-prefill kernel already attends every chunk of a step in one launch,
 so this path is used only where that kernel is absent.
@@ -15,14 +18,14 @@ so this path is used only where that kernel is absent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from deploylab.engine.attention import Workspace
+from deploylab.engine.attention import Workspace, decode_rows_attention
 from deploylab.engine.attention import _gather as gather_rows
-from deploylab.engine.spec_decode.tree_drafts import chunk_mask
+from deploylab.engine.spec_decode.tree_drafts import rooted
 
 # query start, query length, cached tokens, block table, token-tree parents (None: a chain)
 VerifyItem = tuple[int, int, int, list[int], "list[int] | None"]
@@ -39,8 +42,10 @@ class VerifyBatch:
     valid: torch.Tensor  # (n * Q,) bool, rows that exist
     dest: torch.Tensor  # token rows the valid outputs go to, in order
     gather_index: torch.Tensor  # rows of the flat cache view, ordered (seq, kv_head, block)
-    bias: torch.Tensor  # (n, 1, groups * Q, L) float, 0 = attend, -inf = masked
+    bias: torch.Tensor  # (n, Q, 1, 1, L) float, 0 = attend, -inf = masked
     workspace: Workspace | None = None
+    # Token trees: per sequence, (Q, L) key positions that lay each row's path contiguous
+    key_order: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def __call__(
         self,
@@ -59,23 +64,30 @@ class VerifyBatch:
         ws = self.workspace
         kb = gather_rows(k_cache, self.gather_index, ws.take(numel) if ws else None)
         vb = gather_rows(v_cache, self.gather_index, ws.take(numel, numel) if ws else None)
+        kb, vb = kb.view(n, 1, kvh, length, d), vb.view(n, 1, kvh, length, d)
         qv = q.index_select(0, self.query_index).view(n, qn, kvh, g, d)
-        qv = qv.permute(0, 2, 3, 1, 4).reshape(n, kvh, g * qn, d)
-        o = F.scaled_dot_product_attention(
-            qv,
-            kb.view(n, kvh, length, d),
-            vb.view(n, kvh, length, d),
-            attn_mask=self.bias.to(q.dtype) if q.dtype != self.bias.dtype else self.bias,
-            scale=scale,
-        )
-        o = o.view(n, kvh, g, qn, d).permute(0, 3, 1, 2, 4).reshape(n * qn, heads, d)
-        out.index_copy_(0, self.dest, o[self.valid])
+        bias = self.bias.to(q.dtype) if q.dtype != self.bias.dtype else self.bias
+        o = torch.empty_like(qv)
+        for i in range(n):  # rows of one sequence share its keys: broadcast, not copied
+            order = self.key_order.get(i)
+            if order is None:
+                k_i, v_i = kb[i].expand(qn, -1, -1, -1), vb[i].expand(qn, -1, -1, -1)
+            else:  # a tree: each row's own keys, its path right after the context
+                k_i = kb[i, 0].index_select(1, order).view(kvh, qn, length, d).transpose(0, 1)
+                v_i = vb[i, 0].index_select(1, order).view(kvh, qn, length, d).transpose(0, 1)
+                k_i, v_i = k_i.contiguous(), v_i.contiguous()
+            if q.device.type == "cpu":
+                o[i] = decode_rows_attention(qv[i], k_i, v_i, self.bias[i], scale)
+            else:
+                o[i] = F.scaled_dot_product_attention(
+                    qv[i], k_i, v_i, attn_mask=bias[i], scale=scale
+                )
+        out.index_copy_(0, self.dest, o.view(n * qn, heads, d)[self.valid])
 
 
 def build_verify_batch(
     items: list[VerifyItem],
     head_rows: torch.Tensor,
-    groups: int,
     block_size: int,
     device: torch.device,
     workspace: Workspace | None = None,
@@ -91,28 +103,30 @@ def build_verify_batch(
     dest: list[int] = []
     tables: list[list[int]] = []
     limits: list[int] = []  # keys each (seq, query row) may attend
-    for start, ql, ctx, table, _ in items:
+    key_order: dict[int, torch.Tensor] = {}
+    for i, (start, ql, ctx, table, tree) in enumerate(items):
+        paths = tree_paths(tree) if tree is not None else None
         for j in range(qn):
             row = start + min(j, ql - 1)
             query_index.append(row)
             valid.append(j < ql)
             if j < ql:
                 dest.append(row)
-            limits.append(ctx + min(j, ql - 1) + 1)
+            if paths is None:
+                limits.append(ctx + min(j, ql - 1) + 1)
+            else:
+                limits.append(ctx + len(paths[min(j, ql - 1)]))
+        if paths is not None:
+            key_order[i] = _path_order(paths, qn, ctx, length)
         used = table[:nblocks]
         tables.append(used + [0] * (nblocks - len(used)))
     table_t = torch.tensor(tables, dtype=torch.int64)
     gather = (table_t[:, None, :] + head_rows[None, :, None]).flatten()
     keys = torch.arange(length, dtype=torch.int64)
-    lim = torch.tensor(limits, dtype=torch.int64).view(n, 1, 1, qn, 1)
-    bias = torch.zeros((n, 1, 1, qn, length), dtype=torch.float32)
-    bias.masked_fill_(keys.view(1, 1, 1, 1, length) >= lim, float("-inf"))
-    for i, (_, ql, ctx, _, tree) in enumerate(items):
-        if tree is not None:  # a token tree: each node sees the context and its own path
-            mask = chunk_mask(tree)
-            region = bias[i, 0, 0, :ql, ctx : ctx + ql]
-            region.copy_(torch.zeros_like(region).masked_fill_(~mask, float("-inf")))
-    bias = bias.expand(n, 1, groups, qn, length).reshape(n, 1, groups * qn, length)
+    lim = torch.tensor(limits, dtype=torch.int64).view(n, qn, 1)
+    bias = torch.zeros((n, qn, length), dtype=torch.float32)
+    bias.masked_fill_(keys.view(1, 1, length) >= lim, float("-inf"))
+    bias = bias.view(n, qn, 1, 1, length)
 
     def dev(t: torch.Tensor) -> torch.Tensor:
         return t if device.type == "cpu" else t.to(device, non_blocking=True)
@@ -127,4 +141,26 @@ def build_verify_batch(
         gather_index=dev(gather),
         bias=dev(bias),
         workspace=workspace,
+        key_order={i: dev(o) for i, o in key_order.items()},
     )
+
+
+def tree_paths(parents: list[int]) -> list[list[int]]:
+    """Per verify-chunk row (the root, then each node), the chunk rows on its path from the
+    root, itself last."""
+    rows = rooted(parents)
+    paths: list[list[int]] = []
+    for r, a in enumerate(rows):
+        paths.append([r] if a < 0 else [*paths[a], r])
+    return paths
+
+
+def _path_order(paths: list[list[int]], qn: int, ctx: int, length: int) -> torch.Tensor:
+    """(qn, length) key positions per query row: the context in place, then the row's path
+    (chunk row r's key sits at ctx + r), the rest after it (masked by the bias). Padding
+    rows repeat the last row."""
+    order = torch.arange(length, dtype=torch.int64).repeat(qn, 1)
+    for j in range(qn):
+        path = paths[min(j, len(paths) - 1)]
+        order[j, ctx : ctx + len(path)] = torch.tensor(path, dtype=torch.int64) + ctx
+    return order.flatten()
