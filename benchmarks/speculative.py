@@ -222,6 +222,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lookup-min", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
+        "--quantization",
+        choices=["none", "int4"],
+        default="none",
+        help="none: the float32 path (earlier tables); int4: the CPU default for a GGUF file",
+    )
+    p.add_argument(
         "--min-requests", type=int, default=8, help="requests per row (batch 1: one at a time)"
     )
     p.add_argument(
@@ -247,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     path = resolve_model(args.model)
     model, _ = load_model(path, torch.float32, torch.device("cpu"))
+    if args.quantization == "int4":  # the CPU default for a GGUF: int4 layers, int8 LM head
+        from deploylab.engine.cpu_quant import apply_quantization
+
+        quant = EngineConfig(model=str(path), quantization="int4")
+        apply_quantization(quant, model, torch.device("cpu"), own=True)
     tok = load_tokenizer(path)
 
     def spec_config(label: str) -> dict[str, Any]:
@@ -327,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     print(f"\nconfigs: {[spec_config(m) for m in args.methods]}, max_tokens "
-          f"{args.max_tokens}, threads {args.threads}")  # fmt: skip
+          f"{args.max_tokens}, threads {args.threads}, "
+          f"quantization {args.quantization}")  # fmt: skip
     print("| method | prompts | batch | output tokens | target passes (plain → spec) "
           "| tokens/pass/seq | acceptance | plain s | spec s | speed-up | plain CPU s | spec CPU s "
           "| CPU-time speed-up | tok/s speed-up | identical | agreement "
