@@ -12,7 +12,7 @@ import pytest
 from tests.engine.conftest import ModelParts
 from tests.engine.test_spec_decode import greedy_params, looping_prompts, run
 
-from deploylab.engine.spec_decode.cost import CostModel
+from deploylab.engine.spec_decode.cost import CostModel, prior_model
 from deploylab.engine.spec_decode.policy import (
     AcceptanceTracker,
     choose_ks,
@@ -107,6 +107,24 @@ def test_cost_model_fits_and_follows_the_steps() -> None:
     assert 0.0035 < model.coefficients[1] < 0.005  # most of the way from 0.002 to 0.004
     with pytest.raises(ValueError, match="a > 0"):
         CostModel.from_coefficients(0.0, 1.0)
+
+
+def test_single_batch_calibration_prices_the_verify_pass() -> None:
+    """With max_num_seqs 1 the start-up passes are one plain step and one k-draft verify
+    step: the prior must predict both, so a verify pass that costs more than its drafts
+    save turns drafting off (it was taken as free: the head ran at 0.70x on int4)."""
+    obs = [(1, 0, 0.0117), (5, 1, 0.0205)]  # measured on this CPU, int4, k = 4
+    model = prior_model(obs)
+    assert model.cost(1, 0) == pytest.approx(0.0117)
+    assert model.cost(5, 1) == pytest.approx(0.0205)
+    a, b, c = model.coefficients
+    assert choose_ks([0.1], [4], 1, a, b, c) == [0]  # 1.1 tokens for 1.2x the time or more
+    assert choose_ks([0.9], [4], 1, a, b, c) == [4]  # prompt lookup on a quoting answer
+    noisy = prior_model([(1, 0, 0.012), (5, 1, 0.011)])  # a verify pass timed faster
+    assert noisy.coefficients[1] == pytest.approx(0.0, abs=1e-12)
+    assert noisy.cost(1, 0) == pytest.approx(0.012)
+    three = [(1, 0, 0.06), (8, 0, 0.07), (5, 1, 0.08), (40, 8, 0.2)]
+    assert prior_model(three).coefficients == CostModel(three).coefficients
 
 
 def test_engine_with_adaptive_policy_keeps_greedy_output(tiny: ModelParts) -> None:

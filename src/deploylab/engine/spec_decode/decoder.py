@@ -27,7 +27,7 @@ from deploylab.engine.block_manager import BlockManager
 from deploylab.engine.scheduler import Scheduler, SchedulerOutput
 from deploylab.engine.sequence import Sequence
 from deploylab.engine.spec_decode.config import SpeculativeConfig
-from deploylab.engine.spec_decode.cost import CostModel, calibrate
+from deploylab.engine.spec_decode.cost import CostModel, calibrate, prior_model
 from deploylab.engine.spec_decode.judge import load_judge
 from deploylab.engine.spec_decode.policy import AdaptivePolicy
 from deploylab.engine.spec_decode.proposer import Proposer, make_proposer
@@ -82,9 +82,7 @@ class SpecDecoder(VerifyStep):
         k = self.config.num_speculative_tokens
         with torch.inference_mode():
             obs = calibrate(runner, bm.num_free_blocks, k, self.scheduler.max_num_seqs)
-        if len(obs) < 3:  # one batch size and k = 1 only: too few points for three terms
-            return CostModel.from_coefficients(min(s for _, _, s in obs), 0.0, 0.0)
-        return CostModel(obs)
+        return prior_model(obs)
 
     def num_tokens_for(self, seq: Sequence) -> int:
         """How many drafts `seq` may get now: its request's k (engine default when unset),
