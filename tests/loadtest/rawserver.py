@@ -22,10 +22,14 @@ class Reply:
     def __init__(self, conn: socket.socket) -> None:
         self.conn = conn
         self.sent_ns: list[int] = []  # perf_counter_ns after each send()
+        # perf_counter_ns just before each send's first byte: recorded before the client can
+        # have the data, so a test that has read the reply may read it without a race
+        self.start_ns: list[int] = []
 
     def send(self, data: bytes, pause_s: float = 0.0) -> None:
         if pause_s:
             time.sleep(pause_s)
+        self.start_ns.append(time.perf_counter_ns())
         self.conn.sendall(data)
         self.sent_ns.append(time.perf_counter_ns())
 
