@@ -20,7 +20,8 @@ contiguous as `[B, kv_heads, L, head_dim]`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -126,6 +127,19 @@ def _gather(
     return torch.index_select(rows, 0, index, out=out.view(index.numel(), rows.shape[1]))
 
 
+@contextmanager
+def one_cpu_thread() -> Iterator[None]:
+    """Run the block on one torch thread (the count before is restored after)."""
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
 def decode_rows_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float
 ) -> torch.Tensor:
@@ -134,19 +148,13 @@ def decode_rows_attention(
     on two threads, and rows must come out bit-identical whatever their batch, so that a
     speculative verify row equals the decode row it replaces (with int4 weights the
     activations are rounded to bfloat16, which turns 1e-7 differences into other tokens)."""
-    threads = torch.get_num_threads()
-    if threads > 1:
-        torch.set_num_threads(1)
-    try:
+    with one_cpu_thread():
         if q.dtype == torch.float32:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
         # PyTorch's CPU SDPA kernels are slow for a handful of half-precision query rows;
         # two matmuls with a float32 softmax are faster.
         scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(scale).add_(bias)
         return torch.matmul(scores.softmax(dim=-1).to(q.dtype), v)
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)
 
 
 def _decode_attention(

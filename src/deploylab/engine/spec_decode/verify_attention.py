@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from deploylab.engine.attention import Workspace, decode_rows_attention
+from deploylab.engine.attention import Workspace, decode_rows_attention, one_cpu_thread
 from deploylab.engine.attention import _gather as gather_rows
-from deploylab.engine.spec_decode.tree_drafts import rooted
+from deploylab.engine.spec_decode.tree_drafts import chunk_mask
 
 # query start, query length, cached tokens, block table, token-tree parents (None: a chain)
 VerifyItem = tuple[int, int, int, list[int], "list[int] | None"]
@@ -68,21 +68,30 @@ class VerifyBatch:
         qv = q.index_select(0, self.query_index).view(n, qn, kvh, g, d)
         bias = self.bias.to(q.dtype) if q.dtype != self.bias.dtype else self.bias
         o = torch.empty_like(qv)
-        for i in range(n):  # rows of one sequence share its keys: broadcast, not copied
-            order = self.key_order.get(i)
-            if order is None:
-                k_i, v_i = kb[i].expand(qn, -1, -1, -1), vb[i].expand(qn, -1, -1, -1)
-            else:  # a tree: each row's own keys, its path right after the context
-                k_i = kb[i, 0].index_select(1, order).view(kvh, qn, length, d).transpose(0, 1)
-                v_i = vb[i, 0].index_select(1, order).view(kvh, qn, length, d).transpose(0, 1)
-                k_i, v_i = k_i.contiguous(), v_i.contiguous()
-            if q.device.type == "cpu":
-                o[i] = decode_rows_attention(qv[i], k_i, v_i, self.bias[i], scale)
-            else:
-                o[i] = F.scaled_dot_product_attention(
-                    qv[i], k_i, v_i, attn_mask=bias[i], scale=scale
-                )
+        with one_cpu_thread():  # once for the loop, not per sequence
+            for i in range(n):  # rows of one sequence share its keys: broadcast, not copied
+                k_i, v_i = self._keys(i, kb, vb, qn)
+                if q.device.type == "cpu":
+                    o[i] = decode_rows_attention(qv[i], k_i, v_i, self.bias[i], scale)
+                else:
+                    o[i] = F.scaled_dot_product_attention(
+                        qv[i], k_i, v_i, attn_mask=bias[i], scale=scale
+                    )
         out.index_copy_(0, self.dest, o.view(n * qn, heads, d)[self.valid])
+
+    def _keys(
+        self, i: int, kb: torch.Tensor, vb: torch.Tensor, qn: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequence i's keys and values per query row `[qn, kv_heads, L, d]`: its gathered
+        blocks broadcast over the rows, or for a tree each row's path right after the
+        context (`key_order`)."""
+        order = self.key_order.get(i)
+        if order is None:
+            return kb[i].expand(qn, -1, -1, -1), vb[i].expand(qn, -1, -1, -1)
+        kvh, length, d = kb.shape[2], kb.shape[3], kb.shape[4]
+        k_i = kb[i, 0].index_select(1, order).view(kvh, qn, length, d).transpose(0, 1)
+        v_i = vb[i, 0].index_select(1, order).view(kvh, qn, length, d).transpose(0, 1)
+        return k_i.contiguous(), v_i.contiguous()
 
 
 def build_verify_batch(
@@ -147,12 +156,8 @@ def build_verify_batch(
 
 def tree_paths(parents: list[int]) -> list[list[int]]:
     """Per verify-chunk row (the root, then each node), the chunk rows on its path from the
-    root, itself last."""
-    rows = rooted(parents)
-    paths: list[list[int]] = []
-    for r, a in enumerate(rows):
-        paths.append([r] if a < 0 else [*paths[a], r])
-    return paths
+    root, itself last (its ancestors come first in topological order)."""
+    return [row.nonzero().flatten().tolist() for row in chunk_mask(parents)]
 
 
 def _path_order(paths: list[list[int]], qn: int, ctx: int, length: int) -> torch.Tensor:
