@@ -79,7 +79,7 @@ def verify_drafts(
     # Greedy: rule = "the draft is the argmax" (point mass); sampled: speculative sampling.
     target = _argmax_mass(p) if params.greedy else p
     # never a draft the target may not emit (a stop token below min_tokens, top-k/p cut)
-    allowed = p[torch.arange(len(drafts), device=p.device), d[0]] > 0
+    allowed = _allowed(p, d[0])
     result = judge_verify(target[None], q, d, (judged.to(p.device) & allowed)[None], generator)
     return _verified(result, raw, params)
 
@@ -147,11 +147,15 @@ def verify_tree_drafts(
     return Verified(tokens, logprobs, len(path)), path
 
 
+def _allowed(p: torch.Tensor, drafts: torch.Tensor) -> torch.Tensor:
+    """(k,) bool: p[j, drafts[j]] > 0, the drafts the target may emit at their rows."""
+    return p[torch.arange(len(drafts), device=p.device), drafts] > 0
+
+
 def allowed_prefix(p: torch.Tensor, drafts: torch.Tensor) -> int:
-    """How many leading drafts (k,) the target may emit: p[j, drafts[j]] > 0 for rows (k + 1,
-    V) of probabilities."""
-    ok = p[torch.arange(len(drafts), device=p.device), drafts] > 0
-    bad = (~ok).nonzero()
+    """How many leading drafts (k,) the target may emit (`_allowed`) for rows (k + 1, V) of
+    probabilities."""
+    bad = (~_allowed(p, drafts)).nonzero()
     return int(bad[0, 0]) if len(bad) else len(drafts)
 
 
