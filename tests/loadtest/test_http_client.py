@@ -139,7 +139,7 @@ async def test_event_split_across_reads_is_timed_by_its_last_byte(
     # before). `start_ns`, not `sent_ns`: the client can finish reading before the server
     # thread has stamped its last send (an IndexError on a loaded CI machine).
     start = replies[0].start_ns
-    assert rec.chunk_ns[1] >= start[2] and start[2] - start[1] >= 80_000_000
+    assert rec.chunk_ns[1] >= start[2] - 1_000_000 and start[2] - start[1] >= 80_000_000
 
 
 @pytest.mark.parametrize("chunked", [False, True])
@@ -276,7 +276,7 @@ async def test_arrival_is_stamped_by_the_kernel_not_when_the_loop_gets_to_it(
     rec = await job
     token_sent = replies[-1].start_ns[-1]
     # stamped when the kernel got it (after the server sent it), not when the loop got to it
-    assert rec.chunk_ns[0] >= token_sent
+    assert rec.chunk_ns[0] >= token_sent - 1_000_000  # kernel stamps: another clock's offset
     if token_sent < busy_until - 2_000_000:  # it did arrive while the loop was busy
         assert rec.chunk_ns[0] < busy_until
 
