@@ -11,12 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
 from deploylab.engine.config import EngineConfig
 from deploylab.engine.llm_engine import LLMEngine
+from model_swap import h2d_bandwidth  # noqa: E402
 
 
 def main() -> None:
@@ -33,6 +37,9 @@ def main() -> None:
         )
     )  # fmt: skip
     weights = engine.sleeper.fixed.weights.nbytes  # type: ignore[union-attr]
+    bandwidth = h2d_bandwidth(torch.device("cuda"))
+    assert bandwidth is not None
+    ideal = weights / bandwidth  # the yardstick: weight bytes / measured H2D bandwidth
     rows = []
     for gap in args.gaps:
         copies, wakes = [], []
@@ -45,10 +52,14 @@ def main() -> None:
         row = {
             "gap_s": gap, "copy_s": statistics.median(copies), "wake_s": statistics.median(wakes),
             "copy_gb_s": weights / statistics.median(copies) / 1e9, "copies": copies,
+            "wakes": wakes, "wake_vs_ideal": statistics.median(wakes) / ideal,
         }  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(json.dumps({"device": torch.cuda.get_device_name(), "weight_bytes": weights}))
+    print(json.dumps({
+        "device": torch.cuda.get_device_name(), "weight_bytes": weights,
+        "h2d_gb_s": bandwidth / 1e9, "ideal_copy_s": ideal,
+    }))  # fmt: skip
 
 
 if __name__ == "__main__":
