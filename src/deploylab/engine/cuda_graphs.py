@@ -27,7 +27,7 @@ from deploylab.engine.async_step import HostStager, fill_placeholders
 from deploylab.engine.attention import AttentionMetadata
 from deploylab.engine.block_manager import extend_with_tables
 from deploylab.engine.kv_cache import KVCache
-from deploylab.engine.lora.ops import slot_order
+from deploylab.engine.lora.ops import slots_and_order
 from deploylab.engine.models.llama import LlamaForCausalLM
 from deploylab.engine.tree_attention import TreePlan
 from deploylab.engine.triton_attention import PagedDecodeFn
@@ -97,8 +97,10 @@ class DecodeGraphs:
             slots=torch.full((size,), self.scratch_slot, dtype=torch.int64, device=dev),
             tables=torch.zeros(size, self.width, dtype=torch.int32, device=dev),
             lens=torch.ones(size, dtype=torch.int32, device=dev),
-            lora_slots=(  # each row's slot, then the rows in slot order
-                torch.full((2 * size,), -1, dtype=torch.int32, device=dev) if self.lora else None
+            lora_slots=(  # base-model rows while capturing: the kernels read the order
+                torch.tensor(slots_and_order([-1] * size), dtype=torch.int32, device=dev)
+                if self.lora
+                else None
             ),
         )
 
@@ -183,9 +185,7 @@ class DecodeGraphs:
             packed.fromlist(values)
             packed.fromlist([filler] * pad)
         if g.lora_slots is not None:
-            row_slots = (lora_slots or [-1] * n) + [-1] * pad
-            packed.fromlist(row_slots)
-            packed.fromlist(slot_order(row_slots))
+            packed.fromlist(slots_and_order((lora_slots or [-1] * n) + [-1] * pad))
         extend_with_tables(packed, tables, width)
         dev = self.stager.upload(torch.frombuffer(packed, dtype=torch.int64))
         at = 4 * size  # the tables follow (after the LoRA slots and order, if any)

@@ -108,3 +108,19 @@ def test_config_errors(tiny: Any) -> None:
         tiny.engine(enable_lora=True, max_loras=4, max_cpu_loras=2)
     with pytest.raises(ConfigError, match="max_lora_rank"):
         tiny.engine(enable_lora=True, max_lora_rank=0)
+
+
+def test_decode_graph_lora_input_orders_every_row() -> None:
+    """The static LoRA input of a captured decode graph is the rows' slots, then a permutation
+    of the rows sorted by slot, also for base-model rows only (the capture's input: the
+    kernels load each program's rows through the order, and an order of -1 read outside x
+    and crashed the CUDA context)."""
+    from deploylab.engine.lora.ops import slots_and_order
+
+    assert slots_and_order([-1] * 4) == [-1] * 4 + [0, 1, 2, 3]
+    row_slots = [2, -1, 0, 2, -1]
+    packed = slots_and_order(row_slots)
+    assert packed[:5] == row_slots
+    order = packed[5:]
+    assert sorted(order) == list(range(5))
+    assert [row_slots[i] for i in order] == sorted(row_slots)

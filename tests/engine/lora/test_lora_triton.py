@@ -155,3 +155,21 @@ def test_cuda_engine_graphs_match_the_cpu_reference(tmp_path: Path) -> None:
     assert llm.llm_engine.runner.graphs is not None and llm.llm_engine.runner.graphs.lora
     got = llm.generate(PROMPTS, params, lora=NAMES)
     assert [o.token_ids for o in got] == [o.token_ids for o in want]
+
+
+def test_graph_plan_of_base_rows_leaves_the_output() -> None:
+    """A decode graph's capture-time LoRA input (base-model rows only) runs every decode mode's
+    kernels without touching the base outputs."""
+    from deploylab.engine.lora.ops import slots_and_order
+
+    gen = torch.Generator().manual_seed(3)
+    k, r, widths, rows = 64, 16, [32, 16], 6
+    a = [torch.randn(2, r, k, generator=gen).to(DEVICE) for _ in widths]
+    b = [torch.randn(2, n, r, generator=gen).to(DEVICE) for n in widths]
+    inputs = torch.tensor(slots_and_order([-1] * rows), dtype=torch.int32, device=DEVICE)
+    x = torch.randn(rows, k, generator=gen).to(DEVICE)
+    for decode in ("tiles", "fused", "split"):
+        y = torch.randn(rows, sum(widths), generator=gen).to(DEVICE)
+        want = y.clone()
+        LoraKernels(decode).graph_plan(inputs, r).apply(x, y, a, b, widths)
+        torch.testing.assert_close(y, want)

@@ -99,6 +99,13 @@ def slot_order(slots: list[int]) -> list[int]:
     return sorted(range(len(slots)), key=slots.__getitem__)
 
 
+def slots_and_order(row_slots: list[int]) -> list[int]:
+    """A decode graph's LoRA input: each row's slot (-1 = base model), then `slot_order` of
+    them. The order must be a permutation of the rows even for base-only rows: the kernels
+    load each program's rows through it before they look at the slots."""
+    return row_slots + slot_order(row_slots)
+
+
 def group_rows(row_slots: list[int], device: torch.device) -> RowGroups:
     """Group a step's rows by slot (-1 = base model, skipped)."""
     rows: dict[int, list[int]] = {}
