@@ -31,16 +31,12 @@ from gpu_timeline import trace_events  # noqa: E402
 COPIES = {"runs": 0}
 
 
-def count_runs(copy_runs: Any) -> Any:
-    """Wrap `_copy_runs` to count the copies (runs of consecutive slots) it issues."""
+def count_runs(apply_runs: Any) -> Any:
+    """Wrap `apply_copy_runs` to count the copies (runs of consecutive slots) it issues."""
 
-    def counting(pool: Any, slots: list[int], staging: Any, to_pool: bool, rows: Any = None) -> Any:
-        r = rows if rows is not None else list(range(len(slots)))
-        COPIES["runs"] += 1 + sum(
-            not (abs(slots[i] - slots[i - 1]) == 1 and r[i] == r[i - 1] + 1)
-            for i in range(1, len(slots))
-        )
-        return copy_runs(pool, slots, staging, to_pool, rows)
+    def counting(pool: Any, staging: Any, runs: list[Any], to_pool: bool) -> Any:
+        COPIES["runs"] += len(runs)
+        return apply_runs(pool, staging, runs, to_pool)
 
     return counting
 
@@ -85,7 +81,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="returns per mode; the last profiled")
     p.add_argument("--out", type=Path, default=None, help="write the traces' events here")
     args = p.parse_args()
-    layerwise._copy_runs = count_runs(layerwise._copy_runs)  # type: ignore[assignment]
+    layerwise.apply_copy_runs = count_runs(layerwise.apply_copy_runs)  # type: ignore[assignment]
     ns = argparse.Namespace(
         contexts=[args.context], random_weights=args.random_weights, device=args.device,
         reps=1, disk_contexts=None, max_num_batched_tokens=2048, disk_gib=16.0,

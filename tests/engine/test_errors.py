@@ -92,8 +92,9 @@ def test_bad_requests_raise_and_the_engine_keeps_serving(tiny: ModelParts) -> No
         engine.add_request("long", list(range(3, 70)), params)
     with pytest.raises(InvalidRequestError, match="empty"):
         engine.add_request("empty", [], params)
-    with pytest.raises(InvalidRequestError, match="token ids"):
-        engine.add_request("oov", [1, 2, 10_000], params)
+    for i, bad in enumerate(([1, 2, 10_000], [1, -2], [1, True], [1, 2.0], [1, "2"])):
+        with pytest.raises(InvalidRequestError, match="token ids"):
+            engine.add_request(f"bad{i}", bad, params)
     with pytest.raises(InvalidRequestError, match="tokenizer"):
         engine.add_request("text", "hello", params)  # the tiny model has no tokenizer
     with pytest.raises(InvalidRequestError, match="already in use"):

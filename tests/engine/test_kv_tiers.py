@@ -198,15 +198,16 @@ def test_layerwise_gather_groups_and_rising_runs(
     from deploylab.engine.kv_tiers import layerwise
 
     calls: list[tuple[bool, list[int]] | None] = []  # None: a transfer starts
-    real = layerwise._copy_runs
+    real = layerwise.apply_copy_runs
 
-    def recording(
-        pool: Any, slots: list[int], staging: Any, to_pool: bool, rows: Any = None
-    ) -> None:
-        calls.append((to_pool, list(slots)))
-        real(pool, slots, staging, to_pool, rows)
+    def recording(pool: Any, staging: Any, runs: list[Any], to_pool: bool) -> None:
+        slots = []
+        for lo, _, n, falling in runs:
+            slots += list(range(lo, lo + n))[:: -1 if falling else 1]
+        calls.append((to_pool, slots))
+        real(pool, staging, runs, to_pool)
 
-    monkeypatch.setattr(layerwise, "_copy_runs", recording)
+    monkeypatch.setattr(layerwise, "apply_copy_runs", recording)
     llm = _llm(smol, kv_offload_gib=_blocks(smol, 64))
     tiers = llm.llm_engine.kv_tiers
     assert isinstance(tiers, layerwise.LayerwiseKVTiers)

@@ -18,7 +18,7 @@ from typing import Any, SupportsIndex, overload
 import torch
 
 from deploylab.engine.kv_cache import KVCache
-from deploylab.engine.kv_tiers.manager import KVTiers, _copy_runs
+from deploylab.engine.kv_tiers.manager import KVTiers, apply_copy_runs, copy_runs_plan
 
 KVPair = tuple[torch.Tensor, torch.Tensor]
 
@@ -149,11 +149,11 @@ class LayerwiseKVTiers(KVTiers):
                     staging[layer, :, 0].copy_(k.index_select(1, idx).transpose(0, 1))
                     staging[layer, :, 1].copy_(v.index_select(1, idx).transpose(0, 1))
             gathered = _record(self._in_stream)
-            slots = [s for _, s in part]
+            runs = copy_runs_plan([s for _, s in part])
             with _on(self._stream):
                 _wait(self._stream, gathered)
                 for layer in range(n_layers):
-                    _copy_runs(self.host.data[layer], slots, staging[layer], to_pool=True)
+                    apply_copy_runs(self.host.data[layer], staging[layer], runs, to_pool=True)
             done = _record(self._stream)
             buffers[g % 2] = (buffers[g % 2][0], done)
             self._event = done
@@ -167,7 +167,7 @@ class LayerwiseKVTiers(KVTiers):
         is never one a copy out of the same step writes). Each layer's event (None: CPU)."""
         dev = self.device
         slots = [(i, src) for i, (_, src) in enumerate(loads) if isinstance(src, int)]
-        rows, pool_slots = [i for i, _ in slots], [s for _, s in slots]
+        runs = copy_runs_plan([s for _, s in slots], [i for i, _ in slots])
         disk = [(i, src) for i, (_, src) in enumerate(loads) if not isinstance(src, int)]
         events = []
         with _on(self._in_stream):
@@ -176,8 +176,7 @@ class LayerwiseKVTiers(KVTiers):
             idx = _device_index([b for b, _ in loads], dev)
             staging = torch.empty((len(loads), *self.block_shape[1:]), dtype=self.dtype, device=dev)
             for layer, (k, v) in enumerate(list.__iter__(self.kv.layers)):
-                if slots:
-                    _copy_runs(self.host.data[layer], pool_slots, staging, False, rows)
+                apply_copy_runs(self.host.data[layer], staging, runs, to_pool=False)
                 for i, src in disk:
                     staging[i].copy_(src[layer], non_blocking=True)
                 k.index_copy_(1, idx, staging[:, 0].transpose(0, 1))

@@ -331,16 +331,17 @@ class KVTiers:
         self.cost.bandwidth["host"] = n * self.block_bytes / max(seconds, 1e-9)
 
 
-def _copy_runs(
-    pool: torch.Tensor,
-    slots: list[int],
-    staging: torch.Tensor,
-    to_pool: bool,
-    rows: list[int] | None = None,
-) -> None:
-    """Copy staging rows to/from pool slots, one copy per run of consecutive slots (rising or
-    falling: a sequence's blocks are evicted tail first, so its slots often fall)."""
+# (first pool slot, first staging row, length, reversed): one copy per run
+CopyRun = tuple[int, int, int, bool]
+
+
+def copy_runs_plan(slots: list[int], rows: list[int] | None = None) -> list[CopyRun]:
+    """The runs of consecutive pool slots (rising or falling: a sequence's blocks are evicted
+    tail first, so its slots often fall) whose staging rows are consecutive too. Computed
+    once per step and applied to every layer: Python over ~1,000 slots per layer was ~5 ms
+    of a 16k-token return's host time on the H100."""
     rows = rows if rows is not None else list(range(len(slots)))
+    runs: list[CopyRun] = []
     start = 0
     while start < len(slots):
         end = start + 1
@@ -353,14 +354,33 @@ def _copy_runs(
             and rows[end] == rows[end - 1] + 1
         ):
             end += 1
-        n = end - start
         lo = slots[start] if step == 1 else slots[end - 1]
+        runs.append((lo, rows[start], end - start, step == -1))
+        start = end
+    return runs
+
+
+def apply_copy_runs(
+    pool: torch.Tensor, staging: torch.Tensor, runs: list[CopyRun], to_pool: bool
+) -> None:
+    """Copy staging rows to/from pool slots, one copy per run of `copy_runs_plan`."""
+    for lo, row, n, falling in runs:
         p = pool[lo : lo + n]
-        r = staging[rows[start] : rows[start] + n]
+        r = staging[row : row + n]
         if to_pool:
-            p.copy_(r if step == 1 else r.flip(0), non_blocking=True)
-        elif step == 1:
+            p.copy_(r.flip(0) if falling else r, non_blocking=True)
+        elif not falling:
             r.copy_(p, non_blocking=True)
         else:
             r.copy_(p.to(r.device, non_blocking=True).flip(0), non_blocking=True)
-        start = end
+
+
+def _copy_runs(
+    pool: torch.Tensor,
+    slots: list[int],
+    staging: torch.Tensor,
+    to_pool: bool,
+    rows: list[int] | None = None,
+) -> None:
+    """Copy staging rows to/from pool slots, one copy per run of consecutive slots."""
+    apply_copy_runs(pool, staging, copy_runs_plan(slots, rows), to_pool)
