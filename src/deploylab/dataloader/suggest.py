@@ -49,12 +49,13 @@ def suggestions(kind: Bottleneck, base: Measurement, facts: LoaderFacts) -> list
     busy_share = base.main_cpu_percent / 100 if share is None else share.busy
     blocked = None if share is None else share.blocked
     # Blocked on I/O or sleeps (not computing, not waiting for a core): more loaders overlap
-    # more waits, past the core count. Judged from the same split the evidence prints.
+    # more waits, past the core count. Judged from the same split the evidence prints, at
+    # the printed precision (a 50.3% share is printed "50%", which is not over half).
     # Where the split is unknown, only reading is presumed to wait when the CPU use is low.
     if blocked is None:
         io_bound = kind in ("data_access", "dataset") and busy_share < 0.3
     else:
-        io_bound = blocked > 0.5
+        io_bound = round(100 * blocked) > 50
     if share is not None and share.starved is not None and share.starved > 0.3:
         out.append(
             f"The workers waited {100 * share.starved:.0f}% of their time for a free core: "
