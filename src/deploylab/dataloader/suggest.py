@@ -50,7 +50,7 @@ def suggestions(kind: Bottleneck, base: Measurement, facts: LoaderFacts) -> list
     blocked = None if share is None else share.blocked
     # Blocked on I/O or sleeps (not computing, not waiting for a core): more loaders overlap
     # more waits, past the core count. Judged from the same split the evidence prints, at
-    # the printed precision (a 50.3% share is printed "50%", which is not over half).
+    # the printed precision (a share just over 50% is printed "50%", which is not over half).
     # Where the split is unknown, only reading is presumed to wait when the CPU use is low.
     if blocked is None:
         io_bound = kind in ("data_access", "dataset") and busy_share < 0.3
