@@ -6,9 +6,16 @@ from collections.abc import Iterator
 
 import pytest
 
+# Tests that judge real shares of time (the DataLoader doctor's blocked shares): `make test`
+# runs them alone after the rest, which runs on two workers.
+SERIAL_DIRS = ("dataloader",)
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip tests marked `gpu` when CUDA is not available."""
+    """Mark the `SERIAL_DIRS` tests `serial`; skip tests marked `gpu` without CUDA."""
+    for item in items:
+        if item.path.parent.name in SERIAL_DIRS:
+            item.add_marker(pytest.mark.serial)
     try:
         import torch
 

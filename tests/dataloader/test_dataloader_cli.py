@@ -174,11 +174,13 @@ def test_error_in_a_worker_is_shown_with_its_traceback(
         "    return Pipeline(StagedDataset(files, read_bytes, broken, augment), "
         "{'batch_size': 4, 'num_workers': 2})"
     )
-    script = write_script(tmp_path, arrays, body=body)
+    deep = tmp_path / ("a_project_folder_with_a_long_name_" * 3)  # lines past 80 columns
+    deep.mkdir()
+    script = write_script(deep, arrays, body=body)
     assert main(["dataloader", "diagnose", str(script), "--steps", "2", "--no-chart"]) == 1
     err = capsys.readouterr().err
     assert "in a DataLoader worker process) raised OSError: disk quota exceeded" in err
-    assert "my_pipeline.py" in err and "raise OSError" in err
+    assert f'File "{script}", line' in err and "raise OSError" in err  # never wrapped
 
 
 def test_variants_not_built_say_what_would_enable_them(

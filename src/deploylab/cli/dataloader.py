@@ -47,7 +47,7 @@ def _load(script: Path, num_workers: int | None, batch_size: int | None) -> Pipe
 def _report_user_error(exc: UserCodeError) -> None:
     err = Console(stderr=True, highlight=False)
     err.print("[bold]Traceback of the error in your code:[/]")
-    err.print(exc.user_traceback, markup=False, end="")
+    err.print(exc.user_traceback, markup=False, end="", soft_wrap=True)  # paths stay whole
 
 
 @contextmanager
