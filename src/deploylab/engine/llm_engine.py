@@ -257,14 +257,7 @@ class LLMEngine:
             ids = self.tokenize(prompt)
         else:
             ids = list(prompt)
-            if not _plain_ids(ids, vocab):  # the slow scan only for the error message
-                bad = [
-                    t
-                    for t in ids
-                    if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab
-                ]
-            else:
-                bad = []
+            bad = [] if _plain_ids(ids, vocab) else _bad_ids(ids, vocab)
             if bad:
                 raise InvalidRequestError(
                     f"Prompt token ids must be integers in [0, {vocab}); got {bad[:3]}.",
@@ -627,6 +620,11 @@ class LLMEngine:
 def _lora_names(seqs: Iterable[Sequence]) -> tuple[str, ...]:
     """The distinct adapter names of `seqs`, sorted."""
     return tuple(sorted({s.lora_name for s in seqs if s.lora_name is not None}))
+
+
+def _bad_ids(ids: list[Any], vocab: int) -> list[Any]:
+    """The ids that are not plain ints in [0, vocab) (the slow scan, for the error message)."""
+    return [t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab]
 
 
 def _plain_ids(ids: list[Any], vocab: int) -> bool:

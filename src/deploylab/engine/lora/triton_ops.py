@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from deploylab.engine.lora import triton_bgmv
-from deploylab.engine.lora.ops import slot_order
+from deploylab.engine.lora.ops import slots_and_order
 
 SEGMENT_TILE = 16  # SGMV rows per tile (tl.dot's minimum)
 # Decode rows per BGMV program in "tiles" mode (rows sorted by slot). H100, 64 rows over 16
@@ -206,8 +206,9 @@ class LoraKernels:
                 starts.append(s)
                 lens.append(min(SEGMENT_TILE, start + length - s))
                 slots.append(slot)
-        order = slot_order(decode_slots)
-        packed = torch.tensor(decode_slots + order + starts + lens + slots, dtype=torch.int32)
+        packed = torch.tensor(
+            slots_and_order(decode_slots) + starts + lens + slots, dtype=torch.int32
+        )
         packed = packed.to(device, non_blocking=True)
         d = len(decode_slots)
         tiles = packed[2 * d :].view(3, -1) if starts else None
