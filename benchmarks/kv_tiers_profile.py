@@ -8,15 +8,24 @@ ops; with `--out DIR` it also writes each trace's events (gzipped JSON) for a cl
 
     PYTHONPATH=src python benchmarks/kv_tiers_profile.py --random-weights llama-3.2-1b \\
         --device cuda --context 16384 --modes host-layerwise resident --out $OUT
+
+Every return line also gives the scheduler's time for it (the return's admission). The host's
+Python alone, on a CPU in seconds (`tiny-deep`: the 1B shape's 16 layers at tiny widths):
+
+    PYTHONPATH=src python benchmarks/kv_tiers_profile.py --random-weights tiny-deep \\
+        --device cpu --modes host-ahead resident --cprofile 20
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gzip
 import json
+import pstats
 import random
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -80,6 +89,10 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["host-layerwise", "resident"])
     p.add_argument("--repeats", type=int, default=3, help="returns per mode; the last profiled")
     p.add_argument("--out", type=Path, default=None, help="write the traces' events here")
+    p.add_argument(
+        "--cprofile", type=int, default=0, metavar="N",
+        help="profile the last return with cProfile instead (the host's Python; N rows)",
+    )  # fmt: skip
     args = p.parse_args()
     layerwise.apply_copy_runs = count_runs(layerwise.apply_copy_runs)  # type: ignore[assignment]
     ns = argparse.Namespace(
@@ -97,6 +110,7 @@ def main() -> None:
         cache = 5 * (length + kb.NEW_TOKENS) if mode == "resident" else small
         host = small + 4 * (length + kb.NEW_TOKENS)
         engine = kb.make_engine(model, tok, path, ns, mode, cache, host, None)
+        schedule_s = timed_schedule(engine)
         rng = random.Random(0)
 
         def session(n: int, r: random.Random = rng) -> list[int]:
@@ -112,12 +126,22 @@ def main() -> None:
                 kb.ttft(engine, f"o{rep}-{pushed}", session(length))
                 pushed += length
             COPIES["runs"] = 0
+            schedule_s.clear()
             if cuda:
                 torch.cuda.synchronize()
             last = rep == args.repeats - 1
+            if last and args.cprofile:
+                host_profile(mode, engine, f"b{rep}", back, args.cprofile)
+                continue
             with torch.profiler.profile(activities=activities) if last else _null() as prof:
                 seconds, _ = kb.ttft(engine, f"b{rep}", back)
-            print(f"{mode} return {rep}: TTFT {seconds * 1e3:.1f} ms, copy runs {COPIES['runs']}")
+            print(
+                f"{mode} return {rep}: TTFT {seconds * 1e3:.1f} ms, copy runs {COPIES['runs']}, "
+                f"scheduling {max(schedule_s) * 1e3:.2f} ms"
+            )
+        if args.cprofile:
+            del engine
+            continue
         events = trace_events(prof)
         report(mode, events)
         if args.out:
@@ -127,6 +151,42 @@ def main() -> None:
         del engine
         if cuda:
             torch.cuda.empty_cache()
+
+
+def timed_schedule(engine: Any) -> list[float]:
+    """Record the seconds of every `engine.scheduler.schedule()` call (the return's admission:
+    prefix and tier lookups, block allocation) in the returned list."""
+    inner, seconds = engine.scheduler.schedule, []
+
+    def schedule() -> Any:
+        t0 = time.perf_counter()
+        out = inner()
+        seconds.append(time.perf_counter() - t0)
+        return out
+
+    engine.scheduler.schedule = schedule
+    return seconds
+
+
+def host_profile(mode: str, engine: Any, rid: str, ids: list[int], rows: int) -> None:
+    """Run one return under cProfile; print its TTFT, the calls and own time of deploylab's
+    functions (the host's Python of the step) and the `rows` busiest of them."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    seconds, _ = kb.ttft(engine, rid, ids)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    own = [
+        (tt, nc, f"{Path(file).name}:{line} {name}")
+        for (file, line, name), (_, nc, tt, _, _) in stats.stats.items()  # type: ignore[attr-defined]
+        if "deploylab" in file
+    ]
+    total = sum(tt for tt, _, _ in own)
+    calls = sum(nc for _, nc, _ in own)
+    print(f"{mode} return (cProfile): TTFT {seconds * 1e3:.1f} ms, deploylab own time "
+          f"{total * 1e3:.1f} ms in {calls} calls")  # fmt: skip
+    for tt, nc, where in sorted(own, reverse=True)[:rows]:
+        print(f"  {tt * 1e3:7.2f} ms {nc:7d}  {where}")
 
 
 class _null:

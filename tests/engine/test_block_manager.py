@@ -96,6 +96,25 @@ def test_lru_evicts_least_recently_released_first() -> None:
     assert len(bm.lookup_prefix(make_seq([9, 8, 7, 6, 5]))) == 1
 
 
+def test_kept_block_tokens_are_the_hashed_blocks_tokens() -> None:
+    """The token ids kept beside each block hash (lookups reuse them) are that block's, for
+    the sequence and for a forked sample that goes on with other tokens."""
+    bm = BlockManager(16, BS)
+    seq = make_seq(list(range(100, 111)))
+    assert admit(bm, seq)
+    assert seq.block_tokens == [(100, 101, 102, 103), (104, 105, 106, 107)]
+    child = seq.fork(1)
+    bm.fork(seq, child)
+    child.token_ids.append(7)
+    child.num_computed_tokens = child.num_tokens
+    bm.cache_full_blocks(child)
+    assert child.block_tokens[-1] == (108, 109, 110, 7)
+    assert len(seq.block_tokens) == 2
+    for s in (seq, child):
+        for i, tokens in enumerate(s.block_tokens):
+            assert tokens == tuple(s.token_ids[i * BS : (i + 1) * BS])
+
+
 def test_allocate_is_all_or_nothing() -> None:
     bm = BlockManager(2, BS)
     seq = make_seq(list(range(12)))

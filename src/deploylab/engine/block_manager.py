@@ -97,16 +97,21 @@ class BlockManager:
 
     # ---- hashing -----------------------------------------------------------------------
     def _block_token_ids(self, seq: Sequence, index: int) -> tuple[int, ...]:
+        if index < len(seq.block_tokens):  # kept beside its hash (a 16k prompt: 1,024 blocks)
+            return seq.block_tokens[index]
         start = index * self.block_size
         return tuple(seq.token_ids[start : start + self.block_size])
 
     def _ensure_hashes(self, seq: Sequence, num_blocks: int) -> None:
-        """Extend `seq.block_hashes` to its first `num_blocks` (full) blocks."""
-        hashes = seq.block_hashes
+        """Extend `seq.block_hashes` (and `block_tokens`) to its first `num_blocks` (full)
+        blocks."""
+        hashes, kept, bs, ids = seq.block_hashes, seq.block_tokens, self.block_size, seq.token_ids
         for i in range(len(hashes), num_blocks):
             # The first block's hash is salted with the LoRA adapter (none for the base model).
             parent = hashes[i - 1] if i else (("lora", seq.lora_id) if seq.lora_id else None)
-            hashes.append(hash((parent, self._block_token_ids(seq, i))))
+            tokens = tuple(ids[i * bs : (i + 1) * bs])
+            hashes.append(hash((parent, tokens)))
+            kept.append(tokens)
 
     # ---- sequence API ------------------------------------------------------------------
     def lookup_prefix(self, seq: Sequence) -> list[int]:

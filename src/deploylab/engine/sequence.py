@@ -60,6 +60,7 @@ class Sequence:
         self.admitted = False
         self.block_table: list[int] = []
         self.block_hashes: list[int] = []  # chained hashes of the full blocks of token_ids
+        self.block_tokens: list[tuple[int, ...]] = []  # those blocks' token ids (hash order)
         self.num_hashed_blocks = 0  # leading blocks of block_table offered to the prefix cache
         self.num_draft_tokens = 0  # speculative drafts at the end of token_ids (this step only)
         # A token tree of drafts: each draft's parent (-1: the last real token), parents
@@ -124,6 +125,7 @@ class Sequence:
         child.admitted = True
         child.num_cached_tokens = self.num_cached_tokens
         child.block_hashes = list(self.block_hashes)
+        child.block_tokens = list(self.block_tokens)
         child.prompt_logprobs = self.prompt_logprobs
         return child
 

@@ -137,16 +137,19 @@ class KVTiers:
     ) -> int:
         """How many blocks from `first` (up to `end`) a tier holds and should copy back."""
         self._found = []
+        host_worth = self.cost.worth_loading("host")  # unchanged in the loop (disk's may)
         for i in range(first, end):
             h, tokens = hashes[i], tokens_of(i)
             data = None
             if self.host.get(h, tokens) is not None:
                 tier = "host"
+                if not host_worth:
+                    break
             elif self.disk is not None and self.disk.contains(h):
                 tier = "disk"
+                if not self.cost.worth_loading(tier):
+                    break
             else:
-                break
-            if not self.cost.worth_loading(tier):
                 break
             if self.disk is not None and tier == "disk":
                 t0 = time.perf_counter()
@@ -164,12 +167,17 @@ class KVTiers:
         bs = self.block_size
         self.external_queries += queried_tokens
         self.external_hits += len(blocks) * bs
+        entries, loads = self.host.entries, self._loads
+        from_host = 0
         for block, (h, data) in zip(blocks, self._found, strict=True):
-            tier = "host" if data is None else "disk"
-            c = self.counters[tier]
-            c.hit_tokens += bs
-            c.loaded_bytes += self.block_bytes
-            self._loads.append((block, self.host.entries[h].slot if data is None else data))
+            if data is None:
+                from_host += 1
+                loads.append((block, entries[h].slot))
+            else:
+                loads.append((block, data))
+        for tier, n in (("host", from_host), ("disk", len(blocks) - from_host)):
+            self.counters[tier].hit_tokens += n * bs
+            self.counters[tier].loaded_bytes += n * self.block_bytes
         self._found = []
 
     # ---- engine hooks ------------------------------------------------------------------

@@ -72,6 +72,20 @@ PRESETS: dict[str, LlamaConfig] = {
         initializer_range=0.1,
         eos_token_ids=(2,),
     ),
+    # The Llama-3.2-1B shape's depth and context at `tiny`'s widths: the host-side cost of
+    # long sessions (block tables, tier lookups) measured on a CPU in seconds.
+    "tiny-deep": LlamaConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=16,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=131072,
+        initializer_range=0.1,
+        eos_token_ids=(2,),
+    ),
 }
 
 
