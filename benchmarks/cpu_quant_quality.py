@@ -2,7 +2,8 @@
 
 Perplexity of a small text (README.md's opening, teacher-forced, every row through the int4
 kernel, which the engine now does anyway) and the first greedy token that differs from
-the exact float32 path, for a few prompts; bfloat16's float path beside it for scale.
+the exact float32 path, for a few prompts; the int4 path with the int4 LM head
+(`lm_head_quantization="int4"`), and bfloat16's float path beside them for scale.
 
     python benchmarks/cpu_quant_quality.py --out benchmarks/results/cpu_quant_quality.json
 """
@@ -27,7 +28,13 @@ PROMPTS = [
     "List three prime numbers.",
     "Once upon a time, in a small village,",
 ]
-VARIANTS = [("none", "float32"), ("int4", "float32"), ("none", "bfloat16")]
+# (quantization, dtype, lm_head_quantization)
+VARIANTS = [
+    ("none", "float32", "int8"),
+    ("int4", "float32", "int8"),
+    ("int4", "float32", "int4"),
+    ("none", "bfloat16", "int8"),
+]
 
 
 def perplexity(llm: LLM, text: str) -> tuple[float, int]:
@@ -55,10 +62,12 @@ def main() -> None:
     greedy = SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True)
     rows: list[dict[str, Any]] = []
     tokens: dict[str, list[list[int]]] = {}
-    for quant, dtype in VARIANTS:
-        llm = LLM(quantization=quant, dtype=dtype, num_threads=args.threads)
+    for quant, dtype, head in VARIANTS:
+        llm = LLM(
+            quantization=quant, dtype=dtype, lm_head_quantization=head, num_threads=args.threads
+        )
         ppl, n = perplexity(llm, text)
-        name = f"{quant}/{dtype}"
+        name = f"{quant}/{dtype}" + ("/head-int4" if head == "int4" else "")
         tokens[name] = [o.token_ids for o in llm.generate(PROMPTS, greedy)]
         rows.append({"variant": name, "perplexity": ppl, "tokens_scored": n})
         print(rows[-1], flush=True)

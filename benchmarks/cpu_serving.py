@@ -108,6 +108,9 @@ def build_servers(args: argparse.Namespace, gguf: Path) -> list[Server]:
     servers += [ours(f"deploylab-{q}", src, q) for q in args.quantization]
     if args.cpu_compile:
         servers.append(ours("deploylab-int4-compiled", src, "int4", "--cpu-compile"))
+    if args.head4:
+        head4 = ("--cpu-compile", "--lm-head-quantization", "int4")
+        servers.append(ours("deploylab-int4-compiled-head4", src, "int4", *head4))
     if args.main_src:
         servers.append(ours("deploylab-main", str(args.main_src)))
     amx = cpu_has_amx()
@@ -167,6 +170,10 @@ def main() -> None:
     parser.add_argument(
         "--cpu-compile", action="store_true", help="also serve int4 with --cpu-compile"
     )
+    parser.add_argument(
+        "--head4", action="store_true",
+        help="also serve int4 with --cpu-compile and --lm-head-quantization int4",
+    )  # fmt: skip
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     servers = build_servers(args, resolve_model(DEFAULT_MODEL))

@@ -16,6 +16,14 @@ def test_unknown_quantization_is_refused(
     assert "--quantization must be auto, none or int4, got 'int8'" in capsys.readouterr().err
 
 
+def test_unknown_lm_head_quantization_is_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert main(["serve", "--lm-head-quantization", "int2"]) == 2
+    assert "--lm-head-quantization must be int8 or int4, got 'int2'" in capsys.readouterr().err
+
+
 def test_passive_waits_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert passive_omp_waits() is False

@@ -46,6 +46,30 @@ def test_compiled_step_gives_the_eager_tokens(tiny: ModelParts) -> None:
     assert [o.token_ids for o in compiled.generate(PROMPTS, GREEDY)] == want_all
 
 
+def test_two_compiled_engines_in_one_process_keep_their_own_graphs(tiny: ModelParts) -> None:
+    """A second compiled engine with other weights and another LM head (int4, not float)
+    compiles its own graph and gives its own eager tokens (it used to take the first
+    engine's graph and fail its guards)."""
+    from deploylab.engine.cpu_quant import quantize_lm_head
+    from deploylab.engine.models.loader import init_random_model
+    from deploylab.engine.models.presets import get_preset
+
+    other = init_random_model(get_preset("tiny"), torch.float32, "cpu", seed=5)
+    assert quantize_lm_head(other, 4)
+    second = ModelParts(tiny.path, other, None)
+    first_c, second_c = tiny.llm(cpu_compile=True), second.llm(cpu_compile=True)
+    assert first_c.llm_engine.runner.cpu_decode is not None
+    assert second_c.llm_engine.runner.cpu_decode is not None
+    prompt = [PROMPTS[1]]
+    mine = second.llm().generate(prompt, GREEDY)[0].token_ids
+    assert mine != tiny.llm().generate(prompt, GREEDY)[0].token_ids  # the models differ
+    assert second_c.generate(prompt, GREEDY)[0].token_ids == mine
+    assert (
+        first_c.generate(prompt, GREEDY)[0].token_ids
+        == tiny.llm().generate(prompt, GREEDY)[0].token_ids
+    )
+
+
 def test_failed_compile_decodes_eagerly(
     tiny: ModelParts, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

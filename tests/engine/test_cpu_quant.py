@@ -17,6 +17,7 @@ from deploylab.engine.cpu_quant import (
     Int4Weight,
     Int8Weight,
     apply_quantization,
+    int4_from_float,
     is_int4,
     q4_blocks,
     quantize_from_gguf,
@@ -62,6 +63,36 @@ def test_int8_head_computes_its_formula_with_rows_independent_of_the_batch() -> 
     torch.testing.assert_close(got, x @ w.t(), atol=0.1, rtol=0.02)
     alone = torch.cat([head.matmul(x[i : i + 1]) for i in range(5)])
     assert torch.equal(got, alone)
+
+
+def test_int4_head_is_q4_1_groups_with_rows_independent_of_the_batch() -> None:
+    """`int4_from_float` (the optional int4 LM head): 16 levels from each group's min to its
+    max, so every weight is within half a step (plus bfloat16 rounding) of its level."""
+    gen = torch.Generator().manual_seed(2)
+    w = torch.randn(96, 64, generator=gen)
+    head = int4_from_float(w)
+    groups = w.view(96, 2, 32)
+    step = (groups.amax(-1) - groups.amin(-1)) / 15
+    err = (head.dequantized() - w).view(96, 2, 32).abs()
+    assert bool((err <= step[..., None] * 0.5 + groups.abs().amax(-1)[..., None] / 64).all())
+    x = torch.randn(5, 64, generator=gen)
+    got = head.matmul(x)
+    alone = torch.cat([head.matmul(x[i : i + 1]) for i in range(5)])
+    assert torch.equal(got, alone)
+
+
+def test_lm_head_quantization_setting(smol) -> None:
+    """int4 swaps the real model's head for the int4 kernel; elsewhere it is refused."""
+    from deploylab.engine.models.loader import load_model
+
+    model, _ = load_model(smol.path, torch.float32, CPU)
+    config = EngineConfig(model=str(smol.path), lm_head_quantization="int4")
+    assert apply_quantization(config, model, CPU, own=True) == "int4"
+    assert isinstance(model.lm_head.__dict__["_deploylab_int4"], Int4Weight)
+    with pytest.raises(ConfigError, match="not one of int8, int4"):
+        EngineConfig(lm_head_quantization="int2")
+    with pytest.raises(ConfigError, match="applies to the CPU's int4 path"):
+        smol.engine(lm_head_quantization="int4")  # a model passed in: quantization none
 
 
 def test_int4_greedy_matches_float_path(smol) -> None:

@@ -133,6 +133,11 @@ def serve(
         "GGUF file; a seeded sample can then depend on which prompt blocks were cached; none "
         "is bit-stable). See docs/engine.md, 'Quantized CPU path'.",
     ),
+    lm_head_quantization: str = typer.Option(
+        "int8",
+        help="The LM head under the CPU's int4 path: int8 (one scale per row) or int4 (groups "
+        "of 32: a faster single-stream step, perplexity measured in docs/engine.md).",
+    ),
     shutdown_timeout: float = typer.Option(
         30.0,
         "--shutdown-timeout",
@@ -156,6 +161,10 @@ def serve(
         raise UsageError(f"--shutdown-timeout must be >= 0 seconds, got {shutdown_timeout}.")
     if quantization not in ("auto", "none", "int4"):
         raise UsageError(f"--quantization must be auto, none or int4, got '{quantization}'.")
+    if lm_head_quantization not in ("int8", "int4"):
+        raise UsageError(
+            f"--lm-head-quantization must be int8 or int4, got '{lm_head_quantization}'."
+        )
     if not 0 < port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {port}.")
     many = len(model) > 1 or models_file is not None or enable_sleep_mode
@@ -214,6 +223,7 @@ def serve(
         cpu_compile=cpu_compile,
         enable_sleep_mode=fixed_addresses(sleep_fixed_addresses, many, device),
         quantization=quantization,
+        lm_head_quantization=lm_head_quantization,
     )
 
     if tensor_parallel_size > 1:  # heads that do not split: exit 2 before binding

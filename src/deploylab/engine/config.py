@@ -10,6 +10,7 @@ import torch
 from deploylab.catalog import DEFAULT_MODEL
 from deploylab.errors import ConfigError
 
+LM_HEAD_QUANTIZATIONS = ("int8", "int4")
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -95,6 +96,10 @@ class EngineConfig:
     # int4 for decode-sized matmuls; "none": the dequantized float path (exact); "auto": int4
     # on the CPU for a GGUF file, else none (docs/engine.md "Quantized CPU path").
     quantization: str = "auto"
+    # The LM head under the int4 path: "int8" (one scale per row; perplexity +0.3 %) or
+    # "int4" (Q4_1-style groups of 32, re-quantized from the file's Q8_0: a faster
+    # single-stream step for a measured perplexity cost, docs/engine.md).
+    lm_head_quantization: str = "int8"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -147,6 +152,11 @@ class EngineConfig:
         if self.quantization not in ("auto", "none", "int4"):
             raise ConfigError(
                 f"EngineConfig.quantization '{self.quantization}' is not one of auto, none, int4."
+            )
+        if self.lm_head_quantization not in LM_HEAD_QUANTIZATIONS:
+            raise ConfigError(
+                f"EngineConfig.lm_head_quantization '{self.lm_head_quantization}' is not one "
+                f"of {', '.join(LM_HEAD_QUANTIZATIONS)}."
             )
         if self.dtype != "auto" and self.dtype not in _DTYPES:
             raise ConfigError(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+import types
 from typing import Any
 
 import torch
@@ -50,7 +51,8 @@ class CompiledDecode:
             "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe,
             "cpp_wrapper": CPP_WRAPPER,
         }
-        self._step = torch.compile(self._forward, dynamic=True, fullgraph=True, options=options)
+        forward = _own_code(self._forward)
+        self._step = torch.compile(forward, dynamic=True, fullgraph=True, options=options)
 
     def _forward(
         self, ids: torch.Tensor, pos: torch.Tensor, slot: torch.Tensor, blocks: torch.Tensor,
@@ -110,6 +112,17 @@ class CompiledDecode:
             if threads is not None:
                 threads.restore()
         return time.perf_counter() - t0
+
+
+def _own_code(method: Any) -> Any:
+    """`method` bound to a copy of its function with a code object of its own. Dynamo keeps
+    compiled graphs and their guards per code object, and these guards skip the modules, so
+    two engines in one process sharing `_forward`'s code took each other's graph: a second
+    engine whose LM head had another quantization failed its guards (AttributeError)."""
+    fn = method.__func__
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{id(method.__self__):x}")
+    copy = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+    return types.MethodType(copy, method.__self__)
 
 
 def build_compiled_decode(

@@ -142,13 +142,27 @@ class Int8Weight:
         return out.to(x.dtype)
 
 
-def quantize_lm_head(model: nn.Module) -> bool:
-    """Give the model's LM head the int8 forward (rows scaled per output); False if it has
-    none or it is not a plain linear layer."""
+def int4_from_float(weight: torch.Tensor) -> Int4Weight:
+    """A float weight re-quantized as Q4_1 does it: groups of `GROUP` inputs, each with a
+    scale and a minimum (16 levels from the group's min to its max)."""
+    w = weight.detach().float()
+    groups = w.view(w.shape[0], -1, GROUP)
+    low, high = groups.amin(dim=-1), groups.amax(dim=-1)
+    scale = (high - low).clamp(min=1e-12) / 15.0
+    codes = torch.round((groups - low[..., None]) / scale[..., None]).clamp(0, 15)
+    return Int4Weight(codes.view_as(w), scale, low + 8.0 * scale)
+
+
+def quantize_lm_head(model: nn.Module, bits: int = 8) -> bool:
+    """Give the model's LM head the int8 forward (rows scaled per output) or, `bits=4`, the
+    int4 one (groups of 32); False if it has none or it is not a plain linear layer."""
     head = getattr(model, "lm_head", None)
     if type(head) is not nn.Linear or head.bias is not None:
         return False
-    head.__dict__["_deploylab_int4"] = Int8Weight(head.weight)
+    if bits == 4 and head.in_features % GROUP:
+        return False
+    quant = int4_from_float(head.weight) if bits == 4 else Int8Weight(head.weight)
+    head.__dict__["_deploylab_int4"] = quant
     head.__dict__["_deploylab_float"] = head.forward
     head.forward = types.MethodType(_int4_forward, head)  # type: ignore[method-assign]
     return True
@@ -240,6 +254,18 @@ def apply_quantization(
 ) -> str:
     """The engine's hook: resolve `EngineConfig.quantization` and apply it to `model`;
     `own` is False when the caller passed the model in (its file is then unknown)."""
+    method = _apply(engine_config, model, device, own)
+    head = engine_config.lm_head_quantization
+    if head != "int8" and method != "int4":
+        raise ConfigError(
+            f"lm_head_quantization '{head}' applies to the CPU's int4 path, but quantization "
+            f"resolved to '{method}' here (it takes a CPU engine on a GGUF file with quantization "
+            "auto or int4); drop --lm-head-quantization or change those."
+        )
+    return method
+
+
+def _apply(engine_config: Any, model: nn.Module, device: torch.device, own: bool) -> str:
     from deploylab.catalog import resolve_model
 
     choice = engine_config.quantization
@@ -262,5 +288,5 @@ def apply_quantization(
                     "quantized; use --quantization none."
                 )
             return "none"
-        quantize_lm_head(model)
+        quantize_lm_head(model, 4 if engine_config.lm_head_quantization == "int4" else 8)
     return method

@@ -40,6 +40,20 @@ def _llama3(
     )
 
 
+_TINY = LlamaConfig(
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=2048,
+    initializer_range=0.1,
+    eos_token_ids=(2,),
+)
+
+
 PRESETS: dict[str, LlamaConfig] = {
     "llama-3.2-1b": _llama3(2048, 8192, 16, 32, 64, rope_factor=32.0, tie=True),
     # Llama-3.1-8B and -70B shapes (tensor-parallel benchmarks; 8 KV heads split over 2-8 GPUs).
@@ -60,32 +74,10 @@ PRESETS: dict[str, LlamaConfig] = {
         bos_token_id=1,
         eos_token_ids=(2,),
     ),
-    "tiny": LlamaConfig(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=2048,
-        initializer_range=0.1,
-        eos_token_ids=(2,),
-    ),
+    "tiny": _TINY,
     # The Llama-3.2-1B shape's depth and context at `tiny`'s widths: the host-side cost of
     # long sessions (block tables, tier lookups) measured on a CPU in seconds.
-    "tiny-deep": LlamaConfig(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=16,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=131072,
-        initializer_range=0.1,
-        eos_token_ids=(2,),
-    ),
+    "tiny-deep": _TINY.with_updates(num_hidden_layers=16, max_position_embeddings=131072),
 }
 
 
