@@ -8,20 +8,23 @@ from deploylab.cli import main
 from deploylab.engine.cpu_threads import passive_omp_waits
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--quantization", "int8", "--quantization must be auto, none or int4, got 'int8'"),
+        ("--lm-head-quantization", "int2", "--lm-head-quantization must be int8 or int4, got "),
+    ],
+)
 def test_unknown_quantization_is_refused(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    flag: str,
+    value: str,
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert main(["serve", "--quantization", "int8"]) == 2
-    assert "--quantization must be auto, none or int4, got 'int8'" in capsys.readouterr().err
-
-
-def test_unknown_lm_head_quantization_is_refused(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert main(["serve", "--lm-head-quantization", "int2"]) == 2
-    assert "--lm-head-quantization must be int8 or int4, got 'int2'" in capsys.readouterr().err
+    assert main(["serve", flag, value]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_passive_waits_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
