@@ -13,6 +13,8 @@ from deploylab.engine.cpu_threads import passive_omp_waits
     [
         ("--quantization", "int8", "--quantization must be auto, none or int4, got 'int8'"),
         ("--lm-head-quantization", "int2", "--lm-head-quantization must be int8 or int4, got "),
+        ("--quantization", "none --lm-head-quantization int4", "needs the CPU's int4 path"),
+        ("--device", "cuda --lm-head-quantization int4", "needs the CPU's int4 path"),
     ],
 )
 def test_unknown_quantization_is_refused(
@@ -23,7 +25,7 @@ def test_unknown_quantization_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert main(["serve", flag, value]) == 2
+    assert main(["serve", flag, *value.split()]) == 2
     assert message in capsys.readouterr().err
 
 

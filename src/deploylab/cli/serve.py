@@ -165,6 +165,11 @@ def serve(
         raise UsageError(
             f"--lm-head-quantization must be int8 or int4, got '{lm_head_quantization}'."
         )
+    if lm_head_quantization == "int4" and (quantization == "none" or device == "cuda"):
+        raise UsageError(
+            "--lm-head-quantization int4 needs the CPU's int4 path; drop it, or serve on the "
+            "CPU with --quantization auto or int4."
+        )
     if not 0 < port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {port}.")
     many = len(model) > 1 or models_file is not None or enable_sleep_mode
