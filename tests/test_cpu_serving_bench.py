@@ -21,21 +21,22 @@ def test_sides_and_commands(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr("cpu_serving.cpu_has_amx", lambda: True)
     args = argparse.Namespace(
         out=tmp_path, quantization=["int4", "none"], main_src=tmp_path, llama_threads=[1],
-        scenario="chat-short", duration=5.0, warmup=0.0, cpu_compile=True,
+        scenario="chat-short", duration=5.0, warmup=0.0, cpu_compile=True, head4=True,
         llama_pythonpath="/opt/llama",
     )  # fmt: skip
     servers = build_servers(args, tmp_path / "m.gguf")
     names = [s.name for s in servers]
     assert names == [
-        "deploylab-int4", "deploylab-none", "deploylab-int4-compiled", "deploylab-main",
-        "llama.cpp-t1",
+        "deploylab-int4", "deploylab-none", "deploylab-int4-compiled",
+        "deploylab-int4-compiled-head4", "deploylab-main", "llama.cpp-t1",
     ]  # fmt: skip
     compiled = servers[2]
     assert compiled.cmd[-3:] == ["--quantization", "int4", "--cpu-compile"]
+    assert servers[3].cmd[-3:] == ["--cpu-compile", "--lm-head-quantization", "int4"]
     assert "--cpu-compile" not in servers[0].cmd
-    assert "OMP_WAIT_POLICY" not in servers[3].env  # main's server as users start it
-    assert servers[3].env["PYTHONPATH"] == str(tmp_path)
-    llama = servers[4]
+    assert "OMP_WAIT_POLICY" not in servers[4].env  # main's server as users start it
+    assert servers[4].env["PYTHONPATH"] == str(tmp_path)
+    llama = servers[5]
     assert llama.env["PYTHONPATH"] == "/opt/llama"  # llama-cpp-python installed beside the venv
     assert llama.cmd[1] == "-c" and "use_extra_bufts = False" in llama.cmd[2]  # AMX: off
     assert llama.env["OMP_WAIT_POLICY"] == "PASSIVE"
