@@ -55,7 +55,7 @@ def test_two_compiled_engines_in_one_process_keep_their_own_graphs(tiny: ModelPa
     from deploylab.engine.models.presets import get_preset
 
     other = init_random_model(get_preset("tiny"), torch.float32, "cpu", seed=5)
-    assert quantize_lm_head(other, 4)
+    assert quantize_lm_head(other, "int4")
     second = ModelParts(tiny.path, other, None)
     first_c, second_c = tiny.llm(cpu_compile=True), second.llm(cpu_compile=True)
     assert first_c.llm_engine.runner.cpu_decode is not None

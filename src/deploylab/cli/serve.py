@@ -151,7 +151,7 @@ def serve(
 
     passive_omp_waits()  # before torch loads OpenMP
     from deploylab.engine.async_engine import AsyncEngine
-    from deploylab.engine.config import EngineConfig
+    from deploylab.engine.config import LM_HEAD_QUANTIZATIONS, EngineConfig
     from deploylab.engine.spec_decode import parse_speculative_config
     from deploylab.server.launcher import serve as run_server
 
@@ -161,9 +161,10 @@ def serve(
         raise UsageError(f"--shutdown-timeout must be >= 0 seconds, got {shutdown_timeout}.")
     if quantization not in ("auto", "none", "int4"):
         raise UsageError(f"--quantization must be auto, none or int4, got '{quantization}'.")
-    if lm_head_quantization not in ("int8", "int4"):
+    if lm_head_quantization not in LM_HEAD_QUANTIZATIONS:
         raise UsageError(
-            f"--lm-head-quantization must be int8 or int4, got '{lm_head_quantization}'."
+            f"--lm-head-quantization must be {' or '.join(LM_HEAD_QUANTIZATIONS)}, got "
+            f"'{lm_head_quantization}'."
         )
     if lm_head_quantization == "int4" and (quantization == "none" or device == "cuda"):
         raise UsageError(

@@ -153,15 +153,15 @@ def int4_from_float(weight: torch.Tensor) -> Int4Weight:
     return Int4Weight(codes.view_as(w), scale, low + 8.0 * scale)
 
 
-def quantize_lm_head(model: nn.Module, bits: int = 8) -> bool:
-    """Give the model's LM head the int8 forward (rows scaled per output) or, `bits=4`, the
-    int4 one (groups of 32); False if it has none or it is not a plain linear layer."""
+def quantize_lm_head(model: nn.Module, kind: str = "int8") -> bool:
+    """Give the model's LM head the int8 forward (rows scaled per output) or, `kind="int4"`,
+    the int4 one (groups of 32); False if it has none or it is not a plain linear layer."""
     head = getattr(model, "lm_head", None)
     if type(head) is not nn.Linear or head.bias is not None:
         return False
-    if bits == 4 and head.in_features % GROUP:
+    if kind == "int4" and head.in_features % GROUP:
         return False
-    quant = int4_from_float(head.weight) if bits == 4 else Int8Weight(head.weight)
+    quant = int4_from_float(head.weight) if kind == "int4" else Int8Weight(head.weight)
     head.__dict__["_deploylab_int4"] = quant
     head.__dict__["_deploylab_float"] = head.forward
     head.forward = types.MethodType(_int4_forward, head)  # type: ignore[method-assign]
@@ -288,5 +288,5 @@ def _apply(engine_config: Any, model: nn.Module, device: torch.device, own: bool
                     "quantized; use --quantization none."
                 )
             return "none"
-        quantize_lm_head(model, 4 if engine_config.lm_head_quantization == "int4" else 8)
+        quantize_lm_head(model, engine_config.lm_head_quantization)
     return method
