@@ -9,6 +9,9 @@ same decode steps and lists the N deploylab functions with the most own time: th
 Python around the forward, which is what a single-stream step pays beyond the kernels.
 
     PYTHONPATH=src python benchmarks/cpu_step.py --engines eager compiled --cprofile 20
+
+`--head-kernels` times one call of an LM head of the default model's shape (49152 x 576,
+random weights, one row, one thread, best of 3 x 40 calls) as int8, int4 and bfloat16.
 """
 
 from __future__ import annotations
@@ -71,6 +74,34 @@ def own_time(profiler: cProfile.Profile, rows: int, steps: int) -> dict[str, Any
     }
 
 
+def head_kernels(rows: int = 49152, cols: int = 576) -> dict[str, float]:
+    """Milliseconds per call of the LM head's int8, int4 and bfloat16 forms (one row)."""
+    import torch
+
+    from deploylab.engine.cpu_quant import Int8Weight, int4_from_float
+
+    w = torch.randn(rows, cols, generator=torch.Generator().manual_seed(0)) * 0.05
+    x = torch.randn(1, cols)
+    int8, int4, bf16 = Int8Weight(w), int4_from_float(w), w.to(torch.bfloat16)
+    calls = {
+        "int8": lambda: int8.matmul(x),
+        "int4": lambda: int4.matmul(x),
+        "bfloat16": lambda: torch.nn.functional.linear(x.to(torch.bfloat16), bf16),
+    }
+    out = {}
+    for name, call in calls.items():
+        for _ in range(5):
+            call()
+        best = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(40):
+                call()
+            best.append((time.perf_counter() - t0) / 40)
+        out[name] = round(1e3 * min(best), 3)
+    return out
+
+
 def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Median step and forward times of one engine, and its host profile if asked."""
     from deploylab.engine import EngineConfig, LLMEngine
@@ -125,12 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=96, help="decode steps per prompt")
     p.add_argument("--prompts", type=int, default=3, help="chat prompts measured")
     p.add_argument("--cprofile", type=int, default=0, metavar="N", help="list N functions")
+    p.add_argument("--head-kernels", action="store_true", help="time the LM head's forms first")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(1)
+    if args.head_kernels:
+        print(json.dumps({"lm_head_ms": head_kernels()}), flush=True)
     rows = [measure(name, args) for name in args.engines]
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

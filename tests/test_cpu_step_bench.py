@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from cpu_step import decode_steps, own_time, timed_forward  # noqa: E402
+from cpu_step import decode_steps, head_kernels, own_time, timed_forward  # noqa: E402
 
 
 def test_steps_forwards_and_own_time_of_a_real_engine() -> None:
@@ -28,3 +28,8 @@ def test_steps_forwards_and_own_time_of_a_real_engine() -> None:
     assert len(prof["top"]) == 3 and prof["calls_per_step"] > 0
     assert all(".py:" in w for _, _, w in prof["top"])  # "file.py:line function"
     assert prof["own_ms_per_step"] >= sum(ms for ms, _, _ in prof["top"]) - 1e-6
+
+
+def test_head_kernels_times_each_form() -> None:
+    times = head_kernels(rows=256, cols=64)
+    assert set(times) == {"int8", "int4", "bfloat16"} and all(t > 0 for t in times.values())
